@@ -1,0 +1,65 @@
+"""The coordinator's records: a job and an agent as the store keeps them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from comfyfleet.shared.jobspec import JobSpec
+from comfyfleet.shared.status import JobStatus
+
+
+@dataclass(slots=True)
+class Transition:
+    """One line of a job's history."""
+
+    at: float
+    from_status: str | None
+    to_status: str
+    event: str
+    reason: str
+    attempt: int
+    agent_id: str | None = None
+
+
+@dataclass(slots=True)
+class JobRecord:
+    """A job. `spec` is written once at submit; everything else is the job's mutable state."""
+
+    id: str
+    spec: JobSpec
+    workflow_hash: str
+    created_at: float
+    idempotency_key: str | None = None
+    tenant: str = "default"
+    status: JobStatus = JobStatus.SUBMITTED
+    attempt: int = 0
+    updated_at: float = 0.0
+    timestamps: dict[str, float] = field(default_factory=dict)  # status -> last time entered
+    agent_id: str | None = None
+    instance_id: str | None = None
+    gpu_index: int | None = None
+    prompt_id: str | None = None
+    seeds: dict[str, int] = field(default_factory=dict)
+    vram_mb: int = 0  # the reservation used for placement
+    retries_used: int = 0
+    desired: str = "run"  # "run" or "cancel": what the coordinator wants, apart from status
+    pending_reason: str | None = None
+    error: dict[str, Any] | None = None
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    failed_agents: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    history: list[Transition] = field(default_factory=list)
+
+    @property
+    def queued_at(self) -> float:
+        return self.timestamps.get(JobStatus.QUEUED.value, self.created_at)
+
+
+@dataclass(slots=True)
+class AgentRecord:
+    """What the store remembers of an agent: its last registration (hardware, labels)."""
+
+    agent_id: str
+    registered_at: float
+    info: dict[str, Any]  # the Register message as a plain dict

@@ -1,0 +1,36 @@
+"""What a client submits: the job specification, defined once with its bounds."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+
+NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
+MAX_VRAM_MB = 4_000_000  # 4 TB: anything above is a typo, not a GPU
+MAX_RAM_MB = 64_000_000
+MAX_TIMEOUT_S = 7 * 86_400
+
+
+class Resources(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    gpus: Annotated[int, msgspec.Meta(ge=0, le=1, description="0 = CPU slot; 1 = one GPU")] = 1
+    vram_mb: Annotated[int, msgspec.Meta(ge=0, le=MAX_VRAM_MB)] | None = None
+    ram_mb: Annotated[int, msgspec.Meta(ge=0, le=MAX_RAM_MB)] = 0
+    cpu: Annotated[float, msgspec.Meta(ge=0, le=4096)] = 0.0
+
+
+class Constraints(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    labels: dict[Annotated[str, msgspec.Meta(min_length=1, max_length=64)],
+                 Annotated[str, msgspec.Meta(max_length=256)]] = {}
+    gpu_name: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
+    models: list[Annotated[str, msgspec.Meta(min_length=1, max_length=512)]] = []
+
+
+class JobSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    workflow: dict[str, Any]
+    resources: Resources = Resources()
+    constraints: Constraints = Constraints()
+    priority: Annotated[int, msgspec.Meta(ge=-1000, le=1000)] = 0
+    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=MAX_TIMEOUT_S)] = 3600.0
+    max_retries: Annotated[int, msgspec.Meta(ge=0, le=20)] = 2
+    metadata: dict[Annotated[str, msgspec.Meta(max_length=128)], Any] = {}

@@ -1,0 +1,191 @@
+"""Agent <-> coordinator messages (DESIGN.md §4), each defined once, msgpack on the wire.
+
+Every message about a job carries (job_id, attempt): the attempt is the fencing token.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")]
+Attempt = Annotated[int, msgspec.Meta(ge=1)]
+MB = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class Msg(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Base of every protocol message: unknown fields are refused."""
+
+
+class HostInfo(Msg):
+    hostname: str = ""
+    cpu_count: Annotated[int, msgspec.Meta(ge=0)] = 0
+    load_1m: float = 0.0
+    ram_total_mb: MB = 0
+    ram_available_mb: MB = 0
+
+
+class GpuInfo(Msg):
+    index: Annotated[int, msgspec.Meta(ge=0)]
+    name: str
+    uuid: str = ""
+    vram_total_mb: MB
+    vram_used_mb: MB = 0
+    vram_free_mb: MB
+    utilization_pct: float | None = None
+    source: str = "nvml"
+
+
+class InstanceInfo(Msg):
+    """One ComfyUI instance = one slot, bound to a GPU index (None: CPU-only)."""
+
+    instance_id: Id
+    url: str = ""
+    gpu_index: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    healthy: bool = True
+    capacity: Annotated[int, msgspec.Meta(ge=0, le=64)] = 1
+    error: str | None = None
+
+
+class JobRef(Msg):
+    job_id: Id
+    attempt: Attempt
+
+
+class RunningJob(Msg):
+    job_id: Id
+    attempt: Attempt
+    instance_id: Id
+    prompt_id: str | None = None
+    progress: float | None = None
+
+
+class Register(Msg):
+    agent_id: Id
+    version: str = ""
+    host: HostInfo = HostInfo()
+    gpus: list[GpuInfo] = []
+    instances: list[InstanceInfo] = []
+    labels: dict[str, str] = {}
+    models: list[str] = []
+    running: list[RunningJob] = []
+
+
+class RegisterReply(Msg):
+    heartbeat_interval_s: float
+    lease_ttl_s: float
+    lease_wait_s: float
+    chunk_size: int
+    drop: list[JobRef] = []  # reported jobs the agent must stop at once (stale or unknown)
+
+
+class Heartbeat(Msg):
+    agent_id: Id
+    host: HostInfo = HostInfo()
+    gpus: list[GpuInfo] = []
+    instances: list[InstanceInfo] = []
+    running: list[RunningJob] = []
+    draining: bool = False
+
+
+class HeartbeatReply(Msg):
+    heartbeat_interval_s: float
+    cancel: list[JobRef] = []  # stop these (user cancel, timeout): interrupt, then finish
+    drop: list[JobRef] = []  # stale: stop at once, report nothing more
+    drain: bool = False
+    reregister: bool = False  # the coordinator does not know this agent: register again
+
+
+class LeaseRequest(Msg):
+    agent_id: Id
+    free: dict[Id, Annotated[int, msgspec.Meta(ge=0, le=64)]] = {}  # instance_id -> free places
+    wait_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 25.0
+
+
+class Assignment(Msg):
+    job_id: Id
+    attempt: Attempt
+    instance_id: Id
+    workflow: dict[str, Any]
+    timeout_s: float
+    vram_mb: int = 0
+
+
+class LeaseReply(Msg):
+    jobs: list[Assignment] = []
+
+
+class Started(Msg):
+    agent_id: Id
+    job_id: Id
+    attempt: Attempt
+    prompt_id: str
+    seeds: dict[str, int] = {}
+
+
+class JobEvent(Msg):
+    kind: Literal["started", "cached", "executing", "progress", "executed", "preview", "text", "log"]
+    t: float
+    node: str | None = None
+    node_type: str | None = None
+    value: float | None = None
+    max: float | None = None
+    fraction: float | None = None
+    nodes: list[str] = []
+    text: str | None = None
+    image: bytes | None = None  # preview frames (msgpack bin)
+    mime: str | None = None
+
+
+class Events(Msg):
+    agent_id: Id
+    job_id: Id
+    attempt: Attempt
+    events: Annotated[list[JobEvent], msgspec.Meta(max_length=1000)]
+
+
+class OutputFile(Msg):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    size: Annotated[int, msgspec.Meta(ge=0)]
+    sha256: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+    content_type: str = "application/octet-stream"
+    node_id: str | None = None
+    kind: str = "output"  # ComfyUI's folder type: output or temp
+
+
+class ErrorInfo(Msg):
+    code: str
+    message: str
+    node_id: str | None = None
+    node_type: str | None = None
+    retryable: bool = False
+    details: dict[str, Any] = {}
+
+
+Outcome = Literal["completed", "failed", "cancelled", "requeue"]
+
+
+class Finish(Msg):
+    agent_id: Id
+    job_id: Id
+    attempt: Attempt
+    outcome: Outcome
+    outputs: list[OutputFile] = []
+    error: ErrorInfo | None = None
+    spend_retry: bool = True  # False for drains: the attempt did not fail
+    timings: dict[str, float] = {}
+
+
+class Ack(Msg):
+    ok: bool = True
+    status: str | None = None
+
+
+class UploadState(Msg):
+    """Answer to an output chunk: how many bytes of the file the coordinator holds."""
+
+    name: str
+    received: int
+    size: int
+    complete: bool
