@@ -46,7 +46,7 @@ def validation_error(text: str) -> InvalidInput:
     m = _AT.search(text)
     message = text
     if m:
-        path = re.sub(r"\[(\d+)\]", r".\1", m.group(1)).lstrip(".")
+        path = re.sub(r"\[(\d+)\]", r".\1", m.group(1)).replace("[...]", "").lstrip(".")
         message = text[: m.start()]
     for pattern, code in ((_UNKNOWN, "unknown_field"), (_MISSING, "missing")):
         found = pattern.search(message)
