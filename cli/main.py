@@ -1,20 +1,107 @@
-"""The `comfyfleet` command: one entry point, one subcommand per daemon or tool."""
+"""The `comfyfleet` command: one entry point, one subcommand per daemon or tool.
+
+Errors in arguments end in a one-line message and exit code 2, never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from comfyfleet import __version__
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="comfyfleet")
-    parser.add_argument("--version", action="store_true")
+class CliError(Exception):
+    """A problem with what the user asked for: printed as one line, exit code 2."""
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port must be a number, got {port!r}") from None
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0..65535, got {number}")
+    return host.strip("[]"), number
+
+
+def env_default(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"COMFYFLEET_{name}", default)
+
+
+def add_coordinator(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    cmd = sub.add_parser("coordinator", help="run the coordinator daemon")
+    cmd.add_argument("--listen", type=parse_listen,
+                     default=env_default("LISTEN", "127.0.0.1:8787"),
+                     help="HOST:PORT to serve on (env COMFYFLEET_LISTEN; default 127.0.0.1:8787)")
+    cmd.add_argument("--data-dir", type=Path, default=env_default("DATA_DIR", "var/coordinator"),
+                     help="state directory: SQLite store and outputs (env COMFYFLEET_DATA_DIR)")
+    cmd.add_argument("--heartbeat-interval", type=float,
+                     default=float(env_default("HEARTBEAT_INTERVAL", "5") or 5))
+    cmd.add_argument("--restart-grace", type=float,
+                     default=float(env_default("RESTART_GRACE", "30") or 30))
+    cmd.add_argument("--assign-timeout", type=float,
+                     default=float(env_default("ASSIGN_TIMEOUT", "30") or 30))
+    cmd.add_argument("--default-vram-mb", type=int,
+                     default=int(env_default("DEFAULT_VRAM_MB", "0") or 0))
+    cmd.add_argument("--log-level", default=env_default("LOG_LEVEL", "info"))
+    cmd.set_defaults(run=run_coordinator)
+
+
+def run_coordinator(args: argparse.Namespace) -> int:
+    from comfyfleet.coordinator.app import serve
+    from comfyfleet.coordinator.config import CoordinatorConfig
+    from comfyfleet.shared.logs import configure
+
+    configure(args.log_level)
+    host, port = args.listen if isinstance(args.listen, tuple) else parse_listen(args.listen)
+    config = CoordinatorConfig(
+        data_dir=Path(args.data_dir), host=host, port=port,
+        heartbeat_interval_s=args.heartbeat_interval, restart_grace_s=args.restart_grace,
+        assign_timeout_s=args.assign_timeout, default_vram_mb=args.default_vram_mb,
+    )
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"cannot create data dir {config.data_dir}: {exc.strerror}") from None
+    return asyncio.run(serve(config))
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [  # type: ignore[type-arg]
+    add_coordinator,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="comfyfleet",
+                                     description="Run ComfyUI on a fleet of GPU machines as one.")
+    parser.add_argument("--version", action="version", version=f"comfyfleet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.version:
-        from comfyfleet import __version__
-
-        print(__version__)
-    return 0
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except CliError as exc:
+        print(f"comfyfleet {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

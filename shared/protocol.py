@@ -127,7 +127,9 @@ class Started(Msg, kw_only=True):
 
 
 class JobEvent(Msg, kw_only=True):
-    kind: Literal["started", "cached", "executing", "progress", "executed", "preview", "text", "log"]
+    kind: Literal[
+        "started", "cached", "executing", "progress", "executed", "preview", "text", "log"
+    ]
     t: float
     node: str | None = None
     node_type: str | None = None

@@ -1,6 +1,7 @@
 """API-format workflow checks and the canonical workflow hash.
 
-An API-format workflow is `{node_id: {"class_type": str, "inputs": {name: value | [node_id, int]}}}`.
+An API-format workflow maps node ids to nodes:
+`{node_id: {"class_type": str, "inputs": {name: value | [node_id, int]}}}`.
 Everything here is pure: it reads a parsed JSON value and returns or raises `InvalidInput`.
 """
 

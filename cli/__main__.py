@@ -1,0 +1,5 @@
+import sys
+
+from comfyfleet.main import main
+
+sys.exit(main())

@@ -1,0 +1,109 @@
+"""Agent protocol (msgpack; JSON accepted for debugging). Every job message is fenced."""
+
+from __future__ import annotations
+
+import re
+from typing import TypeVar
+
+from aiohttp import web
+
+from comfyfleet.coordinator.api.body import decode_body, read_limited, reply
+from comfyfleet.coordinator.api.keys import CONFIG, COORDINATOR
+from comfyfleet.coordinator.outputs import check_name
+from comfyfleet.shared import protocol as p
+from comfyfleet.shared.errors import InvalidInput
+
+routes = web.RouteTableDef()
+PREFIX = "/agent/v1"
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+T = TypeVar("T")
+
+
+async def _msg(request: web.Request, type_: type[T]) -> T:
+    return await decode_body(request, type_, request.app[CONFIG].max_body_bytes,
+                             allow_msgpack=True)
+
+
+@routes.post(f"{PREFIX}/register")
+async def register(request: web.Request) -> web.Response:
+    msg = await _msg(request, p.Register)
+    return reply(request, request.app[COORDINATOR].register(msg))
+
+
+@routes.post(f"{PREFIX}/heartbeat")
+async def heartbeat(request: web.Request) -> web.Response:
+    msg = await _msg(request, p.Heartbeat)
+    return reply(request, request.app[COORDINATOR].heartbeat(msg))
+
+
+@routes.post(f"{PREFIX}/lease")
+async def lease(request: web.Request) -> web.Response:
+    msg = await _msg(request, p.LeaseRequest)
+    return reply(request, await request.app[COORDINATOR].lease(msg))
+
+
+@routes.post(f"{PREFIX}/started")
+async def started(request: web.Request) -> web.Response:
+    msg = await _msg(request, p.Started)
+    return reply(request, request.app[COORDINATOR].started(msg))
+
+
+@routes.post(f"{PREFIX}/events")
+async def events(request: web.Request) -> web.Response:
+    msg = await _msg(request, p.Events)
+    return reply(request, request.app[COORDINATOR].events(msg))
+
+
+@routes.post(f"{PREFIX}/finish")
+async def finish(request: web.Request) -> web.Response:
+    msg = await _msg(request, p.Finish)
+    return reply(request, request.app[COORDINATOR].finish(msg))
+
+
+def _int(request: web.Request, name: str) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        raise InvalidInput(name, "query parameter is required", "missing")
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidInput(name, f"must be an integer, not {raw!r}") from None
+    if value < 0:
+        raise InvalidInput(name, "must not be negative")
+    return value
+
+
+def _output_target(request: web.Request) -> tuple[str, str, int, str, int]:
+    agent_id = request.query.get("agent_id", "")
+    if not _ID.match(agent_id):
+        raise InvalidInput("agent_id", "query parameter is required", "missing")
+    job_id = request.match_info["job_id"]
+    if not _ID.match(job_id):
+        raise InvalidInput("job_id", f"malformed id {job_id!r}", "bad_id")
+    name = check_name(request.match_info["name"])
+    attempt = _int(request, "attempt")
+    size = _int(request, "size")
+    return agent_id, job_id, attempt, name, size
+
+
+@routes.put(PREFIX + "/jobs/{job_id}/outputs/{name}")
+async def upload_chunk(request: web.Request) -> web.Response:
+    """Raw bytes of one chunk: ?agent_id&attempt&offset&size&sha256 (of the whole file)."""
+    agent_id, job_id, attempt, name, size = _output_target(request)
+    offset = _int(request, "offset")
+    sha256 = request.query.get("sha256", "")
+    if not _SHA.match(sha256):
+        raise InvalidInput("sha256", "must be 64 lowercase hex digits")
+    data = await read_limited(request, request.app[CONFIG].max_chunk_bytes)
+    state = request.app[COORDINATOR].upload(agent_id, job_id, attempt, name, offset, size,
+                                            sha256, data)
+    return reply(request, state)
+
+
+@routes.get(PREFIX + "/jobs/{job_id}/outputs/{name}")
+async def upload_state(request: web.Request) -> web.Response:
+    """How many bytes of this output the coordinator holds (to resume an upload)."""
+    agent_id, job_id, attempt, name, size = _output_target(request)
+    return reply(request, request.app[COORDINATOR].upload_state(agent_id, job_id, attempt,
+                                                                name, size))

@@ -1,0 +1,48 @@
+"""One middleware maps domain errors to HTTP: `{"error": {"code", "message", "field"}}`."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from comfyfleet.coordinator.errors import CoordinatorError
+from comfyfleet.shared.errors import InvalidInput, SharedError
+
+log = structlog.get_logger("coordinator.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None,
+                   headers: dict[str, str] | None = None) -> web.Response:
+    body = {"error": {"code": code, "message": message, "field": field}}
+    return web.Response(status=status, body=msgspec.json.encode(body),
+                        content_type="application/json", headers=headers)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except InvalidInput as exc:
+        status = 422 if exc.code in ("ui_format", "unsupported") else 400
+        return error_response(status, exc.code, exc.message, exc.field)
+    except CoordinatorError as exc:
+        return error_response(exc.status, exc.code, exc.message, exc.field)
+    except SharedError as exc:
+        return error_response(409, "conflict", str(exc))
+    except web.HTTPRequestEntityTooLarge as exc:
+        return error_response(413, "too_large", f"body too large: {exc.text}", "body")
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            code = exc.reason.lower().replace(" ", "_")
+            return error_response(exc.status, code, exc.text or exc.reason, None,
+                                  headers={k: v for k, v in exc.headers.items()
+                                           if k.lower() in ("allow", "retry-after")})
+        raise
+    except Exception:
+        log.exception("unhandled_error", path=request.path, method=request.method)
+        return error_response(500, "internal", "internal error; see the coordinator log")

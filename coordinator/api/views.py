@@ -1,0 +1,83 @@
+"""How jobs and agents look to clients (JSON)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import msgspec
+
+from comfyfleet.coordinator.fleet import AgentState, agent_view
+from comfyfleet.coordinator.model import JobRecord
+from comfyfleet.coordinator.service import Coordinator, LiveProgress
+from comfyfleet.shared.status import JobStatus
+
+
+def job_json(job: JobRecord, live: LiveProgress | None, *, full: bool = True) -> dict[str, Any]:
+    spec = job.spec
+    progress: dict[str, Any] = {"fraction": 1.0 if job.status == JobStatus.COMPLETED else None}
+    if live is not None:
+        progress.update(fraction=live.fraction, node=live.node, node_type=live.node_type,
+                        value=live.value, max=live.max, cached_nodes=live.cached,
+                        updated_at=live.updated_at)
+    out: dict[str, Any] = {
+        "id": job.id,
+        "status": job.status.value,
+        "attempt": job.attempt,
+        "agent_id": job.agent_id,
+        "instance_id": job.instance_id,
+        "gpu_index": job.gpu_index,
+        "prompt_id": job.prompt_id,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "timestamps": job.timestamps,
+        "priority": spec.priority,
+        "resources": {**msgspec.to_builtins(spec.resources), "vram_mb": job.vram_mb},
+        "progress": progress,
+        "pending_reason": job.pending_reason if job.status == JobStatus.QUEUED else None,
+        "cancel_requested": job.desired == "cancel",
+        "retries_used": job.retries_used,
+        "max_retries": spec.max_retries,
+        "error": job.error,
+        "outputs": [
+            {**{k: v for k, v in o.items() if k != "attempt"},
+             "url": f"/v1/jobs/{job.id}/outputs/{o['name']}"}
+            for o in job.outputs
+        ],
+        "workflow_hash": job.workflow_hash,
+        "metadata": spec.metadata,
+    }
+    if full:
+        out["seeds"] = job.seeds
+        out["constraints"] = msgspec.to_builtins(spec.constraints)
+        out["timeout_s"] = spec.timeout_s
+        out["timings"] = job.timings
+        out["history"] = [dataclasses.asdict(t) for t in job.history]
+    return out
+
+
+def agent_json(coord: Coordinator, agent: AgentState, now: float) -> dict[str, Any]:
+    view = agent_view(agent, coord.jobs, 600.0, now)
+    gpus = []
+    for g, v in zip(agent.gpus, view.gpus, strict=True):
+        gpus.append({
+            **msgspec.to_builtins(g),
+            "vram_reserved_mb": v.reserved_mb,
+            "vram_schedulable_mb": max(0, min(v.vram_total_mb - v.reserved_mb,
+                                              v.vram_free_mb - v.unallocated_mb)),
+        })
+    return {
+        "id": agent.agent_id,
+        "status": agent.status.value,
+        "version": agent.version,
+        "labels": agent.labels,
+        "last_seen": agent.last_seen,
+        "seen_ago_s": round(now - agent.last_seen, 3),
+        "registered_at": agent.registered_at,
+        "host": msgspec.to_builtins(agent.host),
+        "gpus": gpus,
+        "instances": [msgspec.to_builtins(i) for i in agent.instances],
+        "models": sorted(agent.models),
+        "jobs": sorted(agent.jobs),
+        "ram_reserved_mb": view.ram_reserved_mb,
+    }

@@ -1,0 +1,81 @@
+"""`create_app(config)`: the coordinator as an aiohttp application, and `serve()` to run it."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+from comfyfleet.coordinator.api import agent_routes, client_routes
+from comfyfleet.coordinator.api.errors import errors_middleware
+from comfyfleet.coordinator.api.keys import CONFIG, COORDINATOR, SUPERVISOR
+from comfyfleet.coordinator.config import CoordinatorConfig
+from comfyfleet.coordinator.outputs import OutputFiles
+from comfyfleet.coordinator.service import Coordinator
+from comfyfleet.coordinator.store import open_store
+from comfyfleet.shared.supervisor import Supervisor
+
+log = structlog.get_logger("coordinator")
+
+
+def create_app(config: CoordinatorConfig, *, loops: bool = True) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware],
+                          client_max_size=max(config.max_body_bytes, config.max_chunk_bytes))
+    app[CONFIG] = config
+    app.add_routes(client_routes.routes)
+    app.add_routes(agent_routes.routes)
+
+    async def coordinator_ctx(app: web.Application) -> AsyncIterator[None]:
+        store = open_store(config.data_dir)
+        coord = Coordinator(config, store, OutputFiles(config.outputs_dir,
+                                                       config.max_output_bytes))
+        coord.recover()
+        app[COORDINATOR] = coord
+        yield
+        for agent in coord.agents.values():
+            agent.wake.set()  # release long-polls
+        store.close()
+
+    async def loops_ctx(app: web.Application) -> AsyncIterator[None]:
+        supervisor = Supervisor("coordinator")
+        app[SUPERVISOR] = supervisor
+        if loops:
+            coord = app[COORDINATOR]
+            supervisor.start("scheduler", coord.scheduler_loop)
+            supervisor.start("sweeper", coord.sweeper_loop)
+        yield
+        await supervisor.stop()
+
+    app.cleanup_ctx.append(coordinator_ctx)
+    app.cleanup_ctx.append(loops_ctx)
+    return app
+
+
+async def serve(config: CoordinatorConfig) -> int:
+    """Run until SIGTERM/SIGINT (exit 0) or until a background loop dies (exit 1)."""
+    app = create_app(config)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=10)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+    await site.start()
+    log.info("coordinator_listening", url=f"http://{config.host}:{config.port}",
+             data_dir=str(config.data_dir))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    stopped = asyncio.ensure_future(stop.wait())
+    failed = app[SUPERVISOR].failed
+    await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if failed.done():
+        log.error("coordinator_stopping", reason=failed.result())
+        code = 1
+    else:
+        log.info("coordinator_stopping", reason="signal")
+    stopped.cancel()
+    await runner.cleanup()
+    return code

@@ -1,0 +1,38 @@
+"""Coordinator configuration: one frozen dataclass, passed in explicitly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinatorConfig:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8188
+    heartbeat_interval_s: float = 5.0
+    lost_grace_s: float = 5.0  # an agent silent for 3 intervals + this is lost
+    restart_grace_s: float = 30.0  # after a coordinator restart, time for agents to come back
+    assign_timeout_s: float = 30.0  # ASSIGNED but not started within this -> requeue
+    cancel_grace_s: float = 30.0  # a cancel/timeout the agent never confirms -> forced
+    lease_wait_s: float = 25.0
+    chunk_size: int = 1 << 20
+    max_body_bytes: int = 8 << 20  # job submissions and protocol messages
+    max_chunk_bytes: int = 16 << 20
+    max_output_bytes: int = 4 << 30
+    default_vram_mb: int = 0  # reservation for a job that declares none
+    starvation_s: float = 300.0
+    sweep_interval_s: float = 0.5
+
+    @property
+    def lost_after_s(self) -> float:
+        return 3 * self.heartbeat_interval_s + self.lost_grace_s
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "coordinator.db"
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.data_dir / "outputs"

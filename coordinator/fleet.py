@@ -1,0 +1,131 @@
+"""The coordinator's live view of its agents, and how it turns into scheduler input."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from comfyfleet.coordinator.model import JobRecord
+from comfyfleet.coordinator.scheduler.model import AgentView, GpuView, SlotView
+from comfyfleet.shared.protocol import GpuInfo, HostInfo, InstanceInfo, JobRef, Register
+from comfyfleet.shared.status import JobStatus
+
+
+class AgentStatus(StrEnum):
+    ONLINE = "ONLINE"
+    DRAINING = "DRAINING"
+    LOST = "LOST"
+    RECONNECTING = "RECONNECTING"  # known from before a coordinator restart, not yet back
+
+
+@dataclass(slots=True)
+class AgentState:
+    agent_id: str
+    status: AgentStatus
+    last_seen: float
+    registered_at: float
+    version: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    models: frozenset[str] = frozenset()
+    host: HostInfo = field(default_factory=HostInfo)
+    gpus: list[GpuInfo] = field(default_factory=list)
+    instances: list[InstanceInfo] = field(default_factory=list)
+    snapshot_at: float = 0.0  # when the GPU numbers were measured (last heartbeat)
+    draining: bool = False
+    lost_deadline: float | None = None  # set while RECONNECTING: lost if still absent then
+    jobs: set[str] = field(default_factory=set)  # ASSIGNED / RUNNING job ids placed here
+    to_deliver: deque[str] = field(default_factory=deque)  # assigned, not yet sent by a lease
+    to_cancel: dict[str, JobRef] = field(default_factory=dict)  # cancels to send
+    recent_hashes: deque[str] = field(default_factory=lambda: deque(maxlen=16))
+    recent_failures: deque[float] = field(default_factory=lambda: deque(maxlen=32))
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def schedulable(self) -> bool:
+        return self.status == AgentStatus.ONLINE and not self.draining
+
+    def apply_register(self, msg: Register, now: float) -> None:
+        self.version = msg.version
+        self.labels = dict(msg.labels)
+        self.models = frozenset(msg.models)
+        self.registered_at = now
+        self.apply_snapshot(msg.host, msg.gpus, msg.instances, now)
+
+    def apply_snapshot(
+        self, host: HostInfo, gpus: list[GpuInfo], instances: list[InstanceInfo], now: float
+    ) -> None:
+        self.host = host
+        self.gpus = list(gpus)
+        self.instances = list(instances)
+        self.snapshot_at = now
+        self.last_seen = now
+        self.lost_deadline = None
+        if self.status in (AgentStatus.LOST, AgentStatus.RECONNECTING):
+            self.status = AgentStatus.DRAINING if self.draining else AgentStatus.ONLINE
+
+
+def agent_view(agent: AgentState, jobs: dict[str, JobRecord], recent_window_s: float,
+               now: float) -> AgentView:
+    """Scheduler input for one agent: capacity minus the reservations of its active jobs."""
+    reserved: dict[int, int] = {}
+    unallocated: dict[int, int] = {}
+    active: dict[str, int] = {}
+    ram_reserved = 0
+    ram_unallocated = 0
+    cpu_reserved = 0.0
+    for job_id in agent.jobs:
+        job = jobs.get(job_id)
+        if job is None:
+            continue
+        if job.instance_id is not None:
+            active[job.instance_id] = active.get(job.instance_id, 0) + 1
+        res = job.spec.resources
+        ram_reserved += res.ram_mb
+        cpu_reserved += res.cpu
+        # A job the last snapshot could not yet see has not allocated its memory.
+        unseen = job.status == JobStatus.ASSIGNED or job.timestamps.get(
+            JobStatus.RUNNING.value, 0.0) >= agent.snapshot_at
+        if unseen:
+            ram_unallocated += res.ram_mb
+        if job.gpu_index is not None:
+            reserved[job.gpu_index] = reserved.get(job.gpu_index, 0) + job.vram_mb
+            if unseen:
+                unallocated[job.gpu_index] = unallocated.get(job.gpu_index, 0) + job.vram_mb
+    gpus = tuple(
+        GpuView(
+            index=g.index,
+            name=g.name,
+            vram_total_mb=g.vram_total_mb,
+            vram_free_mb=g.vram_free_mb,
+            reserved_mb=reserved.get(g.index, 0),
+            unallocated_mb=unallocated.get(g.index, 0),
+        )
+        for g in agent.gpus
+    )
+    slots = tuple(
+        SlotView(
+            instance_id=i.instance_id,
+            gpu_index=i.gpu_index,
+            healthy=i.healthy,
+            capacity=i.capacity,
+            active=active.get(i.instance_id, 0),
+        )
+        for i in agent.instances
+    )
+    return AgentView(
+        agent_id=agent.agent_id,
+        schedulable=agent.schedulable,
+        labels=agent.labels,
+        ram_available_mb=max(0, agent.host.ram_available_mb - ram_unallocated),
+        ram_reserved_mb=ram_reserved,
+        ram_total_mb=agent.host.ram_total_mb,
+        cpu_count=agent.host.cpu_count,
+        cpu_reserved=cpu_reserved,
+        gpus=gpus,
+        slots=slots,
+        models=agent.models,
+        recent_hashes=tuple(reversed(agent.recent_hashes)),
+        recent_failures=sum(1 for t in agent.recent_failures if now - t < recent_window_s),
+    )

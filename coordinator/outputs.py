@@ -1,0 +1,100 @@
+"""Output files: chunked, resumable by offset, verified by size and SHA-256.
+
+Files of attempt N of job J live in `outputs/J/N/`; a part file grows by appended chunks and is
+renamed to its final name only once its size and checksum match what the agent declared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from comfyfleet.coordinator.errors import Conflict, StoreUnavailable
+from comfyfleet.shared.errors import InvalidInput
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ ()-]{0,254}$")
+
+
+def check_name(name: str, field: str = "name") -> str:
+    """An output file name must be one plain path segment (no '/', no '..', no leading dot)."""
+    if not _SAFE_NAME.match(name) or ".." in name:
+        raise InvalidInput(field, f"invalid output file name {name!r}", "bad_name")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkResult:
+    received: int
+    complete: bool
+
+
+class OutputFiles:
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        root.mkdir(parents=True, exist_ok=True)
+
+    def attempt_dir(self, job_id: str, attempt: int) -> Path:
+        return self.root / job_id / str(attempt)
+
+    def final_path(self, job_id: str, attempt: int, name: str) -> Path:
+        return self.attempt_dir(job_id, attempt) / check_name(name)
+
+    def received(self, job_id: str, attempt: int, name: str) -> int:
+        final = self.final_path(job_id, attempt, name)
+        if final.exists():
+            return final.stat().st_size
+        part = final.with_name(final.name + ".part")
+        return part.stat().st_size if part.exists() else 0
+
+    def write_chunk(
+        self, job_id: str, attempt: int, name: str, offset: int, size: int, sha256: str, data: bytes
+    ) -> ChunkResult:
+        if size < 0 or size > self.max_bytes:
+            raise InvalidInput("size", f"must be between 0 and {self.max_bytes}", "out_of_range")
+        final = self.final_path(job_id, attempt, name)
+        if final.exists():
+            if final.stat().st_size == size and file_sha256(final) == sha256:
+                return ChunkResult(size, True)
+            raise Conflict(f"output {name} was already stored with other content", "name")
+        part = final.with_name(final.name + ".part")
+        have = part.stat().st_size if part.exists() else 0
+        if offset != have:
+            raise Conflict(f"offset {offset} does not match the {have} bytes received", "offset")
+        if offset + len(data) > size:
+            raise InvalidInput("offset", "chunk runs past the declared size", "out_of_range")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(part, "ab") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot write output {name}: {exc.strerror}") from exc
+        have += len(data)
+        if have < size:
+            return ChunkResult(have, False)
+        if file_sha256(part) != sha256:
+            part.unlink(missing_ok=True)
+            raise InvalidInput("sha256", f"checksum of {name} does not match; upload it again")
+        os.replace(part, final)
+        return ChunkResult(size, True)
+
+    def verify(self, job_id: str, attempt: int, name: str, size: int, sha256: str) -> bool:
+        final = self.final_path(job_id, attempt, name)
+        return final.exists() and final.stat().st_size == size and file_sha256(final) == sha256
+
+    def drop_attempt(self, job_id: str, attempt: int) -> None:
+        shutil.rmtree(self.attempt_dir(job_id, attempt), ignore_errors=True)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

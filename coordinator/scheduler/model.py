@@ -1,0 +1,86 @@
+"""Input and output types of the placement scheduler (DESIGN.md §3).
+
+Plain frozen values: the scheduler reads them and never changes them. The lead computes the
+views from the store and the heartbeats; `plan()` turns them into placements.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+class SchedulerError(Exception):
+    """Base of every exception raised by the scheduler: faults in the caller's input."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """One QUEUED job."""
+
+    job_id: str
+    priority: int  # higher first
+    queued_at: float  # seconds (epoch); older first within a priority
+    gpus: int  # 0 = CPU slot, 1 = one GPU (only 0/1 supported)
+    vram_mb: int
+    ram_mb: int
+    cpu: float
+    labels: Mapping[str, str]  # every key=value must be present on the agent
+    gpu_name: str | None  # case-insensitive fnmatch glob on the GPU name, or None
+    models: tuple[str, ...]  # model names that must be present on the agent
+    workflow_hash: str
+    avoid_agents: frozenset[str]  # earlier attempts failed there: allowed but ranked last
+    blocked_agents: frozenset[str]  # this job must not go there (hard)
+
+
+@dataclass(frozen=True, slots=True)
+class GpuView:
+    index: int
+    name: str
+    vram_total_mb: int
+    vram_free_mb: int  # what NVML / ComfyUI reports free now
+    reserved_mb: int  # sum of vram_mb of ASSIGNED/RUNNING jobs placed on this GPU
+    unallocated_mb: int  # part of reserved_mb those jobs have not yet allocated
+
+
+@dataclass(frozen=True, slots=True)
+class SlotView:
+    """One ComfyUI instance."""
+
+    instance_id: str
+    gpu_index: int | None  # None = CPU-only instance
+    healthy: bool
+    capacity: int  # jobs it may hold at once (1 normally)
+    active: int  # jobs currently assigned/running on it
+
+
+@dataclass(frozen=True, slots=True)
+class AgentView:
+    agent_id: str
+    schedulable: bool  # online and not draining
+    labels: Mapping[str, str]
+    ram_available_mb: int  # reported available minus not-yet-allocated ram_mb of its jobs
+    ram_reserved_mb: int
+    ram_total_mb: int
+    cpu_count: int
+    cpu_reserved: float
+    gpus: tuple[GpuView, ...]
+    slots: tuple[SlotView, ...]
+    models: frozenset[str]
+    recent_hashes: tuple[str, ...]  # workflow hashes recently run here, most recent first
+    recent_failures: int  # failures here in the recent window
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    job_id: str
+    agent_id: str
+    instance_id: str
+    gpu_index: int | None
+    score: float  # informational: how tightly the job fits (1.0 = nothing left over)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanResult:
+    placements: tuple[Placement, ...]
+    pending: Mapping[str, str]  # job_id -> human reason it was not placed

@@ -1,0 +1,597 @@
+"""The coordinator's imperative shell: in-memory indexes over the durable store.
+
+Every change to a job is computed by the pure moves in `jobs.py`, written to the store with a
+guarded update, and only then applied to the in-memory indexes. Placement is the pure
+`scheduler.plan`, woken by events (submit, register, heartbeat, finish, cancel).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+import structlog
+
+from comfyfleet.coordinator import jobs as moves
+from comfyfleet.coordinator.config import CoordinatorConfig
+from comfyfleet.coordinator.errors import Conflict, NotFound, StaleAttempt, Unprocessable
+from comfyfleet.coordinator.fleet import AgentState, AgentStatus, agent_view
+from comfyfleet.coordinator.model import AgentRecord, JobRecord
+from comfyfleet.coordinator.outputs import OutputFiles
+from comfyfleet.coordinator.scheduler.model import JobRequest
+from comfyfleet.coordinator.scheduler.plan import plan
+from comfyfleet.coordinator.store import Store
+from comfyfleet.shared import protocol as p
+from comfyfleet.shared.errors import InvalidInput
+from comfyfleet.shared.jobspec import JobSpec
+from comfyfleet.shared.status import ACTIVE, TERMINAL, JobEvent, JobStatus
+from comfyfleet.shared.workflow import validate_workflow, workflow_hash
+
+log = structlog.get_logger("coordinator")
+
+MAX_PLACEMENTS_PER_PLAN = 2000
+RECENT_FAILURE_WINDOW_S = 600.0
+
+
+def job_request(job: JobRecord) -> JobRequest:
+    spec = job.spec
+    return JobRequest(
+        job_id=job.id,
+        priority=spec.priority,
+        queued_at=job.queued_at,
+        gpus=spec.resources.gpus,
+        vram_mb=job.vram_mb,
+        ram_mb=spec.resources.ram_mb,
+        cpu=spec.resources.cpu,
+        labels=spec.constraints.labels,
+        gpu_name=spec.constraints.gpu_name,
+        models=tuple(spec.constraints.models),
+        workflow_hash=job.workflow_hash,
+        avoid_agents=frozenset(job.failed_agents),
+        blocked_agents=frozenset(),
+    )
+
+
+@dataclasses.dataclass(slots=True)
+class LiveProgress:
+    """What the agent last reported about a running job (memory only, not durable)."""
+
+    fraction: float | None = None
+    node: str | None = None
+    node_type: str | None = None
+    value: float | None = None
+    max: float | None = None
+    cached: list[str] = dataclasses.field(default_factory=list)
+    preview: tuple[bytes, str] | None = None
+    updated_at: float = 0.0
+
+
+class Coordinator:
+    def __init__(
+        self,
+        config: CoordinatorConfig,
+        store: Store,
+        outputs: OutputFiles,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.outputs = outputs
+        self.clock = clock
+        self.jobs: dict[str, JobRecord] = {}  # every non-terminal job
+        self.queued: dict[str, JobRequest] = {}
+        self.agents: dict[str, AgentState] = {}
+        self.delivered: set[str] = set()  # ASSIGNED jobs a lease has handed out
+        self.cancel_sent: dict[str, float] = {}  # job_id -> when a cancel/timeout was asked
+        self.progress: dict[str, LiveProgress] = {}
+        self.wake = asyncio.Event()
+        self.counters: dict[str, int] = {"placements": 0, "requeues": 0, "lost_agents": 0}
+
+    # ------------------------------------------------------------------ recovery
+
+    def recover(self) -> None:
+        """Load state after a (re)start; nothing is requeued before the reconnect grace."""
+        now = self.clock()
+        deadline = now + self.config.restart_grace_s
+        for rec in self.store.load_agents():
+            state = AgentState(rec.agent_id, AgentStatus.RECONNECTING, now, rec.registered_at,
+                               lost_deadline=deadline)
+            msg = _register_from_info(rec.info)
+            if msg is not None:
+                state.apply_register(msg, rec.registered_at)
+                state.status, state.lost_deadline, state.last_seen = (
+                    AgentStatus.RECONNECTING, deadline, now)
+            self.agents[rec.agent_id] = state
+        for job in self.store.non_terminal_jobs():
+            if job.status == JobStatus.SUBMITTED:
+                queued = moves.advance(job, JobEvent.ENQUEUE, now, "recovered after restart")
+                self._save(job, queued)
+                continue
+            self._index(None, job)
+            if job.desired != "run":
+                self.cancel_sent[job.id] = now
+        log.info("recovered", jobs=len(self.jobs), queued=len(self.queued),
+                 agents=len(self.agents))
+        self.wake.set()
+
+    # ------------------------------------------------------------------ persistence + indexes
+
+    def _save(self, old: JobRecord, new: JobRecord) -> JobRecord:
+        if not self.store.update_job(new, old.status, old.attempt):
+            raise Conflict(f"job {old.id} changed concurrently; try again")
+        self._index(old, new)
+        return new
+
+    def _index(self, old: JobRecord | None, new: JobRecord) -> None:
+        job_id = new.id
+        if old is not None and old.agent_id and (
+            new.status not in ACTIVE or new.agent_id != old.agent_id
+        ):
+            agent = self.agents.get(old.agent_id)
+            if agent is not None:
+                agent.jobs.discard(job_id)
+                agent.to_cancel.pop(job_id, None)
+            self.delivered.discard(job_id)
+            self.cancel_sent.pop(job_id, None)
+        if new.status in TERMINAL:
+            self.jobs.pop(job_id, None)
+            self.queued.pop(job_id, None)
+            self.progress.pop(job_id, None)
+            self.wake.set()
+            return
+        self.jobs[job_id] = new
+        if new.status == JobStatus.QUEUED:
+            self.queued[job_id] = job_request(new)
+            self.progress.pop(job_id, None)
+            self.wake.set()
+        else:
+            self.queued.pop(job_id, None)
+        if new.status in ACTIVE and new.agent_id:
+            agent = self.agents.get(new.agent_id)
+            if agent is None:  # recovered job whose agent the store did not know
+                now = self.clock()
+                agent = AgentState(new.agent_id, AgentStatus.RECONNECTING, now, now,
+                                   lost_deadline=now + self.config.restart_grace_s)
+                self.agents[new.agent_id] = agent
+            agent.jobs.add(job_id)
+
+    # ------------------------------------------------------------------ client operations
+
+    def submit(self, spec: JobSpec, idempotency_key: str | None = None,
+               tenant: str = "default") -> tuple[JobRecord, bool]:
+        validate_workflow(spec.workflow)
+        now = self.clock()
+        vram = spec.resources.vram_mb
+        if vram is None:
+            vram = self.config.default_vram_mb if spec.resources.gpus else 0
+        if spec.resources.gpus == 0 and vram:
+            raise InvalidInput("resources.vram_mb", "a CPU job (gpus: 0) cannot ask for VRAM")
+        job = JobRecord(
+            id=moves.new_job_id(now), spec=spec, workflow_hash=workflow_hash(spec.workflow),
+            created_at=now, idempotency_key=idempotency_key, tenant=tenant, vram_mb=vram,
+        )
+        job = moves.created(job, now)
+        stored, created = self.store.insert_job(job)
+        if created:
+            self._index(None, stored)
+            log.info("job_submitted", job_id=stored.id, vram_mb=vram,
+                     priority=spec.priority)
+        return stored, created
+
+    def get(self, job_id: str) -> JobRecord:
+        job = self.jobs.get(job_id) or self.store.get_job(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}", "job_id")
+        return job
+
+    def cancel(self, job_id: str) -> JobRecord:
+        job = self.get(job_id)
+        now = self.clock()
+        if job.status in TERMINAL:
+            raise Conflict(f"job {job_id} is already {job.status.value}", "status")
+        if job.status in (JobStatus.SUBMITTED, JobStatus.QUEUED) or (
+            job.status == JobStatus.ASSIGNED and job_id not in self.delivered
+        ):
+            agent = self.agents.get(job.agent_id or "")
+            if agent is not None and job_id in agent.to_deliver:
+                agent.to_deliver.remove(job_id)
+            new = moves.advance(job, JobEvent.CANCEL, now, "cancelled by user",
+                                desired="cancel")
+            log.info("job_cancelled", job_id=job_id, was=job.status.value)
+            return self._save(job, new)
+        if job.desired == "cancel":
+            return job
+        new = dataclasses.replace(job, desired="cancel", updated_at=now)
+        self._save(job, new)
+        self._send_cancel(new, now)
+        log.info("job_cancel_requested", job_id=job_id, agent_id=job.agent_id)
+        return new
+
+    def _send_cancel(self, job: JobRecord, now: float) -> None:
+        self.cancel_sent[job.id] = now
+        agent = self.agents.get(job.agent_id or "")
+        if agent is not None:
+            agent.to_cancel[job.id] = p.JobRef(job_id=job.id, attempt=job.attempt)
+            agent.wake.set()
+
+    def drain(self, agent_id: str) -> AgentState:
+        agent = self.agent(agent_id)
+        agent.draining = True
+        if agent.status == AgentStatus.ONLINE:
+            agent.status = AgentStatus.DRAINING
+        agent.wake.set()
+        log.info("agent_drain", agent_id=agent_id)
+        return agent
+
+    def agent(self, agent_id: str) -> AgentState:
+        agent = self.agents.get(agent_id)
+        if agent is None:
+            raise NotFound(f"no agent {agent_id}", "agent_id")
+        return agent
+
+    # ------------------------------------------------------------------ agent protocol
+
+    def register(self, msg: p.Register) -> p.RegisterReply:
+        now = self.clock()
+        agent = self.agents.get(msg.agent_id)
+        if agent is None:
+            agent = AgentState(msg.agent_id, AgentStatus.ONLINE, now, now)
+            self.agents[msg.agent_id] = agent
+        agent.apply_register(msg, now)
+        agent.status = AgentStatus.DRAINING if agent.draining else AgentStatus.ONLINE
+        self.store.save_agent(AgentRecord(msg.agent_id, now, _info_of(msg)))
+        drop: list[p.JobRef] = []
+        reported = {r.job_id for r in msg.running}
+        for r in msg.running:
+            job = self.jobs.get(r.job_id)
+            if job is None or job.agent_id != msg.agent_id or job.attempt != r.attempt or (
+                job.status not in ACTIVE
+            ):
+                drop.append(p.JobRef(job_id=r.job_id, attempt=r.attempt))
+                continue
+            self.delivered.add(job.id)
+            if job.status == JobStatus.ASSIGNED and r.prompt_id:
+                self._save(job, moves.advance(job, JobEvent.START, now,
+                                              "reported running after agent restart",
+                                              prompt_id=r.prompt_id))
+            if job.desired != "run":
+                self._send_cancel(self.jobs[job.id], now)
+        for job_id in list(agent.jobs):
+            job = self.jobs[job_id]
+            if job_id not in reported and (
+                job.status == JobStatus.RUNNING or job_id in self.delivered
+            ):
+                self._release(job, now, "agent restarted without this job", spend_retry=True)
+        log.info("agent_registered", agent_id=msg.agent_id, gpus=len(msg.gpus),
+                 instances=len(msg.instances), running=len(msg.running), dropped=len(drop))
+        self.wake.set()
+        return p.RegisterReply(
+            heartbeat_interval_s=self.config.heartbeat_interval_s,
+            lease_ttl_s=self.config.lost_after_s,
+            lease_wait_s=self.config.lease_wait_s,
+            chunk_size=self.config.chunk_size,
+            drop=drop,
+        )
+
+    def heartbeat(self, msg: p.Heartbeat) -> p.HeartbeatReply:
+        now = self.clock()
+        agent = self.agents.get(msg.agent_id)
+        interval = self.config.heartbeat_interval_s
+        if agent is None or agent.status in (AgentStatus.LOST, AgentStatus.RECONNECTING):
+            return p.HeartbeatReply(heartbeat_interval_s=interval, reregister=True)
+        agent.apply_snapshot(msg.host, msg.gpus, msg.instances, now)
+        if msg.draining and not agent.draining:
+            agent.draining = True
+            agent.status = AgentStatus.DRAINING
+        cancel: list[p.JobRef] = []
+        drop: list[p.JobRef] = []
+        for r in msg.running:
+            job = self.jobs.get(r.job_id)
+            ref = p.JobRef(job_id=r.job_id, attempt=r.attempt)
+            if job is None or job.agent_id != msg.agent_id or job.attempt != r.attempt:
+                drop.append(ref)
+            elif job.desired != "run":
+                cancel.append(ref)
+            elif r.progress is not None:
+                live = self.progress.setdefault(job.id, LiveProgress())
+                live.fraction, live.updated_at = r.progress, now
+        if self.queued:
+            self.wake.set()
+        return p.HeartbeatReply(heartbeat_interval_s=interval, cancel=cancel, drop=drop,
+                                drain=agent.draining)
+
+    async def lease(self, msg: p.LeaseRequest) -> p.LeaseReply:
+        agent = self.agent(msg.agent_id)
+        if agent.status in (AgentStatus.LOST, AgentStatus.RECONNECTING):
+            raise NotFound(f"agent {msg.agent_id} must register again", "agent_id")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(msg.wait_s, self.config.lease_wait_s)
+        while True:
+            agent.last_seen = self.clock()
+            reply = self._take(agent, msg.free)
+            remaining = deadline - loop.time()
+            if reply.jobs or reply.cancel or remaining <= 0 or agent.status == AgentStatus.LOST:
+                return reply
+            agent.wake.clear()
+            try:
+                await asyncio.wait_for(agent.wake.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    def _take(self, agent: AgentState, free: dict[str, int]) -> p.LeaseReply:
+        room = dict(free)
+        jobs: list[p.Assignment] = []
+        keep: list[str] = []
+        while agent.to_deliver:
+            job_id = agent.to_deliver.popleft()
+            job = self.jobs.get(job_id)
+            if job is None or job.status != JobStatus.ASSIGNED or job.agent_id != agent.agent_id:
+                continue
+            instance = job.instance_id or ""
+            if room.get(instance, 0) <= 0:
+                keep.append(job_id)
+                continue
+            room[instance] -= 1
+            self.delivered.add(job_id)
+            jobs.append(p.Assignment(
+                job_id=job_id, attempt=job.attempt, instance_id=instance,
+                workflow=job.spec.workflow, timeout_s=job.spec.timeout_s, vram_mb=job.vram_mb,
+            ))
+        agent.to_deliver.extend(keep)
+        cancel = list(agent.to_cancel.values())
+        agent.to_cancel.clear()
+        return p.LeaseReply(jobs=jobs, cancel=cancel, drain=agent.draining)
+
+    def _fenced(self, agent_id: str, job_id: str, attempt: int) -> JobRecord:
+        job = self.jobs.get(job_id)
+        if job is None:
+            stored = self.store.get_job(job_id)
+            if stored is None:
+                raise NotFound(f"no job {job_id}", "job_id")
+            raise StaleAttempt(f"job {job_id} is {stored.status.value}; drop attempt {attempt}",
+                               "attempt")
+        if job.attempt != attempt or job.agent_id != agent_id or job.status not in ACTIVE:
+            raise StaleAttempt(
+                f"job {job_id} attempt {attempt} on {agent_id} is stale (current attempt "
+                f"{job.attempt}, {job.status.value}); drop it", "attempt")
+        agent = self.agents.get(agent_id)
+        if agent is not None:
+            agent.last_seen = max(agent.last_seen, self.clock())
+        return job
+
+    def started(self, msg: p.Started) -> p.Ack:
+        job = self._fenced(msg.agent_id, msg.job_id, msg.attempt)
+        if job.status == JobStatus.ASSIGNED:
+            now = self.clock()
+            job = self._save(job, moves.advance(
+                job, JobEvent.START, now, f"ComfyUI prompt {msg.prompt_id}",
+                prompt_id=msg.prompt_id, seeds=dict(msg.seeds)))
+            log.info("job_running", job_id=job.id, agent_id=msg.agent_id, attempt=job.attempt)
+        return p.Ack(status="cancel" if job.desired != "run" else job.status.value)
+
+    def events(self, msg: p.Events) -> p.Ack:
+        job = self._fenced(msg.agent_id, msg.job_id, msg.attempt)
+        live = self.progress.setdefault(job.id, LiveProgress())
+        for ev in msg.events:
+            live.updated_at = ev.t
+            if ev.kind == "cached":
+                live.cached = list(ev.nodes)
+            elif ev.kind in ("executing", "progress"):
+                live.node = ev.node or live.node
+                live.node_type = ev.node_type or live.node_type
+                live.value, live.max = ev.value, ev.max
+            elif ev.kind == "preview" and ev.image is not None:
+                live.preview = (ev.image, ev.mime or "image/jpeg")
+            if ev.fraction is not None:
+                live.fraction = max(live.fraction or 0.0, ev.fraction)
+        return p.Ack(status="cancel" if job.desired != "run" else job.status.value)
+
+    def upload(self, agent_id: str, job_id: str, attempt: int, name: str, offset: int,
+               size: int, sha256: str, data: bytes) -> p.UploadState:
+        self._fenced(agent_id, job_id, attempt)
+        result = self.outputs.write_chunk(job_id, attempt, name, offset, size, sha256, data)
+        return p.UploadState(name=name, received=result.received, size=size,
+                             complete=result.complete)
+
+    def upload_state(self, agent_id: str, job_id: str, attempt: int, name: str,
+                     size: int) -> p.UploadState:
+        self._fenced(agent_id, job_id, attempt)
+        have = self.outputs.received(job_id, attempt, name)
+        return p.UploadState(name=name, received=have, size=size, complete=have == size and (
+            self.outputs.final_path(job_id, attempt, name).exists()))
+
+    def finish(self, msg: p.Finish) -> p.Ack:
+        job = self._fenced(msg.agent_id, msg.job_id, msg.attempt)
+        now = self.clock()
+        agent = self.agents.get(msg.agent_id)
+        err = _error_dict(msg.error)
+        if msg.outcome == "completed":
+            missing = [o.name for o in msg.outputs if not self.outputs.verify(
+                job.id, job.attempt, o.name, o.size, o.sha256)]
+            if missing:
+                raise Unprocessable(
+                    f"outputs not received or not matching their checksum: {', '.join(missing)}",
+                    "outputs")
+            if job.status == JobStatus.ASSIGNED:
+                job = self._save(job, moves.advance(job, JobEvent.START, now, "started"))
+            outputs = [{**_output_dict(o), "attempt": job.attempt} for o in msg.outputs]
+            new = moves.advance(job, JobEvent.COMPLETE, now,
+                                f"{len(outputs)} outputs stored and verified",
+                                outputs=outputs, timings=dict(msg.timings), error=None)
+            self._save(job, new)
+            if agent is not None:
+                agent.recent_hashes.append(job.workflow_hash)
+            log.info("job_completed", job_id=job.id, agent_id=msg.agent_id,
+                     attempt=job.attempt, outputs=len(outputs))
+            return p.Ack(status=new.status.value)
+        self.outputs.drop_attempt(job.id, job.attempt)
+        if msg.outcome == "failed" and not (err and err.get("retryable")):
+            new = moves.advance(job, JobEvent.FAIL, now, (err or {}).get("message", "failed"),
+                                error=err or {"code": "failed", "message": "failed"})
+            self._save(job, new)
+            if agent is not None:
+                agent.recent_failures.append(now)
+            log.info("job_failed", job_id=job.id, agent_id=msg.agent_id,
+                     code=(err or {}).get("code"))
+            return p.Ack(status=new.status.value)
+        if msg.outcome == "cancelled" and job.desired == "cancel":
+            new = moves.advance(job, JobEvent.CANCEL, now, "cancelled by user; agent confirmed")
+            self._save(job, new)
+            return p.Ack(status=new.status.value)
+        if job.desired == "timeout":
+            reason = f"timed out after {job.spec.timeout_s:g} s"
+            err = {"code": "timeout", "message": reason}
+        else:
+            reason = (err or {}).get("message") or f"agent gave the job back ({msg.outcome})"
+        if msg.outcome == "failed" and agent is not None:
+            agent.recent_failures.append(now)
+        new = self._release(job, now, reason, spend_retry=msg.spend_retry, error=err)
+        return p.Ack(status=new.status.value)
+
+    def _release(self, job: JobRecord, now: float, reason: str, *, spend_retry: bool,
+                 error: dict[str, Any] | None = None) -> JobRecord:
+        new = moves.released(job, now, reason, spend_retry=spend_retry, error=error)
+        self._save(job, new)
+        if new.status == JobStatus.QUEUED:
+            self.counters["requeues"] += 1
+        log.info("job_released", job_id=job.id, agent_id=job.agent_id, attempt=job.attempt,
+                 reason=reason, now_status=new.status.value)
+        return new
+
+    # ------------------------------------------------------------------ scheduling
+
+    def schedule_once(self) -> int:
+        """Run one placement plan over the queue; returns how many jobs were placed."""
+        if not self.queued:
+            return 0
+        now = self.clock()
+        views = [agent_view(a, self.jobs, RECENT_FAILURE_WINDOW_S, now)
+                 for a in self.agents.values() if a.status != AgentStatus.LOST]
+        result = plan(list(self.queued.values()), views, now,
+                      max_placements=MAX_PLACEMENTS_PER_PLAN)
+        for job_id, reason in result.pending.items():
+            job = self.jobs.get(job_id)
+            if job is not None:
+                job.pending_reason = reason
+        if not result.placements:
+            return 0
+        batch = []
+        for pl in result.placements:
+            job = self.jobs[pl.job_id]
+            batch.append((job, moves.assigned(job, now, pl.agent_id, pl.instance_id,
+                                              pl.gpu_index)))
+        oks = self.store.update_jobs([(new, old.status, old.attempt) for old, new in batch])
+        placed = 0
+        for (old, new), ok in zip(batch, oks, strict=True):
+            if not ok:
+                continue
+            self._index(old, new)
+            agent = self.agents[new.agent_id or ""]
+            agent.to_deliver.append(new.id)
+            agent.wake.set()
+            placed += 1
+        self.counters["placements"] += placed
+        if len(result.placements) >= MAX_PLACEMENTS_PER_PLAN:
+            self.wake.set()
+        return placed
+
+    async def scheduler_loop(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            self.schedule_once()
+            await asyncio.sleep(0)
+
+    # ------------------------------------------------------------------ timeouts
+
+    def sweep(self) -> None:
+        """Lost agents, assign timeouts, job timeouts, unconfirmed cancels."""
+        now = self.clock()
+        for agent in list(self.agents.values()):
+            silent = now - agent.last_seen
+            lost = (
+                agent.status in (AgentStatus.ONLINE, AgentStatus.DRAINING)
+                and silent > self.config.lost_after_s
+            ) or (
+                agent.status == AgentStatus.RECONNECTING
+                and agent.lost_deadline is not None
+                and now > agent.lost_deadline
+            )
+            if not lost:
+                continue
+            agent.status = AgentStatus.LOST
+            self.counters["lost_agents"] += 1
+            log.warning("agent_lost", agent_id=agent.agent_id, silent_s=round(silent, 1),
+                        jobs=len(agent.jobs))
+            agent.wake.set()
+            for job_id in list(agent.jobs):
+                self._release(self.jobs[job_id], now,
+                              f"agent {agent.agent_id} lost (silent {silent:.0f} s)",
+                              spend_retry=True)
+        for job in list(self.jobs.values()):
+            if job.status not in ACTIVE:
+                continue
+            agent = self.agents.get(job.agent_id or "")
+            if agent is not None and agent.status == AgentStatus.RECONNECTING:
+                continue  # wait for the agent to come back before judging its jobs
+            if job.status == JobStatus.ASSIGNED:
+                since = job.timestamps.get(JobStatus.ASSIGNED.value, now)
+                if now - since > self.config.assign_timeout_s:
+                    self._release(job, now, f"not started within "
+                                  f"{self.config.assign_timeout_s:g} s", spend_retry=True)
+                continue
+            asked = self.cancel_sent.get(job.id)
+            if asked is not None:
+                if now - asked > self.config.cancel_grace_s:
+                    self._release(job, now, "agent did not confirm the cancel",
+                                  spend_retry=True,
+                                  error={"code": "timeout", "message": "timed out"}
+                                  if job.desired == "timeout" else None)
+                continue
+            running_since = job.timestamps.get(JobStatus.RUNNING.value, now)
+            if job.desired == "run" and now - running_since > job.spec.timeout_s:
+                new = dataclasses.replace(job, desired="timeout", updated_at=now)
+                self._save(job, new)
+                self._send_cancel(new, now)
+                log.info("job_timeout", job_id=job.id, agent_id=job.agent_id,
+                         timeout_s=job.spec.timeout_s)
+
+    async def sweeper_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sweep_interval_s)
+            self.sweep()
+
+    def list_jobs(self, statuses: Sequence[JobStatus] | None, limit: int,
+                  cursor: str | None) -> tuple[list[JobRecord], str | None]:
+        found, nxt = self.store.list_jobs(statuses=statuses, tenant=None, limit=limit,
+                                          cursor=cursor)
+        return [self.jobs.get(j.id, j) for j in found], nxt
+
+
+def _info_of(msg: p.Register) -> dict[str, Any]:
+    info: dict[str, Any] = msgspec.to_builtins(msg)
+    info.pop("running", None)
+    return info
+
+
+def _register_from_info(info: dict[str, Any]) -> p.Register | None:
+    try:
+        return msgspec.convert(info, p.Register)
+    except msgspec.ValidationError:
+        return None
+
+
+def _error_dict(err: p.ErrorInfo | None) -> dict[str, Any] | None:
+    if err is None:
+        return None
+    out: dict[str, Any] = msgspec.to_builtins(err)
+    return {k: v for k, v in out.items() if v not in (None, {})}
+
+
+def _output_dict(o: p.OutputFile) -> dict[str, Any]:
+    out: dict[str, Any] = msgspec.to_builtins(o)
+    return out

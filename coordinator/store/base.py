@@ -1,0 +1,93 @@
+"""The one storage interface of the coordinator (DESIGN.md §8) and its errors.
+
+Every backend passes the one contract suite in tests/unit/test_store_contract.py. Methods are
+synchronous: the coordinator calls them from its event loop, and a local SQLite commit in WAL mode
+with synchronous=NORMAL takes well under a millisecond.
+
+Faults of the medium (disk full, read-only database, I/O error, store closed) raise
+`StoreUnavailable`; the failed write leaves nothing behind. Expected refusals are values: a guarded
+update that does not match returns False, a repeated idempotency key returns the first job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Protocol
+
+from comfyfleet.coordinator.errors import StoreUnavailable
+from comfyfleet.coordinator.model import AgentRecord, JobRecord
+from comfyfleet.shared.status import JobStatus
+
+DEFAULT_PAGE = 100
+
+# One guarded update: the new record, and the status and attempt the stored row must still have.
+GuardedUpdate = tuple[JobRecord, JobStatus, int]
+
+
+class SchemaTooNew(StoreUnavailable):
+    """The database was written by a newer comfyfleet than this one."""
+
+
+class Store(Protocol):
+    def schema_version(self) -> int:
+        """The schema version of the open store (the latest this code knows, once open)."""
+        ...
+
+    def insert_job(self, job: JobRecord) -> tuple[JobRecord, bool]:
+        """Store a new job durably before returning: (job, True).
+
+        If `job.idempotency_key` is set and the tenant already has a job with that key, store
+        nothing and return (that job, False). A second job with an existing id raises `Conflict`.
+        """
+        ...
+
+    def update_job(self, job: JobRecord, expect_status: JobStatus, expect_attempt: int) -> bool:
+        """Write `job` if the stored row still has `expect_status` and `expect_attempt`.
+
+        Everything but id, spec, created_at, idempotency_key and tenant is written. Returns False,
+        writing nothing, when the row is missing or does not match.
+        """
+        ...
+
+    def update_jobs(self, items: Sequence[GuardedUpdate]) -> list[bool]:
+        """Many guarded updates, applied in order in one transaction; one result per item."""
+        ...
+
+    def get_job(self, job_id: str) -> JobRecord | None: ...
+
+    def list_jobs(
+        self,
+        *,
+        statuses: Collection[JobStatus] | None = None,
+        tenant: str | None = None,
+        limit: int = DEFAULT_PAGE,
+        cursor: str | None = None,
+    ) -> tuple[list[JobRecord], str | None]:
+        """A page of jobs, newest first by (created_at, id), and the cursor of the next page.
+
+        `statuses=None` means any status (an empty collection matches nothing). The cursor is
+        None on the last page. A malformed cursor raises InvalidInput(field="cursor"), a limit
+        below 1 InvalidInput(field="limit").
+        """
+        ...
+
+    def non_terminal_jobs(self) -> list[JobRecord]:
+        """Every job not yet COMPLETED, FAILED or CANCELLED, oldest first (restart recovery)."""
+        ...
+
+    def count_by_status(self) -> dict[JobStatus, int]:
+        """The number of jobs in each status; every status is present, zero included."""
+        ...
+
+    def save_agent(self, agent: AgentRecord) -> None:
+        """Insert or replace the agent's last registration."""
+        ...
+
+    def load_agents(self) -> list[AgentRecord]:
+        """Every saved agent, ordered by agent_id."""
+        ...
+
+    def close(self) -> None:
+        """Release the store; closing twice is harmless, any other call afterwards raises
+        StoreUnavailable."""
+        ...

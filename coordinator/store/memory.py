@@ -1,0 +1,129 @@
+"""An in-memory Store: the reference backend, for tests and for running without a data dir.
+
+It keeps `JobRow`s (immutable, already encoded by the shared codec), so every read decodes a fresh
+record and callers never share a mutable object with the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+
+from comfyfleet.coordinator.errors import Conflict, StoreUnavailable
+from comfyfleet.coordinator.model import AgentRecord, JobRecord
+from comfyfleet.coordinator.store import codec
+from comfyfleet.coordinator.store.base import DEFAULT_PAGE, GuardedUpdate
+from comfyfleet.coordinator.store.codec import JobRow
+from comfyfleet.coordinator.store.migrations import LATEST
+from comfyfleet.shared.errors import InvalidInput
+from comfyfleet.shared.status import TERMINAL, JobStatus
+
+SCHEMA_VERSION = LATEST  # the memory store is always "fully migrated"
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self._jobs: dict[str, JobRow] = {}
+        self._keys: dict[tuple[str, str], str] = {}  # (tenant, idempotency_key) -> job id
+        self._agents: dict[str, tuple[float, str]] = {}
+        self._closed = False
+
+    def _open(self) -> None:
+        if self._closed:
+            raise StoreUnavailable("store is closed")
+
+    def schema_version(self) -> int:
+        self._open()
+        return SCHEMA_VERSION
+
+    def insert_job(self, job: JobRecord) -> tuple[JobRecord, bool]:
+        self._open()
+        key = (job.tenant, job.idempotency_key) if job.idempotency_key is not None else None
+        if key is not None and key in self._keys:
+            return codec.decode_job(self._jobs[self._keys[key]]), False
+        if job.id in self._jobs:
+            raise Conflict(f"job {job.id} already exists", field="id")
+        row = codec.encode_job(job)
+        self._jobs[row.id] = row
+        if key is not None:
+            self._keys[key] = row.id
+        return codec.decode_job(row), True
+
+    def update_job(self, job: JobRecord, expect_status: JobStatus, expect_attempt: int) -> bool:
+        return self.update_jobs([(job, expect_status, expect_attempt)])[0]
+
+    def update_jobs(self, items: Sequence[GuardedUpdate]) -> list[bool]:
+        self._open()
+        # Stage every change first and apply them together: an exception changes nothing.
+        staged: dict[str, JobRow] = {}
+        results: list[bool] = []
+        for job, status, attempt in items:
+            row = staged.get(job.id) or self._jobs.get(job.id)
+            ok = (
+                row is not None and row.status == JobStatus(status).value and row.attempt == attempt
+            )
+            if ok and row is not None:
+                staged[job.id] = codec.apply_update(row, job)
+            results.append(ok)
+        self._jobs.update(staged)
+        return results
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        self._open()
+        row = self._jobs.get(job_id)
+        return codec.decode_job(row) if row is not None else None
+
+    def list_jobs(
+        self,
+        *,
+        statuses: Collection[JobStatus] | None = None,
+        tenant: str | None = None,
+        limit: int = DEFAULT_PAGE,
+        cursor: str | None = None,
+    ) -> tuple[list[JobRecord], str | None]:
+        self._open()
+        if limit < 1:
+            raise InvalidInput("limit", "limit must be at least 1")
+        position = codec.decode_cursor(cursor) if cursor is not None else None
+        wanted = {JobStatus(s).value for s in statuses} if statuses is not None else None
+        rows = [
+            row
+            for row in self._jobs.values()
+            if (wanted is None or row.status in wanted)
+            and (tenant is None or row.tenant == tenant)
+            and (position is None or codec.before_cursor(row, position))
+        ]
+        rows.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+        page = rows[:limit]
+        more = len(rows) > limit
+        next_cursor = codec.encode_cursor(page[-1]) if more else None
+        return [codec.decode_job(r) for r in page], next_cursor
+
+    def non_terminal_jobs(self) -> list[JobRecord]:
+        self._open()
+        terminal = {s.value for s in TERMINAL}
+        rows = sorted(
+            (r for r in self._jobs.values() if r.status not in terminal),
+            key=lambda r: (r.created_at, r.id),
+        )
+        return [codec.decode_job(r) for r in rows]
+
+    def count_by_status(self) -> dict[JobStatus, int]:
+        self._open()
+        counts = dict.fromkeys(JobStatus, 0)
+        for row in self._jobs.values():
+            counts[JobStatus(row.status)] += 1
+        return counts
+
+    def save_agent(self, agent: AgentRecord) -> None:
+        self._open()
+        self._agents[agent.agent_id] = (float(agent.registered_at), codec.encode_agent_info(agent))
+
+    def load_agents(self) -> list[AgentRecord]:
+        self._open()
+        return [
+            codec.decode_agent(agent_id, at, info)
+            for agent_id, (at, info) in sorted(self._agents.items())
+        ]
+
+    def close(self) -> None:
+        self._closed = True

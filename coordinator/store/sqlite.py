@@ -1,0 +1,261 @@
+"""The SQLite Store (DESIGN.md §8): one file in the data directory, WAL, versioned schema."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from comfyfleet.coordinator.errors import Conflict, StoreUnavailable
+from comfyfleet.coordinator.model import AgentRecord, JobRecord
+from comfyfleet.coordinator.store import codec
+from comfyfleet.coordinator.store.base import DEFAULT_PAGE, GuardedUpdate, SchemaTooNew
+from comfyfleet.coordinator.store.codec import JobRow
+from comfyfleet.coordinator.store.migrations import MIGRATIONS
+from comfyfleet.shared.errors import InvalidInput
+from comfyfleet.shared.status import TERMINAL, JobStatus
+
+BUSY_TIMEOUT_S = 5.0
+_COLUMNS = (
+    "id, tenant, status, attempt, created_at, updated_at, priority, idempotency_key, spec, state"
+)
+_SELECT = f"SELECT {_COLUMNS} FROM jobs"
+_INSERT = f"INSERT INTO jobs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_UPDATE = (
+    "UPDATE jobs SET status = ?, attempt = ?, updated_at = ?, state = ? "
+    "WHERE id = ? AND status = ? AND attempt = ?"
+)
+_NON_TERMINAL = tuple(s.value for s in JobStatus if s not in TERMINAL)
+
+# Primary result codes that mean the medium failed, not the caller: sqlite3.h.
+_UNAVAILABLE = {
+    5: "database is locked",  # SQLITE_BUSY, after busy_timeout
+    6: "database table is locked",  # SQLITE_LOCKED
+    8: "database is read-only",  # SQLITE_READONLY
+    10: "disk I/O error",  # SQLITE_IOERR
+    11: "database file is corrupt",  # SQLITE_CORRUPT
+    13: "disk full",  # SQLITE_FULL
+    14: "cannot open database file",  # SQLITE_CANTOPEN
+    26: "file is not a database",  # SQLITE_NOTADB
+}
+
+
+@contextmanager
+def _translated(path: str) -> Iterator[None]:
+    """Turn SQLite's faults of the medium into StoreUnavailable naming the problem."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        code = getattr(exc, "sqlite_errorcode", None)
+        problem = _UNAVAILABLE.get(code & 0xFF) if isinstance(code, int) else None
+        if problem is None:
+            raise
+        raise StoreUnavailable(f"job store {path}: {problem} ({exc})") from exc
+
+
+class SqliteStore:
+    def __init__(self, path: Path | str) -> None:
+        self._path = str(path)
+        with _translated(self._path):
+            conn = sqlite3.connect(
+                self._path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+            try:
+                self._configure(conn)
+                self._migrate(conn)
+            except BaseException:
+                conn.close()
+                raise
+        self._conn: sqlite3.Connection | None = conn
+
+    @staticmethod
+    def _configure(conn: sqlite3.Connection) -> None:
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = _user_version(conn)
+        if version > len(MIGRATIONS):
+            raise SchemaTooNew(
+                f"job store {self._path} has schema version {version}, but this comfyfleet knows "
+                f"versions up to {len(MIGRATIONS)}: upgrade comfyfleet, or use another data dir"
+            )
+        for target in range(version + 1, len(MIGRATIONS) + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if _user_version(conn) < target:  # another process may have migrated meanwhile
+                    for statement in MIGRATIONS[target - 1]:
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {target}")
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+
+    def _live(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreUnavailable(f"job store {self._path} is closed")
+        return self._conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed on success, rolled back on any exception."""
+        conn = self._live()
+        with _translated(self._path):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+
+    def _rows(self, sql: str, params: Sequence[object] = ()) -> list[JobRow]:
+        conn = self._live()
+        with _translated(self._path):
+            return [JobRow(*r) for r in conn.execute(sql, params).fetchall()]
+
+    def schema_version(self) -> int:
+        with _translated(self._path):
+            return _user_version(self._live())
+
+    def insert_job(self, job: JobRecord) -> tuple[JobRecord, bool]:
+        row = codec.encode_job(job)
+        with self._write() as conn:
+            if row.idempotency_key is not None:
+                found = conn.execute(
+                    f"{_SELECT} WHERE tenant = ? AND idempotency_key = ?",
+                    (row.tenant, row.idempotency_key),
+                ).fetchone()
+                if found is not None:
+                    return codec.decode_job(JobRow(*found)), False
+            try:
+                conn.execute(_INSERT, _astuple(row))
+            except sqlite3.IntegrityError as exc:
+                if "jobs.id" in str(exc):
+                    raise Conflict(f"job {job.id} already exists", field="id") from None
+                raise Conflict(
+                    f"idempotency key {row.idempotency_key!r} was taken meanwhile",
+                    field="idempotency_key",
+                ) from None
+        return codec.decode_job(row), True
+
+    def update_job(self, job: JobRecord, expect_status: JobStatus, expect_attempt: int) -> bool:
+        return self.update_jobs([(job, expect_status, expect_attempt)])[0]
+
+    def update_jobs(self, items: Sequence[GuardedUpdate]) -> list[bool]:
+        params = [
+            (
+                JobStatus(job.status).value,
+                job.attempt,
+                float(job.updated_at),
+                codec.encode_state(job),
+                job.id,
+                JobStatus(status).value,
+                attempt,
+            )
+            for job, status, attempt in items
+        ]
+        if not params:
+            return []
+        with self._write() as conn:
+            return [conn.execute(_UPDATE, p).rowcount == 1 for p in params]
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        rows = self._rows(f"{_SELECT} WHERE id = ?", (job_id,))
+        return codec.decode_job(rows[0]) if rows else None
+
+    def list_jobs(
+        self,
+        *,
+        statuses: Collection[JobStatus] | None = None,
+        tenant: str | None = None,
+        limit: int = DEFAULT_PAGE,
+        cursor: str | None = None,
+    ) -> tuple[list[JobRecord], str | None]:
+        if limit < 1:
+            raise InvalidInput("limit", "limit must be at least 1")
+        where: list[str] = []
+        params: list[object] = []
+        if cursor is not None:
+            where.append("(created_at, id) < (?, ?)")
+            params.extend(codec.decode_cursor(cursor))
+        if statuses is not None:
+            wanted = sorted({JobStatus(s).value for s in statuses})
+            where.append(f"status IN ({', '.join('?' * len(wanted))})" if wanted else "0")
+            params.extend(wanted)
+        if tenant is not None:
+            where.append("tenant = ?")
+            params.append(tenant)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        sql = f"{_SELECT}{clause} ORDER BY created_at DESC, id DESC LIMIT ?"
+        rows = self._rows(sql, [*params, limit + 1])
+        page = rows[:limit]
+        next_cursor = codec.encode_cursor(page[-1]) if len(rows) > limit else None
+        return [codec.decode_job(r) for r in page], next_cursor
+
+    def non_terminal_jobs(self) -> list[JobRecord]:
+        marks = ", ".join("?" * len(_NON_TERMINAL))
+        sql = f"{_SELECT} WHERE status IN ({marks}) ORDER BY created_at, id"
+        return [codec.decode_job(r) for r in self._rows(sql, _NON_TERMINAL)]
+
+    def count_by_status(self) -> dict[JobStatus, int]:
+        conn = self._live()
+        counts = dict.fromkeys(JobStatus, 0)
+        with _translated(self._path):
+            for status, n in conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status"):
+                counts[JobStatus(status)] = n
+        return counts
+
+    def save_agent(self, agent: AgentRecord) -> None:
+        info = codec.encode_agent_info(agent)
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO agents (agent_id, registered_at, info) VALUES (?, ?, ?) "
+                "ON CONFLICT (agent_id) DO UPDATE SET "
+                "registered_at = excluded.registered_at, info = excluded.info",
+                (agent.agent_id, float(agent.registered_at), info),
+            )
+
+    def load_agents(self) -> list[AgentRecord]:
+        conn = self._live()
+        with _translated(self._path):
+            rows = conn.execute(
+                "SELECT agent_id, registered_at, info FROM agents ORDER BY agent_id"
+            ).fetchall()
+        return [codec.decode_agent(*r) for r in rows]
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
+def _user_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # SQLite has already rolled back (it does on some I/O and full errors)
+
+
+def _astuple(row: JobRow) -> tuple[object, ...]:
+    return (
+        row.id,
+        row.tenant,
+        row.status,
+        row.attempt,
+        row.created_at,
+        row.updated_at,
+        row.priority,
+        row.idempotency_key,
+        row.spec,
+        row.state,
+    )
