@@ -1,0 +1,30 @@
+"""Agent configuration: one frozen dataclass, passed in explicitly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    coordinator_url: str
+    comfyui_urls: tuple[str, ...]
+    agent_id: str
+    data_dir: Path
+    gpu_source: str = "auto"  # auto | nvml | comfyui
+    labels: dict[str, str] = field(default_factory=dict)
+    drain_grace_s: float = 30.0  # on SIGTERM, running jobs get this long to finish
+    stall_s: float = 10.0  # no ComfyUI event for this long: ask /history
+    health_interval_s: float = 2.0
+    max_output_bytes: int = 2 << 30
+    events_flush_s: float = 0.1  # batch progress events for this long
+    request_timeout_s: float = 60.0
+
+    @property
+    def state_file(self) -> Path:
+        return self.data_dir / "agent-state.json"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"

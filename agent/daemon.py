@@ -1,0 +1,329 @@
+"""The agent daemon: register, heartbeat, lease, run jobs, drain — loops under one supervisor."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import structlog
+
+from comfyfleet import __version__
+from comfyfleet.agent.comfyui.client import ComfyUIClient, ComfyUIError
+from comfyfleet.agent.config import AgentConfig
+from comfyfleet.agent.coordinator_client import (
+    AgentError,
+    CoordinatorClient,
+    CoordinatorUnavailable,
+    Refused,
+)
+from comfyfleet.agent.probe import GpuSnapshot, ResourceProbe, gpus_from_system_stats
+from comfyfleet.agent.runner import JobRunner
+from comfyfleet.agent.state import HeldJob, StateFile
+from comfyfleet.shared import protocol as p
+from comfyfleet.shared.supervisor import Supervisor
+
+log = structlog.get_logger("agent")
+
+
+@dataclass(slots=True)
+class Instance:
+    """One local ComfyUI: a slot bound to a GPU index (None: CPU only)."""
+
+    instance_id: str
+    url: str
+    client: ComfyUIClient
+    client_id: str
+    gpu_index: int | None = None
+    healthy: bool = False
+    error: str | None = "not checked yet"
+    stats: dict[str, Any] = field(default_factory=dict)
+    capacity: int = 1
+
+    def info(self) -> p.InstanceInfo:
+        return p.InstanceInfo(instance_id=self.instance_id, url=self.url,
+                              gpu_index=self.gpu_index, healthy=self.healthy,
+                              capacity=self.capacity, error=self.error)
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, session: aiohttp.ClientSession,
+                 probe: ResourceProbe) -> None:
+        self.config = config
+        self.session = session
+        self.probe = probe
+        self.coord = CoordinatorClient(session, config.coordinator_url, config.agent_id,
+                                       config.request_timeout_s)
+        self.instances = {
+            str(i): Instance(str(i), url, ComfyUIClient(session, url),
+                             f"comfyfleet-{config.agent_id}-{i}")  # stable: re-attach needs it
+            for i, url in enumerate(config.comfyui_urls)
+        }
+        self.state = StateFile(config.state_file)
+        self.runners: dict[str, JobRunner] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.heartbeat_interval = 5.0
+        self.lease_wait = 25.0
+        self.chunk_size = 1 << 20
+        self.draining = False
+        self.changed = asyncio.Event()  # a slot freed, health changed: lease/heartbeat now
+        self.registered = asyncio.Event()
+
+    # ------------------------------------------------------------------ resources
+
+    async def check_instances(self) -> bool:
+        """Ask every ComfyUI for /system_stats; returns True if any health changed."""
+        changed = False
+        for inst in self.instances.values():
+            try:
+                stats = await inst.client.system_stats()
+                healthy, error = True, None
+                inst.stats = stats
+                devices = [d for d in stats.get("devices", []) if isinstance(d, dict)]
+                has_gpu = any(d.get("type") == "cuda" for d in devices)
+                inst.gpu_index = int(inst.instance_id) if has_gpu or (
+                    self.probe.source == "nvml") else None
+            except ComfyUIError as exc:
+                healthy, error = False, str(exc)
+            if healthy != inst.healthy:
+                changed = True
+                log.info("instance_health", instance=inst.instance_id, url=inst.url,
+                         healthy=healthy, error=error)
+            inst.healthy, inst.error = healthy, error
+        return changed
+
+    def mark_lost(self, instance_id: str, reason: str) -> None:
+        inst = self.instances.get(instance_id)
+        if inst is not None and inst.healthy:
+            inst.healthy, inst.error = False, reason
+            log.warning("instance_unhealthy", instance=instance_id, reason=reason)
+            self.changed.set()
+
+    async def gpus(self) -> list[p.GpuInfo]:
+        if self.probe.source == "nvml":
+            snaps = await asyncio.to_thread(self.probe.gpus, {})
+            return [gpu_info(s, s.index) for s in snaps]
+        out = []
+        for inst in self.instances.values():
+            if inst.gpu_index is None or not inst.stats:
+                continue
+            snaps = gpus_from_system_stats(inst.stats, int(inst.instance_id))
+            if snaps:
+                out.append(gpu_info(snaps[0], inst.gpu_index))
+        return out
+
+    async def host(self) -> p.HostInfo:
+        h = await asyncio.to_thread(self.probe.host)
+        return p.HostInfo(hostname=h.hostname, cpu_count=h.cpu_count, load_1m=h.load_1m,
+                          ram_total_mb=h.ram_total_mb, ram_available_mb=h.ram_available_mb)
+
+    def free(self) -> dict[str, int]:
+        if self.draining:
+            return {}
+        busy: dict[str, int] = {}
+        for r in self.runners.values():
+            busy[r.job.instance_id] = busy.get(r.job.instance_id, 0) + 1
+        return {i.instance_id: max(0, i.capacity - busy.get(i.instance_id, 0))
+                for i in self.instances.values() if i.healthy}
+
+    # ------------------------------------------------------------------ protocol
+
+    async def register(self) -> None:
+        held = {j.job_id: j for j in self.state.jobs.values()}
+        running = [r.running_info() for r in self.runners.values()]
+        running += [p.RunningJob(job_id=j.job_id, attempt=j.attempt, instance_id=j.instance_id,
+                                 prompt_id=j.prompt_id)
+                    for j in held.values() if j.job_id not in self.runners]
+        msg = p.Register(agent_id=self.config.agent_id, version=__version__,
+                         host=await self.host(), gpus=await self.gpus(),
+                         instances=[i.info() for i in self.instances.values()],
+                         labels=self.config.labels, running=running)
+        reply = await self.coord.register(msg)
+        self.heartbeat_interval = reply.heartbeat_interval_s
+        self.lease_wait = reply.lease_wait_s
+        self.chunk_size = reply.chunk_size
+        dropped = {d.job_id for d in reply.drop}
+        for job_id in dropped:
+            if job_id in self.runners:
+                self.runners[job_id].stop("drop")
+            self.state.remove(job_id)
+        for job in held.values():  # re-attach to prompts still in ComfyUI
+            if job.job_id not in dropped and job.job_id not in self.runners:
+                self.start_runner(p.Assignment(job_id=job.job_id, attempt=job.attempt,
+                                               instance_id=job.instance_id, workflow={},
+                                               timeout_s=job.timeout_s), held=job)
+        self.registered.set()
+        log.info("registered", coordinator=self.config.coordinator_url,
+                 instances=len(self.instances), reattached=len(held) - len(dropped),
+                 dropped=len(dropped))
+
+    async def register_until_done(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self.register()
+                return
+            except AgentError as exc:
+                log.warning("register_failed", error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def start_runner(self, job: p.Assignment, held: HeldJob | None = None) -> None:
+        inst = self.instances.get(job.instance_id)
+        if inst is None:
+            log.error("unknown_instance", job_id=job.job_id, instance=job.instance_id)
+            return
+        runner = JobRunner(job, inst.client, inst.client_id, self.coord, self.state,
+                           self.config, self.chunk_size, held=held,
+                           on_lost=lambda reason, i=inst.instance_id: self.mark_lost(i, reason))
+        self.runners[job.job_id] = runner
+
+        async def run() -> None:
+            try:
+                await runner.run()
+            finally:
+                if self.runners.get(job.job_id) is runner:
+                    del self.runners[job.job_id]
+                self.changed.set()
+
+        task = asyncio.create_task(run(), name=f"job:{job.job_id}:{job.attempt}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def apply_orders(self, cancel: list[p.JobRef], drop: list[p.JobRef] | None = None) -> None:
+        for ref, reason in [(c, "cancel") for c in cancel] + [(d, "drop") for d in drop or []]:
+            runner = self.runners.get(ref.job_id)
+            if runner is not None and runner.job.attempt == ref.attempt:
+                log.info("job_stop", job_id=ref.job_id, reason=reason)
+                runner.stop(reason)
+
+    # ------------------------------------------------------------------ loops
+
+    async def heartbeat_loop(self) -> None:
+        await self.register_until_done()
+        while True:
+            try:
+                reply = await self.coord.heartbeat(p.Heartbeat(
+                    agent_id=self.config.agent_id, host=await self.host(),
+                    gpus=await self.gpus(),
+                    instances=[i.info() for i in self.instances.values()],
+                    running=[r.running_info() for r in self.runners.values()],
+                    draining=self.draining))
+                self.heartbeat_interval = reply.heartbeat_interval_s
+                self.apply_orders(reply.cancel, reply.drop)
+                if reply.drain and not self.draining:
+                    asyncio.create_task(self.drain("coordinator asked"))  # noqa: RUF006
+                if reply.reregister:
+                    log.info("reregister", reason="coordinator does not know this agent")
+                    await self.register_until_done()
+            except AgentError as exc:
+                log.warning("heartbeat_failed", error=str(exc))
+            await asyncio.sleep(self.heartbeat_interval)
+
+    async def lease_loop(self) -> None:
+        await self.registered.wait()
+        while not self.draining:
+            free = self.free()
+            if not any(free.values()):
+                self.changed.clear()
+                try:
+                    await asyncio.wait_for(self.changed.wait(), 1.0)
+                except TimeoutError:
+                    pass
+                continue
+            try:
+                reply = await self.coord.lease(free, self.lease_wait)
+            except Refused as exc:
+                if exc.status == 404:
+                    await self.register_until_done()
+                else:
+                    log.error("lease_refused", status=exc.status, error=exc.error)
+                    await asyncio.sleep(1.0)
+                continue
+            except CoordinatorUnavailable as exc:
+                log.warning("lease_failed", error=str(exc))
+                await asyncio.sleep(1.0)
+                continue
+            self.apply_orders(reply.cancel)
+            for job in reply.jobs:
+                if job.job_id in self.runners:
+                    continue
+                log.info("job_leased", job_id=job.job_id, attempt=job.attempt,
+                         instance=job.instance_id)
+                self.start_runner(job)
+            if reply.drain and not self.draining:
+                asyncio.create_task(self.drain("coordinator asked"))  # noqa: RUF006
+
+    async def health_loop(self) -> None:
+        while True:
+            if await self.check_instances():
+                self.changed.set()
+            await asyncio.sleep(self.config.health_interval_s)
+
+    async def drain(self, why: str) -> None:
+        """No new leases; running jobs get the grace period, the rest go back (no retry spent)."""
+        if self.draining:
+            return
+        self.draining = True
+        log.info("drain_start", reason=why, running=len(self.runners),
+                 grace_s=self.config.drain_grace_s)
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=self.config.drain_grace_s)
+        for runner in list(self.runners.values()):
+            runner.stop("drain")
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=60)
+        log.info("drain_done")
+
+    async def shutdown(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+def gpu_info(s: GpuSnapshot, index: int) -> p.GpuInfo:
+    return p.GpuInfo(index=index, name=s.name, uuid=s.uuid, vram_total_mb=s.vram_total_mb,
+                     vram_used_mb=s.vram_used_mb, vram_free_mb=s.vram_free_mb,
+                     utilization_pct=s.utilization_pct, source=s.source)
+
+
+async def serve(config: AgentConfig) -> int:
+    """Run until SIGTERM (drain, exit 0), SIGINT, or a dead loop (exit 1)."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    probe = ResourceProbe(config.gpu_source)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    drain = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, drain.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    async with aiohttp.ClientSession() as session:
+        agent = Agent(config, session, probe)
+        agent.state.load()
+        await agent.check_instances()
+        supervisor = Supervisor("agent")
+        supervisor.start("heartbeat", agent.heartbeat_loop)
+        supervisor.start("lease", agent.lease_loop)
+        supervisor.start("health", agent.health_loop)
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(drain.wait()),
+                   supervisor.failed]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        code = 0
+        if supervisor.failed.done():
+            log.error("agent_stopping", reason=supervisor.failed.result())
+            code = 1
+        elif drain.is_set():
+            await agent.drain("SIGTERM")
+            try:  # tell the coordinator at once rather than waiting for a heartbeat
+                await agent.coord.heartbeat(p.Heartbeat(agent_id=config.agent_id,
+                                                        draining=True))
+            except AgentError:
+                pass
+        for w in waiters[:2]:
+            w.cancel()
+        await supervisor.stop()
+        await agent.shutdown()
+        probe.close()
+    log.info("agent_stopped", code=code)
+    return code

@@ -1,0 +1,55 @@
+"""The small state file that lets a restarted agent re-attach to prompts still in ComfyUI."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger("agent.state")
+
+
+@dataclass(frozen=True, slots=True)
+class HeldJob:
+    job_id: str
+    attempt: int
+    instance_id: str
+    prompt_id: str
+    timeout_s: float
+    started_at: float
+
+
+class StateFile:
+    """Jobs this agent holds, written atomically (temp file + rename) on every change."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.jobs: dict[str, HeldJob] = {}
+
+    def load(self) -> list[HeldJob]:
+        try:
+            raw = json.loads(self.path.read_text())
+            self.jobs = {j["job_id"]: HeldJob(**j) for j in raw.get("jobs", [])}
+        except FileNotFoundError:
+            self.jobs = {}
+        except (ValueError, TypeError, KeyError) as exc:
+            log.warning("state_file_unreadable", path=str(self.path), error=str(exc))
+            self.jobs = {}
+        return list(self.jobs.values())
+
+    def put(self, job: HeldJob) -> None:
+        self.jobs[job.job_id] = job
+        self._write()
+
+    def remove(self, job_id: str) -> None:
+        if self.jobs.pop(job_id, None) is not None:
+            self._write()
+
+    def _write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"jobs": [asdict(j) for j in self.jobs.values()]}))
+        os.replace(tmp, self.path)
