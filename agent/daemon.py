@@ -102,16 +102,27 @@ class Agent:
             self.changed.set()
 
     async def gpus(self) -> list[p.GpuInfo]:
+        """Per-GPU snapshot; free VRAM counts what our own ComfyUI holds as reclaimable.
+
+        ComfyUI keeps models cached in VRAM and unloads them when a prompt needs the room, so
+        memory held by our instances (`torch_vram_total` in /system_stats) is free for placement;
+        the coordinator's reservations account for jobs that run. Memory other processes use
+        stays used.
+        """
+        own: dict[int, int] = {}
+        for inst in self.instances.values():
+            if inst.gpu_index is not None and inst.healthy:
+                own[inst.gpu_index] = own.get(inst.gpu_index, 0) + comfyui_held_mb(inst.stats)
         if self.probe.source == "nvml":
             snaps = await asyncio.to_thread(self.probe.gpus, {})
-            return [gpu_info(s, s.index) for s in snaps]
+            return [gpu_info(s, s.index, own.get(s.index, 0)) for s in snaps]
         out = []
         for inst in self.instances.values():
             if inst.gpu_index is None or not inst.stats:
                 continue
             snaps = gpus_from_system_stats(inst.stats, int(inst.instance_id))
             if snaps:
-                out.append(gpu_info(snaps[0], inst.gpu_index))
+                out.append(gpu_info(snaps[0], inst.gpu_index, own.get(inst.gpu_index, 0)))
         return out
 
     async def host(self) -> p.HostInfo:
@@ -283,10 +294,22 @@ class Agent:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
-def gpu_info(s: GpuSnapshot, index: int) -> p.GpuInfo:
+def gpu_info(s: GpuSnapshot, index: int, reclaimable_mb: int = 0) -> p.GpuInfo:
+    free = min(s.vram_total_mb, s.vram_free_mb + reclaimable_mb)
     return p.GpuInfo(index=index, name=s.name, uuid=s.uuid, vram_total_mb=s.vram_total_mb,
-                     vram_used_mb=s.vram_used_mb, vram_free_mb=s.vram_free_mb,
+                     vram_used_mb=s.vram_used_mb, vram_free_mb=free,
                      utilization_pct=s.utilization_pct, source=s.source)
+
+
+def comfyui_held_mb(stats: dict[str, Any]) -> int:
+    """VRAM the ComfyUI process holds (torch's reserved pool) on its first CUDA device."""
+    for dev in stats.get("devices", []):
+        if isinstance(dev, dict) and dev.get("type") == "cuda":
+            held = dev.get("torch_vram_total")
+            if isinstance(held, int | float) and not isinstance(held, bool) and held > 0:
+                return int(held) // (1 << 20)
+            return 0
+    return 0
 
 
 async def serve(config: AgentConfig) -> int:

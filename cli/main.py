@@ -74,8 +74,106 @@ def run_coordinator(args: argparse.Namespace) -> int:
     return asyncio.run(serve(config))
 
 
+def parse_label(value: str) -> tuple[str, str]:
+    key, sep, val = value.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
+    return key, val
+
+
+def add_agent(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    cmd = sub.add_parser("agent", help="run the agent daemon on a GPU machine")
+    cmd.add_argument("--coordinator", default=env_default("COORDINATOR"),
+                     help="coordinator URL (env COMFYFLEET_COORDINATOR)")
+    comfyui_env = env_default("COMFYUI")
+    cmd.add_argument("--comfyui", action="append",
+                     default=comfyui_env.split(",") if comfyui_env else None,
+                     help="a local ComfyUI URL, one per instance/GPU (env COMFYFLEET_COMFYUI, "
+                          "comma-separated)")
+    cmd.add_argument("--agent-id", default=env_default("AGENT_ID"),
+                     help="stable agent id (default: kept in the data dir, made from hostname)")
+    cmd.add_argument("--data-dir", type=Path, default=env_default("DATA_DIR", "var/agent"))
+    cmd.add_argument("--gpu-source", choices=["auto", "nvml", "comfyui"],
+                     default=env_default("GPU_SOURCE", "auto"))
+    cmd.add_argument("--label", type=parse_label, action="append", default=[],
+                     help="KEY=VALUE label for placement constraints (repeatable)")
+    cmd.add_argument("--drain-grace", type=float,
+                     default=float(env_default("DRAIN_GRACE", "30") or 30))
+    cmd.add_argument("--stall", type=float, default=float(env_default("STALL", "10") or 10),
+                     help="seconds without ComfyUI events before asking /history")
+    cmd.add_argument("--log-level", default=env_default("LOG_LEVEL", "info"))
+    cmd.set_defaults(run=run_agent)
+
+
+def stable_agent_id(data_dir: Path) -> str:
+    import secrets
+    import socket
+
+    path = data_dir / "agent-id"
+    if path.exists():
+        return path.read_text().strip()
+    host = "".join(c if c.isalnum() or c in "-." else "-" for c in socket.gethostname())
+    agent_id = f"{host[:48] or 'agent'}-{secrets.token_hex(3)}"
+    path.write_text(agent_id + "\n")
+    return agent_id
+
+
+def run_agent(args: argparse.Namespace) -> int:
+    from comfyfleet.agent.config import AgentConfig
+    from comfyfleet.agent.daemon import serve
+    from comfyfleet.shared.logs import configure
+
+    if not args.coordinator:
+        raise CliError("--coordinator URL is required (or set COMFYFLEET_COORDINATOR)")
+    if not args.comfyui:
+        raise CliError("at least one --comfyui URL is required (or set COMFYFLEET_COMFYUI)")
+    for url in [args.coordinator, *args.comfyui]:
+        if not url.startswith(("http://", "https://")):
+            raise CliError(f"{url!r} is not an http(s) URL")
+    configure(args.log_level)
+    data_dir = Path(args.data_dir)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        agent_id = args.agent_id or stable_agent_id(data_dir)
+    except OSError as exc:
+        raise CliError(f"cannot use data dir {data_dir}: {exc.strerror}") from None
+    config = AgentConfig(
+        coordinator_url=args.coordinator, comfyui_urls=tuple(args.comfyui), agent_id=agent_id,
+        data_dir=data_dir, gpu_source=args.gpu_source, labels=dict(args.label),
+        drain_grace_s=args.drain_grace, stall_s=args.stall,
+    )
+    return asyncio.run(serve(config))
+
+
+def add_comfyui_sim(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from comfyfleet.agent.sim.cli import add_arguments
+
+    cmd = sub.add_parser("comfyui-sim", help="run a simulated ComfyUI server")
+    add_arguments(cmd)
+    cmd.set_defaults(run=run_comfyui_sim)
+
+
+def run_comfyui_sim(args: argparse.Namespace) -> int:
+    from comfyfleet.agent.sim.cli import config_from_args
+    from comfyfleet.agent.sim.server import run
+    from comfyfleet.shared.logs import configure
+
+    configure(args.log_level)
+    run(config_from_args(args))
+    return 0
+
+
+def add_demo(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from comfyfleet.demo import add_demo as add
+
+    add(sub)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [  # type: ignore[type-arg]
     add_coordinator,
+    add_agent,
+    add_comfyui_sim,
+    add_demo,
 ]
 
 

@@ -32,7 +32,7 @@ class GpuInfo(Msg, kw_only=True):
     uuid: str = ""
     vram_total_mb: MB
     vram_used_mb: MB = 0
-    vram_free_mb: MB
+    vram_free_mb: MB  # free for comfyfleet: measured free + what our own ComfyUI holds (cache)
     utilization_pct: float | None = None
     source: str = "nvml"
 

@@ -1,0 +1,89 @@
+"""Everything one simulator instance holds, stored on its app under `SIM_STATE`."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from comfyfleet.agent.sim import events
+from comfyfleet.agent.sim.config import SimConfig
+from comfyfleet.agent.sim.executor import Executor
+from comfyfleet.agent.sim.faults import Faults
+from comfyfleet.agent.sim.files import annotated_input_path
+from comfyfleet.agent.sim.nodes import CATALOGUE, CatalogueContext
+from comfyfleet.agent.sim.prompt_queue import PromptQueue
+from comfyfleet.agent.sim.stats import SimStats
+from comfyfleet.agent.sim.validation import ValidationContext
+from comfyfleet.agent.sim.vram import Vram
+from comfyfleet.agent.sim.ws import Hub
+
+__all__ = ["SIM_STATE", "SimState", "build_state"]
+
+
+@dataclass
+class SimState:
+    config: SimConfig
+    hub: Hub
+    queue: PromptQueue
+    vram: Vram
+    faults: Faults
+    stats: SimStats
+    executor: Executor
+    number: int = 0  # next prompt number, as ComfyUI counts (failed validations included)
+    started_at: float = field(default_factory=time.monotonic)
+
+    def catalogue_context(self) -> CatalogueContext:
+        return CatalogueContext(
+            checkpoints=tuple(m.name for m in self.config.models),
+            list_input_files=self._input_files,
+        )
+
+    def validation_context(self) -> ValidationContext:
+        return ValidationContext(
+            catalogue=CATALOGUE,
+            nodes=self.catalogue_context(),
+            image_exists=self._image_exists,
+        )
+
+    def _input_files(self) -> list[str]:
+        try:
+            return [p.name for p in self.config.input_dir.iterdir() if p.is_file()]
+        except OSError:
+            return []
+
+    def _image_exists(self, name: str) -> bool:
+        path = annotated_input_path(self.config, name)
+        return path is not None and path.is_file()
+
+
+SIM_STATE = web.AppKey("comfyfleet_comfyui_sim", SimState)
+
+
+def build_state(config: SimConfig, exit_fn: Callable[[int], None] = os._exit) -> SimState:
+    hub = Hub()
+    queue = PromptQueue(on_change=lambda: hub.send_json("status", events.status(queue.remaining)))
+    vram = Vram(config.vram_mb)
+    faults = Faults.from_settings(config.faults)
+    stats = SimStats()
+    executor = Executor(
+        config=config,
+        queue=queue,
+        hub=hub,
+        vram=vram,
+        faults=faults,
+        stats=stats,
+        exit_fn=exit_fn,
+    )
+    return SimState(
+        config=config,
+        hub=hub,
+        queue=queue,
+        vram=vram,
+        faults=faults,
+        stats=stats,
+        executor=executor,
+    )
