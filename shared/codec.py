@@ -35,7 +35,7 @@ def decode(data: bytes, type_: type[T], content_type: str = MSGPACK) -> T:
         return msgspec.json.decode(data, type=type_)
     except msgspec.ValidationError as exc:
         raise validation_error(str(exc)) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         kind = "msgpack" if content_type == MSGPACK else "JSON"
         raise InvalidInput(None, f"body is not valid {kind}: {exc}", "malformed") from None
 

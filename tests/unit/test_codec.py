@@ -54,6 +54,12 @@ def test_job_spec_errors_name_the_field(body: bytes, field: str | None, code: st
     assert info.value.code == code
 
 
+def test_invalid_utf8_inside_msgpack_is_a_clean_error() -> None:
+    with pytest.raises(InvalidInput) as info:
+        codec.decode(b"\x81\xa8agent_id\xa2\x80\x80", p.Heartbeat)
+    assert info.value.code == "malformed"
+
+
 def test_stale_attempt_zero_refused() -> None:
     with pytest.raises(InvalidInput) as info:
         codec.decode(codec.encode({"job_id": "j", "attempt": 0}), p.JobRef)
