@@ -100,9 +100,9 @@ async def serve(
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()
     port = config.port
-    server = site._server  # noqa: SLF001 - aiohttp has no public accessor for the bound socket
-    if server is not None and getattr(server, "sockets", None):
-        port = server.sockets[0].getsockname()[1]
+    for address in runner.addresses:  # the bound (host, port, ...) of each listening socket
+        port = int(address[1])
+        break
     line = listening_line(config.host, port)
     log.info("sim.listening", url=line.rsplit(" ", 1)[-1], vram_mb=config.vram_mb)
     if announce is not None:

@@ -65,7 +65,12 @@ SIM_STATE = web.AppKey("comfyfleet_comfyui_sim", SimState)
 
 def build_state(config: SimConfig, exit_fn: Callable[[int], None] = os._exit) -> SimState:
     hub = Hub()
-    queue = PromptQueue(on_change=lambda: hub.send_json("status", events.status(queue.remaining)))
+    queue: PromptQueue
+
+    def announce_status() -> None:
+        hub.send_json("status", events.status(queue.remaining))
+
+    queue = PromptQueue(on_change=announce_status)
     vram = Vram(config.vram_mb)
     faults = Faults.from_settings(config.faults)
     stats = SimStats()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -44,34 +43,34 @@ class SimSocket:
         url = path if client_id is None else f"{path}?clientId={client_id}"
         return cls(await session.ws_connect(url))
 
-    async def read(self, timeout: float = 10.0) -> Frame | None:
+    async def read(self, wait_s: float = 10.0) -> Frame | None:
         """The next frame, or None when the socket closed."""
-        msg = await self.ws.receive(timeout=timeout)
+        msg = await self.ws.receive(timeout=wait_s)
         if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
             frame = frame_record(msg.data, round(time.monotonic() - self._t0, 4))
             self.frames.append(frame)
             return frame
         return None
 
-    async def read_until(self, predicate: Callable[[Frame], bool], timeout: float = 10.0) -> Frame:
-        deadline = time.monotonic() + timeout
+    async def read_until(self, predicate: Callable[[Frame], bool], wait_s: float = 10.0) -> Frame:
+        deadline = time.monotonic() + wait_s
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise asyncio.TimeoutError("no matching frame")
+                raise TimeoutError("no matching frame")
             frame = await self.read(left)
             if frame is None:
                 raise ConnectionError("socket closed before the frame arrived")
             if predicate(frame):
                 return frame
 
-    async def wait_done(self, prompt_id: str, timeout: float = 10.0) -> list[Frame]:
+    async def wait_done(self, prompt_id: str, wait_s: float = 10.0) -> list[Frame]:
         """Read until the prompt's executing{null}; returns the frames read by this call."""
         start = len(self.frames)
-        await self.read_until(is_done(prompt_id), timeout)
+        await self.read_until(is_done(prompt_id), wait_s)
         return self.frames[start:]
 
-    async def wait_executing(self, node_id: str, timeout: float = 10.0) -> Frame:
+    async def wait_executing(self, node_id: str, wait_s: float = 10.0) -> Frame:
         def check(frame: Frame) -> bool:
             msg = frame["msg"]
             return (
@@ -80,13 +79,13 @@ class SimSocket:
                 and msg["data"].get("node") == node_id
             )
 
-        return await self.read_until(check, timeout)
+        return await self.read_until(check, wait_s)
 
     async def silent_for(self, seconds: float) -> bool:
         """True when nothing arrives for `seconds`."""
         try:
             frame = await self.read(seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return True
         return frame is None
 

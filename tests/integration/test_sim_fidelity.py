@@ -243,8 +243,9 @@ async def test_execution_error(client: Any) -> None:
     rec_error = next(
         f["msg"]["data"] for f in trace["ws"] if f["msg"].get("type") == "execution_error"
     )
-    assert error["exception_message"].splitlines()[0] == (
-        rec_error["exception_message"].splitlines()[0]
+    assert (
+        error["exception_message"].splitlines()[0]
+        == (rec_error["exception_message"].splitlines()[0])
     )
     assert set(error["current_inputs"]) == set(rec_error["current_inputs"])
     entry = await compare_history(client, trace, pid)
@@ -337,7 +338,9 @@ async def test_queue_delete_and_targeted_interrupt(client: Any) -> None:
     hist_a = (await (await client.get(f"/history/{pids[0]}")).json())[pids[0]]
     rec_a = trace["history_A_interrupted"]["json"][rec_ids[0]]
     assert shape(hist_a) == shape(rec_a)
-    assert [m[0] for m in hist_a["status"]["messages"]] == [m[0] for m in rec_a["status"]["messages"]]
+    assert [m[0] for m in hist_a["status"]["messages"]] == [
+        m[0] for m in rec_a["status"]["messages"]
+    ]
     assert hist_a["status"]["status_str"] == "error"
     hist_b = await (await client.get(f"/history/{pids[1]}")).json()
     assert history_view(hist_b, ids[1]) == history_view(trace["history_B"]["json"], ids[0])
@@ -397,7 +400,10 @@ async def test_upload_and_load_image(client: Any, config: SimConfig) -> None:
         return resp.status, (await resp.json() if resp.status == 200 else None)
 
     assert await send(named(png.getvalue())) == (200, misc["upload_image"]["json"])
-    assert await send(named(png.getvalue())) == (200, misc["upload_image_again_no_overwrite"]["json"])
+    assert await send(named(png.getvalue())) == (
+        200,
+        misc["upload_image_again_no_overwrite"]["json"],
+    )
     form = named(png.getvalue())
     form.add_field("subfolder", "probe_sub")
     assert await send(form) == (200, misc["upload_image_subfolder"]["json"])
@@ -419,7 +425,9 @@ async def test_upload_and_load_image(client: Any, config: SimConfig) -> None:
     status, body = await post(client, run["post"]["request_json"])
     assert status == 200
     frames = await sock.wait_done(body["prompt_id"])
-    assert_same_stream(run["ws"], frames, labels((run["post"]["json"]["prompt_id"], body["prompt_id"])))
+    assert_same_stream(
+        run["ws"], frames, labels((run["post"]["json"]["prompt_id"], body["prompt_id"]))
+    )
     with Image.open(config.output_dir / "probe_loaded_00001_.png") as img:
         assert img.size == (8, 8)
 

@@ -23,7 +23,7 @@ CTX = ValidationContext(
 def invert_graph(**first_inputs: Any) -> dict[str, Any]:
     inputs = {"width": 64, "height": 64, "batch_size": 1, "color": 0, **first_inputs}
     return {
-        "1": {"class_type": "EmptyImage", "inputs": {k: v for k, v in inputs.items() if v != ...}},
+        "1": {"class_type": "EmptyImage", "inputs": inputs},
         "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "x"}},
     }
@@ -140,8 +140,10 @@ def test_bad_link_on_the_output_node_itself() -> None:
 def test_one_good_output_is_enough() -> None:
     graph = invert_graph()
     graph["4"] = {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}}
-    graph["5"] = {"class_type": "EmptyImage", "inputs": {"width": 0, "height": 8,
-                                                        "batch_size": 1, "color": 0}}
+    graph["5"] = {
+        "class_type": "EmptyImage",
+        "inputs": {"width": 0, "height": 8, "batch_size": 1, "color": 0},
+    }
     result = validate_prompt(graph, CTX)
     assert result.ok and result.outputs == ["3"]
     assert result.node_errors["5"]["dependent_outputs"] == ["4"]
