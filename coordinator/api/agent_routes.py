@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import re
-from typing import TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from comfyfleet.coordinator.api.body import decode_body, read_limited, reply
 from comfyfleet.coordinator.api.keys import CONFIG, COORDINATOR
 from comfyfleet.coordinator.outputs import check_name
+from comfyfleet.coordinator.service import Coordinator
 from comfyfleet.shared import protocol as p
 from comfyfleet.shared.errors import InvalidInput
 
@@ -18,6 +21,7 @@ PREFIX = "/agent/v1"
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 _ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 T = TypeVar("T")
+Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
 async def _msg(request: web.Request, type_: type[T]) -> T:
@@ -25,40 +29,28 @@ async def _msg(request: web.Request, type_: type[T]) -> T:
                              allow_msgpack=True)
 
 
-@routes.post(f"{PREFIX}/register")
-async def register(request: web.Request) -> web.Response:
-    msg = await _msg(request, p.Register)
-    return reply(request, request.app[COORDINATOR].register(msg))
+def _protocol_route(type_: type[Any], call: Callable[[Coordinator, Any], Any]) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        msg = await _msg(request, type_)
+        result = call(request.app[COORDINATOR], msg)
+        if inspect.isawaitable(result):
+            result = await result
+        return reply(request, result)
+
+    return handler
 
 
-@routes.post(f"{PREFIX}/heartbeat")
-async def heartbeat(request: web.Request) -> web.Response:
-    msg = await _msg(request, p.Heartbeat)
-    return reply(request, request.app[COORDINATOR].heartbeat(msg))
-
-
-@routes.post(f"{PREFIX}/lease")
-async def lease(request: web.Request) -> web.Response:
-    msg = await _msg(request, p.LeaseRequest)
-    return reply(request, await request.app[COORDINATOR].lease(msg))
-
-
-@routes.post(f"{PREFIX}/started")
-async def started(request: web.Request) -> web.Response:
-    msg = await _msg(request, p.Started)
-    return reply(request, request.app[COORDINATOR].started(msg))
-
-
-@routes.post(f"{PREFIX}/events")
-async def events(request: web.Request) -> web.Response:
-    msg = await _msg(request, p.Events)
-    return reply(request, request.app[COORDINATOR].events(msg))
-
-
-@routes.post(f"{PREFIX}/finish")
-async def finish(request: web.Request) -> web.Response:
-    msg = await _msg(request, p.Finish)
-    return reply(request, request.app[COORDINATOR].finish(msg))
+# path -> (message type, coordinator operation): one table instead of six look-alike handlers
+PROTOCOL: dict[str, tuple[type[Any], Callable[[Coordinator, Any], Any]]] = {
+    "register": (p.Register, Coordinator.register),
+    "heartbeat": (p.Heartbeat, Coordinator.heartbeat),
+    "lease": (p.LeaseRequest, Coordinator.lease),
+    "started": (p.Started, Coordinator.started),
+    "events": (p.Events, Coordinator.events),
+    "finish": (p.Finish, Coordinator.finish),
+}
+for _path, (_type, _call) in PROTOCOL.items():
+    routes.post(f"{PREFIX}/{_path}")(_protocol_route(_type, _call))
 
 
 def _int(request: web.Request, name: str) -> int:
