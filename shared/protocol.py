@@ -18,7 +18,7 @@ class Msg(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True)
     """Base of every protocol message: unknown fields are refused."""
 
 
-class HostInfo(Msg, kw_only=True):
+class HostInfo(Msg, frozen=True, kw_only=True):
     hostname: str = ""
     cpu_count: Annotated[int, msgspec.Meta(ge=0)] = 0
     load_1m: float = 0.0
@@ -26,7 +26,7 @@ class HostInfo(Msg, kw_only=True):
     ram_available_mb: MB = 0
 
 
-class GpuInfo(Msg, kw_only=True):
+class GpuInfo(Msg, frozen=True, kw_only=True):
     index: Annotated[int, msgspec.Meta(ge=0)]
     name: str
     uuid: str = ""
@@ -37,7 +37,7 @@ class GpuInfo(Msg, kw_only=True):
     source: str = "nvml"
 
 
-class InstanceInfo(Msg, kw_only=True):
+class InstanceInfo(Msg, frozen=True, kw_only=True):
     """One ComfyUI instance = one slot, bound to a GPU index (None: CPU-only)."""
 
     instance_id: Id
@@ -48,12 +48,12 @@ class InstanceInfo(Msg, kw_only=True):
     error: str | None = None
 
 
-class JobRef(Msg, kw_only=True):
+class JobRef(Msg, frozen=True, kw_only=True):
     job_id: Id
     attempt: Attempt
 
 
-class RunningJob(Msg, kw_only=True):
+class RunningJob(Msg, frozen=True, kw_only=True):
     job_id: Id
     attempt: Attempt
     instance_id: Id
@@ -61,7 +61,7 @@ class RunningJob(Msg, kw_only=True):
     progress: float | None = None
 
 
-class Register(Msg, kw_only=True):
+class Register(Msg, frozen=True, kw_only=True):
     agent_id: Id
     version: str = ""
     host: HostInfo = HostInfo()
@@ -72,7 +72,7 @@ class Register(Msg, kw_only=True):
     running: list[RunningJob] = []
 
 
-class RegisterReply(Msg, kw_only=True):
+class RegisterReply(Msg, frozen=True, kw_only=True):
     heartbeat_interval_s: float
     lease_ttl_s: float
     lease_wait_s: float
@@ -80,7 +80,7 @@ class RegisterReply(Msg, kw_only=True):
     drop: list[JobRef] = []  # reported jobs the agent must stop at once (stale or unknown)
 
 
-class Heartbeat(Msg, kw_only=True):
+class Heartbeat(Msg, frozen=True, kw_only=True):
     agent_id: Id
     host: HostInfo = HostInfo()
     gpus: list[GpuInfo] = []
@@ -89,7 +89,7 @@ class Heartbeat(Msg, kw_only=True):
     draining: bool = False
 
 
-class HeartbeatReply(Msg, kw_only=True):
+class HeartbeatReply(Msg, frozen=True, kw_only=True):
     heartbeat_interval_s: float
     cancel: list[JobRef] = []  # stop these (user cancel, timeout): interrupt, then finish
     drop: list[JobRef] = []  # stale: stop at once, report nothing more
@@ -97,13 +97,13 @@ class HeartbeatReply(Msg, kw_only=True):
     reregister: bool = False  # the coordinator does not know this agent: register again
 
 
-class LeaseRequest(Msg, kw_only=True):
+class LeaseRequest(Msg, frozen=True, kw_only=True):
     agent_id: Id
     free: dict[Id, Annotated[int, msgspec.Meta(ge=0, le=64)]] = {}  # instance_id -> free places
     wait_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 25.0
 
 
-class Assignment(Msg, kw_only=True):
+class Assignment(Msg, frozen=True, kw_only=True):
     job_id: Id
     attempt: Attempt
     instance_id: Id
@@ -112,13 +112,13 @@ class Assignment(Msg, kw_only=True):
     vram_mb: int = 0
 
 
-class LeaseReply(Msg, kw_only=True):
+class LeaseReply(Msg, frozen=True, kw_only=True):
     jobs: list[Assignment] = []
     cancel: list[JobRef] = []  # also sent here so a cancel reaches a long-polling agent at once
     drain: bool = False
 
 
-class Started(Msg, kw_only=True):
+class Started(Msg, frozen=True, kw_only=True):
     agent_id: Id
     job_id: Id
     attempt: Attempt
@@ -126,7 +126,7 @@ class Started(Msg, kw_only=True):
     seeds: dict[str, int] = {}
 
 
-class JobEvent(Msg, kw_only=True):
+class JobEvent(Msg, frozen=True, kw_only=True):
     kind: Literal[
         "started", "cached", "executing", "progress", "executed", "preview", "text", "log"
     ]
@@ -142,14 +142,14 @@ class JobEvent(Msg, kw_only=True):
     mime: str | None = None
 
 
-class Events(Msg, kw_only=True):
+class Events(Msg, frozen=True, kw_only=True):
     agent_id: Id
     job_id: Id
     attempt: Attempt
     events: Annotated[list[JobEvent], msgspec.Meta(max_length=1000)]
 
 
-class OutputFile(Msg, kw_only=True):
+class OutputFile(Msg, frozen=True, kw_only=True):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
     size: Annotated[int, msgspec.Meta(ge=0)]
     sha256: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
@@ -158,7 +158,7 @@ class OutputFile(Msg, kw_only=True):
     kind: str = "output"  # ComfyUI's folder type: output or temp
 
 
-class ErrorInfo(Msg, kw_only=True):
+class ErrorInfo(Msg, frozen=True, kw_only=True):
     code: str
     message: str
     node_id: str | None = None
@@ -170,7 +170,7 @@ class ErrorInfo(Msg, kw_only=True):
 Outcome = Literal["completed", "failed", "cancelled", "requeue"]
 
 
-class Finish(Msg, kw_only=True):
+class Finish(Msg, frozen=True, kw_only=True):
     agent_id: Id
     job_id: Id
     attempt: Attempt
@@ -181,12 +181,12 @@ class Finish(Msg, kw_only=True):
     timings: dict[str, float] = {}
 
 
-class Ack(Msg, kw_only=True):
+class Ack(Msg, frozen=True, kw_only=True):
     ok: bool = True
     status: str | None = None
 
 
-class UploadState(Msg, kw_only=True):
+class UploadState(Msg, frozen=True, kw_only=True):
     """Answer to an output chunk: how many bytes of the file the coordinator holds."""
 
     name: str

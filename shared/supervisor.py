@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -21,7 +22,7 @@ class Supervisor:
 
         task = asyncio.create_task(guarded(), name=f"{self.name}:{name}")
         self.tasks[name] = task
-        task.add_done_callback(lambda t, n=name: self._done(n, t))
+        task.add_done_callback(functools.partial(self._done, name))
         return task
 
     def _done(self, name: str, task: asyncio.Task[None]) -> None:

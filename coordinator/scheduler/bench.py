@@ -16,15 +16,16 @@ from comfyfleet.coordinator.scheduler.plan import plan
 GPU_MODELS = [("NVIDIA GeForce RTX 4090", 24564), ("NVIDIA L40S", 46068), ("NVIDIA A100", 81920)]
 MODELS = [f"model-{i}.safetensors" for i in range(20)]
 HASHES = [f"wf-{i}" for i in range(50)]
+NOW = 1_700_000_000.0
 
 
-def make_agents(n: int, rng: random.Random) -> list[AgentView]:
+def make_agents(n: int, rng: random.Random, busy_share: float = 0.25) -> list[AgentView]:
     agents = []
     for i in range(n):
         name, total = GPU_MODELS[i % len(GPU_MODELS)]
         gpus, slots = [], []
         for g in range(4):
-            busy = rng.random() < 0.25
+            busy = rng.random() < busy_share
             reserved = rng.choice([4000, 8000, 12000]) if busy else 0
             external = rng.choice([0, 0, 500, 1500])
             free = total - external - (reserved // 2 if busy else 0)
@@ -79,23 +80,29 @@ def make_jobs(n: int, now: float, rng: random.Random) -> list[JobRequest]:
     return jobs
 
 
+def run(label: str, agents: list[AgentView], jobs: list[JobRequest], limit: int | None) -> None:
+    now = NOW
+    t0 = time.perf_counter()
+    result = plan(jobs, agents, now, max_placements=limit)
+    dt = time.perf_counter() - t0
+    n = len(result.placements)
+    print(
+        f"{label}: {len(agents)} agents x 4 GPUs, {len(jobs)} jobs, max_placements={limit}: "
+        f"{n} placed, {len(result.pending)} pending in {dt * 1000:.0f} ms "
+        f"-> {n / dt:,.0f} placements/s"
+    )
+
+
 def main(argv: list[str]) -> None:
     n_agents = int(argv[0]) if argv else 1000
     n_jobs = int(argv[1]) if len(argv) > 1 else 20000
     rng = random.Random(42)
-    now = 1_700_000_000.0
-    agents = make_agents(n_agents, rng)
-    jobs = make_jobs(n_jobs, now, rng)
-    for limit in (None, 1000):
-        t0 = time.perf_counter()
-        result = plan(jobs, agents, now, max_placements=limit)
-        dt = time.perf_counter() - t0
-        n = len(result.placements)
-        print(
-            f"{n_agents} agents x 4 GPUs, {n_jobs} jobs, max_placements={limit}: "
-            f"{n} placed, {len(result.pending)} pending in {dt * 1000:.0f} ms "
-            f"-> {n / dt:,.0f} placements/s"
-        )
+    loaded = make_agents(n_agents, rng)
+    idle = make_agents(n_agents, rng, busy_share=0.0)
+    jobs = make_jobs(n_jobs, NOW, rng)
+    run("loaded fleet", loaded, jobs, None)
+    run("loaded fleet", loaded, jobs, 1000)
+    run("idle fleet", idle, jobs, None)
 
 
 if __name__ == "__main__":

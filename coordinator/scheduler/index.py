@@ -133,6 +133,7 @@ class SlotIndex:
             return None
         skip = set(blocked) | set(avoid) if avoid else blocked
         ram_start = job.ram_mb if job.ram_mb > 0 else NEG_INF
+        start: tuple[float, float]
         if kind == KIND_CPU:
             start = (0, ram_start)  # every CPU key has 0 as its VRAM
         else:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from comfyfleet.coordinator.scheduler.capacity import Capacity
 from comfyfleet.coordinator.scheduler.feasibility import job_problem
-from comfyfleet.coordinator.scheduler.index import SlotIndex, StaticFilter
+from comfyfleet.coordinator.scheduler.index import SlotIndex, StaticFilter, signature
 from comfyfleet.coordinator.scheduler.model import (
     AgentView,
     JobRequest,
@@ -65,6 +65,7 @@ def plan(
     unplaced: list[JobRequest] = []
     holds: dict[str, Hold] = {}
     hold_tries = 0
+    hopeless: set[tuple[object, ...]] = set()
     limit = math.inf if max_placements is None else max_placements
     for pos, job in enumerate(order):
         if len(placements) >= limit:
@@ -79,7 +80,9 @@ def plan(
         allowed = statics.allowed(job)
         blocked = {agent_pos[a] for a in job.blocked_agents if a in agent_pos}
         avoid = {agent_pos[a] for a in job.avoid_agents if a in agent_pos}
-        sid = index.best(job, allowed, blocked, avoid)
+        # capacity only shrinks during a plan: a request that found no slot finds none later
+        request = (signature(job), job.vram_mb, job.ram_mb, job.cpu, job.blocked_agents)
+        sid = None if request in hopeless else index.best(job, allowed, blocked, avoid)
         if sid is not None:
             score = fit_score(job, cap, sid)
             index.place(sid, job)
@@ -94,6 +97,7 @@ def plan(
                 )
             )
             continue
+        hopeless.add(request)
         unplaced.append(job)
         if now - job.queued_at > starvation_s and hold_tries < max_holds:
             hold_tries += 1

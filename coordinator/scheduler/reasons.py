@@ -67,6 +67,7 @@ class Explainer:
         self._static: dict[Signature, str | None] = {}
         self._shapes: dict[tuple[Signature, frozenset[int]], list[Shape]] = {}
         self._summaries: dict[tuple[Signature, frozenset[int]], Summary] = {}
+        self._texts: dict[tuple[tuple[Signature, frozenset[int]], int, int, float], str] = {}
 
     def reason(self, job: JobRequest) -> str:
         cap = self.cap
@@ -76,6 +77,20 @@ class Explainer:
         if job.blocked_agents:
             blocked = frozenset(cap.agent_pos[a] for a in job.blocked_agents if a in cap.agent_pos)
         key = (sig, blocked)
+        text = self._texts.get((key, job.vram_mb, job.ram_mb, job.cpu))
+        if text is None:
+            text = self._texts[(key, job.vram_mb, job.ram_mb, job.cpu)] = self._explain(
+                job, key, allowed
+            )
+        hold = self.holds.get(job.job_id)
+        if hold is not None:
+            text += f"; {hold.describe()} (queued {self.now - job.queued_at:.0f} s)"
+        return text
+
+    def _explain(
+        self, job: JobRequest, key: tuple[Signature, frozenset[int]], allowed: bytearray | None
+    ) -> str:
+        sig, blocked = key
         shapes = self._shapes.get(key)
         if shapes is None:
             shapes = self._shapes[key] = self._eligible_shapes(job, allowed, blocked)
@@ -87,11 +102,7 @@ class Explainer:
         summary = self._summaries.get(key)
         if summary is None:
             summary = self._summaries[key] = self._summarise(job, allowed, blocked)
-        text = "waiting for capacity: " + self._waiting(job, summary)
-        hold = self.holds.get(job.job_id)
-        if hold is not None:
-            text += f"; {hold.describe()} (queued {self.now - job.queued_at:.0f} s)"
-        return text
+        return "waiting for capacity: " + self._waiting(job, summary)
 
     def _eligible_shapes(
         self, job: JobRequest, allowed: bytearray | None, blocked: frozenset[int]
@@ -177,8 +188,8 @@ class Explainer:
             return "no agent has all of the labels " + _listed(want)
         if code == "models":
             want = sorted(set(job.models))
-            have: set[str] = set().union(*(a.models for a in agents))
-            nowhere = [m for m in want if m not in have]
+            present: set[str] = set().union(*(a.models for a in agents))
+            nowhere = [m for m in want if m not in present]
             if nowhere:
                 return "no agent has models " + _listed(nowhere)
             return "no agent has all of the models " + _listed(want)

@@ -17,6 +17,7 @@ import urllib.request
 from typing import Any
 
 import structlog
+
 from comfyfleet.agent.probe import (
     NvmlProbe,
     ResourceProbe,

@@ -111,8 +111,8 @@ class Api:
         async with self.s.get(f"{self.url}/v1/jobs/{job_id}") as r:
             return await r.json()
 
-    async def wait(self, job_id: str, statuses: set[str], timeout: float = 60.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
+    async def wait(self, job_id: str, statuses: set[str], wait_s: float = 60.0) -> dict[str, Any]:
+        deadline = time.monotonic() + wait_s
         while True:
             job = await self.job(job_id)
             if job["status"] in statuses:
@@ -121,8 +121,8 @@ class Api:
                 raise AssertionError(f"job {job_id} stuck in {job['status']}: {job}")
             await asyncio.sleep(0.1)
 
-    async def agents_online(self, names: set[str], timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
+    async def agents_online(self, names: set[str], wait_s: float = 30.0) -> None:
+        deadline = time.monotonic() + wait_s
         while True:
             async with self.s.get(f"{self.url}/v1/agents") as r:
                 data = await r.json()

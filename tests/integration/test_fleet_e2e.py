@@ -87,7 +87,7 @@ async def test_agent_sigkill_mid_job_completes_elsewhere(fleet: Fleet, api: Api)
     fleet.agents["a"].kill(signal.SIGKILL)
     fleet.add_sim("b", 24576, "--step-ms", "5")
     fleet.add_agent("b", "b")
-    done = await api.wait(job["id"], {"COMPLETED", "FAILED"}, timeout=60)
+    done = await api.wait(job["id"], {"COMPLETED", "FAILED"}, wait_s=60)
     assert done["status"] == "COMPLETED" and done["agent_id"] == "b" and done["attempt"] == 2
     assert any("lost" in t["reason"] for t in done["history"])
     assert await api.image_size(done["outputs"][0]) == (512, 512)
@@ -102,7 +102,7 @@ async def test_simulator_crash_mid_job_requeues(fleet: Fleet, api: Api) -> None:
     await api.wait(job["id"], {"RUNNING"})
     fleet.sims["a"].kill(signal.SIGKILL)
     fleet.add_agent("b", "b")
-    done = await api.wait(job["id"], {"COMPLETED", "FAILED"}, timeout=60)
+    done = await api.wait(job["id"], {"COMPLETED", "FAILED"}, wait_s=60)
     assert done["status"] == "COMPLETED" and done["agent_id"] == "b"
     assert done["retries_used"] == 1
     agent_a = await (await api.s.get(f"{fleet.url}/v1/agents/a")).json()
@@ -115,7 +115,7 @@ async def test_websocket_drop_falls_back_to_history(fleet: Fleet, api: Api) -> N
     await api.agents_online({"a"})
     sim_faults(url, drop_ws_after_s=0.3)
     job = await api.submit(txt2img(512, 512, steps=20))
-    done = await api.wait(job["id"], {"COMPLETED", "FAILED"}, timeout=60)
+    done = await api.wait(job["id"], {"COMPLETED", "FAILED"}, wait_s=60)
     assert done["status"] == "COMPLETED" and done["attempt"] == 1
     assert sim_stats(url)["ws_dropped"] >= 1
 
@@ -128,7 +128,7 @@ async def test_cancel_reaches_comfyui(fleet: Fleet, api: Api) -> None:
     await api.wait(job["id"], {"RUNNING"})
     async with api.s.post(f"{fleet.url}/v1/jobs/{job['id']}/cancel") as r:
         assert r.status == 202
-    done = await api.wait(job["id"], {"CANCELLED", "COMPLETED", "FAILED"}, timeout=30)
+    done = await api.wait(job["id"], {"CANCELLED", "COMPLETED", "FAILED"}, wait_s=30)
     assert done["status"] == "CANCELLED"
     assert sim_stats(url)["interrupt_requests"] >= 1
 
@@ -144,11 +144,11 @@ async def test_sigterm_drains_and_requeues_without_spending_a_retry(
     fleet.agents["a"].signal(signal.SIGTERM)
     await asyncio.to_thread(fleet.agents["a"].proc.wait, 30)  # type: ignore[union-attr]
     assert fleet.agents["a"].proc.returncode == 0  # type: ignore[union-attr]
-    after = await api.wait(job["id"], {"QUEUED"}, timeout=10)
+    after = await api.wait(job["id"], {"QUEUED"}, wait_s=10)
     assert after["retries_used"] == 0
     fleet.add_sim("b", 24576, "--step-ms", "5")
     fleet.add_agent("b", "b")
-    done = await api.wait(job["id"], {"COMPLETED", "FAILED"}, timeout=60)
+    done = await api.wait(job["id"], {"COMPLETED", "FAILED"}, wait_s=60)
     assert done["status"] == "COMPLETED" and done["agent_id"] == "b"
 
 
@@ -160,7 +160,7 @@ async def test_agent_restart_reattaches_without_a_second_run(fleet: Fleet, api: 
     await api.wait(job["id"], {"RUNNING"})
     fleet.agents["a"].kill(signal.SIGKILL)
     fleet.add_agent("a", "a")  # same id, same data dir: finds its state file
-    done = await api.wait(job["id"], {"COMPLETED", "FAILED"}, timeout=60)
+    done = await api.wait(job["id"], {"COMPLETED", "FAILED"}, wait_s=60)
     assert done["status"] == "COMPLETED" and done["attempt"] == 1
     assert sim_stats(url)["prompts_submitted"] == 1
     assert await api.image_size(done["outputs"][0]) == (512, 512)

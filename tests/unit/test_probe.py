@@ -9,6 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from structlog.testing import capture_logs
+
 from comfyfleet.agent.probe import (
     GpuSnapshot,
     HostSnapshot,
@@ -18,9 +22,6 @@ from comfyfleet.agent.probe import (
     gpus_from_system_stats,
     host_snapshot,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from structlog.testing import capture_logs
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 MIB = 1024 * 1024
