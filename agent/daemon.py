@@ -210,18 +210,20 @@ class Agent:
                 log.info("job_stop", job_id=ref.job_id, reason=reason)
                 runner.stop(reason)
 
+    async def heartbeat_msg(self) -> p.Heartbeat:
+        return p.Heartbeat(
+            agent_id=self.config.agent_id, host=await self.host(), gpus=await self.gpus(),
+            instances=[i.info() for i in self.instances.values()],
+            running=[r.running_info() for r in self.runners.values()],
+            draining=self.draining)
+
     # ------------------------------------------------------------------ loops
 
     async def heartbeat_loop(self) -> None:
         await self.register_until_done()
         while True:
             try:
-                reply = await self.coord.heartbeat(p.Heartbeat(
-                    agent_id=self.config.agent_id, host=await self.host(),
-                    gpus=await self.gpus(),
-                    instances=[i.info() for i in self.instances.values()],
-                    running=[r.running_info() for r in self.runners.values()],
-                    draining=self.draining))
+                reply = await self.coord.heartbeat(await self.heartbeat_msg())
                 self.heartbeat_interval = reply.heartbeat_interval_s
                 self.apply_orders(reply.cancel, reply.drop)
                 if reply.drain and not self.draining:
@@ -339,8 +341,7 @@ async def serve(config: AgentConfig) -> int:
         elif drain.is_set():
             await agent.drain("SIGTERM")
             try:  # tell the coordinator at once rather than waiting for a heartbeat
-                await agent.coord.heartbeat(p.Heartbeat(agent_id=config.agent_id,
-                                                        draining=True))
+                await agent.coord.heartbeat(await agent.heartbeat_msg())
             except AgentError:
                 pass
         for w in waiters[:2]:

@@ -36,6 +36,9 @@ class OutputFiles:
     def __init__(self, root: Path, max_bytes: int) -> None:
         self.root = root
         self.max_bytes = max_bytes
+        # (job, attempt, name) -> (size, sha256) checked at upload, so finish need not re-hash;
+        # after a restart the map is empty and verify() hashes the file instead.
+        self.verified: dict[tuple[str, int, str], tuple[int, str]] = {}
         root.mkdir(parents=True, exist_ok=True)
 
     def attempt_dir(self, job_id: str, attempt: int) -> Path:
@@ -82,13 +85,23 @@ class OutputFiles:
             part.unlink(missing_ok=True)
             raise InvalidInput("sha256", f"checksum of {name} does not match; upload it again")
         os.replace(part, final)
+        self.verified[(job_id, attempt, name)] = (size, sha256)
         return ChunkResult(size, True)
 
     def verify(self, job_id: str, attempt: int, name: str, size: int, sha256: str) -> bool:
+        known = self.verified.get((job_id, attempt, name))
+        if known is not None:
+            return known == (size, sha256)
         final = self.final_path(job_id, attempt, name)
         return final.exists() and final.stat().st_size == size and file_sha256(final) == sha256
 
+    def forget(self, job_id: str, attempt: int) -> None:
+        """Drop the upload checks of an attempt once its job has completed (bounded memory)."""
+        for key in [k for k in self.verified if k[0] == job_id and k[1] == attempt]:
+            del self.verified[key]
+
     def drop_attempt(self, job_id: str, attempt: int) -> None:
+        self.forget(job_id, attempt)
         shutil.rmtree(self.attempt_dir(job_id, attempt), ignore_errors=True)
 
 

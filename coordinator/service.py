@@ -423,6 +423,7 @@ class Coordinator:
                                 f"{len(outputs)} outputs stored and verified",
                                 outputs=outputs, timings=dict(msg.timings), error=None)
             self._save(job, new)
+            self.outputs.forget(job.id, job.attempt)
             if agent is not None:
                 agent.recent_hashes.append(job.workflow_hash)
             log.info("job_completed", job_id=job.id, agent_id=msg.agent_id,

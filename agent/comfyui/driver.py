@@ -112,21 +112,12 @@ async def run_prompt(
     ``ws_url_or_base`` is ComfyUI's http(s) base or its ws(s) URL (None: the client's base).
     ``timeout_s`` counts from the call (queue wait included).
     """
-    run = _Run(
-        client,
-        ws_url_or_base,
-        prompt_id,
-        client_id,
-        graph=graph,
-        on_update=on_update,
-        cancel=cancel,
-        timeout_s=timeout_s,
-        stall_s=stall_s,
-        unavailable_grace_s=unavailable_grace_s,
-        cancel_wait_s=cancel_wait_s,
+    return await _Run(
+        client, ws_url_or_base, prompt_id, client_id, graph=graph, on_update=on_update,
+        cancel=cancel, timeout_s=timeout_s, stall_s=stall_s,
+        unavailable_grace_s=unavailable_grace_s, cancel_wait_s=cancel_wait_s,
         http_timeout_s=http_timeout_s,
-    )
-    return await run.run(submit=True, extra_data=extra_data)
+    ).run(submit=True, extra_data=extra_data)
 
 
 async def attach_prompt(
@@ -150,21 +141,12 @@ async def attach_prompt(
     /queue (running or waiting?); unknown to both -> ``lost``. Without ``graph`` the graph is
     taken from ComfyUI's queue entry (for node types and the progress fraction).
     """
-    run = _Run(
-        client,
-        ws_url_or_base,
-        prompt_id,
-        client_id,
-        graph=graph,
-        on_update=on_update,
-        cancel=cancel,
-        timeout_s=timeout_s,
-        stall_s=stall_s,
-        unavailable_grace_s=unavailable_grace_s,
-        cancel_wait_s=cancel_wait_s,
+    return await _Run(
+        client, ws_url_or_base, prompt_id, client_id, graph=graph, on_update=on_update,
+        cancel=cancel, timeout_s=timeout_s, stall_s=stall_s,
+        unavailable_grace_s=unavailable_grace_s, cancel_wait_s=cancel_wait_s,
         http_timeout_s=http_timeout_s,
-    )
-    return await run.run(submit=False, extra_data=None)
+    ).run(submit=False, extra_data=None)
 
 
 # ------------------------------------------------------------------------------------------------
