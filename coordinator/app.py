@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from comfyfleet.coordinator.api import agent_routes, client_routes
+from comfyfleet.coordinator.api import agent_routes, client_routes, openapi
 from comfyfleet.coordinator.api.errors import errors_middleware
 from comfyfleet.coordinator.api.keys import CONFIG, COORDINATOR, SUPERVISOR
 from comfyfleet.coordinator.config import CoordinatorConfig
@@ -27,6 +27,7 @@ def create_app(config: CoordinatorConfig, *, loops: bool = True) -> web.Applicat
     app[CONFIG] = config
     app.add_routes(client_routes.routes)
     app.add_routes(agent_routes.routes)
+    app.add_routes(openapi.routes)
 
     async def coordinator_ctx(app: web.Application) -> AsyncIterator[None]:
         store = open_store(config.data_dir)
