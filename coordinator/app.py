@@ -22,8 +22,14 @@ log = structlog.get_logger("coordinator")
 
 
 def create_app(config: CoordinatorConfig, *, loops: bool = True) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware],
-                          client_max_size=max(config.max_body_bytes, config.max_chunk_bytes))
+    app = web.Application(
+        middlewares=[errors_middleware],
+        client_max_size=max(config.max_body_bytes, config.max_chunk_bytes),
+        handler_args={"max_line_size": config.max_header_bytes,
+                      "max_field_size": config.max_header_bytes,
+                      "max_headers": config.max_headers,
+                      "keepalive_timeout": config.keepalive_timeout_s},
+    )
     app[CONFIG] = config
     app.add_routes(client_routes.routes)
     app.add_routes(agent_routes.routes)

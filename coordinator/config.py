@@ -24,6 +24,13 @@ class CoordinatorConfig:
     default_vram_mb: int = 0  # reservation for a job that declares none
     starvation_s: float = 300.0
     sweep_interval_s: float = 0.5
+    # admission control and limits (issue 4): shed load with 429/503 + Retry-After
+    max_queued_jobs: int = 100_000  # jobs waiting for a GPU; 0 = unbounded
+    retry_after_s: int = 5
+    body_read_timeout_s: float = 30.0  # a client slower than this sending its body gets 408
+    max_header_bytes: int = 8190  # one header line / field
+    max_headers: int = 100
+    keepalive_timeout_s: float = 75.0
 
     @property
     def lost_after_s(self) -> float:

@@ -17,8 +17,15 @@ import msgspec
 import structlog
 
 from comfyfleet.coordinator import jobs as moves
+from comfyfleet.coordinator.admission import check_queue
 from comfyfleet.coordinator.config import CoordinatorConfig
-from comfyfleet.coordinator.errors import Conflict, NotFound, StaleAttempt, Unprocessable
+from comfyfleet.coordinator.errors import (
+    Conflict,
+    NotFound,
+    StaleAttempt,
+    StoreUnavailable,
+    Unprocessable,
+)
 from comfyfleet.coordinator.fleet import AgentState, AgentStatus, agent_view
 from comfyfleet.coordinator.model import AgentRecord, JobRecord
 from comfyfleet.coordinator.outputs import OutputFiles
@@ -35,6 +42,7 @@ log = structlog.get_logger("coordinator")
 
 MAX_PLACEMENTS_PER_PLAN = 2000
 RECENT_FAILURE_WINDOW_S = 600.0
+STORE_RETRY_S = 1.0  # a loop step the store refused is retried after this
 
 
 def job_request(job: JobRecord) -> JobRequest:
@@ -164,6 +172,7 @@ class Coordinator:
     def submit(self, spec: JobSpec, idempotency_key: str | None = None,
                tenant: str = "default") -> tuple[JobRecord, bool]:
         validate_workflow(spec.workflow)
+        check_queue(len(self.queued), self.config.max_queued_jobs, self.config.retry_after_s)
         now = self.clock()
         vram = spec.resources.vram_mb
         if vram is None:
@@ -504,8 +513,8 @@ class Coordinator:
         while True:
             await self.wake.wait()
             self.wake.clear()
-            self.schedule_once()
-            await asyncio.sleep(0)
+            if not await _survive_store_faults(self.schedule_once):
+                self.wake.set()
 
     # ------------------------------------------------------------------ timeouts
 
@@ -522,14 +531,15 @@ class Coordinator:
                 and agent.lost_deadline is not None
                 and now > agent.lost_deadline
             )
-            if not lost:
+            if lost:
+                agent.status = AgentStatus.LOST
+                self.counters["lost_agents"] += 1
+                log.warning("agent_lost", agent_id=agent.agent_id, silent_s=round(silent, 1),
+                            jobs=len(agent.jobs))
+                agent.wake.set()
+            if agent.status != AgentStatus.LOST:
                 continue
-            agent.status = AgentStatus.LOST
-            self.counters["lost_agents"] += 1
-            log.warning("agent_lost", agent_id=agent.agent_id, silent_s=round(silent, 1),
-                        jobs=len(agent.jobs))
-            agent.wake.set()
-            for job_id in list(agent.jobs):
+            for job_id in list(agent.jobs):  # again next sweep if the store refused
                 self._release(self.jobs[job_id], now,
                               f"agent {agent.agent_id} lost (silent {silent:.0f} s)",
                               spend_retry=True)
@@ -564,13 +574,25 @@ class Coordinator:
     async def sweeper_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.sweep_interval_s)
-            self.sweep()
+            await _survive_store_faults(self.sweep)
 
     def list_jobs(self, statuses: Sequence[JobStatus] | None, limit: int,
                   cursor: str | None) -> tuple[list[JobRecord], str | None]:
         found, nxt = self.store.list_jobs(statuses=statuses, tenant=None, limit=limit,
                                           cursor=cursor)
         return [self.jobs.get(j.id, j) for j in found], nxt
+
+
+async def _survive_store_faults(step: Callable[[], object]) -> bool:
+    """Run one loop step; a full or read-only store pauses the loop instead of killing it."""
+    try:
+        step()
+    except StoreUnavailable as exc:
+        log.warning("store_unavailable", step=getattr(step, "__name__", "?"), error=exc.message)
+        await asyncio.sleep(STORE_RETRY_S)
+        return False
+    await asyncio.sleep(0)
+    return True
 
 
 def _info_of(msg: p.Register) -> dict[str, Any]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TypeVar
 
 import msgspec
 from aiohttp import web
 
+from comfyfleet.coordinator.api.keys import CONFIG
 from comfyfleet.coordinator.errors import CoordinatorError
 from comfyfleet.shared import codec
 from comfyfleet.shared.errors import InvalidInput
@@ -24,14 +26,24 @@ class UnsupportedType(CoordinatorError):
     code = "unsupported_media_type"
 
 
+class SlowClient(CoordinatorError):
+    status = 408
+    code = "request_timeout"
+
+
 async def read_limited(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise TooLarge(f"body of {request.content_length} bytes exceeds {limit} bytes", "body")
     data = bytearray()
-    async for chunk in request.content.iter_chunked(1 << 16):
-        data += chunk
-        if len(data) > limit:
-            raise TooLarge(f"body exceeds {limit} bytes", "body")
+    timeout = request.app[CONFIG].body_read_timeout_s
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.content.iter_chunked(1 << 16):
+                data += chunk
+                if len(data) > limit:
+                    raise TooLarge(f"body exceeds {limit} bytes", "body")
+    except TimeoutError:
+        raise SlowClient(f"body not received within {timeout:g} s", "body") from None
     return bytes(data)
 
 

@@ -8,6 +8,8 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from comfyfleet.coordinator.admission import retry_after
+from comfyfleet.coordinator.api.keys import CONFIG
 from comfyfleet.coordinator.errors import CoordinatorError
 from comfyfleet.shared.errors import InvalidInput, SharedError
 
@@ -31,7 +33,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         status = 422 if exc.code in ("ui_format", "unsupported") else 400
         return error_response(status, exc.code, exc.message, exc.field)
     except CoordinatorError as exc:
-        return error_response(exc.status, exc.code, exc.message, exc.field)
+        if exc.status >= 500:
+            log.warning("refused", path=request.path, code=exc.code, message=exc.message)
+        return error_response(exc.status, exc.code, exc.message, exc.field,
+                              headers=retry_after(exc, request.app[CONFIG].retry_after_s))
     except SharedError as exc:
         return error_response(409, "conflict", str(exc))
     except web.HTTPRequestEntityTooLarge as exc:
