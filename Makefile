@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 ARGS ?=
 
-.PHONY: test demo lint bench clean
+.PHONY: test demo lint bench clean chaos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# A long chaos run (thousands of jobs, dozens of faults); e.g. make chaos ARGS="--jobs 500 --seed 3"
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos $(ARGS)
 
 demo: $(STAMP)
 	$(BIN)/comfyfleet demo --data-dir var/demo $(ARGS)

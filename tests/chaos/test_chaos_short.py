@@ -1,0 +1,32 @@
+"""A short seeded chaos run: agents, simulators and the coordinator killed while jobs flow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.chaos.harness import ChaosConfig, run_chaos
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+
+async def test_short_seeded_chaos_run(tmp_path: Path) -> None:
+    cfg = ChaosConfig(
+        seed=4,
+        jobs=40,
+        agents=3,
+        duration_s=25.0,
+        fault_gap_s=(1.5, 3.5),
+        coordinator_kills=2,
+        stop_s=(4.0, 10.0),
+        settle_s=150.0,
+    )
+    figures = await run_chaos(cfg, tmp_path)
+    print(figures.report())
+    assert sum(figures.faults.values()) >= 6, figures.faults
+    assert figures.faults["coordinator_kill"] == 2, figures.faults
+    assert figures.verdict.accepted == cfg.jobs
+    assert figures.verdict.violations == [], figures.report()
+    assert figures.verdict.lost == 0 and figures.verdict.duplicated == 0
+    assert figures.integrity == "ok"
