@@ -36,7 +36,7 @@ from comfyfleet.shared import protocol as p
 from comfyfleet.shared.errors import InvalidInput
 from comfyfleet.shared.jobspec import JobSpec
 from comfyfleet.shared.status import ACTIVE, TERMINAL, JobEvent, JobStatus
-from comfyfleet.shared.workflow import validate_workflow, workflow_hash
+from comfyfleet.shared.workflow import check_depth, validate_workflow, workflow_hash
 
 log = structlog.get_logger("coordinator")
 
@@ -172,6 +172,7 @@ class Coordinator:
     def submit(self, spec: JobSpec, idempotency_key: str | None = None,
                tenant: str = "default") -> tuple[JobRecord, bool]:
         validate_workflow(spec.workflow)
+        check_depth(spec.metadata, "metadata")
         check_queue(len(self.queued), self.config.max_queued_jobs, self.config.retry_after_s)
         now = self.clock()
         vram = spec.resources.vram_mb

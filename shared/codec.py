@@ -37,7 +37,9 @@ def decode(data: bytes, type_: type[T], content_type: str = MSGPACK) -> T:
         raise validation_error(str(exc)) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         kind = "msgpack" if content_type == MSGPACK else "JSON"
-        raise InvalidInput(None, f"body is not valid {kind}: {exc}", "malformed") from None
+        raise InvalidInput("body", f"body is not valid {kind}: {exc}", "malformed") from None
+    except RecursionError:
+        raise InvalidInput("body", "body is nested too deeply", "too_deep") from None
 
 
 def validation_error(text: str) -> InvalidInput:
@@ -54,4 +56,4 @@ def validation_error(text: str) -> InvalidInput:
             name = found.group(1)
             field = f"{path}.{name}" if path else name
             return InvalidInput(field, message, code)
-    return InvalidInput(path or None, message, "invalid")
+    return InvalidInput(path or "body", message, "invalid")

@@ -15,6 +15,7 @@ from typing import Any
 from comfyfleet.shared.errors import InvalidInput
 
 MAX_NODES = 10_000
+MAX_DEPTH = 32  # nesting of lists/objects inside a node input or the metadata
 
 UI_FORMAT_HINT = (
     "this looks like a ComfyUI UI-format workflow (it has 'nodes' and 'links' arrays); "
@@ -68,9 +69,26 @@ def validate_workflow(workflow: Any, field: str = "workflow") -> None:
                     raise InvalidInput(
                         f"{where}.inputs.{name}", f"output index {value[1]} is negative", "bad_link"
                     )
+        check_depth(inputs, f"{where}.inputs", MAX_DEPTH - 2)
     cycle = find_cycle(workflow)
     if cycle:
         raise InvalidInput(field, f"links form a cycle: {' -> '.join(cycle)}", "cycle")
+
+
+def check_depth(value: Any, field: str, limit: int = MAX_DEPTH) -> None:
+    """Raise `InvalidInput` if lists/objects nest deeper than `limit` (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth >= limit:
+            raise InvalidInput(field, f"nests deeper than {limit} levels", "too_deep")
+        stack.extend((c, depth + 1) for c in children)
 
 
 def links_of(node: Mapping[str, Any]) -> list[str]:

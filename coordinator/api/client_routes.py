@@ -92,8 +92,8 @@ async def cancel_job(request: web.Request) -> web.Response:
 @routes.get("/v1/jobs/{job_id}/outputs/{name}")
 async def get_output(request: web.Request) -> web.StreamResponse:
     coord = request.app[COORDINATOR]
+    name = check_name(request.match_info["name"])  # before anything else touches the name
     job = coord.get(_id(request, "job_id"))
-    name = check_name(request.match_info["name"])
     entry = next((o for o in job.outputs if o["name"] == name), None)
     if entry is None:
         raise NotFound(f"job {job.id} has no output {name!r}", "name")

@@ -37,7 +37,7 @@ async def test_idempotency_key_returns_the_same_job(harness: MakeHarness) -> Non
 
 BAD = [
     # (raw body, content type, status, field, code)
-    (b"{nope", "application/json", 400, None, "malformed"),
+    (b"{nope", "application/json", 400, "body", "malformed"),
     (b"", "application/json", 400, "body", "missing"),
     (b'{"workflow": {}}', "text/plain", 415, "Content-Type", "unsupported_media_type"),
     (b'{"resources": {}}', "application/json", 400, "workflow", "missing"),

@@ -44,7 +44,7 @@ def test_preview_bytes_survive_msgpack() -> None:
         (b'{"workflow": {}, "timeout_s": 0}', "timeout_s", "invalid"),
         (b'{"workflow": {}, "constraints": {"labels": {"a": 1}}}', "constraints.labels",
          "invalid"),
-        (b"{not json", None, "malformed"),
+        (b"{not json", "body", "malformed"),
     ],
 )
 def test_job_spec_errors_name_the_field(body: bytes, field: str | None, code: str) -> None:
