@@ -20,6 +20,8 @@ class AgentConfig:
     max_output_bytes: int = 2 << 30
     events_flush_s: float = 0.1  # batch progress events for this long
     request_timeout_s: float = 60.0
+    cancel_wait_s: float = 30.0  # after /interrupt, give up on a ComfyUI that never stops
+    comfyui_timeout_s: float = 30.0  # one HTTP call to ComfyUI (a hung /prompt) gives up after
 
     @property
     def state_file(self) -> Path:

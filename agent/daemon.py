@@ -57,7 +57,8 @@ class Agent:
         self.coord = CoordinatorClient(session, config.coordinator_url, config.agent_id,
                                        config.request_timeout_s)
         self.instances = {
-            str(i): Instance(str(i), url, ComfyUIClient(session, url),
+            str(i): Instance(str(i), url, ComfyUIClient(
+                session, url, request_timeout_s=config.comfyui_timeout_s),
                              f"comfyfleet-{config.agent_id}-{i}")  # stable: re-attach needs it
             for i, url in enumerate(config.comfyui_urls)
         }

@@ -149,7 +149,7 @@ class JobRunner:
             return await attach_prompt(
                 self.client, None, self.prompt_id, self.client_id, on_update=self._on_update,
                 cancel=self.cancel, timeout_s=max(remaining, 1.0), stall_s=self.config.stall_s,
-                graph=self.job.workflow or None)
+                graph=self.job.workflow or None, cancel_wait_s=self.config.cancel_wait_s)
         graph, seeds = ev.apply_seeds(self.job.workflow, random.SystemRandom())
 
         async def accepted() -> None:
@@ -170,7 +170,8 @@ class JobRunner:
         self.log.info("job_submit", prompt_id=self.prompt_id, seeds=seeds)
         return await run_prompt(hooked, None, graph, self.prompt_id, self.client_id,
                                 on_update=self._on_update, cancel=self.cancel,
-                                timeout_s=self.job.timeout_s, stall_s=self.config.stall_s)
+                                timeout_s=self.job.timeout_s, stall_s=self.config.stall_s,
+                                cancel_wait_s=self.config.cancel_wait_s)
 
     async def _on_update(self, update: ev.Update) -> None:
         now = time.time()

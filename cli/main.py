@@ -101,6 +101,12 @@ def add_agent(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
                      default=float(env_default("DRAIN_GRACE", "30") or 30))
     cmd.add_argument("--stall", type=float, default=float(env_default("STALL", "10") or 10),
                      help="seconds without ComfyUI events before asking /history")
+    cmd.add_argument("--comfyui-timeout", type=float,
+                     default=float(env_default("COMFYUI_TIMEOUT", "30") or 30),
+                     help="seconds one HTTP call to ComfyUI may take (a hung /prompt)")
+    cmd.add_argument("--cancel-wait", type=float,
+                     default=float(env_default("CANCEL_WAIT", "30") or 30),
+                     help="seconds to wait for ComfyUI to stop a prompt after /interrupt")
     cmd.add_argument("--log-level", default=env_default("LOG_LEVEL", "info"))
     cmd.set_defaults(run=run_agent)
 
@@ -141,6 +147,7 @@ def run_agent(args: argparse.Namespace) -> int:
         coordinator_url=args.coordinator, comfyui_urls=tuple(args.comfyui), agent_id=agent_id,
         data_dir=data_dir, gpu_source=args.gpu_source, labels=dict(args.label),
         drain_grace_s=args.drain_grace, stall_s=args.stall,
+        comfyui_timeout_s=args.comfyui_timeout, cancel_wait_s=args.cancel_wait,
     )
     return asyncio.run(serve(config))
 

@@ -209,6 +209,7 @@ class _Run:
         self.stop_deadline = 0.0
         self.deleted = False
         self.interrupt_sent_at: float | None = None
+        self.submit_error: str | None = None  # POST /prompt failed: maybe queued, maybe not
         self.loop = asyncio.get_running_loop()
         self.deadline = self.now() + timeout_s
 
@@ -247,6 +248,7 @@ class _Run:
                 except ComfyUIUnavailable as exc:
                     # Maybe queued, maybe not: /history and /queue will tell.
                     self.log.warning("comfyui.submit_uncertain", error=str(exc))
+                    self.submit_error = str(exc)
                     next_poll = self.now()
             else:
                 next_poll = self.now()  # attach: ask /history and /queue first
@@ -374,6 +376,9 @@ class _Run:
         if self.stop is not None:
             reason = "removed from the queue" if self.deleted else "no longer known to ComfyUI"
             return self._stop_outcome(reason)
+        if self.submit_error is not None:
+            return self._lost(f"POST /prompt failed ({self.submit_error}) and ComfyUI does not "
+                              "know the prompt")
         return self._lost("prompt unknown to ComfyUI /history and /queue (ComfyUI restarted?)")
 
     def _reachable(self) -> None:

@@ -37,6 +37,8 @@ class FaultSettings:
     oom_probability: float = 0.0  # each VRAM-using node fails with OOM at this rate
     fail_class_type: str | None = None  # this node class fails with a plain exception
     slow_start_s: float = 0.0  # sleep this long before listening
+    hang_prompt: bool = False  # POST /prompt never answers while set
+    garbage: bool = False  # every ComfyUI route answers 200 with a body that is not JSON
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,6 +18,7 @@ class FaultError(ValueError):
 _NUMBER_OR_NONE = {"crash_after_s", "drop_ws_after_s"}
 _INT_OR_NONE = {"crash_on_prompt"}
 _STR_OR_NONE = {"oom_node_class", "fail_class_type"}
+_BOOL = {"hang", "hang_prompt", "garbage"}
 
 
 @dataclasses.dataclass
@@ -30,6 +31,8 @@ class Faults:
     oom_probability: float = 0.0
     fail_class_type: str | None = None
     slow_start_s: float = 0.0
+    hang_prompt: bool = False
+    garbage: bool = False
 
     @classmethod
     def from_settings(cls, settings: FaultSettings) -> Faults:
@@ -58,9 +61,9 @@ class Faults:
 
 
 def _check(name: str, value: Any) -> Any:
-    if name == "hang":
+    if name in _BOOL:
         if not isinstance(value, bool):
-            raise FaultError("hang must be true or false")
+            raise FaultError(f"{name} must be true or false")
         return value
     if value is None and name in _NUMBER_OR_NONE | _INT_OR_NONE | _STR_OR_NONE:
         return None

@@ -12,6 +12,7 @@ import structlog
 from aiohttp import web
 
 from comfyfleet.agent.sim.config import SimConfig
+from comfyfleet.agent.sim.http_faults import faulty_http_middleware
 from comfyfleet.agent.sim.routes import add_routes
 from comfyfleet.agent.sim.state import SIM_STATE, build_state
 
@@ -26,7 +27,8 @@ def create_app(
     config: SimConfig, *, exit_fn: Callable[[int], None] | None = None
 ) -> web.Application:
     """A ComfyUI-compatible app. `exit_fn` replaces os._exit for the crash fault (tests)."""
-    app = web.Application(client_max_size=config.max_upload_size)
+    app = web.Application(client_max_size=config.max_upload_size,
+                          middlewares=[faulty_http_middleware])
     app[SIM_STATE] = build_state(config, exit_fn if exit_fn is not None else os._exit)
     add_routes(app)
     app.cleanup_ctx.append(_folders)

@@ -27,6 +27,7 @@ from tests.helpers.fleet import Fleet, txt2img
 
 SIZES = [(64, 64), (96, 64), (64, 96), (128, 64), (80, 80), (64, 128)]
 FAULTS = ("agent_kill", "agent_stop", "sim_kill", "coordinator_kill")
+AGENT_DEATH_REASONS = (" lost (silent ", "agent restarted without this job")
 
 
 @dataclass(frozen=True)
@@ -291,8 +292,9 @@ class ChaosRun:
         times = []
         for ev in evidence.values():
             for e in (ev.job or {}).get("history", []):
-                if e["event"] != "requeue" or not (
-                    "lost" in e["reason"] or "restarted" in e["reason"]
+                # only requeues caused by the agent's death (not a ComfyUI crash or a timeout)
+                if e["event"] != "requeue" or not any(
+                    mark in e["reason"] for mark in AGENT_DEATH_REASONS
                 ):
                     continue
                 before = [t for a, t in self.deaths if a == e["agent_id"] and t <= e["at"]]

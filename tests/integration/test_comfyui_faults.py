@@ -1,0 +1,118 @@
+"""A ComfyUI that answers garbage, hangs on /prompt, or never sends executing{null}: the agent
+times out, reports the job with a clear reason, and stays healthy for the next job."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.helpers.fleet import Api, Fleet, sim_faults, txt2img
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+ENDED = {"COMPLETED", "FAILED", "CANCELLED"}
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
+    f = Fleet(tmp_path)
+    f.start_coordinator()
+    try:
+        yield f
+    except BaseException:
+        print(f.logs())
+        raise
+    finally:
+        f.stop()
+
+
+@pytest.fixture
+async def api(fleet: Fleet) -> AsyncIterator[Api]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+        yield Api(s, fleet.url)
+
+
+async def one_agent(fleet: Fleet, api: Api) -> str:
+    url = fleet.add_sim("a", 24576, "--step-ms", "20")
+    fleet.add_agent("a", "a", "--comfyui-timeout", "2", "--cancel-wait", "3")
+    await api.agents_online({"a"})
+    return url
+
+
+async def agent_info(api: Api, fleet: Fleet) -> dict:  # type: ignore[type-arg]
+    async with api.s.get(f"{fleet.url}/v1/agents/a") as r:
+        return await r.json()
+
+
+async def still_serves(fleet: Fleet, api: Api, url: str) -> None:
+    sim_faults(url, reset=True)
+    await api.agents_online({"a"})
+    job = await api.submit(txt2img(64, 64, steps=2))
+    done = await api.wait(job["id"], ENDED, wait_s=30)
+    assert done["status"] == "COMPLETED", done
+    assert fleet.agents["a"].alive
+
+
+async def test_garbage_answers_mark_the_instance_unhealthy(fleet: Fleet, api: Api) -> None:
+    url = await one_agent(fleet, api)
+    sim_faults(url, garbage=True)
+    info = await agent_info(api, fleet)
+    for _ in range(200):
+        if not info["instances"][0]["healthy"]:
+            break
+        await asyncio.sleep(0.05)
+        info = await agent_info(api, fleet)
+    assert not info["instances"][0]["healthy"], info
+    assert info["instances"][0]["error"], info  # the agent reports why
+    assert info["status"] == "ONLINE"  # and keeps heartbeating
+    job = await api.submit(txt2img(64, 64, steps=2))
+    await asyncio.sleep(1.0)
+    queued = await api.job(job["id"])
+    assert queued["status"] == "QUEUED" and queued["pending_reason"], queued
+    sim_faults(url, reset=True)
+    done = await api.wait(job["id"], ENDED, wait_s=30)
+    assert done["status"] == "COMPLETED" and done["attempt"] == 1, done
+    await still_serves(fleet, api, url)
+
+
+async def test_garbage_mid_job_fails_over_cleanly(fleet: Fleet, api: Api) -> None:
+    url = fleet.add_sim("a", 24576, "--step-ms", "2000")
+    fleet.add_agent("a", "a", "--comfyui-timeout", "2", "--cancel-wait", "3")
+    await api.agents_online({"a"})
+    job = await api.submit(txt2img(512, 512, steps=3))
+    await api.wait(job["id"], {"RUNNING"})
+    sim_faults(url, garbage=True)
+    await asyncio.sleep(1.5)
+    sim_faults(url, reset=True)
+    done = await api.wait(job["id"], ENDED, wait_s=60)
+    assert done["status"] == "COMPLETED", done
+    assert await api.image_size(done["outputs"][0]) == (512, 512)
+    await still_serves(fleet, api, url)
+
+
+async def test_hung_prompt_post_times_out_and_requeues(fleet: Fleet, api: Api) -> None:
+    url = await one_agent(fleet, api)
+    sim_faults(url, hang_prompt=True)
+    job = await api.submit(txt2img(64, 64, steps=2), max_retries=0)
+    done = await api.wait(job["id"], ENDED, wait_s=40)
+    assert done["status"] == "FAILED", done
+    reasons = " | ".join(t["reason"] for t in done["history"])
+    assert "POST /prompt failed" in reasons and "time" in reasons.lower(), reasons
+    await still_serves(fleet, api, url)
+
+
+async def test_never_finishing_prompt_times_out(fleet: Fleet, api: Api) -> None:
+    url = await one_agent(fleet, api)
+    sim_faults(url, hang=True)  # stops at the next node: no executing{null}, ever
+    job = await api.submit(txt2img(64, 64, steps=2), max_retries=0, timeout_s=3)
+    done = await api.wait(job["id"], ENDED, wait_s=60)
+    assert done["status"] == "FAILED", done
+    assert done["error"]["code"] == "timeout", done["error"]
+    ended = done["history"][-1]
+    # the agent itself gave up on the wedged prompt and reported, rather than the
+    # coordinator forcing the job after its cancel grace ("agent did not confirm the cancel")
+    assert ended["reason"] == "timed out after 3 s", done["history"]
+    await still_serves(fleet, api, url)
