@@ -105,6 +105,16 @@ class OutputFiles:
         shutil.rmtree(self.attempt_dir(job_id, attempt), ignore_errors=True)
 
 
+    def drop_other_attempts(self, job_id: str, keep: int) -> None:
+        """Remove what earlier attempts left (a crash between requeue and cleanup)."""
+        job_dir = self.root / job_id
+        if not job_dir.is_dir():
+            return
+        for attempt_dir in job_dir.iterdir():
+            if attempt_dir.name != str(keep):
+                shutil.rmtree(attempt_dir, ignore_errors=True)
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -434,6 +434,7 @@ class Coordinator:
                                 outputs=outputs, timings=dict(msg.timings), error=None)
             self._save(job, new)
             self.outputs.forget(job.id, job.attempt)
+            self.outputs.drop_other_attempts(job.id, job.attempt)
             if agent is not None:
                 agent.recent_hashes.append(job.workflow_hash)
             log.info("job_completed", job_id=job.id, agent_id=msg.agent_id,
@@ -467,6 +468,7 @@ class Coordinator:
                  error: dict[str, Any] | None = None) -> JobRecord:
         new = moves.released(job, now, reason, spend_retry=spend_retry, error=error)
         self._save(job, new)
+        self.outputs.drop_attempt(job.id, job.attempt)  # a stale attempt's files never stay
         if new.status == JobStatus.QUEUED:
             self.counters["requeues"] += 1
         log.info("job_released", job_id=job.id, agent_id=job.agent_id, attempt=job.attempt,

@@ -465,3 +465,32 @@ async def test_output_faults_leave_the_job_recoverable(harness: MakeHarness) -> 
     assert done["outputs"][0]["sha256"] == sha
     resp = await h.client.get(done["outputs"][0]["url"])
     assert await resp.read() == data
+
+
+async def test_a_requeued_attempt_leaves_no_files_behind(harness: MakeHarness) -> None:
+    h = await harness()
+    agent, job = await leased(h)
+    data = b"x" * 10_000
+    sha = hashlib.sha256(data).hexdigest()
+    status, _ = await put_chunk(h, job, "out_00001_.png", data[:4000], 0, len(data), sha)
+    assert status == 200
+    outputs = h.coord.outputs
+    assert outputs.attempt_dir(job.job_id, job.attempt).exists()
+    # the agent falls silent mid-upload and is declared lost: attempt 1's partial file goes
+    for _ in range(100):
+        if (await h.job(job.job_id))["status"] == "QUEUED":
+            break
+        await asyncio.sleep(0.05)
+    assert (await h.job(job.job_id))["status"] == "QUEUED"
+    assert not outputs.attempt_dir(job.job_id, job.attempt).exists()
+    await agent.register()
+    # a stale upload for attempt 1 is refused and stores nothing
+    status, body = await put_chunk(h, job, "out_00001_.png", data[4000:], 4000, len(data), sha)
+    assert status == 409 and body["error"]["field"] == "attempt", body
+    assert not outputs.attempt_dir(job.job_id, job.attempt).exists()
+    second = (await agent.lease(3.0)).jobs[0]
+    assert second.attempt == 2
+    await agent.started(second)
+    out = await agent.upload(second, "out_00001_.png", data)
+    assert (await agent.finish(second, outputs=[out])).status == "COMPLETED"
+    assert [d.name for d in (outputs.root / job.job_id).iterdir()] == ["2"]
