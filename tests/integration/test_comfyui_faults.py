@@ -116,3 +116,23 @@ async def test_never_finishing_prompt_times_out(fleet: Fleet, api: Api) -> None:
     # coordinator forcing the job after its cancel grace ("agent did not confirm the cancel")
     assert ended["reason"] == "timed out after 3 s", done["history"]
     await still_serves(fleet, api, url)
+
+
+async def test_agent_disk_full_while_spooling_outputs_requeues(fleet: Fleet, api: Api) -> None:
+    """The agent's spool file for the output is a link to /dev/full: every write there fails
+    with ENOSPC, exactly as on a full disk. The job goes back with that reason and completes on
+    its next attempt; the agent keeps running."""
+    fleet.add_sim("a", 24576, "--step-ms", "300")
+    fleet.add_agent("a", "a")
+    await api.agents_online({"a"})
+    job = await api.submit(txt2img(512, 512, steps=8, prefix="diskfull"))
+    running = await api.wait(job["id"], {"RUNNING"})
+    spool = fleet.tmp / "agent-a" / "spool" / f"{job['id']}-{running['attempt']}"
+    spool.mkdir(parents=True, exist_ok=True)
+    (spool / "diskfull_00001_.png").symlink_to("/dev/full")
+    done = await api.wait(job["id"], ENDED, wait_s=60)
+    assert done["status"] == "COMPLETED" and done["attempt"] == 2, done
+    requeue = next(t for t in done["history"] if t["event"] == "requeue")
+    assert "No space left on device" in requeue["reason"], requeue
+    assert await api.image_size(done["outputs"][0]) == (512, 512)
+    assert fleet.agents["a"].alive
