@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 ARGS ?=
 
-.PHONY: test demo lint bench clean chaos
+.PHONY: test demo lint bench clean chaos bench-memory
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ test: $(STAMP)
 # A long chaos run (thousands of jobs, dozens of faults); e.g. make chaos ARGS="--jobs 500 --seed 3"
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos $(ARGS)
+
+# Coordinator RSS with a deep queue (no agents): make bench-memory ARGS="--jobs 50000"
+bench-memory: $(STAMP)
+	$(BIN)/python -m tests.bench.queue_memory $(ARGS)
 
 demo: $(STAMP)
 	$(BIN)/comfyfleet demo --data-dir var/demo $(ARGS)

@@ -42,7 +42,8 @@ log = structlog.get_logger("coordinator")
 
 MAX_PLACEMENTS_PER_PLAN = 2000
 RECENT_FAILURE_WINDOW_S = 600.0
-STORE_RETRY_S = 1.0  # a loop step the store refused is retried after this
+STORE_RETRY_S = 1.0
+MAX_PLAN_PAUSE_S = 1.0  # a loop step the store refused is retried after this
 
 
 def job_request(job: JobRecord) -> JobRequest:
@@ -516,8 +517,12 @@ class Coordinator:
         while True:
             await self.wake.wait()
             self.wake.clear()
+            began = time.monotonic()
             if not await _survive_store_faults(self.schedule_once):
                 self.wake.set()
+            # A round costs O(queue): with tens of thousands queued, leave the event loop at
+            # least as long to the handlers (submits, heartbeats, leases) as planning took.
+            await asyncio.sleep(min(time.monotonic() - began, MAX_PLAN_PAUSE_S))
 
     # ------------------------------------------------------------------ timeouts
 
