@@ -134,6 +134,7 @@ class JobRunner:
                 self.stop("drop")
             else:
                 self.log.error("job_refused", status=exc.status, error=exc.error)
+                await self._give_back(exc)
         except AgentError as exc:
             self.log.error("job_report_failed", error=str(exc))
         finally:
@@ -242,6 +243,22 @@ class JobRunner:
             if outcome.status == "lost" and self.on_lost is not None:
                 self.on_lost(outcome.reason)
             await self._finish(finish, "requeue", error=error_of(outcome))
+
+    async def _give_back(self, refused: Refused) -> None:
+        """The coordinator refused a report (4xx, not stale): hand the attempt back with the
+        reason, so the job is retried or fails now instead of sitting RUNNING until its timeout.
+        """
+        message = str(refused.error.get("message", refused))[:1000]
+        if refused.error.get("field"):
+            message = f"{refused.error['field']}: {message}"
+        try:
+            await self.coord.finish(p.Finish(
+                agent_id=self.coord.agent_id, job_id=self.job.job_id, attempt=self.job.attempt,
+                outcome="requeue", error=p.ErrorInfo(
+                    code="report_refused", retryable=True,
+                    message=f"coordinator refused the agent's report: {message}")))
+        except AgentError as exc:
+            self.log.error("job_give_back_failed", error=str(exc))
 
     async def _finish(self, base: Mapping[str, Any], outcome: str, **kw: Any) -> None:
         ack = await self.coord.finish(p.Finish(**base, outcome=outcome, **kw))
