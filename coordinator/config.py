@@ -30,7 +30,7 @@ class CoordinatorConfig:
     body_read_timeout_s: float = 30.0  # a client slower than this sending its body gets 408
     max_header_bytes: int = 8190  # one header line / field
     max_headers: int = 100
-    keepalive_timeout_s: float = 75.0
+    keepalive_timeout_s: float = 15.0  # idle connections, and headers sent too slowly, close
 
     @property
     def lost_after_s(self) -> float:

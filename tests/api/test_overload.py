@@ -121,3 +121,13 @@ async def test_huge_header_is_refused(harness: MakeHarness) -> None:
     resp = await h.client.get("/healthz", headers={"X-Big": "a" * 4000})
     assert resp.status in (400, 431)
     assert (await h.client.get("/healthz")).status == 200
+
+
+async def test_headers_sent_too_slowly_close_the_connection(harness: MakeHarness) -> None:
+    h = await harness(keepalive_timeout_s=0.5)
+    reader, writer = await asyncio.open_connection("127.0.0.1", h.client.server.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: a")  # and never the rest
+    await writer.drain()
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+    writer.close()
+    assert (await h.client.get("/healthz")).status == 200
