@@ -316,8 +316,11 @@ class ChaosRun:
         verdict = check_run(evidence, replays)
         times = self.requeue_times(evidence)
         db = self.fleet.tmp / "coord" / "coordinator.db"
-        with sqlite3.connect(db) as conn:
+        conn = sqlite3.connect(db)
+        try:
             integrity = str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+        finally:
+            conn.close()
         return Figures(
             self.cfg,
             verdict,
