@@ -42,8 +42,8 @@ log = structlog.get_logger("coordinator")
 
 MAX_PLACEMENTS_PER_PLAN = 2000
 RECENT_FAILURE_WINDOW_S = 600.0
-STORE_RETRY_S = 1.0
-MAX_PLAN_PAUSE_S = 1.0  # a loop step the store refused is retried after this
+STORE_RETRY_S = 1.0  # a loop step the store refused is retried after this
+MAX_PLAN_PAUSE_S = 1.0  # longest pause of the scheduler loop after a (long) planning round
 
 
 def job_request(job: JobRecord) -> JobRequest:
