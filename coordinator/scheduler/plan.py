@@ -18,7 +18,7 @@ from comfyfleet.coordinator.scheduler.model import (
     PlanResult,
     SchedulerError,
 )
-from comfyfleet.coordinator.scheduler.rank import fit_score
+from comfyfleet.coordinator.scheduler.rank import fit_score, is_warm
 from comfyfleet.coordinator.scheduler.reasons import Explainer
 from comfyfleet.coordinator.scheduler.starvation import Hold, apply_hold, choose_hold
 
@@ -85,8 +85,9 @@ def plan(
         sid = None if request in hopeless else index.best(job, allowed, blocked, avoid)
         if sid is not None:
             score = fit_score(job, cap, sid)
-            index.place(sid, job)
             slot = cap.slots[sid]
+            warm = is_warm(job, cap.agents[cap.slot_agent[sid]], slot)
+            index.place(sid, job)
             placements.append(
                 Placement(
                     job_id=job.job_id,
@@ -94,6 +95,7 @@ def plan(
                     instance_id=slot.instance_id,
                     gpu_index=slot.gpu_index,
                     score=score,
+                    warm=warm,
                 )
             )
             continue
