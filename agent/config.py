@@ -20,6 +20,8 @@ class AgentConfig:
     max_output_bytes: int = 2 << 30
     events_flush_s: float = 0.1  # batch progress events for this long
     request_timeout_s: float = 60.0
+    vram_sample_s: float = 0.25  # sample ComfyUI's VRAM this often while a job runs
+    inventory_refresh_s: float = 60.0  # re-read models and node classes this often
 
     @property
     def state_file(self) -> Path:

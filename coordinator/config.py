@@ -24,6 +24,12 @@ class CoordinatorConfig:
     default_vram_mb: int = 0  # reservation for a job that declares none
     starvation_s: float = 300.0
     sweep_interval_s: float = 0.5
+    # placement: failure blocking per (agent, workflow shape), learned VRAM (issue 8)
+    block_after_failures: int = 2  # agent-specific failures of one shape that block the pair
+    block_cooldown_s: float = 60.0  # how long a blocked pair stays blocked
+    block_window_s: float = 600.0  # failures older than this do not count
+    vram_estimate_margin: float = 1.25  # learned peak VRAM x this for jobs declaring none
+    max_input_bytes: int = 6 << 20  # input files of one job, decoded
 
     @property
     def lost_after_s(self) -> float:

@@ -46,7 +46,7 @@ async def submit(request: web.Request) -> web.Response:
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
-    return reply(request, job_json(job, coord.progress.get(job.id)),
+    return reply(request, job_json(job, coord.progress.get(job.id), coord=coord),
                  status=201 if created else 200, headers=headers)
 
 
@@ -70,7 +70,7 @@ async def list_jobs(request: web.Request) -> web.Response:
         raise InvalidInput("limit", f"must be between 1 and {MAX_LIMIT}")
     coord = request.app[COORDINATOR]
     found, cursor = coord.list_jobs(statuses, limit, q.get("cursor"))
-    return reply(request, {"jobs": [job_json(j, coord.progress.get(j.id), full=False)
+    return reply(request, {"jobs": [job_json(j, coord.progress.get(j.id), full=False, coord=coord)
                                     for j in found], "next_cursor": cursor})
 
 
@@ -78,7 +78,7 @@ async def list_jobs(request: web.Request) -> web.Response:
 async def get_job(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR]
     job = coord.get(_id(request, "job_id"))
-    return reply(request, job_json(job, coord.progress.get(job.id)))
+    return reply(request, job_json(job, coord.progress.get(job.id), coord=coord))
 
 
 @routes.post("/v1/jobs/{job_id}/cancel")
@@ -86,7 +86,7 @@ async def cancel_job(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR]
     job = coord.cancel(_id(request, "job_id"))
     status = 200 if job.status == JobStatus.CANCELLED else 202
-    return reply(request, job_json(job, coord.progress.get(job.id)), status=status)
+    return reply(request, job_json(job, coord.progress.get(job.id), coord=coord), status=status)
 
 
 @routes.get("/v1/jobs/{job_id}/outputs/{name}")
