@@ -51,6 +51,12 @@ def add_coordinator(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
                      default=float(env_default("ASSIGN_TIMEOUT", "30") or 30))
     cmd.add_argument("--default-vram-mb", type=int,
                      default=int(env_default("DEFAULT_VRAM_MB", "0") or 0))
+    cmd.add_argument("--block-after-failures", type=int,
+                     default=int(env_default("BLOCK_AFTER_FAILURES", "2") or 2),
+                     help="agent-specific failures of one workflow shape that block the pair")
+    cmd.add_argument("--block-cooldown", type=float,
+                     default=float(env_default("BLOCK_COOLDOWN", "60") or 60),
+                     help="seconds a blocked (agent, workflow shape) pair stays blocked")
     cmd.add_argument("--log-level", default=env_default("LOG_LEVEL", "info"))
     cmd.set_defaults(run=run_coordinator)
 
@@ -66,6 +72,7 @@ def run_coordinator(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir), host=host, port=port,
         heartbeat_interval_s=args.heartbeat_interval, restart_grace_s=args.restart_grace,
         assign_timeout_s=args.assign_timeout, default_vram_mb=args.default_vram_mb,
+        block_after_failures=args.block_after_failures, block_cooldown_s=args.block_cooldown,
     )
     try:
         config.data_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Placement through the API: inventory 422, failure blocking, learned VRAM, ETA, profile, inputs."""
+"""Placement via the API: inventory 422, failure blocking, learned VRAM, ETA, profile, inputs."""
 
 from __future__ import annotations
 
