@@ -22,6 +22,8 @@ from typing import Any
 
 import aiohttp
 
+from comfyfleet.cache_stats import cache_hit_line
+
 SIZES = [(512, 512), (768, 512), (512, 768), (640, 640), (1024, 576), (576, 1024), (1024, 1024)]
 
 
@@ -282,7 +284,8 @@ def print_summary(jobs: list[DemoJob], elapsed: float, out_dir: Path, url: str) 
         print(f"  {job.label:32s} {job.status:10s} {job.record.get('agent_id') or '-':12s} "
               f"{'' if wait is None else f'{wait:7.2f}':>7s} "
               f"{'' if run is None else f'{run:7.2f}':>7s}  {outs}")
-    print(f"\noutputs downloaded to   {out_dir}")
+    print("\n" + cache_hit_line(job.record for job in jobs))
+    print(f"outputs downloaded to   {out_dir}")
     print(f"API                     {url}/v1/jobs   {url}/v1/agents")
 
 
