@@ -176,11 +176,18 @@ def add_demo(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add(sub)
 
 
+def add_submit(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from comfyfleet.submit import add_submit as add
+
+    add(sub)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [  # type: ignore[type-arg]
     add_coordinator,
     add_agent,
     add_comfyui_sim,
     add_demo,
+    add_submit,
 ]
 
 

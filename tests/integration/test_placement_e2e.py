@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -116,6 +118,7 @@ async def test_inventory_routes_by_model_and_node_class_and_refuses_the_impossib
               "inputs": {"image": ["1", 0], "blur_radius": 1, "sigma": 1.0}},
         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "b"}},
     }
+    await submit_cli_waits_with_time_left(fleet, api)
     jobs = [await api.submit(blur) for _ in range(3)]
     for j in jobs:  # ImageBlur is not installed on b
         assert (await api.wait(j["id"], {"COMPLETED"}, wait_s=60))["agent_id"] == "a"
@@ -126,6 +129,23 @@ async def test_inventory_routes_by_model_and_node_class_and_refuses_the_impossib
         assert r.status == 422, body
     assert body["error"]["field"] == "workflow"
     assert "flux1-dev.safetensors" in body["error"]["message"]
+
+
+async def submit_cli_waits_with_time_left(fleet: Fleet, api: Api) -> None:
+    """`comfyfleet submit --wait` on a shape that ran before shows the estimated time left."""
+    path = fleet.tmp / "wf.json"
+    path.write_text(json.dumps(txt2img(512, 512, steps=150, prefix="cli")))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "comfyfleet", "submit", str(path), "--coordinator", api.url,
+        "--wait", "--poll", "0.05", stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    job_id, url = out.decode().split()
+    assert url == f"{api.url}/v1/jobs/{job_id}/outputs/cli_00001_.png"
+    lines = err.decode().splitlines()
+    assert any(line.startswith("RUNNING") and "s left" in line for line in lines), lines
+    assert lines[-1].startswith("COMPLETED")
 
 
 async def _inventory_known(api: Api, names: set[str]) -> bool:
