@@ -31,7 +31,8 @@ def _id(request: web.Request, name: str) -> str:
 async def healthz(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR]
     return reply(request, {"ok": True, "jobs_active": len(coord.jobs),
-                           "queued": len(coord.queued), "agents": len(coord.agents)})
+                           "queued": len(coord.queued), "agents": len(coord.agents),
+                           "counters": coord.counters})
 
 
 @routes.post("/v1/jobs")

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import copy
 
+from comfyfleet.coordinator.service import Coordinator
 from comfyfleet.shared import protocol as p
 from comfyfleet.shared.workflow_shape import shape_hash
 from tests.api.conftest import WORKFLOW, MakeHarness
@@ -65,6 +66,8 @@ async def test_agent_specific_failures_block_the_pair_until_the_cooldown(
     assert h.coord.jobs[other["id"]].status.value == "QUEUED"
     await asyncio.sleep(1.3)  # cooldown over: the sweeper lifts the block
     assert h.coord.counters["workflow_unblocked"] == 1
+    health = await (await h.client.get("/healthz")).json()
+    assert health["counters"]["workflow_blocked"] == 1
     back = (await a1.lease(2.0)).jobs
     assert [j.job_id for j in back] == [other["id"]]
 
@@ -104,6 +107,10 @@ async def test_learned_vram_eta_and_profile(harness: MakeHarness) -> None:
     assert second["eta"]["expected_s"] >= 0
     declared = await h.submit(workflow=variant(8), resources={"vram_mb": 100})
     assert declared["resources"]["vram_mb"] == 100  # a declared value always wins
+    # after a restart the estimates are learned again from the stored completed jobs
+    again = Coordinator(h.coord.config, h.coord.store, h.coord.outputs)
+    again.recover()
+    assert again.estimates == h.coord.estimates and again.estimates
 
 
 async def test_input_files_reach_the_agent(harness: MakeHarness) -> None:
