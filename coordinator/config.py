@@ -30,6 +30,7 @@ class CoordinatorConfig:
     block_window_s: float = 600.0  # failures older than this do not count
     vram_estimate_margin: float = 1.25  # learned peak VRAM x this for jobs declaring none
     max_input_bytes: int = 6 << 20  # input files of one job, decoded
+    affinity_bucket_mb: int = 4096  # GPUs this close in VRAM left fit alike: warm cache decides
 
     @property
     def lost_after_s(self) -> float:

@@ -49,13 +49,20 @@ class Estimate:
         return Estimate(durations, peaks)
 
 
-def learned_vram_mb(table: Mapping[Key, Estimate], shape: str, margin: float) -> int | None:
+def learned_vram_mb(table: Mapping[Key, Estimate], shape: str, margin: float,
+                    largest_gpu_mb: int | None = None) -> int | None:
     """The reservation for a job of `shape` that declares none: the largest peak seen for the
-    shape on any GPU model, times `margin`; None when the shape never ran with a measurement."""
+    shape on any GPU model, times `margin` — but never more than the largest GPU of the fleet
+    (the margin must not make a job that ran fit nowhere) nor less than the peak itself. None
+    when the shape never ran with a measurement."""
     peaks = [e.vram_peak_mb for (s, _), e in table.items() if s == shape and e.vram_peak_mb]
     if not peaks:
         return None
-    return int(math.ceil(max(p for p in peaks if p is not None) * margin))
+    peak = max(p for p in peaks if p is not None)
+    want = int(math.ceil(peak * margin))
+    if largest_gpu_mb is not None:
+        want = max(peak, min(want, largest_gpu_mb))
+    return want
 
 
 def expected_duration_s(table: Mapping[Key, Estimate], shape: str,

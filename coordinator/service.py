@@ -188,8 +188,10 @@ class Coordinator:
             raise Unprocessable(f"no agent can run this workflow: {gap}", "workflow")
         vram = spec.resources.vram_mb
         if vram is None:
+            largest = max((g.vram_total_mb for a in self.agents.values() for g in a.gpus
+                           if a.status != AgentStatus.LOST), default=None)
             learned = learned_vram_mb(self.estimates, shape_hash(spec.workflow),
-                                      self.config.vram_estimate_margin)
+                                      self.config.vram_estimate_margin, largest)
             default = self.config.default_vram_mb if learned is None else learned
             vram = default if spec.resources.gpus else 0
         if spec.resources.gpus == 0 and vram and spec.resources.vram_mb:
@@ -508,7 +510,8 @@ class Coordinator:
         views = [agent_view(a, self.jobs, RECENT_FAILURE_WINDOW_S, now)
                  for a in self.agents.values() if a.status != AgentStatus.LOST]
         queue = apply_blocks(self.queued.values(), self.blocks.blocked(now))
-        result = plan(queue, views, now, max_placements=MAX_PLACEMENTS_PER_PLAN)
+        result = plan(queue, views, now, max_placements=MAX_PLACEMENTS_PER_PLAN,
+                      affinity_bucket_mb=self.config.affinity_bucket_mb)
         for job_id, reason in result.pending.items():
             job = self.jobs.get(job_id)
             if job is not None:

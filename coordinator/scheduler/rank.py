@@ -3,8 +3,9 @@
     (avoid, fit_class, cold, vram_left, ram_left, failures, agent_id, instance_id)
 
 - avoid: 1 on agents where an earlier attempt of this job failed (allowed, but last resort);
-- fit_class: `vram_left // AFFINITY_BUCKET_MB` — GPUs whose leftover VRAM differs by less than
-  one bucket fit about equally well, so the warm-cache bonus may choose between them;
+- fit_class: `vram_left // bucket` (`Capacity.affinity_bucket_mb`, default AFFINITY_BUCKET_MB) —
+  GPUs whose leftover VRAM falls in one bucket fit about equally well, so the warm-cache bonus may
+  choose between them (a bucket of 0 or less: only exact ties);
 - cold: 0 when the instance ran the same workflow shape or loaded the same model files recently
   (or the agent ran the shape), else 1 — the affinity bonus: it beats a slightly tighter fit in
   the same fit class, never a better fit class, never feasibility and never priority (jobs are
@@ -18,16 +19,15 @@
 
 from __future__ import annotations
 
-from comfyfleet.coordinator.scheduler.capacity import KIND_GPU, Capacity
+from comfyfleet.coordinator.scheduler.capacity import AFFINITY_BUCKET_MB, KIND_GPU, Capacity
 from comfyfleet.coordinator.scheduler.feasibility import feasible
 from comfyfleet.coordinator.scheduler.model import AgentView, JobRequest, SlotView
 
 RankKey = tuple[int, int, int, int, int, int, str, str]
-AFFINITY_BUCKET_MB = 4096
 
 
-def fit_class(vram_left: int) -> int:
-    return vram_left // AFFINITY_BUCKET_MB
+def fit_class(vram_left: int, bucket_mb: int = AFFINITY_BUCKET_MB) -> int:
+    return vram_left // bucket_mb if bucket_mb > 0 else vram_left
 
 
 def is_warm(job: JobRequest, agent: AgentView, slot: SlotView) -> bool:
@@ -50,10 +50,11 @@ def rank_key(
     failures: int,
     agent_id: str,
     instance_id: str,
+    bucket_mb: int = AFFINITY_BUCKET_MB,
 ) -> RankKey:
     return (
         int(avoid),
-        fit_class(vram_left),
+        fit_class(vram_left, bucket_mb),
         0 if warm else 1,
         vram_left,
         ram_left,
@@ -77,6 +78,7 @@ def candidate_key(job: JobRequest, cap: Capacity, sid: int) -> RankKey:
         failures=agent.recent_failures,
         agent_id=agent.agent_id,
         instance_id=cap.slots[sid].instance_id,
+        bucket_mb=cap.affinity_bucket_mb,
     )
 
 

@@ -37,6 +37,10 @@ def test_largest_gpu_model_estimate_wins_and_unknown_gpu_takes_the_slowest() -> 
     assert expected_duration_s(table, "s", "A") == 2.0
     assert expected_duration_s(table, "s", None) == 5.0
     assert Estimate().add(float("nan"), 0).samples == 0
+    # the margin never makes a job that ran fit nowhere, and never goes below the peak
+    assert learned_vram_mb(table, "s", 1.25, largest_gpu_mb=6000) == 6000
+    assert learned_vram_mb(table, "s", 1.25, largest_gpu_mb=4000) == 5000
+    assert learned_vram_mb(table, "s", 1.25, largest_gpu_mb=80000) == 6250
 
 
 def test_eta_for_waiting_running_and_finished_jobs() -> None:

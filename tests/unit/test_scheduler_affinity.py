@@ -137,3 +137,11 @@ def test_instances_sharing_a_gpu_never_overcommit_its_vram(n_instances: int,
     assert sum(j.vram_mb for j in jobs if j.job_id in placed) <= 24000
     assert len(placed) <= n_instances
     assert len({p.instance_id for p in r.placements}) == len(placed)  # one job per instance
+
+
+def test_the_fit_class_width_is_a_plan_parameter() -> None:
+    agents = [agent("a", gpus=[gpu(total=23576)]),
+              agent("b", slots=[slot("c0", 0, recent=["s:x"])])]
+    j = job("j", workflow_hash="s:x")
+    assert where(plan([j], agents, NOW, affinity_bucket_mb=0)) == {"j": ("a", "c0")}
+    assert where(plan([j], agents, NOW, affinity_bucket_mb=8192)) == {"j": ("b", "c0")}
