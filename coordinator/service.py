@@ -465,9 +465,10 @@ class Coordinator:
                      attempt=job.attempt, outputs=len(outputs))
             return p.Ack(status=new.status.value)
         self.outputs.drop_attempt(job.id, job.attempt)
-        if msg.outcome in ("failed", "requeue") and classify(err) == "agent":
+        host_fault = msg.outcome in ("failed", "requeue") and classify(err) == "agent"
+        if host_fault:  # this host lacks something: block the pair, try another host
             self._pair_failed(msg.agent_id, shape_hash(job.spec.workflow), now, err)
-        if msg.outcome == "failed" and not (err and err.get("retryable")):
+        if msg.outcome == "failed" and not host_fault and not (err and err.get("retryable")):
             new = moves.advance(job, JobEvent.FAIL, now, (err or {}).get("message", "failed"),
                                 error=err or {"code": "failed", "message": "failed"})
             self._save(job, new)

@@ -72,6 +72,19 @@ async def test_agent_specific_failures_block_the_pair_until_the_cooldown(
     assert [j.job_id for j in back] == [other["id"]]
 
 
+async def test_a_missing_model_is_retried_elsewhere_even_if_not_marked_retryable(
+        harness: MakeHarness) -> None:
+    h = await harness(block_after_failures=1)
+    a1 = h.agent("a1")
+    await a1.register()
+    job = await h.submit()
+    leased = (await a1.lease(2.0)).jobs[0]
+    missing = p.ErrorInfo(code="missing_model", message="model file(s) not on this ComfyUI: x")
+    assert (await a1.finish(leased, outcome="failed", error=missing)).status == "QUEUED"
+    assert h.coord.counters["workflow_blocked"] == 1
+    assert (await h.job(job["id"]))["retries_used"] == 1
+
+
 async def test_workflow_errors_fail_the_job_without_blocking(harness: MakeHarness) -> None:
     h = await harness(block_after_failures=1)
     a1 = h.agent("a1")
