@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 import sys
 import time
@@ -122,6 +124,7 @@ async def test_inventory_routes_by_model_and_node_class_and_refuses_the_impossib
     jobs = [await api.submit(blur) for _ in range(3)]
     for j in jobs:  # ImageBlur is not installed on b
         assert (await api.wait(j["id"], {"COMPLETED"}, wait_s=60))["agent_id"] == "a"
+    await input_files_are_uploaded_before_the_prompt(fleet, api)
     impossible = txt2img(512, 512)
     impossible["4"]["inputs"]["ckpt_name"] = "flux1-dev.safetensors"
     async with api.s.post(f"{api.url}/v1/jobs", json={"workflow": impossible}) as r:
@@ -146,6 +149,33 @@ async def submit_cli_waits_with_time_left(fleet: Fleet, api: Api) -> None:
     lines = err.decode().splitlines()
     assert any(line.startswith("RUNNING") and "s left" in line for line in lines), lines
     assert lines[-1].startswith("COMPLETED")
+
+
+def png(width: int, height: int) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (10, 20, 30)).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+async def input_files_are_uploaded_before_the_prompt(fleet: Fleet, api: Api) -> None:
+    """LoadImage reads the job's own upload; a second file under the same name (other bytes) is
+    stored by ComfyUI as `in (1).png` and the agent points the workflow at it."""
+    wf = {"1": {"class_type": "LoadImage", "inputs": {"image": "in.png"}},
+          "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+          "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0],
+                                                      "filename_prefix": "up"}}}
+    ran_on = []
+    for size in [(40, 30), (24, 56), (40, 30)]:
+        job = await api.submit(wf, inputs={"in.png": png(*size)})
+        done = await api.wait(job["id"], {"COMPLETED", "FAILED"}, wait_s=60)
+        assert done["status"] == "COMPLETED", done["error"]
+        assert await api.image_size(done["outputs"][0]) == size
+        ran_on.append(done["agent_id"])
+    if ran_on[0] == ran_on[1]:  # affinity keeps the shape on one host: the rename happened
+        stored = sorted(p.name for p in (fleet.tmp / f"sim-{ran_on[0]}" / "input").iterdir())
+        assert stored == ["in (1).png", "in.png"]
 
 
 async def _inventory_known(api: Api, names: set[str]) -> bool:
