@@ -16,8 +16,9 @@ def rename_inputs(graph: Mapping[str, Any], renamed: Mapping[str, str]) -> dict[
     out: dict[str, Any] = {}
     for node_id, node in graph.items():
         if isinstance(node, Mapping) and isinstance(node.get("inputs"), Mapping):
-            inputs = {k: renamed.get(v, v) if isinstance(v, str) else v
-                      for k, v in node["inputs"].items()}
+            inputs = {
+                k: renamed.get(v, v) if isinstance(v, str) else v for k, v in node["inputs"].items()
+            }
             out[node_id] = {**node, "inputs": inputs}
         else:
             out[node_id] = node

@@ -9,8 +9,9 @@ from typing import Any
 from comfyfleet.shared import protocol as p
 
 
-def profile_of(timings: Mapping[str, float], cached: list[str],
-               graph: Mapping[str, Any]) -> list[p.NodeTiming]:
+def profile_of(
+    timings: Mapping[str, float], cached: list[str], graph: Mapping[str, Any]
+) -> list[p.NodeTiming]:
     """Nodes ComfyUI served from cache first (0 ms), then executed nodes with their time, in the
     order the graph lists them."""
     out: list[p.NodeTiming] = []
@@ -28,8 +29,11 @@ def profile_of(timings: Mapping[str, float], cached: list[str],
     for node, seconds in timings.items():
         if node not in seen:
             seen.add(node)
-            out.append(p.NodeTiming(node=node, node_type=node_type(node),
-                                    ms=round(max(0.0, seconds) * 1000, 3)))
+            out.append(
+                p.NodeTiming(
+                    node=node, node_type=node_type(node), ms=round(max(0.0, seconds) * 1000, 3)
+                )
+            )
     return out
 
 

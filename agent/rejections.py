@@ -18,15 +18,20 @@ from comfyfleet.shared.workflow_shape import MODEL_INPUTS
 _NO_CLASS = re.compile(r"node (?P<cls>\S+) does not exist")
 
 
-def host_specific(rejection: Mapping[str, Any] | None,
-                  node_errors: Mapping[str, Any]) -> p.ErrorInfo | None:
+def host_specific(
+    rejection: Mapping[str, Any] | None, node_errors: Mapping[str, Any]
+) -> p.ErrorInfo | None:
     err = rejection or {}
     match = _NO_CLASS.search(str(err.get("message", "")))
     if err.get("type") == "invalid_prompt" and match:
         cls = match.group("cls").rstrip(".")
-        return p.ErrorInfo(code="missing_node_class", retryable=True,
-                           message=f"node class {cls} is not installed on this ComfyUI",
-                           node_type=cls, details={"missing": [cls]})
+        return p.ErrorInfo(
+            code="missing_node_class",
+            retryable=True,
+            message=f"node class {cls} is not installed on this ComfyUI",
+            node_type=cls,
+            details={"missing": [cls]},
+        )
     missing: list[str] = []
     where: tuple[str, str | None] | None = None
     for node_id, entry in node_errors.items():
@@ -41,6 +46,11 @@ def host_specific(rejection: Mapping[str, Any] | None,
                 where = where or (str(node_id), entry.get("class_type"))
     if not missing or where is None:
         return None
-    return p.ErrorInfo(code="missing_model", retryable=True,
-                       message=f"model file(s) not on this ComfyUI: {', '.join(missing)}",
-                       node_id=where[0], node_type=where[1], details={"missing": missing})
+    return p.ErrorInfo(
+        code="missing_model",
+        retryable=True,
+        message=f"model file(s) not on this ComfyUI: {', '.join(missing)}",
+        node_id=where[0],
+        node_type=where[1],
+        details={"missing": missing},
+    )

@@ -26,33 +26,60 @@ RESIDENT = 3  # shapes/models an instance keeps warm
 NOW = 1_700_000_000.0
 
 
-def run(n_agents: int, rounds: int, n_shapes: int, affinity: bool, seed: int = 7) -> tuple[
-        int, int, float]:
+def run(
+    n_agents: int, rounds: int, n_shapes: int, affinity: bool, seed: int = 7
+) -> tuple[int, int, float]:
     rng = random.Random(seed)
     weights = [1.0 / (i + 1) for i in range(n_shapes)]  # Zipf-like: a few popular workflows
-    recent: dict[str, deque[str]] = {f"agent-{i:03d}": deque(maxlen=2 * RESIDENT)
-                                     for i in range(n_agents)}
+    recent: dict[str, deque[str]] = {
+        f"agent-{i:03d}": deque(maxlen=2 * RESIDENT) for i in range(n_agents)
+    }
     hits = placed = 0
     elapsed = 0.0
     for r in range(rounds):
         jobs = []
         for j in range(int(n_agents * rng.uniform(0.5, 1.0))):
             shape = rng.choices(range(n_shapes), weights)[0]
-            jobs.append(JobRequest(
-                job_id=f"r{r}-j{j}", priority=0, queued_at=NOW - j, gpus=1,
-                vram_mb=rng.choice([6000, 8000, 12000, 18000]), ram_mb=0, cpu=0.0, labels={},
-                gpu_name=None, models=(), workflow_hash=f"s:{shape}",
-                avoid_agents=frozenset(), blocked_agents=frozenset(),
-                model_refs=(f"model-{shape}.safetensors",)))
+            jobs.append(
+                JobRequest(
+                    job_id=f"r{r}-j{j}",
+                    priority=0,
+                    queued_at=NOW - j,
+                    gpus=1,
+                    vram_mb=rng.choice([6000, 8000, 12000, 18000]),
+                    ram_mb=0,
+                    cpu=0.0,
+                    labels={},
+                    gpu_name=None,
+                    models=(),
+                    workflow_hash=f"s:{shape}",
+                    avoid_agents=frozenset(),
+                    blocked_agents=frozenset(),
+                    model_refs=(f"model-{shape}.safetensors",),
+                )
+            )
         agents = []
         for i, (agent_id, keys) in enumerate(recent.items()):
             name, total = GPUS[i % len(GPUS)]
-            agents.append(AgentView(
-                agent_id=agent_id, schedulable=True, labels={}, ram_available_mb=128000,
-                ram_reserved_mb=0, ram_total_mb=128000, cpu_count=32, cpu_reserved=0.0,
-                gpus=(GpuView(0, name, total, total, 0, 0),),
-                slots=(SlotView("0", 0, True, 1, 0, frozenset(keys) if affinity else frozenset()),),
-                models=frozenset(), recent_hashes=(), recent_failures=0))
+            agents.append(
+                AgentView(
+                    agent_id=agent_id,
+                    schedulable=True,
+                    labels={},
+                    ram_available_mb=128000,
+                    ram_reserved_mb=0,
+                    ram_total_mb=128000,
+                    cpu_count=32,
+                    cpu_reserved=0.0,
+                    gpus=(GpuView(0, name, total, total, 0, 0),),
+                    slots=(
+                        SlotView("0", 0, True, 1, 0, frozenset(keys) if affinity else frozenset()),
+                    ),
+                    models=frozenset(),
+                    recent_hashes=(),
+                    recent_failures=0,
+                )
+            )
         t0 = time.perf_counter()
         result = plan(jobs, agents, NOW)
         elapsed += time.perf_counter() - t0
@@ -75,9 +102,11 @@ def main(argv: list[str]) -> None:
     n_shapes = int(argv[2]) if len(argv) > 2 else 12
     for affinity in (False, True):
         hits, placed, elapsed = run(n_agents, rounds, n_shapes, affinity)
-        print(f"affinity {'on ' if affinity else 'off'}: {n_agents} agents, {rounds} rounds, "
-              f"{n_shapes} workflow shapes: {placed} placements, cache-hit rate "
-              f"{hits / placed:.1%} ({placed / elapsed:,.0f} placements/s in plan())")
+        print(
+            f"affinity {'on ' if affinity else 'off'}: {n_agents} agents, {rounds} rounds, "
+            f"{n_shapes} workflow shapes: {placed} placements, cache-hit rate "
+            f"{hits / placed:.1%} ({placed / elapsed:,.0f} placements/s in plan())"
+        )
 
 
 if __name__ == "__main__":

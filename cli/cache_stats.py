@@ -20,5 +20,7 @@ def cache_hit_line(records: Iterable[Mapping[str, Any]]) -> str:
         cached += n_cached
     if not jobs:
         return "cache hits: no completed job reported a node profile"
-    return (f"cache hits: {hits} of {jobs} completed jobs ({hits / jobs:.0%}) reused cached "
-            f"nodes; {cached} of {nodes} nodes ({cached / max(nodes, 1):.0%}) served from cache")
+    return (
+        f"cache hits: {hits} of {jobs} completed jobs ({hits / jobs:.0%}) reused cached "
+        f"nodes; {cached} of {nodes} nodes ({cached / max(nodes, 1):.0%}) served from cache"
+    )

@@ -78,8 +78,9 @@ async def submit(args: argparse.Namespace) -> int:
                 if resp.status not in (200, 201):
                     err = (data or {}).get("error", {})
                     where = f" ({err['field']})" if err.get("field") else ""
-                    raise SubmitError(f"refused: HTTP {resp.status}{where}: "
-                                      f"{err.get('message', data)}")
+                    raise SubmitError(
+                        f"refused: HTTP {resp.status}{where}: {err.get('message', data)}"
+                    )
             print(data["id"])
             if not args.wait:
                 return 0
@@ -106,17 +107,30 @@ async def submit(args: argparse.Namespace) -> int:
 def add_submit(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     cmd = sub.add_parser("submit", help="submit a workflow (API-format JSON) as a job")
     cmd.add_argument("workflow", help="path of the workflow JSON (ComfyUI 'Save (API Format)')")
-    cmd.add_argument("--coordinator",
-                     default=os.environ.get("COMFYFLEET_COORDINATOR", "http://127.0.0.1:8787"),
-                     help="coordinator URL (env COMFYFLEET_COORDINATOR)")
-    cmd.add_argument("--vram-mb", type=int, default=None,
-                     help="VRAM to reserve (default: learned for this workflow, else the "
-                          "coordinator's default)")
+    cmd.add_argument(
+        "--coordinator",
+        default=os.environ.get("COMFYFLEET_COORDINATOR", "http://127.0.0.1:8787"),
+        help="coordinator URL (env COMFYFLEET_COORDINATOR)",
+    )
+    cmd.add_argument(
+        "--vram-mb",
+        type=int,
+        default=None,
+        help="VRAM to reserve (default: learned for this workflow, else the coordinator's default)",
+    )
     cmd.add_argument("--priority", type=int, default=0)
-    cmd.add_argument("--input", action="append", default=[], metavar="[NAME=]PATH",
-                     help="an input file (e.g. for LoadImage) to upload with the job")
-    cmd.add_argument("--wait", action="store_true",
-                     help="follow the job: status, progress and estimated time left")
+    cmd.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH",
+        help="an input file (e.g. for LoadImage) to upload with the job",
+    )
+    cmd.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow the job: status, progress and estimated time left",
+    )
     cmd.add_argument("--poll", type=float, default=0.5, help=argparse.SUPPRESS)
     cmd.set_defaults(run=run_submit)
 

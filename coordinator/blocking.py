@@ -66,8 +66,9 @@ class BlockPolicy:
 class FailureBook:
     pairs: Mapping[Pair, PairState] = dataclasses.field(default_factory=dict)
 
-    def record_failure(self, agent_id: str, shape: str, now: float,
-                       policy: BlockPolicy) -> tuple[FailureBook, Change | None]:
+    def record_failure(
+        self, agent_id: str, shape: str, now: float, policy: BlockPolicy
+    ) -> tuple[FailureBook, Change | None]:
         old = self.pairs.get((agent_id, shape), PairState())
         times = tuple(t for t in old.failures if now - t < policy.window_s) + (now,)
         until = old.blocked_until
@@ -124,8 +125,9 @@ class FailureBook:
         }
 
 
-def apply_blocks(requests: Iterable[JobRequest], blocked: Mapping[str, frozenset[str]]
-                 ) -> list[JobRequest]:
+def apply_blocks(
+    requests: Iterable[JobRequest], blocked: Mapping[str, frozenset[str]]
+) -> list[JobRequest]:
     """The queue as the plan must see it: each job's blocked agents for its shape added."""
     if not blocked:
         return list(requests)

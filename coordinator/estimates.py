@@ -49,8 +49,9 @@ class Estimate:
         return Estimate(durations, peaks)
 
 
-def learned_vram_mb(table: Mapping[Key, Estimate], shape: str, margin: float,
-                    largest_gpu_mb: int | None = None) -> int | None:
+def learned_vram_mb(
+    table: Mapping[Key, Estimate], shape: str, margin: float, largest_gpu_mb: int | None = None
+) -> int | None:
     """The reservation for a job of `shape` that declares none: the largest peak seen for the
     shape on any GPU model, times `margin` — but never more than the largest GPU of the fleet
     (the margin must not make a job that ran fit nowhere) nor less than the peak itself. None
@@ -65,8 +66,9 @@ def learned_vram_mb(table: Mapping[Key, Estimate], shape: str, margin: float,
     return want
 
 
-def expected_duration_s(table: Mapping[Key, Estimate], shape: str,
-                        gpu_name: str | None) -> float | None:
+def expected_duration_s(
+    table: Mapping[Key, Estimate], shape: str, gpu_name: str | None
+) -> float | None:
     """On the job's GPU model when known and measured there; else the slowest GPU model."""
     if gpu_name is not None:
         est = table.get((shape, gpu_name))
@@ -76,8 +78,13 @@ def expected_duration_s(table: Mapping[Key, Estimate], shape: str,
     return max(d for d in known if d is not None) if known else None
 
 
-def eta(duration_s: float | None, status: str, running_since: float | None,
-        fraction: float | None, now: float) -> dict[str, Any] | None:
+def eta(
+    duration_s: float | None,
+    status: str,
+    running_since: float | None,
+    fraction: float | None,
+    now: float,
+) -> dict[str, Any] | None:
     """Expected total and remaining seconds of a job (None when nothing is known).
 
     Running: the larger of what the estimate leaves and what the progress so far implies;

@@ -13,8 +13,9 @@ Inventory = tuple[frozenset[str], frozenset[str] | None]  # (models, node classe
 _INPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ ()-]{0,127}$")
 
 
-def fleet_gap(models: Iterable[str], classes: Iterable[str],
-              inventories: Iterable[Inventory]) -> str | None:
+def fleet_gap(
+    models: Iterable[str], classes: Iterable[str], inventories: Iterable[Inventory]
+) -> str | None:
     """None when some agent has every model file and node class the workflow needs, or when no
     agent reported an inventory yet (the job waits for one); else what is missing, naming the
     items no agent has (or, when each exists somewhere but no agent has all, every item)."""
@@ -33,7 +34,8 @@ def fleet_gap(models: Iterable[str], classes: Iterable[str],
         nowhere_m, nowhere_c = want_m, want_c
         lead = "no agent in the fleet has all of"
     parts = ([f"model files {', '.join(nowhere_m)}"] if nowhere_m else []) + (
-        [f"node classes {', '.join(nowhere_c)}"] if nowhere_c else [])
+        [f"node classes {', '.join(nowhere_c)}"] if nowhere_c else []
+    )
     return f"{lead} {' and '.join(parts)}"
 
 
@@ -44,16 +46,22 @@ def decode_inputs(inputs: Mapping[str, str], max_bytes: int) -> dict[str, bytes]
     for name, b64 in inputs.items():
         field = f"inputs.{name}"
         if not _INPUT_NAME.match(name) or ".." in name:
-            raise InvalidInput(field, "file name must be 1-128 letters, digits, '._ ()-' and "
-                               "start with a letter or digit", "bad_name")
+            raise InvalidInput(
+                field,
+                "file name must be 1-128 letters, digits, '._ ()-' and "
+                "start with a letter or digit",
+                "bad_name",
+            )
         try:
             data = base64.b64decode(b64, validate=True)
         except (binascii.Error, ValueError):
-            raise InvalidInput(field, "must be base64 (RFC 4648, no line breaks)",
-                               "bad_base64") from None
+            raise InvalidInput(
+                field, "must be base64 (RFC 4648, no line breaks)", "bad_base64"
+            ) from None
         total += len(data)
         if total > max_bytes:
-            raise InvalidInput("inputs", f"input files exceed {max_bytes} bytes in all",
-                               "too_large")
+            raise InvalidInput(
+                "inputs", f"input files exceed {max_bytes} bytes in all", "too_large"
+            )
         out[name] = data
     return out

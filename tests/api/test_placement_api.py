@@ -25,7 +25,8 @@ def variant(color: int) -> dict:  # type: ignore[type-arg]
 
 
 async def test_submission_no_agent_can_run_is_422_naming_what_is_missing(
-        harness: MakeHarness) -> None:
+    harness: MakeHarness,
+) -> None:
     h = await harness()
     await h.submit(workflow=WITH_MODEL)  # no agent registered yet: accepted, waits
     await h.agent("a1", models=["sd15.safetensors"], node_classes=CLASSES[:2]).register()
@@ -33,7 +34,8 @@ async def test_submission_no_agent_can_run_is_422_naming_what_is_missing(
     assert err["error"]["field"] == "workflow"
     assert err["error"]["message"] == (
         "no agent can run this workflow: no agent in the fleet has model files "
-        "sdxl.safetensors and node classes CheckpointLoaderSimple")
+        "sdxl.safetensors and node classes CheckpointLoaderSimple"
+    )
     await h.submit(workflow=WORKFLOW)  # what the agent has is fine
     await h.agent("a2", models=["sdxl.safetensors"], node_classes=CLASSES).register()
     job = await h.submit(workflow=WITH_MODEL)
@@ -41,7 +43,8 @@ async def test_submission_no_agent_can_run_is_422_naming_what_is_missing(
 
 
 async def test_agent_specific_failures_block_the_pair_until_the_cooldown(
-        harness: MakeHarness) -> None:
+    harness: MakeHarness,
+) -> None:
     h = await harness(block_after_failures=1, block_cooldown_s=1.0)
     a1 = h.agent("a1", gpus=[("Small", 8000)])  # the tighter fit: preferred when free
     await a1.register()
@@ -73,7 +76,8 @@ async def test_agent_specific_failures_block_the_pair_until_the_cooldown(
 
 
 async def test_a_missing_model_is_retried_elsewhere_even_if_not_marked_retryable(
-        harness: MakeHarness) -> None:
+    harness: MakeHarness,
+) -> None:
     h = await harness(block_after_failures=1)
     a1 = h.agent("a1")
     await a1.register()
@@ -107,14 +111,17 @@ async def test_learned_vram_eta_and_profile(harness: MakeHarness) -> None:
     job = (await a1.lease(2.0)).jobs[0]
     await a1.started(job)
     out = await a1.upload(job, "x.png", b"png")
-    profile = [p.NodeTiming(node="1", node_type="EmptyImage", ms=12.5),
-               p.NodeTiming(node="2", node_type="SaveImage", cached=True)]
+    profile = [
+        p.NodeTiming(node="1", node_type="EmptyImage", ms=12.5),
+        p.NodeTiming(node="2", node_type="SaveImage", cached=True),
+    ]
     await a1.finish(job, outputs=[out], vram_peak_mb=3000, profile=profile)
     done = await h.job(first["id"])
     assert done["vram_peak_mb"] == 3000 and done["gpu_name"] == "Sim GPU"
     assert done["profile"] == [
         {"node": "1", "node_type": "EmptyImage", "ms": 12.5, "cached": False},
-        {"node": "2", "node_type": "SaveImage", "ms": 0.0, "cached": True}]
+        {"node": "2", "node_type": "SaveImage", "ms": 0.0, "cached": True},
+    ]
     second = await h.submit(workflow=variant(7))  # same shape, declares no vram_mb
     assert second["resources"]["vram_mb"] == 4500
     assert second["eta"]["expected_s"] >= 0

@@ -23,8 +23,19 @@ COOLDOWN_S = 8.0
 
 @pytest.fixture
 async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
-    f = Fleet(tmp_path, ["--heartbeat-interval", "0.5", "--restart-grace", "3",
-                         "--block-after-failures", "1", "--block-cooldown", str(COOLDOWN_S)])
+    f = Fleet(
+        tmp_path,
+        [
+            "--heartbeat-interval",
+            "0.5",
+            "--restart-grace",
+            "3",
+            "--block-after-failures",
+            "1",
+            "--block-cooldown",
+            str(COOLDOWN_S),
+        ],
+    )
     f.start_coordinator()
     try:
         yield f
@@ -61,7 +72,8 @@ def assigned(job: dict[str, Any]) -> list[tuple[float, str]]:
 
 
 async def test_failing_host_is_routed_around_then_recovers_after_cooldown(
-        fleet: Fleet, api: Api) -> None:
+    fleet: Fleet, api: Api
+) -> None:
     url_a = fleet.add_sim("a", 24576, "--step-ms", "5", "--oom-node-class", "KSampler")
     fleet.add_sim("b", 24576, "--step-ms", "5")
     fleet.add_agent("a", "a")
@@ -87,8 +99,7 @@ async def test_failing_host_is_routed_around_then_recovers_after_cooldown(
 
     # after the cooldown the block lifts by itself and agent a takes jobs again
     await until(lambda: _unblocked(api, "a"), wait_s=COOLDOWN_S + 20)
-    after = [await api.submit(txt2img(512, 512, steps=20, prefix=f"after{i}"))
-             for i in range(4)]
+    after = [await api.submit(txt2img(512, 512, steps=20, prefix=f"after{i}")) for i in range(4)]
     results = [await api.wait(j["id"], {"COMPLETED", "FAILED"}, wait_s=60) for j in after]
     assert all(r["status"] == "COMPLETED" for r in results)
     assert "a" in {r["agent_id"] for r in results}
@@ -103,7 +114,8 @@ async def _unblocked(api: Api, name: str) -> bool:
 
 
 async def test_inventory_routes_by_model_and_node_class_and_refuses_the_impossible(
-        fleet: Fleet, api: Api) -> None:
+    fleet: Fleet, api: Api
+) -> None:
     fleet.add_sim("a", 24576, "--step-ms", "5", "--models", "v1-5-pruned-emaonly.safetensors")
     fleet.add_sim("b", 24576, "--step-ms", "5", "--hide-node-class", "ImageBlur")
     fleet.add_agent("a", "a")
@@ -114,10 +126,14 @@ async def test_inventory_routes_by_model_and_node_class_and_refuses_the_impossib
     for j in sdxl:  # sd_xl_base_1.0 exists only on b
         assert (await api.wait(j["id"], {"COMPLETED"}, wait_s=60))["agent_id"] == "b"
     blur = {
-        "1": {"class_type": "EmptyImage",
-              "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
-        "2": {"class_type": "ImageBlur",
-              "inputs": {"image": ["1", 0], "blur_radius": 1, "sigma": 1.0}},
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0},
+        },
+        "2": {
+            "class_type": "ImageBlur",
+            "inputs": {"image": ["1", 0], "blur_radius": 1, "sigma": 1.0},
+        },
         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "b"}},
     }
     await submit_cli_waits_with_time_left(fleet, api)
@@ -139,9 +155,19 @@ async def submit_cli_waits_with_time_left(fleet: Fleet, api: Api) -> None:
     path = fleet.tmp / "wf.json"
     path.write_text(json.dumps(txt2img(512, 512, steps=150, prefix="cli")))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "comfyfleet", "submit", str(path), "--coordinator", api.url,
-        "--wait", "--poll", "0.05", stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "comfyfleet",
+        "submit",
+        str(path),
+        "--coordinator",
+        api.url,
+        "--wait",
+        "--poll",
+        "0.05",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     job_id, url = out.decode().split()
@@ -162,10 +188,11 @@ def png(width: int, height: int) -> str:
 async def input_files_are_uploaded_before_the_prompt(fleet: Fleet, api: Api) -> None:
     """LoadImage reads the job's own upload; a second file under the same name (other bytes) is
     stored by ComfyUI as `in (1).png` and the agent points the workflow at it."""
-    wf = {"1": {"class_type": "LoadImage", "inputs": {"image": "in.png"}},
-          "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-          "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0],
-                                                      "filename_prefix": "up"}}}
+    wf = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "in.png"}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "up"}},
+    }
     ran_on = []
     for size in [(40, 30), (24, 56), (40, 30)]:
         job = await api.submit(wf, inputs={"in.png": png(*size)})

@@ -34,10 +34,19 @@ def test_a_bad_widget_value_is_the_workflows_fault() -> None:
 
 
 def test_a_missing_checkpoint_is_host_specific() -> None:
-    node_errors = {"4": {"class_type": "CheckpointLoaderSimple", "errors": [{
-        "type": "value_not_in_list", "message": "Value not in list",
-        "details": "ckpt_name: 'x.safetensors' not in [...]",
-        "extra_info": {"input_name": "ckpt_name", "received_value": "x.safetensors"}}]}}
+    node_errors = {
+        "4": {
+            "class_type": "CheckpointLoaderSimple",
+            "errors": [
+                {
+                    "type": "value_not_in_list",
+                    "message": "Value not in list",
+                    "details": "ckpt_name: 'x.safetensors' not in [...]",
+                    "extra_info": {"input_name": "ckpt_name", "received_value": "x.safetensors"},
+                }
+            ],
+        }
+    }
     err = host_specific({"type": "prompt_outputs_failed_validation"}, node_errors)
     assert err is not None and err.code == "missing_model" and err.retryable
     assert err.details == {"missing": ["x.safetensors"]} and err.node_id == "4"
@@ -47,7 +56,9 @@ def test_profile_lists_cached_then_timed_nodes_with_types() -> None:
     graph = {"1": {"class_type": "EmptyImage"}, "2": {"class_type": "SaveImage"}}
     prof = profile_of({"2": 0.0125, "1": 0.5}, ["1"], graph)
     assert [(n.node, n.node_type, n.cached, n.ms) for n in prof] == [
-        ("1", "EmptyImage", True, 0.0), ("2", "SaveImage", False, 12.5)]
+        ("1", "EmptyImage", True, 0.0),
+        ("2", "SaveImage", False, 12.5),
+    ]
 
 
 async def test_vram_sampler_keeps_the_peak_and_ignores_failed_samples() -> None:
@@ -69,8 +80,10 @@ async def test_vram_sampler_keeps_the_peak_and_ignores_failed_samples() -> None:
 
 
 def test_rename_inputs_rewrites_only_matching_strings() -> None:
-    graph = {"1": {"class_type": "LoadImage", "inputs": {"image": "in.png", "upload": "image"}},
-             "2": {"class_type": "X", "inputs": {"other": ["1", 0], "text": "in.png!"}}}
+    graph = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "in.png", "upload": "image"}},
+        "2": {"class_type": "X", "inputs": {"other": ["1", 0], "text": "in.png!"}},
+    }
     out = rename_inputs(graph, {"in.png": "in (1).png"})
     assert out["1"]["inputs"]["image"] == "in (1).png"
     assert out["2"]["inputs"] == graph["2"]["inputs"]

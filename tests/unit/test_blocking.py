@@ -62,9 +62,7 @@ def test_blocked_exactly_after_threshold_failures_until_cooldown(
     still, changes = book.expire(blocked_at + cooldown - 0.001, policy)
     assert changes == [] and still.blocked(blocked_at + cooldown - 0.001)
     later, changes = book.expire(blocked_at + cooldown, policy)
-    assert [(c.kind, c.agent_id, c.shape) for c in changes] == [
-        ("workflow_unblocked", "a", "s:x")
-    ]
+    assert [(c.kind, c.agent_id, c.shape) for c in changes] == [("workflow_unblocked", "a", "s:x")]
     assert later.blocked(blocked_at + cooldown) == {}
     assert later.expire(blocked_at + cooldown + 1, policy)[1] == []  # announced once
 
@@ -84,8 +82,9 @@ def test_blocked_pairs_reach_the_plan_only_for_their_shape() -> None:
     policy = BlockPolicy(threshold=1, cooldown_s=60)
     book, _ = FailureBook().record_failure("a", "s:x", NOW, policy)
     agents = [agent("a"), agent("b")]
-    jobs = apply_blocks([job("x", workflow_hash="s:x"), job("y", workflow_hash="s:y")],
-                        book.blocked(NOW))
+    jobs = apply_blocks(
+        [job("x", workflow_hash="s:x"), job("y", workflow_hash="s:y")], book.blocked(NOW)
+    )
     placed = {p.job_id: p.agent_id for p in plan(jobs, agents, NOW).placements}
     assert placed["x"] == "b"
     assert placed["y"] == "a"

@@ -15,10 +15,13 @@ from comfyfleet.coordinator.estimates import (
 from comfyfleet.coordinator.inventory import fleet_gap
 
 
-@given(st.lists(st.tuples(st.floats(0, 100), st.integers(1, 80000)), min_size=1, max_size=20),
-       st.floats(1.0, 2.0))
+@given(
+    st.lists(st.tuples(st.floats(0, 100), st.integers(1, 80000)), min_size=1, max_size=20),
+    st.floats(1.0, 2.0),
+)
 def test_reservation_covers_every_recent_peak_times_the_margin(
-        samples: list[tuple[float, int]], margin: float) -> None:
+    samples: list[tuple[float, int]], margin: float
+) -> None:
     est = Estimate()
     for d, v in samples:
         est = est.add(d, v)
@@ -60,20 +63,31 @@ def test_fleet_gap() -> None:
     assert fleet_gap(["m9"], ["A"], []) is None  # nobody reported yet: accept and wait
     assert fleet_gap(["m9"], ["A"], [(frozenset(), None)]) is None
     assert fleet_gap(["m9"], ["Z"], [a, b]) == (
-        "no agent in the fleet has model files m9 and node classes Z")
+        "no agent in the fleet has model files m9 and node classes Z"
+    )
     assert fleet_gap(["m1"], ["B"], [a, b]) == (
-        "no agent in the fleet has all of model files m1 and node classes B")
+        "no agent in the fleet has all of model files m1 and node classes B"
+    )
 
 
 def test_submit_status_line_shows_time_left_until_the_end() -> None:
     from comfyfleet.submit import status_line
 
-    running = {"status": "RUNNING", "progress": {"fraction": 0.45, "node_type": "KSampler"},
-               "eta": {"remaining_s": 3.21}, "agent_id": "gpu-1"}
+    running = {
+        "status": "RUNNING",
+        "progress": {"fraction": 0.45, "node_type": "KSampler"},
+        "eta": {"remaining_s": 3.21},
+        "agent_id": "gpu-1",
+    }
     assert status_line(running) == "RUNNING     45%  KSampler  ~3.2 s left  (agent gpu-1)"
-    queued = {"status": "QUEUED", "progress": {}, "eta": {"remaining_s": 2.0},
-              "pending_reason": "waiting for capacity: all 2 eligible instances are busy"}
-    assert status_line(queued) == ("QUEUED     ~2.0 s left  (waiting for capacity: all 2 "
-                                   "eligible instances are busy)")
+    queued = {
+        "status": "QUEUED",
+        "progress": {},
+        "eta": {"remaining_s": 2.0},
+        "pending_reason": "waiting for capacity: all 2 eligible instances are busy",
+    }
+    assert status_line(queued) == (
+        "QUEUED     ~2.0 s left  (waiting for capacity: all 2 eligible instances are busy)"
+    )
     done = {"status": "COMPLETED", "progress": {"fraction": 1.0}, "eta": None, "agent_id": "a"}
     assert status_line(done) == "COMPLETED  100%  (agent a)"

@@ -24,8 +24,10 @@ def run(jobs: list[JobRequest], agents: list[AgentView]) -> PlanResult:
 
 def test_warm_instance_wins_within_the_same_fit_class() -> None:
     # a's GPU is a little tighter (1000 MB less left), b's instance ran the shape: b wins
-    agents = [agent("a", gpus=[gpu(total=23576)]),
-              agent("b", slots=[slot("c0", 0, recent=["s:x"])])]
+    agents = [
+        agent("a", gpus=[gpu(total=23576)]),
+        agent("b", slots=[slot("c0", 0, recent=["s:x"])]),
+    ]
     r = run([job("j", workflow_hash="s:x")], agents)
     assert where(r) == {"j": ("b", "c0")}
     assert r.placements[0].warm
@@ -40,15 +42,16 @@ def test_warm_models_count_like_a_warm_shape() -> None:
 
 
 def test_warmth_is_per_instance() -> None:
-    two = agent("a", gpus=[gpu(0), gpu(1)],
-                slots=[slot("c0", 0), slot("c1", 1, recent=["s:x"])])
+    two = agent("a", gpus=[gpu(0), gpu(1)], slots=[slot("c0", 0), slot("c1", 1, recent=["s:x"])])
     assert where(run([job("j", workflow_hash="s:x")], [two])) == {"j": ("a", "c1")}
 
 
 def test_affinity_never_beats_a_better_fit_class() -> None:
     tight = 24576 - 2 * AFFINITY_BUCKET_MB
-    agents = [agent("a", gpus=[gpu(total=tight)]),
-              agent("b", slots=[slot("c0", 0, recent=["s:x"])])]
+    agents = [
+        agent("a", gpus=[gpu(total=tight)]),
+        agent("b", slots=[slot("c0", 0, recent=["s:x"])]),
+    ]
     assert where(run([job("j", workflow_hash="s:x")], agents)) == {"j": ("a", "c0")}
 
 
@@ -59,11 +62,13 @@ def test_affinity_never_beats_a_better_fit_class() -> None:
     vram=st.integers(0, 30).map(lambda n: n * 1000),
     prio=st.integers(0, 3),
 )
-def test_affinity_never_overrides_fit_or_priority(free_a: int, free_b: int, vram: int,
-                                                  prio: int) -> None:
-    agents = [agent("a", gpus=[gpu(total=30000, free=free_a)]),
-              agent("b", gpus=[gpu(total=30000, free=free_b)],
-                    slots=[slot("c0", 0, recent=["s:x"])])]
+def test_affinity_never_overrides_fit_or_priority(
+    free_a: int, free_b: int, vram: int, prio: int
+) -> None:
+    agents = [
+        agent("a", gpus=[gpu(total=30000, free=free_a)]),
+        agent("b", gpus=[gpu(total=30000, free=free_b)], slots=[slot("c0", 0, recent=["s:x"])]),
+    ]
     warm_job = job("w", workflow_hash="s:x", vram=vram, queued_at=NOW - 1)
     r = run([warm_job], agents)
     placed = where(r)
@@ -89,8 +94,11 @@ def test_affinity_never_overrides_fit_or_priority(free_a: int, free_b: int, vram
 def test_workflow_models_and_classes_must_exist_where_inventory_is_known() -> None:
     agents = [
         agent("a", models=["sd15.safetensors"], node_classes=["KSampler"]),
-        agent("b", models=["sd15.safetensors", "sdxl.safetensors"],
-              node_classes=["KSampler", "Custom"]),
+        agent(
+            "b",
+            models=["sd15.safetensors", "sdxl.safetensors"],
+            node_classes=["KSampler", "Custom"],
+        ),
     ]
     needs = job("j", model_refs=["sdxl.safetensors"], node_classes=["KSampler", "Custom"])
     assert where(run([needs], agents)) == {"j": ("b", "c0")}
@@ -127,10 +135,12 @@ def test_blocked_pair_goes_elsewhere_and_waits_when_blocked_everywhere() -> None
     n_instances=st.integers(1, 4),
     vrams=st.lists(st.integers(1, 24).map(lambda n: n * 1000), min_size=1, max_size=8),
 )
-def test_instances_sharing_a_gpu_never_overcommit_its_vram(n_instances: int,
-                                                           vrams: list[int]) -> None:
-    one_gpu = agent("a", gpus=[gpu(0, total=24000)],
-                    slots=[slot(f"c{i}", 0) for i in range(n_instances)])
+def test_instances_sharing_a_gpu_never_overcommit_its_vram(
+    n_instances: int, vrams: list[int]
+) -> None:
+    one_gpu = agent(
+        "a", gpus=[gpu(0, total=24000)], slots=[slot(f"c{i}", 0) for i in range(n_instances)]
+    )
     jobs = [job(f"j{i}", vram=v) for i, v in enumerate(vrams)]
     r = run(jobs, [one_gpu])
     placed = {p.job_id for p in r.placements}
@@ -140,8 +150,10 @@ def test_instances_sharing_a_gpu_never_overcommit_its_vram(n_instances: int,
 
 
 def test_the_fit_class_width_is_a_plan_parameter() -> None:
-    agents = [agent("a", gpus=[gpu(total=23576)]),
-              agent("b", slots=[slot("c0", 0, recent=["s:x"])])]
+    agents = [
+        agent("a", gpus=[gpu(total=23576)]),
+        agent("b", slots=[slot("c0", 0, recent=["s:x"])]),
+    ]
     j = job("j", workflow_hash="s:x")
     assert where(plan([j], agents, NOW, affinity_bucket_mb=0)) == {"j": ("a", "c0")}
     assert where(plan([j], agents, NOW, affinity_bucket_mb=8192)) == {"j": ("b", "c0")}
