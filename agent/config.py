@@ -20,6 +20,9 @@ class AgentConfig:
     max_output_bytes: int = 2 << 30
     events_flush_s: float = 0.1  # batch progress events for this long
     request_timeout_s: float = 60.0
+    log_level: str = "info"
+    agent_token: str | None = field(default=None, repr=False)  # sent as Authorization: Bearer
+    ca_file: Path | None = None  # CA bundle to verify an https coordinator (default: system)
 
     @property
     def state_file(self) -> Path:

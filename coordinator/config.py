@@ -24,6 +24,10 @@ class CoordinatorConfig:
     default_vram_mb: int = 0  # reservation for a job that declares none
     starvation_s: float = 300.0
     sweep_interval_s: float = 0.5
+    log_level: str = "info"
+    keys_file: Path | None = None  # hashed API keys and agent tokens; default data_dir/keys.json
+    tls_cert: Path | None = None  # serve HTTPS when this and tls_key are set
+    tls_key: Path | None = None
 
     @property
     def lost_after_s(self) -> float:
@@ -32,6 +36,10 @@ class CoordinatorConfig:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "coordinator.db"
+
+    @property
+    def keys_path(self) -> Path:
+        return self.keys_file or self.data_dir / "keys.json"
 
     @property
     def outputs_dir(self) -> Path:
