@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from comfyfleet.coordinator.api import agent_routes, client_routes
+from comfyfleet.coordinator.api import agent_routes, client_routes, graceful
 from comfyfleet.coordinator.api.auth import KEYRING, auth_middleware, exposure_problem
 from comfyfleet.coordinator.api.errors import errors_middleware
 from comfyfleet.coordinator.api.keys import CONFIG, COORDINATOR, SUPERVISOR
@@ -27,10 +27,12 @@ log = structlog.get_logger("coordinator")
 
 
 def create_app(config: CoordinatorConfig, *, loops: bool = True) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware, auth_middleware],
+    app = web.Application(middlewares=[graceful.inflight_middleware, errors_middleware,
+                                       auth_middleware],
                           client_max_size=max(config.max_body_bytes, config.max_chunk_bytes))
     app[CONFIG] = config
     app[KEYRING] = KeyRing.load(config.keys_path)
+    app[graceful.INFLIGHT] = graceful.InFlight()
     app.add_routes(client_routes.routes)
     app.add_routes(agent_routes.routes)
 
@@ -90,7 +92,7 @@ async def serve(config: CoordinatorConfig) -> int:
     else:
         log.info("coordinator_stopping", reason="signal")
     stopped.cancel()
-    await runner.cleanup()
+    await graceful.stop(runner, [site], app[graceful.INFLIGHT], config.shutdown_grace_s)
     return code
 
 

@@ -28,6 +28,7 @@ class CoordinatorConfig:
     keys_file: Path | None = None  # hashed API keys and agent tokens; default data_dir/keys.json
     tls_cert: Path | None = None  # serve HTTPS when this and tls_key are set
     tls_key: Path | None = None
+    shutdown_grace_s: float = 20.0  # on SIGTERM, requests in flight get this long to finish
 
     @property
     def lost_after_s(self) -> float:
