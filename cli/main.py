@@ -200,6 +200,12 @@ def add_keys(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add(sub)
 
 
+def add_check(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from comfyfleet.check_cmd import add_check as add
+
+    add(sub)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [  # type: ignore[type-arg]
     add_coordinator,
     add_agent,
@@ -207,6 +213,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [  # type: ign
     add_demo,
     add_config,
     add_keys,
+    add_check,
 ]
 
 

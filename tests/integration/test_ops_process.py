@@ -172,9 +172,19 @@ async def test_tls_and_keys_end_to_end(tmp_path: Path, started: list[procs.Proc]
         with pytest.raises(aiohttp.ClientError):
             await untrusting.get(f"http://127.0.0.1:{port}/healthz")
 
+    # The CLI verifies the certificate too: with the CA it gets through, without it says why.
+    checked = cli("check", "--coordinator", url, "--ca-file", str(ca_path))
+    assert checked.returncode == 0 and "TLS verified" in checked.stdout, checked.stderr
+    refused = cli("check", "--coordinator", url)
+    assert refused.returncode == 2 and "certificate is not trusted" in refused.stderr
+    monkeypatch.setenv("COMFYFLEET_API_KEY", token)
+    wrong_side = cli("check", "--coordinator", url, "--ca-file", str(ca_path))
+    monkeypatch.delenv("COMFYFLEET_API_KEY")
+    assert wrong_side.returncode == 2 and "HTTP 403" in wrong_side.stderr
+
     coord.kill(signal.SIGTERM)
     agent.kill(signal.SIGTERM)
-    logs = coord.log() + agent.log() + "".join(m.stderr for m in made)
+    logs = coord.log() + agent.log() + "".join(m.stderr for m in made) + wrong_side.stderr
     assert "coordinator_listening" in logs and "https://" in logs
     for secret in (acme, beta, token, late):
         assert secret not in logs
