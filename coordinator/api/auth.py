@@ -18,6 +18,7 @@ from typing import Literal
 from aiohttp import web
 
 from comfyfleet.coordinator.api.errors import Handler, error_response
+from comfyfleet.coordinator.api.keys import COORDINATOR
 from comfyfleet.coordinator.errors import NotFound
 from comfyfleet.coordinator.keyring import OPEN, KeyRing, Principal
 from comfyfleet.coordinator.model import JobRecord
@@ -82,7 +83,23 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if why is not None:
         return error_response(403, "forbidden", why, "Authorization")
     request[PRINCIPAL] = principal
+    if not principal.admin and rule == "client":
+        hide_other_tenants_job(request, principal)
     return await handler(request)
+
+
+def hide_other_tenants_job(request: web.Request, who: Principal) -> None:
+    """Any client route naming a `{job_id}` (streams and downloads other modules add too)
+    answers 404 for another tenant's job, exactly as for a job that does not exist."""
+    job_id = request.match_info.get("job_id")
+    if job_id is None:
+        return
+    try:
+        job = request.app[COORDINATOR].get(job_id)
+    except NotFound:
+        return  # the handler answers for a missing or malformed id
+    if not who.sees(job.tenant):
+        raise NotFound(f"no job {job_id}", "job_id")
 
 
 def principal(request: web.Request) -> Principal:

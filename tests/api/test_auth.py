@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import structlog
+from aiohttp import web
 
 from comfyfleet.coordinator.api.auth import KEYRING
 from comfyfleet.coordinator.app import create_app
@@ -75,7 +76,13 @@ async def fleet(aiohttp_client: Any, tmp_path: Path) -> Fleet:
         creds[who] = cred
         entries[entry.id] = entry
     write_keys(config.keys_path, entries)
-    client = await aiohttp_client(create_app(config))
+    app = create_app(config)
+
+    async def later_route(request: web.Request) -> web.Response:  # as another module adds
+        return web.json_response({"leaked": request.match_info["job_id"]})
+
+    app.router.add_get("/v1/jobs/{job_id}/added-later", later_route)
+    client = await aiohttp_client(app)
     return Fleet(Harness(client), creds)
 
 
@@ -130,6 +137,11 @@ async def test_tenants_see_only_their_own_jobs(fleet: Fleet) -> None:
     for path in (f"/v1/jobs/{theirs}/preview", f"/v1/jobs/{theirs}/outputs/out_00001_.png"):
         await error_of(await c.get(path, headers=fleet.auth("acme")), 404)
     await error_of(await c.post(f"/v1/jobs/{theirs}/cancel", headers=fleet.auth("acme")), 404)
+    # A route added later under /v1/jobs/{job_id} is covered with no work of its own.
+    await error_of(await c.get(f"/v1/jobs/{theirs}/added-later", headers=fleet.auth("acme")),
+                   404)
+    own = await c.get(f"/v1/jobs/{mine}/added-later", headers=fleet.auth("acme"))
+    assert own.status == 200
     still = await (await c.get(f"/v1/jobs/{theirs}", headers=fleet.auth("beta"))).json()
     assert still["status"] != "CANCELLED"
     cancelled = await c.post(f"/v1/jobs/{mine}/cancel", headers=fleet.auth("acme"))
