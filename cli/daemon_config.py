@@ -22,8 +22,11 @@ CLI_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 # Older environment names, still honoured: env name -> field.
 ENV_ALIASES: dict[str, dict[str, str]] = {
-    "coordinator": {},
-    "agent": {"COMFYFLEET_COORDINATOR": "coordinator_url", "COMFYFLEET_COMFYUI": "comfyui_urls"},
+    "coordinator": {"COMFYFLEET_HEARTBEAT_INTERVAL": "heartbeat_interval_s",
+                    "COMFYFLEET_RESTART_GRACE": "restart_grace_s",
+                    "COMFYFLEET_ASSIGN_TIMEOUT": "assign_timeout_s"},
+    "agent": {"COMFYFLEET_COORDINATOR": "coordinator_url", "COMFYFLEET_COMFYUI": "comfyui_urls",
+              "COMFYFLEET_DRAIN_GRACE": "drain_grace_s", "COMFYFLEET_STALL": "stall_s"},
 }
 
 

@@ -99,3 +99,16 @@ def test_keys_create_refuses_unclear_requests(capsys: pytest.CaptureFixture[str]
     code, _, err = run(capsys, "keys", "create", "--tenant", "bad name", "--data-dir",
                        str(tmp_path))
     assert code == 2 and "tenant" in err
+
+
+def test_older_env_names_still_work_and_the_field_name_wins(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COMFYFLEET_LISTEN", "127.0.0.1:9100")
+    monkeypatch.setenv("COMFYFLEET_HEARTBEAT_INTERVAL", "2")
+    monkeypatch.setenv("COMFYFLEET_RESTART_GRACE", "9")
+    monkeypatch.setenv("COMFYFLEET_RESTART_GRACE_S", "11")
+    code, out, _ = run(capsys, "config", "show", "--role", "coordinator")
+    shown = tomllib.loads(out)
+    assert code == 0
+    assert (shown["port"], shown["heartbeat_interval_s"], shown["restart_grace_s"]) == (9100,
+                                                                                         2.0, 11.0)
