@@ -17,14 +17,25 @@ DEFAULT_URL = "http://127.0.0.1:8787"
 
 def add_check(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     cmd = sub.add_parser("check", help="check the connection, TLS and API key to a coordinator")
-    cmd.add_argument("--coordinator", default=None,
-                     help=f"coordinator URL (env COMFYFLEET_COORDINATOR; default {DEFAULT_URL})")
-    cmd.add_argument("--ca-file", type=Path, default=None,
-                     help="CA bundle that signed the coordinator's certificate "
-                          "(env COMFYFLEET_CA_FILE; default: the system CAs)")
-    cmd.add_argument("--api-key-env", default="COMFYFLEET_API_KEY", metavar="NAME",
-                     help="environment variable holding the API key (default COMFYFLEET_API_KEY;"
-                          " keys are not taken as flags, which other users can see)")
+    cmd.add_argument(
+        "--coordinator",
+        default=None,
+        help=f"coordinator URL (env COMFYFLEET_COORDINATOR; default {DEFAULT_URL})",
+    )
+    cmd.add_argument(
+        "--ca-file",
+        type=Path,
+        default=None,
+        help="CA bundle that signed the coordinator's certificate "
+        "(env COMFYFLEET_CA_FILE; default: the system CAs)",
+    )
+    cmd.add_argument(
+        "--api-key-env",
+        default="COMFYFLEET_API_KEY",
+        metavar="NAME",
+        help="environment variable holding the API key (default COMFYFLEET_API_KEY;"
+        " keys are not taken as flags, which other users can see)",
+    )
     cmd.set_defaults(run=run_check)
 
 
@@ -32,7 +43,7 @@ def run_check(args: argparse.Namespace) -> int:
     from comfyfleet.main import CliError
     from comfyfleet.shared.tls import client_context
 
-    url = (args.coordinator or os.environ.get("COMFYFLEET_COORDINATOR") or DEFAULT_URL)
+    url = args.coordinator or os.environ.get("COMFYFLEET_COORDINATOR") or DEFAULT_URL
     url = url.rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise CliError(f"{url!r} is not an http(s) URL")
@@ -40,10 +51,15 @@ def run_check(args: argparse.Namespace) -> int:
     ca_file = args.ca_file or (Path(ca_env) if ca_env else None)
     context = client_context(ca_file) if url.startswith("https://") else None
     health = _get(f"{url}/healthz", context, None)
-    tls = f"TLS verified ({'CA ' + str(ca_file) if ca_file else 'system CAs'})" if context \
+    tls = (
+        f"TLS verified ({'CA ' + str(ca_file) if ca_file else 'system CAs'})"
+        if context
         else "plain HTTP"
-    print(f"coordinator {url}: up, {health.get('agents', '?')} agents, "
-          f"{health.get('queued', '?')} queued; {tls}")
+    )
+    print(
+        f"coordinator {url}: up, {health.get('agents', '?')} agents, "
+        f"{health.get('queued', '?')} queued; {tls}"
+    )
     key = os.environ.get(args.api_key_env)
     if key:
         _get(f"{url}/v1/jobs?limit=1", context, key)
@@ -73,8 +89,10 @@ def _get(url: str, context: ssl.SSLContext | None, key: str | None) -> dict[str,
     except urllib.error.URLError as exc:
         reason = exc.reason
         if isinstance(reason, ssl.SSLCertVerificationError):
-            raise CliError(f"{url}: the certificate is not trusted ({reason.verify_message}); "
-                           f"pass --ca-file with the CA that signed it") from None
+            raise CliError(
+                f"{url}: the certificate is not trusted ({reason.verify_message}); "
+                f"pass --ca-file with the CA that signed it"
+            ) from None
         raise CliError(f"{url}: cannot connect: {reason}") from None
     except (TimeoutError, ConnectionError) as exc:
         raise CliError(f"{url}: cannot connect: {exc}") from None

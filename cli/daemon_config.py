@@ -22,11 +22,17 @@ CLI_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 # Older environment names, still honoured: env name -> field.
 ENV_ALIASES: dict[str, dict[str, str]] = {
-    "coordinator": {"COMFYFLEET_HEARTBEAT_INTERVAL": "heartbeat_interval_s",
-                    "COMFYFLEET_RESTART_GRACE": "restart_grace_s",
-                    "COMFYFLEET_ASSIGN_TIMEOUT": "assign_timeout_s"},
-    "agent": {"COMFYFLEET_COORDINATOR": "coordinator_url", "COMFYFLEET_COMFYUI": "comfyui_urls",
-              "COMFYFLEET_DRAIN_GRACE": "drain_grace_s", "COMFYFLEET_STALL": "stall_s"},
+    "coordinator": {
+        "COMFYFLEET_HEARTBEAT_INTERVAL": "heartbeat_interval_s",
+        "COMFYFLEET_RESTART_GRACE": "restart_grace_s",
+        "COMFYFLEET_ASSIGN_TIMEOUT": "assign_timeout_s",
+    },
+    "agent": {
+        "COMFYFLEET_COORDINATOR": "coordinator_url",
+        "COMFYFLEET_COMFYUI": "comfyui_urls",
+        "COMFYFLEET_DRAIN_GRACE": "drain_grace_s",
+        "COMFYFLEET_STALL": "stall_s",
+    },
 }
 
 
@@ -48,19 +54,35 @@ def parse_set(value: str) -> tuple[str, str]:
 
 
 def add_config_arguments(cmd: argparse.ArgumentParser) -> None:
-    cmd.add_argument("--config", type=Path, default=None, metavar="PATH",
-                     help="TOML settings file (env COMFYFLEET_CONFIG); env and flags override it")
-    cmd.add_argument("--set", type=parse_set, action="append", default=[], metavar="KEY=VALUE",
-                     help="set any config key (repeatable); see `comfyfleet config show`")
+    cmd.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="TOML settings file (env COMFYFLEET_CONFIG); env and flags override it",
+    )
+    cmd.add_argument(
+        "--set",
+        type=parse_set,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set any config key (repeatable); see `comfyfleet config show`",
+    )
 
 
-def layered_values(role: str, args: argparse.Namespace, env: Mapping[str, str],
-                   flags: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def layered_values(
+    role: str,
+    args: argparse.Namespace,
+    env: Mapping[str, str],
+    flags: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Typed values by field name from every layer; raises ConfigError naming the key."""
     cls = config_class(role)
     layers = [Layer("defaults", CLI_DEFAULTS[role], text=False)]
-    config_path = args.config or (Path(env["COMFYFLEET_CONFIG"])
-                                  if env.get("COMFYFLEET_CONFIG") else None)
+    config_path = args.config or (
+        Path(env["COMFYFLEET_CONFIG"]) if env.get("COMFYFLEET_CONFIG") else None
+    )
     if config_path is not None:
         layers.append(file_layer(config_path))
     env_values = dict(env_layer(cls, env, ENV_ALIASES[role]).values)

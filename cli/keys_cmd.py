@@ -22,17 +22,21 @@ def add_keys(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     kind.add_argument("--admin", action="store_true", help="an admin key: sees every tenant")
     kind.add_argument("--agent", action="store_true", help="an agent token")
     create.add_argument("--tenant", help="the tenant a client key belongs to")
-    create.add_argument("--agent-id", help="bind an agent token to one agent id "
-                                           "(default: a fleet token any agent may use)")
+    create.add_argument(
+        "--agent-id",
+        help="bind an agent token to one agent id (default: a fleet token any agent may use)",
+    )
     create.add_argument("--note", default="", help="free text kept with the key")
     listing = actions.add_parser("list", help="list keys (ids, kinds, tenants; never secrets)")
     revoke = actions.add_parser("revoke", help="remove a key by its id")
     revoke.add_argument("key_id")
     for action, run in ((create, run_create), (listing, run_list), (revoke, run_revoke)):
         add_config_arguments(action)
-        action.add_argument("--keys-file", type=Path,
-                            help="default: keys_file of the coordinator config, or "
-                                 "DATA_DIR/keys.json")
+        action.add_argument(
+            "--keys-file",
+            type=Path,
+            help="default: keys_file of the coordinator config, or DATA_DIR/keys.json",
+        )
         action.add_argument("--data-dir", type=Path, help="the coordinator's data dir")
         action.set_defaults(run=run)
 
@@ -57,16 +61,28 @@ def run_create(args: argparse.Namespace) -> int:
         raise CliError("--agent-id goes with --agent")
     path = _keys_path(args)
     entries = read_keys(path)
-    credential, entry = new_credential(kind, tenant=args.tenant or ("default" if kind == "admin"
-                                                                   else None),
-                                       agent_id=args.agent_id, note=args.note)
+    credential, entry = new_credential(
+        kind,
+        tenant=args.tenant or ("default" if kind == "admin" else None),
+        agent_id=args.agent_id,
+        note=args.note,
+    )
     entries[entry.id] = entry
     write_keys(path, entries)
-    who = (f"tenant {entry.tenant}" if kind == "client" else
-           f"admin (tenant {entry.tenant})" if kind == "admin" else
-           f"agent {entry.agent_id}" if entry.agent_id else "any agent")
-    print(f"created {kind} key {entry.id} for {who} in {path}; it is shown only now. "
-          f"Reload a running coordinator (SIGHUP) to use it.", file=sys.stderr)
+    who = (
+        f"tenant {entry.tenant}"
+        if kind == "client"
+        else f"admin (tenant {entry.tenant})"
+        if kind == "admin"
+        else f"agent {entry.agent_id}"
+        if entry.agent_id
+        else "any agent"
+    )
+    print(
+        f"created {kind} key {entry.id} for {who} in {path}; it is shown only now. "
+        f"Reload a running coordinator (SIGHUP) to use it.",
+        file=sys.stderr,
+    )
     print(credential)
     return 0
 

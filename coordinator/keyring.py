@@ -71,8 +71,14 @@ def digest(credential: str) -> str:
     return hashlib.sha256(credential.encode()).hexdigest()
 
 
-def new_credential(kind: Kind, *, tenant: str | None = None, agent_id: str | None = None,
-                   note: str = "", now: float | None = None) -> tuple[str, KeyEntry]:
+def new_credential(
+    kind: Kind,
+    *,
+    tenant: str | None = None,
+    agent_id: str | None = None,
+    note: str = "",
+    now: float | None = None,
+) -> tuple[str, KeyEntry]:
     """A fresh credential (shown once) and the entry that stores only its hash."""
     if kind in ("client", "admin"):
         if not tenant or not _NAME.match(tenant):
@@ -81,10 +87,15 @@ def new_credential(kind: Kind, *, tenant: str | None = None, agent_id: str | Non
         raise KeysFileError("agent id must be 1-128 of A-Z a-z 0-9 . _ : @ -", "agent_id")
     key_id = secrets.token_hex(6)
     credential = f"{LETTER[kind]}_{key_id}_{secrets.token_urlsafe(32)}"
-    entry = KeyEntry(id=key_id, kind=kind, sha256=digest(credential),
-                     tenant=tenant if kind != "agent" else None,
-                     agent_id=agent_id if kind == "agent" else None,
-                     created_at=time.time() if now is None else now, note=note)
+    entry = KeyEntry(
+        id=key_id,
+        kind=kind,
+        sha256=digest(credential),
+        tenant=tenant if kind != "agent" else None,
+        agent_id=agent_id if kind == "agent" else None,
+        created_at=time.time() if now is None else now,
+        note=note,
+    )
     return credential, entry
 
 
@@ -120,8 +131,9 @@ class KeyRing:
         same = hmac.compare_digest(digest(credential).encode(), expected.encode())
         if entry is None or not same or match is None or PREFIX[match.group(1)] != entry.kind:
             return None
-        return Principal(kind=entry.kind, key_id=entry.id, tenant=entry.tenant,
-                         agent_id=entry.agent_id)
+        return Principal(
+            kind=entry.kind, key_id=entry.id, tenant=entry.tenant, agent_id=entry.agent_id
+        )
 
 
 def read_keys(path: Path) -> dict[str, KeyEntry]:

@@ -58,8 +58,7 @@ def env_name(name: str) -> str:
     return ENV_PREFIX + name.upper()
 
 
-def env_layer(cls: type, env: Mapping[str, str],
-              aliases: Mapping[str, str] | None = None) -> Layer:
+def env_layer(cls: type, env: Mapping[str, str], aliases: Mapping[str, str] | None = None) -> Layer:
     """`COMFYFLEET_<FIELD>` for every field (plus `aliases`: env name -> field name).
 
     Other COMFYFLEET_ variables are left alone: the environment is shared with other commands.
@@ -104,12 +103,19 @@ def resolve(cls: type, layers: Sequence[Layer]) -> dict[str, Any]:
 
 
 def build(cls: type, values: Mapping[str, Any]) -> Any:
-    missing = [f.name for f in dataclasses.fields(cls)
-               if f.init and f.name not in values
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.init
+        and f.name not in values
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
-        raise ConfigError(missing[0], f"is required: set it in the config file, as "
-                                      f"{env_name(missing[0])}, or with a flag")
+        raise ConfigError(
+            missing[0],
+            f"is required: set it in the config file, as {env_name(missing[0])}, or with a flag",
+        )
     return cls(**values)
 
 

@@ -22,8 +22,9 @@ def server_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None
     except FileNotFoundError as exc:
         raise ConfigError("tls_cert", f"cannot read {exc.filename}") from None
     except (ssl.SSLError, OSError) as exc:
-        raise ConfigError("tls_cert",
-                          f"cannot load certificate {cert} / key {key}: {exc}") from None
+        raise ConfigError(
+            "tls_cert", f"cannot load certificate {cert} / key {key}: {exc}"
+        ) from None
     return context
 
 

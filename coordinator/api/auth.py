@@ -72,13 +72,18 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     credential = bearer(request.headers.get("Authorization"))
     if credential is None:
-        return error_response(401, "unauthenticated",
-                              "missing credential: send Authorization: Bearer <key>",
-                              "Authorization", headers=_CHALLENGE)
+        return error_response(
+            401,
+            "unauthenticated",
+            "missing credential: send Authorization: Bearer <key>",
+            "Authorization",
+            headers=_CHALLENGE,
+        )
     principal = ring.verify(credential)
     if principal is None:
-        return error_response(401, "unauthenticated", "invalid credential", "Authorization",
-                              headers=_CHALLENGE)
+        return error_response(
+            401, "unauthenticated", "invalid credential", "Authorization", headers=_CHALLENGE
+        )
     why = refusal(rule, principal)
     if why is not None:
         return error_response(403, "forbidden", why, "Authorization")
@@ -123,8 +128,9 @@ def check_agent(request: web.Request, agent_id: str) -> None:
     """A token bound to one agent speaks only for that agent."""
     who = principal(request)
     if who.kind == "agent" and who.agent_id is not None and who.agent_id != agent_id:
-        raise web.HTTPForbidden(text=f"this token belongs to agent {who.agent_id!r}, "
-                                     f"not {agent_id!r}")
+        raise web.HTTPForbidden(
+            text=f"this token belongs to agent {who.agent_id!r}, not {agent_id!r}"
+        )
 
 
 def is_loopback(host: str) -> bool:
@@ -140,7 +146,9 @@ def exposure_problem(host: str, ring: KeyRing) -> str | None:
     """Secure by default: no keys means loopback only. The reason to refuse, or None."""
     if ring.enabled or is_loopback(host):
         return None
-    return (f"refusing to listen on {host}: no API keys or agent tokens are configured "
-            f"(keys file {ring.path}), so anyone who can reach it could run jobs. Create keys "
-            f"with `comfyfleet keys create --tenant NAME` and `comfyfleet keys create --agent`, "
-            f"or listen on 127.0.0.1")
+    return (
+        f"refusing to listen on {host}: no API keys or agent tokens are configured "
+        f"(keys file {ring.path}), so anyone who can reach it could run jobs. Create keys "
+        f"with `comfyfleet keys create --tenant NAME` and `comfyfleet keys create --agent`, "
+        f"or listen on 127.0.0.1"
+    )

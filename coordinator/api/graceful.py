@@ -67,8 +67,9 @@ async def inflight_middleware(request: web.Request, handler: Handler) -> web.Str
         inflight.leave()
 
 
-async def stop(runner: web.AppRunner, sites: Sequence[web.BaseSite], inflight: InFlight,
-               grace_s: float) -> None:
+async def stop(
+    runner: web.AppRunner, sites: Sequence[web.BaseSite], inflight: InFlight, grace_s: float
+) -> None:
     for site in sites:
         await site.stop()  # no new connections; open ones keep being served
     if inflight.count:

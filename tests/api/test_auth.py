@@ -52,8 +52,9 @@ class Fleet:
         return {"Authorization": f"Bearer {self.creds[who]}"}
 
     async def submit(self, who: str) -> str:
-        resp = await self.client.post("/v1/jobs", json={"workflow": WORKFLOW},
-                                      headers=self.auth(who))
+        resp = await self.client.post(
+            "/v1/jobs", json={"workflow": WORKFLOW}, headers=self.auth(who)
+        )
         assert resp.status == 201, await resp.text()
         return str((await resp.json())["id"])
 
@@ -67,11 +68,13 @@ async def fleet(aiohttp_client: Any, tmp_path: Path) -> Fleet:
     config = fast_config(tmp_path)
     creds: dict[str, str] = {}
     entries = {}
-    for who, kind, tenant, agent_id in (("acme", "client", "acme", None),
-                                        ("beta", "client", "beta", None),
-                                        ("admin", "admin", "ops", None),
-                                        ("fleet", "agent", None, None),
-                                        ("gpu1", "agent", None, "gpu-1")):
+    for who, kind, tenant, agent_id in (
+        ("acme", "client", "acme", None),
+        ("beta", "client", "beta", None),
+        ("admin", "admin", "ops", None),
+        ("fleet", "agent", None, None),
+        ("gpu1", "agent", None, "gpu-1"),
+    ):
         cred, entry = new_credential(kind, tenant=tenant, agent_id=agent_id)  # type: ignore[arg-type]
         creds[who] = cred
         entries[entry.id] = entry
@@ -97,8 +100,11 @@ async def test_missing_or_wrong_credential_is_401(fleet: Fleet) -> None:
     err = await error_of(await c.get("/v1/jobs"), 401)
     assert err["field"] == "Authorization" and "Bearer" in err["message"]
     wrong = fleet.creds["acme"][:-2] + "xx"
-    for headers in ({"Authorization": f"Bearer {wrong}"}, {"Authorization": "Basic abc"},
-                    {"Authorization": "Bearer not-a-key"}):
+    for headers in (
+        {"Authorization": f"Bearer {wrong}"},
+        {"Authorization": "Basic abc"},
+        {"Authorization": "Bearer not-a-key"},
+    ):
         resp = await c.get("/v1/jobs", headers=headers)
         await error_of(resp, 401)
         assert resp.headers["WWW-Authenticate"].startswith("Bearer")
@@ -132,14 +138,12 @@ async def test_tenants_see_only_their_own_jobs(fleet: Fleet) -> None:
     hidden = await error_of(await c.get(f"/v1/jobs/{theirs}", headers=fleet.auth("acme")), 404)
     absent = await error_of(await c.get("/v1/jobs/01NOSUCHJOB", headers=fleet.auth("acme")), 404)
     assert hidden["code"] == absent["code"] == "not_found"
-    assert hidden["message"].replace(theirs, "ID") == absent["message"].replace("01NOSUCHJOB",
-                                                                                "ID")
+    assert hidden["message"].replace(theirs, "ID") == absent["message"].replace("01NOSUCHJOB", "ID")
     for path in (f"/v1/jobs/{theirs}/preview", f"/v1/jobs/{theirs}/outputs/out_00001_.png"):
         await error_of(await c.get(path, headers=fleet.auth("acme")), 404)
     await error_of(await c.post(f"/v1/jobs/{theirs}/cancel", headers=fleet.auth("acme")), 404)
     # A route added later under /v1/jobs/{job_id} is covered with no work of its own.
-    await error_of(await c.get(f"/v1/jobs/{theirs}/added-later", headers=fleet.auth("acme")),
-                   404)
+    await error_of(await c.get(f"/v1/jobs/{theirs}/added-later", headers=fleet.auth("acme")), 404)
     own = await c.get(f"/v1/jobs/{mine}/added-later", headers=fleet.auth("acme"))
     assert own.status == 200
     still = await (await c.get(f"/v1/jobs/{theirs}", headers=fleet.auth("beta"))).json()
@@ -169,8 +173,11 @@ async def test_idempotency_keys_are_per_tenant(fleet: Fleet) -> None:
     c = fleet.client
     ids = []
     for who in ("acme", "beta"):
-        resp = await c.post("/v1/jobs", json={"workflow": WORKFLOW},
-                            headers={**fleet.auth(who), "Idempotency-Key": "same"})
+        resp = await c.post(
+            "/v1/jobs",
+            json={"workflow": WORKFLOW},
+            headers={**fleet.auth(who), "Idempotency-Key": "same"},
+        )
         assert resp.status == 201
         ids.append((await resp.json())["id"])
     assert ids[0] != ids[1]
@@ -190,8 +197,9 @@ async def test_credentials_stay_on_their_side(fleet: Fleet) -> None:
     c = fleet.client
     err = await error_of(await c.get("/v1/jobs", headers=fleet.auth("fleet")), 403)
     assert "agent token" in err["message"]
-    await error_of(await c.post("/v1/jobs", json={"workflow": WORKFLOW},
-                                headers=fleet.auth("gpu1")), 403)
+    await error_of(
+        await c.post("/v1/jobs", json={"workflow": WORKFLOW}, headers=fleet.auth("gpu1")), 403
+    )
     for who in ("acme", "admin"):
         with pytest.raises(ProtocolError) as refused:
             await fleet.agent("gpu-0", who).register()
@@ -218,8 +226,7 @@ async def test_revoked_key_stops_working_after_reload(fleet: Fleet) -> None:
     assert (await c.get("/v1/jobs", headers=fleet.auth("acme"))).status == 200
 
 
-async def test_secrets_never_reach_the_logs(fleet: Fleet,
-                                            caplog: pytest.LogCaptureFixture) -> None:
+async def test_secrets_never_reach_the_logs(fleet: Fleet, caplog: pytest.LogCaptureFixture) -> None:
     """Every log line written while good, wrong and misplaced credentials are used, rendered
     as the daemons render them, holds no credential nor its secret part."""
     stream = io.StringIO()

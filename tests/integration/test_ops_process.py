@@ -36,44 +36,76 @@ def make_certs(folder: Path) -> tuple[Path, Path, Path]:
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "comfyfleet test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(minutes=5))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                       content_commitment=False, key_encipherment=False,
-                                       data_encipherment=False, key_agreement=False,
-                                       encipher_only=False, decipher_only=False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
-                         critical=False)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-            .issuer_name(ca_name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     ca_path, cert_path, key_path = folder / "ca.pem", folder / "server.pem", folder / "server.key"
     ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return ca_path, cert_path, key_path
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "comfyfleet", *args], capture_output=True,
-                          text=True, timeout=60, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "comfyfleet", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def wait_https(url: str, context: ssl.SSLContext, proc: procs.Proc, timeout: float = 20) -> None:
@@ -99,36 +131,70 @@ def started(tmp_path: Path) -> Iterator[list[procs.Proc]]:
         proc.kill(signal.SIGKILL)
 
 
-async def test_tls_and_keys_end_to_end(tmp_path: Path, started: list[procs.Proc],
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_tls_and_keys_end_to_end(
+    tmp_path: Path, started: list[procs.Proc], monkeypatch: pytest.MonkeyPatch
+) -> None:
     ca_path, cert_path, key_path = make_certs(tmp_path)
     data = tmp_path / "coord"
-    made = [cli("keys", "create", "--tenant", "acme", "--data-dir", str(data)),
-            cli("keys", "create", "--tenant", "beta", "--data-dir", str(data)),
-            cli("keys", "create", "--agent", "--agent-id", "gpu-a", "--data-dir", str(data))]
+    made = [
+        cli("keys", "create", "--tenant", "acme", "--data-dir", str(data)),
+        cli("keys", "create", "--tenant", "beta", "--data-dir", str(data)),
+        cli("keys", "create", "--agent", "--agent-id", "gpu-a", "--data-dir", str(data)),
+    ]
     assert all(m.returncode == 0 for m in made), [m.stderr for m in made]
     acme, beta, token = (m.stdout.strip() for m in made)
 
     port = procs.free_port()
     url = f"https://127.0.0.1:{port}"
-    coord = procs.Proc("coordinator", [
-        "coordinator", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data),
-        "--tls-cert", str(cert_path), "--tls-key", str(key_path), "--heartbeat-interval", "0.5",
-    ], tmp_path, f"{url}/healthz").start(wait=False)
+    coord = procs.Proc(
+        "coordinator",
+        [
+            "coordinator",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            str(data),
+            "--tls-cert",
+            str(cert_path),
+            "--tls-key",
+            str(key_path),
+            "--heartbeat-interval",
+            "0.5",
+        ],
+        tmp_path,
+        f"{url}/healthz",
+    ).start(wait=False)
     started.append(coord)
     trust = ssl.create_default_context(cafile=str(ca_path))
     wait_https(f"{url}/healthz", trust, coord)
 
     sim_port = procs.free_port()
-    sim = procs.Proc("sim", ["comfyui-sim", "--listen", f"127.0.0.1:{sim_port}",
-                             "--data-dir", str(tmp_path / "sim")],
-                     tmp_path, f"http://127.0.0.1:{sim_port}/system_stats").start()
+    sim = procs.Proc(
+        "sim",
+        ["comfyui-sim", "--listen", f"127.0.0.1:{sim_port}", "--data-dir", str(tmp_path / "sim")],
+        tmp_path,
+        f"http://127.0.0.1:{sim_port}/system_stats",
+    ).start()
     started.append(sim)
     monkeypatch.setenv("COMFYFLEET_AGENT_TOKEN", token)  # the agent reads its token from env
-    agent = procs.Proc("agent", ["agent", "--coordinator", url, "--ca-file", str(ca_path),
-                                 "--comfyui", f"http://127.0.0.1:{sim_port}", "--agent-id",
-                                 "gpu-a", "--data-dir", str(tmp_path / "agent")],
-                       tmp_path, "").start(wait=False)
+    agent = procs.Proc(
+        "agent",
+        [
+            "agent",
+            "--coordinator",
+            url,
+            "--ca-file",
+            str(ca_path),
+            "--comfyui",
+            f"http://127.0.0.1:{sim_port}",
+            "--agent-id",
+            "gpu-a",
+            "--data-dir",
+            str(tmp_path / "agent"),
+        ],
+        tmp_path,
+        "",
+    ).start(wait=False)
     monkeypatch.delenv("COMFYFLEET_AGENT_TOKEN")
     started.append(agent)
 
@@ -136,8 +202,9 @@ async def test_tls_and_keys_end_to_end(tmp_path: Path, started: list[procs.Proc]
         return {"Authorization": f"Bearer {cred}"}
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trust)) as http:
-        resp = await http.post(f"{url}/v1/jobs", json={"workflow": txt2img(64, 64, steps=2)},
-                               headers=auth(acme))
+        resp = await http.post(
+            f"{url}/v1/jobs", json={"workflow": txt2img(64, 64, steps=2)}, headers=auth(acme)
+        )
         assert resp.status == 201, await resp.text()
         job_id = (await resp.json())["id"]
         job: dict[str, Any] = {}
@@ -192,8 +259,13 @@ async def test_tls_and_keys_end_to_end(tmp_path: Path, started: list[procs.Proc]
 
 
 def test_no_keys_refuses_to_listen_beyond_loopback(tmp_path: Path) -> None:
-    done = cli("coordinator", "--listen", f"0.0.0.0:{procs.free_port()}", "--data-dir",
-               str(tmp_path / "coord"))
+    done = cli(
+        "coordinator",
+        "--listen",
+        f"0.0.0.0:{procs.free_port()}",
+        "--data-dir",
+        str(tmp_path / "coord"),
+    )
     assert done.returncode == 2
     assert "refusing to listen on 0.0.0.0" in done.stderr
     assert "keys create" in done.stderr and "Traceback" not in done.stderr
@@ -209,8 +281,9 @@ def test_bad_config_is_refused_at_start_naming_the_key(tmp_path: Path) -> None:
     assert done.returncode == 2 and "port: expected an integer" in done.stderr
 
 
-def test_sigterm_finishes_the_request_in_flight_and_commits(tmp_path: Path,
-                                                            started: list[procs.Proc]) -> None:
+def test_sigterm_finishes_the_request_in_flight_and_commits(
+    tmp_path: Path, started: list[procs.Proc]
+) -> None:
     """SIGTERM arrives while a submission's body is still on the wire: the coordinator stops
     accepting, finishes that request (201 after commit), exits 0, and the job is there after a
     restart."""
@@ -220,9 +293,13 @@ def test_sigterm_finishes_the_request_in_flight_and_commits(tmp_path: Path,
     port = int(coord.url.rsplit(":", 1)[1])  # type: ignore[attr-defined]
     body = json.dumps({"workflow": txt2img(64, 64)}).encode()
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
-                 b"\r\nConnection: close\r\nContent-Length: " + str(len(body)).encode()
-                 + b"\r\n\r\n" + body[:20])
+    sock.sendall(
+        b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+        b"\r\nConnection: close\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body[:20]
+    )
     time.sleep(0.3)  # the handler is now waiting for the rest of the body
     coord.signal(signal.SIGTERM)
     time.sleep(0.5)

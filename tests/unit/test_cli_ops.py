@@ -27,7 +27,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_config_show_masks_secrets_and_prints_valid_toml(
-        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("COMFYFLEET_AGENT_TOKEN", "cfg_0123456789ab_very-secret-token-value")
     monkeypatch.setenv("COMFYFLEET_COMFYUI_URLS", "http://127.0.0.1:8188,http://127.0.0.1:8189")
     code, out, _ = run(capsys, "config", "show", "--role", "agent")
@@ -38,21 +39,32 @@ def test_config_show_masks_secrets_and_prints_valid_toml(
     assert shown["comfyui_urls"] == ["http://127.0.0.1:8188", "http://127.0.0.1:8189"]
 
 
-def test_flags_beat_env_beat_file(capsys: pytest.CaptureFixture[str],
-                                  monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_flags_beat_env_beat_file(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     config = tmp_path / "c.toml"
     config.write_text("port = 1000\nassign_timeout_s = 7.5\nlost_grace_s = 1.0\n")
     monkeypatch.setenv("COMFYFLEET_PORT", "2000")
     monkeypatch.setenv("COMFYFLEET_LOST_GRACE_S", "2.0")
-    code, out, _ = run(capsys, "config", "show", "--role", "coordinator", "--config",
-                       str(config), "--set", "port=3000")
+    code, out, _ = run(
+        capsys,
+        "config",
+        "show",
+        "--role",
+        "coordinator",
+        "--config",
+        str(config),
+        "--set",
+        "port=3000",
+    )
     shown = tomllib.loads(out)
     assert code == 0
     assert (shown["port"], shown["lost_grace_s"], shown["assign_timeout_s"]) == (3000, 2.0, 7.5)
 
 
 def test_config_errors_name_the_key_without_a_traceback(
-        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     config = tmp_path / "c.toml"
     config.write_text("stall = 3\n")
     code, _, err = run(capsys, "config", "show", "--role", "agent", "--config", str(config))
@@ -66,13 +78,15 @@ def test_config_errors_name_the_key_without_a_traceback(
 
 def test_keys_create_list_revoke(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     data = tmp_path / "coord"
-    code, credential, err = run(capsys, "keys", "create", "--tenant", "acme", "--data-dir",
-                                str(data))
+    code, credential, err = run(
+        capsys, "keys", "create", "--tenant", "acme", "--data-dir", str(data)
+    )
     credential = credential.strip()
     assert code == 0 and credential.startswith("cfc_") and "shown only now" in err
     code, admin, _ = run(capsys, "keys", "create", "--admin", "--data-dir", str(data))
-    code, agent, _ = run(capsys, "keys", "create", "--agent", "--agent-id", "gpu-1",
-                         "--data-dir", str(data))
+    code, agent, _ = run(
+        capsys, "keys", "create", "--agent", "--agent-id", "gpu-1", "--data-dir", str(data)
+    )
     stored = (data / "keys.json").read_text()
     for cred in (credential, admin.strip(), agent.strip()):
         assert cred not in stored and digest(cred) in stored
@@ -89,20 +103,24 @@ def test_keys_create_list_revoke(capsys: pytest.CaptureFixture[str], tmp_path: P
     assert code == 2 and "no key" in err
 
 
-def test_keys_create_refuses_unclear_requests(capsys: pytest.CaptureFixture[str],
-                                              tmp_path: Path) -> None:
+def test_keys_create_refuses_unclear_requests(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     code, out, err = run(capsys, "keys", "create", "--data-dir", str(tmp_path))
     assert code == 2 and "--tenant" in err and out == ""
-    code, _, err = run(capsys, "keys", "create", "--agent", "--tenant", "x", "--data-dir",
-                       str(tmp_path))
+    code, _, err = run(
+        capsys, "keys", "create", "--agent", "--tenant", "x", "--data-dir", str(tmp_path)
+    )
     assert code == 2 and "no tenant" in err
-    code, _, err = run(capsys, "keys", "create", "--tenant", "bad name", "--data-dir",
-                       str(tmp_path))
+    code, _, err = run(
+        capsys, "keys", "create", "--tenant", "bad name", "--data-dir", str(tmp_path)
+    )
     assert code == 2 and "tenant" in err
 
 
 def test_older_env_names_still_work_and_the_field_name_wins(
-        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("COMFYFLEET_LISTEN", "127.0.0.1:9100")
     monkeypatch.setenv("COMFYFLEET_HEARTBEAT_INTERVAL", "2")
     monkeypatch.setenv("COMFYFLEET_RESTART_GRACE", "9")
@@ -110,5 +128,8 @@ def test_older_env_names_still_work_and_the_field_name_wins(
     code, out, _ = run(capsys, "config", "show", "--role", "coordinator")
     shown = tomllib.loads(out)
     assert code == 0
-    assert (shown["port"], shown["heartbeat_interval_s"], shown["restart_grace_s"]) == (9100,
-                                                                                         2.0, 11.0)
+    assert (shown["port"], shown["heartbeat_interval_s"], shown["restart_grace_s"]) == (
+        9100,
+        2.0,
+        11.0,
+    )

@@ -18,11 +18,23 @@ from comfyfleet.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-UNITS = {"coordinator": DEPLOY / "systemd" / "comfyfleet-coordinator.service",
-         "agent": DEPLOY / "systemd" / "comfyfleet-agent.service"}
-HARDENING = ("NoNewPrivileges", "ProtectSystem", "ProtectHome", "PrivateTmp",
-             "ProtectKernelTunables", "ProtectKernelModules", "ProtectControlGroups",
-             "RestrictSUIDSGID", "RestrictNamespaces", "LockPersonality", "SystemCallFilter")
+UNITS = {
+    "coordinator": DEPLOY / "systemd" / "comfyfleet-coordinator.service",
+    "agent": DEPLOY / "systemd" / "comfyfleet-agent.service",
+}
+HARDENING = (
+    "NoNewPrivileges",
+    "ProtectSystem",
+    "ProtectHome",
+    "PrivateTmp",
+    "ProtectKernelTunables",
+    "ProtectKernelModules",
+    "ProtectControlGroups",
+    "RestrictSUIDSGID",
+    "RestrictNamespaces",
+    "LockPersonality",
+    "SystemCallFilter",
+)
 
 
 def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:
@@ -38,8 +50,9 @@ def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:
             current = sections.setdefault(header.group(1), {})
             continue
         key, sep, value = line.partition("=")
-        assert sep and current is not None and re.fullmatch(r"[A-Za-z]+", key), \
+        assert sep and current is not None and re.fullmatch(r"[A-Za-z]+", key), (
             f"{path.name}:{number}: not KEY=VALUE in a section: {raw!r}"
+        )
         current.setdefault(key, []).append(value)
     return sections
 
@@ -86,18 +99,26 @@ def test_unit_command_exists_and_its_arguments_parse(role: str) -> None:
     assert (DEPLOY / "config" / config.name).exists(), "ship an example for the config it reads"
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                    reason="systemd-analyze not installed; the parse tests above still ran")
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None,
+    reason="systemd-analyze not installed; the parse tests above still ran",
+)
 @pytest.mark.parametrize("role", sorted(UNITS))
 def test_systemd_analyze_verify_accepts_the_unit(role: str, tmp_path: Path) -> None:
     """Rewritten only to run this venv's comfyfleet, so the check that the command exists
     looks at a real file."""
-    text = UNITS[role].read_text().replace("/opt/comfyfleet/.venv/bin/comfyfleet",
-                                           str(Path(sys.prefix) / "bin" / "comfyfleet"))
+    text = (
+        UNITS[role]
+        .read_text()
+        .replace(
+            "/opt/comfyfleet/.venv/bin/comfyfleet", str(Path(sys.prefix) / "bin" / "comfyfleet")
+        )
+    )
     unit = tmp_path / UNITS[role].name
     unit.write_text(text)
-    done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
     report = done.stdout + done.stderr
     assert done.returncode == 0, report
     assert "Unknown" not in report and "not executable" not in report, report

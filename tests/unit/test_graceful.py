@@ -11,9 +11,13 @@ def test_long_polls_and_streams_are_not_waited_for() -> None:
     assert not waits_for("POST", "/agent/v1/lease")
     assert not waits_for("GET", "/v1/jobs/abc/events")
     assert not waits_for("GET", "/v1/events")
-    for method, path in (("POST", "/v1/jobs"), ("POST", "/agent/v1/finish"),
-                         ("POST", "/agent/v1/events"), ("PUT", "/agent/v1/jobs/j/outputs/a.png"),
-                         ("GET", "/v1/jobs/j/outputs/a.png")):
+    for method, path in (
+        ("POST", "/v1/jobs"),
+        ("POST", "/agent/v1/finish"),
+        ("POST", "/agent/v1/events"),
+        ("PUT", "/agent/v1/jobs/j/outputs/a.png"),
+        ("GET", "/v1/jobs/j/outputs/a.png"),
+    ):
         assert waits_for(method, path), path
 
 

@@ -30,8 +30,12 @@ def ring_with(tmp_path: Path, *specs: tuple[Any, ...]) -> tuple[KeyRing, list[st
 
 def test_credentials_verify_to_their_principal(tmp_path: Path) -> None:
     ring, (client, admin, agent, bound) = ring_with(
-        tmp_path, ("client", "acme", None), ("admin", "ops", None), ("agent", None, None),
-        ("agent", None, "gpu-1"))
+        tmp_path,
+        ("client", "acme", None),
+        ("admin", "ops", None),
+        ("agent", None, None),
+        ("agent", None, "gpu-1"),
+    )
     assert ring.enabled
     got = ring.verify(client)
     assert got is not None and got.kind == "client" and got.tenant == "acme" and not got.admin
@@ -47,9 +51,16 @@ def test_wrong_or_mangled_credentials_are_refused(tmp_path: Path) -> None:
     ring, (client,) = ring_with(tmp_path, ("client", "acme", None))
     prefix, key_id, secret = client.split("_", 2)
     flipped = secret[:-1] + ("A" if secret[-1] != "A" else "B")
-    for bad in (f"{prefix}_{key_id}_{flipped}", f"cfa_{key_id}_{secret}",  # other kind letter
-                f"{prefix}_{'0' * 12}_{secret}", client + "x", client[:-1], "", "Bearer",
-                "x" * 5000):
+    for bad in (
+        f"{prefix}_{key_id}_{flipped}",
+        f"cfa_{key_id}_{secret}",  # other kind letter
+        f"{prefix}_{'0' * 12}_{secret}",
+        client + "x",
+        client[:-1],
+        "",
+        "Bearer",
+        "x" * 5000,
+    ):
         assert ring.verify(bad) is None, bad
 
 
@@ -63,8 +74,9 @@ def test_keys_file_stores_only_hashes_owner_readable(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
-def test_comparison_is_constant_time_even_for_unknown_ids(tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_comparison_is_constant_time_even_for_unknown_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every verification, known id or not, well-formed or not, goes through one
     hmac.compare_digest of two equal-length digests: no early exit on a mismatch."""
     ring, (client,) = ring_with(tmp_path, ("client", "acme", None))
@@ -111,14 +123,23 @@ def test_bad_tenant_names_are_refused() -> None:
         new_credential("client", tenant="a b")
 
 
-@pytest.mark.parametrize(("method", "path", "rule"), [
-    ("GET", "/healthz", "public"), ("GET", "/", "public"), ("GET", "/static/app.js", "public"),
-    ("GET", "/metrics", "admin"), ("POST", "/v1/jobs", "client"),
-    ("GET", "/v1/jobs/x/events", "client"), ("GET", "/v1/events", "client"),
-    ("GET", "/v1/agents", "client"), ("GET", "/v1/agents/a1", "client"),
-    ("POST", "/v1/agents/a1/drain", "admin"), ("POST", "/agent/v1/register", "agent"),
-    ("PUT", "/agent/v1/jobs/j/outputs/x.png", "agent"),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "rule"),
+    [
+        ("GET", "/healthz", "public"),
+        ("GET", "/", "public"),
+        ("GET", "/static/app.js", "public"),
+        ("GET", "/metrics", "admin"),
+        ("POST", "/v1/jobs", "client"),
+        ("GET", "/v1/jobs/x/events", "client"),
+        ("GET", "/v1/events", "client"),
+        ("GET", "/v1/agents", "client"),
+        ("GET", "/v1/agents/a1", "client"),
+        ("POST", "/v1/agents/a1/drain", "admin"),
+        ("POST", "/agent/v1/register", "agent"),
+        ("PUT", "/agent/v1/jobs/j/outputs/x.png", "agent"),
+    ],
+)
 def test_rule_by_path_prefix(method: str, path: str, rule: str) -> None:
     assert rule_for(method, path) == rule
 
