@@ -295,12 +295,16 @@ def test_sigterm_finishes_the_request_in_flight_and_commits(
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     sock.sendall(
         b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
-        b"\r\nConnection: close\r\nContent-Length: "
+        b"\r\nConnection: close\r\nExpect: 100-continue\r\nContent-Length: "
         + str(len(body)).encode()
         + b"\r\n\r\n"
-        + body[:20]
     )
-    time.sleep(0.3)  # the handler is now waiting for the rest of the body
+    interim = b""
+    while b"\r\n\r\n" not in interim:  # the request has been dispatched to the app
+        interim += sock.recv(1)
+    assert interim.startswith(b"HTTP/1.1 100"), interim
+    sock.sendall(body[:20])
+    time.sleep(0.3)  # the handler is now reading the body
     coord.signal(signal.SIGTERM)
     time.sleep(0.5)
     assert coord.alive, "the coordinator quit with a request in flight"
