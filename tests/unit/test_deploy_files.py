@@ -143,3 +143,15 @@ def test_container_files_copy_what_exists_and_run_the_right_command(role: str) -
     assert cmd is not None
     args = build_parser().parse_args(json.loads(cmd.group(1)))
     assert args.command == role
+
+
+def test_stop_timeouts_leave_room_for_the_graceful_stop() -> None:
+    """systemd must not SIGKILL a daemon that is still finishing requests or draining."""
+    for role, grace_key, extra in (
+        ("coordinator", "shutdown_grace_s", 10.0),
+        ("agent", "drain_grace_s", 30.0),
+    ):
+        args = argparse.Namespace(config=DEPLOY / "config" / f"{role}.toml", set=[])
+        grace = layered_values(role, args, env={})[grace_key]
+        stop = float(one(parse_unit(UNITS[role]), "Service", "TimeoutStopSec"))
+        assert grace + extra < stop, (role, grace, stop)
