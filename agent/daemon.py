@@ -26,6 +26,7 @@ from comfyfleet.agent.runner import JobRunner
 from comfyfleet.agent.state import HeldJob, StateFile
 from comfyfleet.shared import protocol as p
 from comfyfleet.shared.supervisor import Supervisor
+from comfyfleet.shared.tls import client_context
 
 log = structlog.get_logger("agent")
 
@@ -56,8 +57,11 @@ class Agent:
         self.config = config
         self.session = session
         self.probe = probe
-        self.coord = CoordinatorClient(session, config.coordinator_url, config.agent_id,
-                                       config.request_timeout_s)
+        self.coord = CoordinatorClient(
+            session, config.coordinator_url, config.agent_id, config.request_timeout_s,
+            token=config.agent_token,
+            ssl_context=(client_context(config.ca_file)
+                         if config.coordinator_url.startswith("https:") else None))
         self.instances = {
             str(i): Instance(str(i), url, ComfyUIClient(session, url),
                              f"comfyfleet-{config.agent_id}-{i}")  # stable: re-attach needs it

@@ -31,6 +31,11 @@ class CoordinatorConfig:
     vram_estimate_margin: float = 1.25  # learned peak VRAM x this for jobs declaring none
     max_input_bytes: int = 6 << 20  # input files of one job, decoded
     affinity_bucket_mb: int = 4096  # GPUs this close in VRAM left fit alike: warm cache decides
+    log_level: str = "info"
+    keys_file: Path | None = None  # hashed API keys and agent tokens; default data_dir/keys.json
+    tls_cert: Path | None = None  # serve HTTPS when this and tls_key are set
+    tls_key: Path | None = None
+    shutdown_grace_s: float = 20.0  # on SIGTERM, requests in flight get this long to finish
 
     @property
     def lost_after_s(self) -> float:
@@ -39,6 +44,10 @@ class CoordinatorConfig:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "coordinator.db"
+
+    @property
+    def keys_path(self) -> Path:
+        return self.keys_file or self.data_dir / "keys.json"
 
     @property
     def outputs_dir(self) -> Path:

@@ -653,8 +653,9 @@ class Coordinator:
             self._learn(job)
 
     def list_jobs(self, statuses: Sequence[JobStatus] | None, limit: int,
-                  cursor: str | None) -> tuple[list[JobRecord], str | None]:
-        found, nxt = self.store.list_jobs(statuses=statuses, tenant=None, limit=limit,
+                  cursor: str | None, tenant: str | None = None,
+                  ) -> tuple[list[JobRecord], str | None]:
+        found, nxt = self.store.list_jobs(statuses=statuses, tenant=tenant, limit=limit,
                                           cursor=cursor)
         return [self.jobs.get(j.id, j) for j in found], nxt
 
