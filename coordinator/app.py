@@ -9,24 +9,28 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from comfyfleet.coordinator.api import agent_routes, client_routes
+from comfyfleet.coordinator.api import agent_routes, client_routes, stream_routes
 from comfyfleet.coordinator.api.errors import errors_middleware
 from comfyfleet.coordinator.api.keys import CONFIG, COORDINATOR, SUPERVISOR
+from comfyfleet.coordinator.api.requestlog import request_log_middleware
 from comfyfleet.coordinator.config import CoordinatorConfig
 from comfyfleet.coordinator.outputs import OutputFiles
 from comfyfleet.coordinator.service import Coordinator
 from comfyfleet.coordinator.store import open_store
+from comfyfleet.coordinator.web import routes as web_routes
 from comfyfleet.shared.supervisor import Supervisor
 
 log = structlog.get_logger("coordinator")
 
 
 def create_app(config: CoordinatorConfig, *, loops: bool = True) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware],
+    app = web.Application(middlewares=[request_log_middleware, errors_middleware],
                           client_max_size=max(config.max_body_bytes, config.max_chunk_bytes))
     app[CONFIG] = config
     app.add_routes(client_routes.routes)
     app.add_routes(agent_routes.routes)
+    app.add_routes(stream_routes.routes)
+    app.add_routes(web_routes.routes)
 
     async def coordinator_ctx(app: web.Application) -> AsyncIterator[None]:
         store = open_store(config.data_dir)
@@ -37,6 +41,7 @@ def create_app(config: CoordinatorConfig, *, loops: bool = True) -> web.Applicat
         yield
         for agent in coord.agents.values():
             agent.wake.set()  # release long-polls
+        coord.bus.close_all()
         store.close()
 
     async def loops_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -49,6 +54,11 @@ def create_app(config: CoordinatorConfig, *, loops: bool = True) -> web.Applicat
         yield
         await supervisor.stop()
 
+    async def close_streams(app: web.Application) -> None:
+        if COORDINATOR in app:
+            app[COORDINATOR].bus.close_all()  # SSE handlers end before the runner waits
+
+    app.on_shutdown.append(close_streams)
     app.cleanup_ctx.append(coordinator_ctx)
     app.cleanup_ctx.append(loops_ctx)
     return app

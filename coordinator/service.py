@@ -19,7 +19,10 @@ import structlog
 from comfyfleet.coordinator import jobs as moves
 from comfyfleet.coordinator.config import CoordinatorConfig
 from comfyfleet.coordinator.errors import Conflict, NotFound, StaleAttempt, Unprocessable
+from comfyfleet.coordinator.events import EventBus
+from comfyfleet.coordinator.feed import Feed
 from comfyfleet.coordinator.fleet import AgentState, AgentStatus, agent_view
+from comfyfleet.coordinator.metrics import Metrics
 from comfyfleet.coordinator.model import AgentRecord, JobRecord
 from comfyfleet.coordinator.outputs import OutputFiles
 from comfyfleet.coordinator.scheduler.model import JobRequest
@@ -67,6 +70,7 @@ class LiveProgress:
     max: float | None = None
     cached: list[str] = dataclasses.field(default_factory=list)
     preview: tuple[bytes, str] | None = None
+    previews: int = 0  # how many preview frames arrived (cache-busting for preview URLs)
     updated_at: float = 0.0
 
 
@@ -77,6 +81,8 @@ class Coordinator:
         store: Store,
         outputs: OutputFiles,
         clock: Callable[[], float] = time.time,
+        bus: EventBus | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -90,6 +96,14 @@ class Coordinator:
         self.progress: dict[str, LiveProgress] = {}
         self.wake = asyncio.Event()
         self.counters: dict[str, int] = {"placements": 0, "requeues": 0, "lost_agents": 0}
+        self.bus = bus or EventBus()
+        self.metrics = metrics or Metrics()
+        self.metrics.watch(self)
+        self.feed = Feed(self.bus, self.metrics)
+
+    def emit(self, kind: str, data: dict[str, Any], job_id: str | None = None) -> None:
+        """Publish a fleet event (e.g. `workflow_blocked`) to the live streams."""
+        self.bus.publish(kind, data, job_id)
 
     # ------------------------------------------------------------------ recovery
 
@@ -128,6 +142,7 @@ class Coordinator:
 
     def _index(self, old: JobRecord | None, new: JobRecord) -> None:
         job_id = new.id
+        self.feed.job_changed(old, new, self.clock())
         if old is not None and old.agent_id and (
             new.status not in ACTIVE or new.agent_id != old.agent_id
         ):
@@ -224,6 +239,7 @@ class Coordinator:
         if agent.status == AgentStatus.ONLINE:
             agent.status = AgentStatus.DRAINING
         agent.wake.set()
+        self.feed.agent(agent, "draining")
         log.info("agent_drain", agent_id=agent_id)
         return agent
 
@@ -266,6 +282,7 @@ class Coordinator:
                 job.status == JobStatus.RUNNING or job_id in self.delivered
             ):
                 self._release(job, now, "agent restarted without this job", spend_retry=True)
+        self.feed.agent(agent, "registered")
         log.info("agent_registered", agent_id=msg.agent_id, gpus=len(msg.gpus),
                  instances=len(msg.instances), running=len(msg.running), dropped=len(drop))
         self.wake.set()
@@ -287,6 +304,7 @@ class Coordinator:
         if msg.draining and not agent.draining:
             agent.draining = True
             agent.status = AgentStatus.DRAINING
+        self.feed.agent(agent, "heartbeat")
         cancel: list[p.JobRef] = []
         drop: list[p.JobRef] = []
         for r in msg.running:
@@ -376,6 +394,7 @@ class Coordinator:
     def events(self, msg: p.Events) -> p.Ack:
         job = self._fenced(msg.agent_id, msg.job_id, msg.attempt)
         live = self.progress.setdefault(job.id, LiveProgress())
+        previews = live.previews
         for ev in msg.events:
             live.updated_at = ev.t
             if ev.kind == "cached":
@@ -386,8 +405,10 @@ class Coordinator:
                 live.value, live.max = ev.value, ev.max
             elif ev.kind == "preview" and ev.image is not None:
                 live.preview = (ev.image, ev.mime or "image/jpeg")
+                live.previews += 1
             if ev.fraction is not None:
                 live.fraction = max(live.fraction or 0.0, ev.fraction)
+        self.feed.progress(job, live, preview=live.previews != previews)
         return p.Ack(status="cancel" if job.desired != "run" else job.status.value)
 
     def upload(self, agent_id: str, job_id: str, attempt: int, name: str, offset: int,
@@ -472,8 +493,9 @@ class Coordinator:
         now = self.clock()
         views = [agent_view(a, self.jobs, RECENT_FAILURE_WINDOW_S, now)
                  for a in self.agents.values() if a.status != AgentStatus.LOST]
-        result = plan(list(self.queued.values()), views, now,
-                      max_placements=MAX_PLACEMENTS_PER_PLAN)
+        with self.metrics.schedule_seconds.time():
+            result = plan(list(self.queued.values()), views, now,
+                          max_placements=MAX_PLACEMENTS_PER_PLAN)
         for job_id, reason in result.pending.items():
             job = self.jobs.get(job_id)
             if job is not None:
@@ -526,6 +548,7 @@ class Coordinator:
                 continue
             agent.status = AgentStatus.LOST
             self.counters["lost_agents"] += 1
+            self.feed.agent(agent, "lost")
             log.warning("agent_lost", agent_id=agent.agent_id, silent_s=round(silent, 1),
                         jobs=len(agent.jobs))
             agent.wake.set()
