@@ -1,11 +1,13 @@
-"""The synchronous client: the async client run on a private event loop.
+"""The synchronous client: the async client run on a private event loop in its own thread.
 
-Not for use inside a running event loop (use `AsyncClient` there)."""
+The thread makes it usable from anywhere, also from code that runs an event loop of its own
+(a notebook, a test driving a browser); `AsyncClient` is the better fit inside async code."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -22,15 +24,21 @@ class Client:
 
     def __init__(self, url: str | None = None, *, api_key: str | None = None,
                  timeout_s: float = 30.0) -> None:
-        self._loop = asyncio.new_event_loop()
         self._aio = AsyncClient(url, api_key=api_key, timeout_s=timeout_s)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever,
+                                        name="comfyfleet-client", daemon=True)
+        self._thread.start()
 
     @property
     def url(self) -> str:
         return self._aio.url
 
     def _run(self, coro: Awaitable[T]) -> T:
-        return self._loop.run_until_complete(coro)
+        async def call() -> T:
+            return await coro
+
+        return asyncio.run_coroutine_threadsafe(call(), self._loop).result()
 
     def __enter__(self) -> Client:
         return self
@@ -42,6 +50,8 @@ class Client:
     def close(self) -> None:
         if not self._loop.is_closed():
             self._run(self._aio.close())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
             self._loop.close()
 
     def submit(self, workflow: dict[str, Any], **kw: Any) -> Job:

@@ -97,9 +97,9 @@ async function refreshAgents() {
   catch (e) { say(`agents: ${e.message}`); }
 }
 
-function agentsSoon() {
-  if (state.agentTimer) return;
-  state.agentTimer = setTimeout(() => { state.agentTimer = null; refreshAgents(); }, 300);
+function agentsSoon() {  // trailing debounce: one refresh after a burst of events
+  clearTimeout(state.agentTimer);
+  state.agentTimer = setTimeout(() => { state.agentTimer = null; refreshAgents(); }, 200);
 }
 
 // ------------------------------------------------------------------ jobs
@@ -162,7 +162,7 @@ async function openDetail(id) {
   upsertJob(j);
   const box = $("#detail-body");
   const err = j.error ? el("p", { class: "error" }, `${j.error.code}: ${j.error.message}${j.error.node_type ? ` (node ${j.error.node_id} ${j.error.node_type})` : ""}`) : null;
-  box.replaceChildren(
+  box.replaceChildren(...[
     el("h2", {}, `job ${j.id}`),
     el("p", {}, el("span", { class: `badge ${j.status}` }, j.status), ` attempt ${j.attempt}`, j.agent_id ? ` on ${j.agent_id}` : "",
       ` · priority ${j.priority} · VRAM ${j.resources.vram_mb} MB · retries ${j.retries_used}/${j.max_retries}`),
@@ -174,7 +174,7 @@ async function openDetail(id) {
     el("h2", {}, "history"),
     el("table", { class: "history" }, el("tbody", {}, j.history.map((t) => el("tr", {},
       el("td", {}, new Date(t.at * 1000).toLocaleTimeString()), el("td", {}, `${t.from_status || ""} → ${t.to_status}`),
-      el("td", {}, `#${t.attempt}`), el("td", {}, t.agent_id || ""), el("td", {}, t.reason))))));
+      el("td", {}, `#${t.attempt}`), el("td", {}, t.agent_id || ""), el("td", {}, t.reason)))))].filter(Boolean));
   $("#detail").hidden = false;
 }
 
