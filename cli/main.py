@@ -169,11 +169,20 @@ def add_demo(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add(sub)
 
 
+def add_client_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from comfyfleet.commands_fleet import add_agents, add_top
+    from comfyfleet.commands_jobs import add_cancel, add_job, add_jobs, add_submit
+
+    for add in (add_submit, add_jobs, add_job, add_cancel, add_agents, add_top):
+        add(sub)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [  # type: ignore[type-arg]
     add_coordinator,
     add_agent,
     add_comfyui_sim,
     add_demo,
+    add_client_commands,
 ]
 
 
