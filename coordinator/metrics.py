@@ -32,6 +32,9 @@ _REQUEUE_PATTERNS: tuple[tuple[str, str], ...] = (
     ("restarted without", "agent_restart"),
     ("did not confirm the cancel", "cancel_unconfirmed"),
     ("timed out", "timeout"),
+    ("out of memory", "oom"),
+    ("stall", "stall"),
+    ("crash", "comfyui_crash"),
     ("drain", "drain"),
 )
 
@@ -43,9 +46,7 @@ def label_value(text: str | None, default: str = "other") -> str:
 
 
 def requeue_reason(job: JobRecord) -> str:
-    """The category of the reason a job went back to the queue."""
-    if job.error and job.error.get("code"):
-        return label_value(str(job.error["code"]))
+    """The category of the reason a job went back to the queue (from its last transition)."""
     reason = job.history[-1].reason.lower() if job.history else ""
     for needle, category in _REQUEUE_PATTERNS:
         if needle in reason:

@@ -458,7 +458,7 @@ class Coordinator:
             if agent is not None:
                 agent.recent_failures.append(now)
             log.info("job_failed", job_id=job.id, agent_id=msg.agent_id,
-                     code=(err or {}).get("code"))
+                     attempt=job.attempt, code=(err or {}).get("code"))
             return p.Ack(status=new.status.value)
         if msg.outcome == "cancelled" and job.desired == "cancel":
             new = moves.advance(job, JobEvent.CANCEL, now, "cancelled by user; agent confirmed")

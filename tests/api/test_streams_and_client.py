@@ -133,6 +133,9 @@ async def test_metrics_show_jobs_agents_and_vram(harness: MakeHarness) -> None:
     await agent.run_one()
     failed = await h.submit(resources={"vram_mb": 1000})
     leased = (await agent.lease(2.0)).jobs[0]
+    oom = p.ErrorInfo(code="oom", message="CUDA out of memory", retryable=True)
+    assert (await agent.finish(leased, outcome="failed", error=oom)).status == "QUEUED"
+    leased = (await agent.lease(2.0)).jobs[0]
     await agent.finish(leased, outcome="failed",
                        error=p.ErrorInfo(code="node_errors", message="bad"))
     resp = await h.client.get("/metrics")
@@ -146,7 +149,8 @@ async def test_metrics_show_jobs_agents_and_vram(harness: MakeHarness) -> None:
     gpu = {"agent_id": "a1", "gpu": "0", "name": "Sim GPU"}
     assert sample(text, "comfyfleet_gpu_vram_total_bytes", **gpu) == 24576 * 2**20
     assert sample(text, "comfyfleet_gpu_vram_reserved_bytes", **gpu) == 0
-    assert sample(text, "comfyfleet_placement_latency_seconds_count") == 2
+    assert sample(text, "comfyfleet_requeues_total", reason="oom") == 1
+    assert sample(text, "comfyfleet_placement_latency_seconds_count") == 3
     assert sample(text, "comfyfleet_submit_to_running_seconds_count") == 1
     assert sample(text, "comfyfleet_job_duration_seconds_count", status="COMPLETED") == 1
     assert job["id"] != failed["id"]
