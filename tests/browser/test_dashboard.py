@@ -1,7 +1,8 @@
 """The dashboard in a real headless Chromium against a real fleet (coordinator, sim, agent).
 
 The page loads, shows the agent, follows a job submitted by dropping a workflow file to
-COMPLETED with its image, and its cancel button cancels a running job. Screenshots are kept
+COMPLETED with its image, shows a running job's progress and preview, its cancel button cancels
+that job, and the drain button drains the agent. Screenshots are kept
 under test-artifacts/dashboard/.
 """
 
@@ -113,11 +114,22 @@ def test_dashboard_follows_a_job_and_cancels_one(fleet: Fleet, page: Page,
         row = page.locator(f"#job-{long_job.id}")
         expect(row).to_have_attribute("data-status", "RUNNING", timeout=60_000)
         expect(row.locator(".step")).to_contain_text("KSampler")
+        preview = row.locator("img.preview")
+        expect(preview).to_be_visible()
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                               arg=preview.element_handle())
+        expect(agent).to_contain_text("jobs 1")  # the fleet view follows: the job's reservation
+        expect(agent.locator(".gpu")).to_contain_text("reserved 3.9 GB")
         shot(page, "03-running")
         row.locator("button.cancel").click()
         expect(row).to_have_attribute("data-status", "CANCELLED", timeout=60_000)
         assert client.get(long_job.id).status == "CANCELLED"
         assert client.get(job_id).status == "COMPLETED"
     shot(page, "04-cancelled")
+
+    # the drain button drains the agent
+    agent.locator("button.drain").click()
+    expect(agent).to_have_attribute("data-status", "DRAINING")
+    shot(page, "05-drained")
 
 
