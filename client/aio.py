@@ -171,11 +171,11 @@ class AsyncClient:
                             return
             except (aiohttp.ClientError, TimeoutError) as exc:
                 failures += 1
-                if not reconnect or failures > 5:
+                if not reconnect or failures > 10:
                     raise ClientError(f"event stream from {self.url} broke: {exc}") from None
             if not reconnect:
                 return
-            await asyncio.sleep(min(0.2 * 2 ** failures, 5.0))
+            await asyncio.sleep(min(0.1 * 2 ** failures, 2.0))
 
     async def wait(self, job_id: str, timeout_s: float | None = None) -> Job:
         """Follow the job's events until it is terminal; returns the final job."""

@@ -71,12 +71,15 @@ class Subscription:
 
 
 class EventBus:
-    def __init__(self, ring_size: int = 4096, queue_size: int = 1024) -> None:
-        if ring_size < 1 or queue_size < 1:
-            raise ValueError("ring_size and queue_size must be positive")
+    def __init__(self, ring_size: int = 4096, queue_size: int = 1024, start_id: int = 0) -> None:
+        """`start_id`: ids continue from here; a coordinator starts from its start time in
+        microseconds, so ids keep growing across restarts and an id from a previous run is never
+        mistaken for one of this run."""
+        if ring_size < 1 or queue_size < 1 or start_id < 0:
+            raise ValueError("ring_size and queue_size must be positive, start_id not negative")
         self.ring: deque[Event] = deque(maxlen=ring_size)
         self.queue_size = queue_size
-        self.last_id = 0
+        self.last_id = start_id
         self.subscribers: set[Subscription] = set()
         self.dropped_subscribers = 0
 

@@ -96,7 +96,7 @@ class Coordinator:
         self.progress: dict[str, LiveProgress] = {}
         self.wake = asyncio.Event()
         self.counters: dict[str, int] = {"placements": 0, "requeues": 0, "lost_agents": 0}
-        self.bus = bus or EventBus()
+        self.bus = bus or EventBus(start_id=int(clock() * 1_000_000))
         self.metrics = metrics or Metrics()
         self.metrics.watch(self)
         self.feed = Feed(self.bus, self.metrics)

@@ -73,6 +73,13 @@ async def test_close_all_ends_waiting_readers() -> None:
     assert not bus.subscribers
 
 
+def test_ids_continue_from_the_start_id() -> None:
+    bus = EventBus(start_id=1_000)
+    assert bus.covers(1_000) and not bus.covers(999) and not bus.covers(5)
+    assert bus.publish("job", {}).id == 1_001
+    assert [e.id for e in bus.subscribe(None, 1_000).buffer] == [1_001]
+
+
 def test_bad_sizes_are_refused() -> None:
     with pytest.raises(ValueError):
         EventBus(ring_size=0)
