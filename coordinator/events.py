@@ -39,6 +39,7 @@ class Subscription:
     buffer: deque[Event] = field(default_factory=deque)
     closed: bool = False
     lagged: bool = False
+    resumed: bool = False  # the events since the asked-for id were replayed
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     def wants(self, event: Event) -> bool:
@@ -105,13 +106,17 @@ class EventBus:
     def subscribe(self, job_id: str | None = None, after: int | None = None) -> Subscription:
         """A new subscription; with `after`, the ring's events since that id are queued first.
 
-        Replay and registration happen in one synchronous step, so no event falls between them.
+        The replay happens only when the ring still holds all of them and they fit in the
+        subscriber's buffer (`resumed` says whether it did); otherwise the caller starts the
+        reader from a snapshot. Replay and registration happen in one synchronous step, so no
+        event falls between them.
         """
         sub = Subscription(job_id, self.queue_size)
-        if after is not None:
-            for event in self.since(after, job_id):
-                if not sub.push(event):
-                    return sub
+        if after is not None and self.covers(after):
+            missed = list(self.since(after, job_id))
+            if len(missed) < self.queue_size:
+                sub.buffer.extend(missed)
+                sub.resumed = True
         self.subscribers.add(sub)
         return sub
 

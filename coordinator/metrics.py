@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from comfyfleet.coordinator.fleet import AgentStatus, agent_view
 from comfyfleet.coordinator.model import JobRecord
 from comfyfleet.shared.status import JobStatus
 
@@ -122,8 +123,6 @@ class FleetCollector(Collector):
         return []
 
     def collect(self) -> Iterable[Metric]:
-        from comfyfleet.coordinator.fleet import AgentStatus, agent_view
-
         coord = self.coord
         jobs = GaugeMetricFamily("comfyfleet_jobs", "Non-terminal jobs by state",
                                  labels=["status"])

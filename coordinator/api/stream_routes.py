@@ -72,11 +72,9 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     job = coord.get(_id(request, "job_id"))
     after = last_event_id(request)
     bus = coord.bus
-    replay = after is not None and bus.covers(after)
-    sub = bus.subscribe(job.id, after if replay else None)
-    job = coord.get(job.id)
+    sub = bus.subscribe(job.id, after)  # no await since `get`: the job is as of the subscribe
     terminal = job.status in TERMINAL
-    if not replay:  # start from the job's state now, stamped with the bus's current id
+    if not sub.resumed:  # start from the job's state now, stamped with the bus's current id
         first = [Event(bus.last_id, JOB, job_event_data(job), job.id, terminal=terminal)]
         live = coord.progress.get(job.id)
         if live is not None and not terminal:
@@ -85,8 +83,8 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     elif terminal and not any(e.terminal for e in sub.buffer):
         # the terminal event went out before `after`: say it again so the stream can end
         sub.buffer.append(Event(bus.last_id, JOB, job_event_data(job), job.id, terminal=True))
-    resp = await _open(request)
     try:
+        resp = await _open(request)
         with contextlib.suppress(ConnectionResetError):
             await _pump(resp, sub, end_on_terminal=True)
     finally:
@@ -99,9 +97,9 @@ async def fleet_events(request: web.Request) -> web.StreamResponse:
     coord = request.app[COORDINATOR]
     after = last_event_id(request)
     bus = coord.bus
-    sub = bus.subscribe(None, after if after is not None and bus.covers(after) else None)
-    resp = await _open(request)
+    sub = bus.subscribe(None, after)
     try:
+        resp = await _open(request)
         with contextlib.suppress(ConnectionResetError):
             await _pump(resp, sub, end_on_terminal=False)
     finally:

@@ -25,6 +25,7 @@ def test_resume_gives_exactly_the_events_after_the_id(
     assert len(bus.ring) == min(ring, len(owners))
     if bus.covers(after):
         sub = bus.subscribe(None, after)
+        assert sub.resumed
         assert [e.id for e in sub.buffer] == [e.id for e in published if e.id > after]
         per_job = bus.subscribe("j1", after)
         assert [e.id for e in per_job.buffer] == [
@@ -32,6 +33,18 @@ def test_resume_gives_exactly_the_events_after_the_id(
     else:
         # the ring no longer holds everything after `after` (or the id is from the future)
         assert after > len(owners) or after < len(owners) - ring
+        sub = bus.subscribe(None, after)
+        assert not sub.resumed and not sub.buffer
+
+
+def test_a_replay_larger_than_the_buffer_is_not_started() -> None:
+    bus = EventBus(ring_size=100, queue_size=5)
+    for i in range(10):
+        bus.publish("progress", {"n": i}, "j")
+    big = bus.subscribe("j", 2)
+    assert not big.resumed and not big.buffer and not big.closed
+    small = bus.subscribe("j", 7)
+    assert small.resumed and [e.id for e in small.buffer] == [8, 9, 10]
 
 
 @given(st.lists(jobs, min_size=1, max_size=50), st.integers(1, 10))
