@@ -163,6 +163,6 @@ async def test_dashboard_is_served(harness: MakeHarness) -> None:
     page = await resp.text()
     assert "/static/app.js" in page
     resp = await h.client.get("/static/app.js")
-    assert resp.status == 200 and "EventSource" in await resp.text()
+    assert resp.status == 200 and "/v1/events" in await resp.text()
     resp = await h.client.get("/static/../service.py")
     assert resp.status in (403, 404)

@@ -132,4 +132,16 @@ def test_dashboard_follows_a_job_and_cancels_one(fleet: Fleet, page: Page,
     expect(agent).to_have_attribute("data-status", "DRAINING")
     shot(page, "05-drained")
 
+    # with an API key set, requests, the live stream and images carry it as a Bearer header
+    seen_auth: list[str] = []
+    page.on("request", lambda req: seen_auth.append(req.headers.get("authorization", "")))
+    page.evaluate("localStorage.setItem('comfyfleet.apiKey', 'key-123')")
+    page.reload()
+    expect(page.locator("#live")).to_have_text("live")
+    page.locator(f"#job-{job_id}").click()
+    keyed = page.locator("#detail img.output")
+    page.wait_for_function("img => img.complete && img.naturalWidth === 384",
+                           arg=keyed.element_handle())
+    assert seen_auth.count("Bearer key-123") >= 3, seen_auth
+
 

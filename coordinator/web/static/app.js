@@ -1,9 +1,10 @@
-// comfyfleet dashboard: plain JavaScript, no build step. Live through EventSource on /v1/events.
+// comfyfleet dashboard: plain JavaScript, no build step. Live from the SSE stream /v1/events,
+// read with fetch (not EventSource) so that an API key can go along as a Bearer header.
 "use strict";
 
 const TERMINAL = new Set(["COMPLETED", "FAILED", "CANCELLED"]);
 const STATES = ["SUBMITTED", "QUEUED", "ASSIGNED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"];
-const state = { jobs: new Map(), agents: [], detail: null, agentTimer: null };
+const state = { jobs: new Map(), agents: [], detail: null, agentTimer: null, blobs: new Map() };
 const $ = (sel) => document.querySelector(sel);
 
 function el(tag, attrs = {}, ...children) {
@@ -20,11 +21,28 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+const apiKey = () => localStorage.getItem("comfyfleet.apiKey") || "";
+
 function headers(extra = {}) {
   const h = { Accept: "application/json", ...extra };
-  const key = localStorage.getItem("comfyfleet.apiKey");
-  if (key) h.Authorization = `Bearer ${key}`;
+  if (apiKey()) h.Authorization = `Bearer ${apiKey()}`;
   return h;
+}
+
+// An image from the API: a plain URL without a key; with one, fetched with the header.
+function image(attrs, url) {
+  if (!apiKey()) return el("img", { ...attrs, src: url });
+  const img = el("img", attrs);
+  const known = state.blobs.get(url);
+  if (known) { img.src = known; return img; }
+  fetch(url, { headers: headers({ Accept: "image/*" }) }).then((r) => r.ok ? r.blob() : null).then((b) => {
+    if (!b) return;
+    const obj = URL.createObjectURL(b);
+    if (state.blobs.size > 300) state.blobs.clear();
+    state.blobs.set(url, obj);
+    img.src = obj;
+  });
+  return img;
 }
 
 async function api(method, path, body, extra = {}) {
@@ -126,9 +144,9 @@ function jobRow(j) {
   const p = j.progress || {};
   const frac = Math.max(0, Math.min(1, p.fraction || 0));
   const step = p.max ? `${p.node_type || p.node || ""} ${p.value}/${p.max}` : (p.node_type || "");
-  const image = (j.outputs || []).find((o) => (o.content_type || "").startsWith("image/"));
-  const thumb = j.status === "COMPLETED" && image ? el("img", { class: "thumb output-thumb", src: image.url, alt: image.name })
-    : j.preview && !TERMINAL.has(j.status) ? el("img", { class: "thumb preview", src: j.preview, alt: "preview" }) : null;
+  const shown = (j.outputs || []).find((o) => (o.content_type || "").startsWith("image/"));
+  const thumb = j.status === "COMPLETED" && shown ? image({ class: "thumb output-thumb", alt: shown.name }, shown.url)
+    : j.preview && !TERMINAL.has(j.status) ? image({ class: "thumb preview", alt: "preview" }, j.preview) : null;
   const cancel = TERMINAL.has(j.status) ? null : el("button", { class: "cancel", disabled: j.cancel_requested,
     onclick: async (ev) => { ev.stopPropagation();
       try { upsertJob(await api("POST", `/v1/jobs/${encodeURIComponent(j.id)}/cancel`)); renderJobs(); say(`cancel sent to ${j.id}`, false); }
@@ -169,7 +187,7 @@ async function openDetail(id) {
     j.pending_reason && j.status === "QUEUED" ? el("p", { class: "meta" }, `waiting: ${j.pending_reason}`) : null,
     err,
     el("div", { class: "outputs" }, (j.outputs || []).map((o) => (o.content_type || "").startsWith("image/")
-      ? el("a", { href: o.url, target: "_blank" }, el("img", { class: "output", src: o.url, alt: o.name, title: o.name }))
+      ? el("a", { href: o.url, target: "_blank" }, image({ class: "output", alt: o.name, title: o.name }, o.url))
       : el("a", { href: o.url }, o.name))),
     el("h2", {}, "history"),
     el("table", { class: "history" }, el("tbody", {}, j.history.map((t) => el("tr", {},
@@ -211,30 +229,89 @@ function setupDrop() {
 
 // ------------------------------------------------------------------ live events
 
-function connect() {
-  const es = new EventSource("/v1/events");
-  const live = $("#live");
-  es.onopen = () => { live.textContent = "live"; live.className = "live on"; refreshAgents(); refreshJobs(); };
-  es.onerror = () => { live.textContent = "reconnecting"; live.className = "live off"; };
-  es.addEventListener("job", (m) => {
-    const d = JSON.parse(m.data);
+function dispatch(kind, raw) {
+  const d = JSON.parse(raw);
+  if (kind === "job") {
     upsertJob(d); renderJobs();
     if (state.detail === d.job_id) openDetail(d.job_id);
     agentsSoon();
-  });
-  es.addEventListener("progress", (m) => {
-    const d = JSON.parse(m.data);
+  } else if (kind === "progress") {
     upsertJob({ job_id: d.job_id, progress: d }); renderJobs();
-  });
-  es.addEventListener("preview", (m) => {
-    const d = JSON.parse(m.data);
+  } else if (kind === "preview") {
     const j = upsertJob({ job_id: d.job_id }); j.preview = d.url; renderJobs();
+  } else if (kind === "agent") {
+    agentsSoon();
+  }
+}
+
+function setLive(on) {
+  const live = $("#live");
+  live.textContent = on ? "live" : "reconnecting";
+  live.className = on ? "live on" : "live off";
+}
+
+// Server-Sent Events over fetch: resumes with Last-Event-ID after a dropped connection.
+async function follow() {
+  let last = null;
+  for (;;) {
+    try {
+      const h = headers({ Accept: "text/event-stream" });
+      if (last !== null) h["Last-Event-ID"] = last;
+      const resp = await fetch("/v1/events", { headers: h, cache: "no-store" });
+      if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
+      setLive(true); refreshAgents(); refreshJobs();
+      const reader = resp.body.getReader();
+      const decoder = new TextDecoder();
+      let buf = "";
+      let ev = { kind: "message", data: [], id: null };
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += decoder.decode(value, { stream: true });
+        let nl;
+        while ((nl = buf.indexOf("\n")) >= 0) {
+          const line = buf.slice(0, nl).replace(/\r$/, "");
+          buf = buf.slice(nl + 1);
+          if (line === "") {
+            if (ev.id !== null) last = ev.id;
+            if (ev.data.length) {
+              try { dispatch(ev.kind, ev.data.join("\n")); } catch (e) { console.error(e); }
+            }
+            ev = { kind: "message", data: [], id: null };
+          } else if (!line.startsWith(":")) {
+            const c = line.indexOf(":");
+            const name = c < 0 ? line : line.slice(0, c);
+            let val = c < 0 ? "" : line.slice(c + 1);
+            if (val.startsWith(" ")) val = val.slice(1);
+            if (name === "data") ev.data.push(val);
+            else if (name === "event") ev.kind = val;
+            else if (name === "id") ev.id = val;
+          }
+        }
+      }
+    } catch (e) {
+      say(`live updates: ${e.message}; retrying`);
+    }
+    setLive(false);
+    await new Promise((ok) => setTimeout(ok, 1000));
+  }
+}
+
+function setupKey() {
+  const button = $("#key");
+  button.textContent = apiKey() ? "API key ✓" : "API key";
+  button.addEventListener("click", () => {
+    const key = prompt("API key for this coordinator (kept in this browser; empty to forget)", apiKey());
+    if (key === null) return;
+    if (key) localStorage.setItem("comfyfleet.apiKey", key.trim());
+    else localStorage.removeItem("comfyfleet.apiKey");
+    location.reload();
   });
-  es.addEventListener("agent", () => agentsSoon());
 }
 
 setupDrop();
+setupKey();
 refreshAgents();
 refreshJobs();
-connect();
+follow();
 setInterval(refreshAgents, 5000);  // ages and measured numbers between events
