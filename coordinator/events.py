@@ -42,9 +42,6 @@ class Subscription:
     resumed: bool = False  # the events since the asked-for id were replayed
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def wants(self, event: Event) -> bool:
-        return self.job_id is None or event.job_id == self.job_id
-
     def push(self, event: Event) -> bool:
         """Buffer one event; False (and closed as lagging) when the reader is too far behind."""
         if self.closed:
@@ -81,19 +78,32 @@ class EventBus:
         self.ring: deque[Event] = deque(maxlen=ring_size)
         self.queue_size = queue_size
         self.last_id = start_id
-        self.subscribers: set[Subscription] = set()
+        self.by_job: dict[str | None, set[Subscription]] = {}  # None: fleet-wide readers
         self.dropped_subscribers = 0
+
+    @property
+    def subscribers(self) -> set[Subscription]:
+        return {sub for subs in self.by_job.values() for sub in subs}
 
     def publish(self, kind: str, data: dict[str, Any], job_id: str | None = None,
                 terminal: bool = False) -> Event:
         self.last_id += 1
         event = Event(self.last_id, kind, data, job_id, terminal)
         self.ring.append(event)
-        for sub in list(self.subscribers):
-            if sub.wants(event) and not sub.push(event):
-                self.subscribers.discard(sub)
-                self.dropped_subscribers += 1
+        keys = (None,) if job_id is None else (None, job_id)
+        for key in keys:
+            for sub in list(self.by_job.get(key, ())):
+                if not sub.push(event):
+                    self._remove(sub)
+                    self.dropped_subscribers += 1
         return event
+
+    def _remove(self, sub: Subscription) -> None:
+        subs = self.by_job.get(sub.job_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self.by_job[sub.job_id]
 
     def covers(self, after: int) -> bool:
         """Whether the ring still holds every event with an id greater than `after`."""
@@ -117,11 +127,11 @@ class EventBus:
             if len(missed) < self.queue_size:
                 sub.buffer.extend(missed)
                 sub.resumed = True
-        self.subscribers.add(sub)
+        self.by_job.setdefault(job_id, set()).add(sub)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
-        self.subscribers.discard(sub)
+        self._remove(sub)
         sub.close()
 
     def close_all(self) -> None:
