@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -72,6 +73,20 @@ def test_submit_wait_downloads_and_listings(fleet: Fleet, tmp_path: Path) -> Non
     assert json.loads(cli(fleet, "agents", "--json").stdout)[0]["id"] == "c1"
     top = cli(fleet, "top", "--once")
     assert top.returncode == 0 and "comfyfleet top" in top.stdout and job_id in top.stdout
+
+    live = subprocess.Popen([sys.executable, "-m", "comfyfleet", "top", "--interval", "0.3",
+                             "--coordinator", fleet.url], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)
+        live.send_signal(signal.SIGINT)
+        out, err = live.communicate(timeout=30)
+    finally:
+        if live.poll() is None:
+            live.kill()
+            live.wait()
+    assert live.returncode == 0, err
+    assert out.count("comfyfleet top") >= 2 and "\x1b[2J" in out  # redrawn in place
 
 
 def test_cancelled_and_failed_exit_codes(fleet: Fleet, tmp_path: Path) -> None:
