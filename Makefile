@@ -30,7 +30,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy cli shared coordinator agent
+	$(BIN)/mypy cli shared coordinator agent client
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -102,12 +102,22 @@ def jobs_table(jobs: Sequence[Job], now: float) -> str:
     return table(["ID", "STATUS", "PROGRESS", "AGENT", "AGE", "NOTE"], rows)
 
 
+def health(a: Agent) -> str:
+    """`ok`, or what is wrong: silent for a while, ComfyUI instances down."""
+    if a.status == "LOST":
+        return f"silent {age(a.seen_ago_s)}"
+    down = [str(i.get("instance_id")) for i in a.instances if not i.get("healthy", True)]
+    if down:
+        return f"comfyui down: {','.join(down)}"[:30]
+    return "ok" if a.instances or a.gpus else "no instances"
+
+
 def agents_table(agents: Sequence[Agent]) -> str:
     rows = []
     for a in agents:
         host = a.host
         ram_used = host.ram_total_mb - host.ram_available_mb
-        first = [a.id, a.status, str(len(a.jobs)),
+        first = [a.id, a.status, health(a), str(len(a.jobs)),
                  f"{host.cpu_count} ({host.load_1m or 0:.1f})",
                  f"{ram_used / 1024:.1f}/{host.ram_total_mb / 1024:.1f}G"]
         if not a.gpus:
@@ -118,8 +128,8 @@ def agents_table(agents: Sequence[Agent]) -> str:
                          f"[{vram_bar(g.vram_total_mb, g.vram_used_mb, g.vram_reserved_mb)}]",
                          f"used {g.vram_used_mb / 1024:.1f} res {g.vram_reserved_mb / 1024:.1f} "
                          f"free {g.vram_free_mb / 1024:.1f} of {g.vram_total_mb / 1024:.1f}G"])
-    return table(["AGENT", "STATUS", "JOBS", "CPU (LOAD)", "RAM", "GPU", "VRAM #used =reserved",
-                  ""], rows)
+    return table(["AGENT", "STATUS", "HEALTH", "JOBS", "CPU (LOAD)", "RAM", "GPU",
+                  "VRAM #used =reserved", ""], rows)
 
 
 def job_detail(j: Job) -> str:

@@ -75,5 +75,9 @@ def test_tables() -> None:
                             vram_reserved_mb=12288, vram_free_mb=18432)])
     text = agents_table([agent])
     assert "a1" in text and "ONLINE" in text and "[#####=====..........]" in text
-    assert "free 18.0 of 24.0G" in text
+    assert "free 18.0 of 24.0G" in text and " ok " in text
+    sick = Agent(id="a2", status="ONLINE", instances=[{"instance_id": "0", "healthy": False}])
+    assert "comfyui down: 0" in agents_table([sick])
+    lost = Agent(id="a3", status="LOST", seen_ago_s=120.0)
+    assert "silent 2m" in agents_table([lost])
     assert "status   QUEUED" in job_detail(job)
