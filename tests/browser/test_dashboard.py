@@ -76,6 +76,7 @@ def test_dashboard_follows_a_job_and_cancels_one(fleet: Fleet, page: Page,
     agent = page.locator('.agent[data-agent="b1"]')
     expect(agent).to_have_attribute("data-status", "ONLINE")
     expect(agent.locator(".vram")).to_have_count(1)
+    expect(agent).to_contain_text("ComfyUI 1/1 healthy")
     expect(page.locator("#live")).to_have_text("live")
     shot(page, "01-fleet")
 

@@ -101,7 +101,8 @@ function renderAgents() {
         el("span", { class: `badge ${a.status}` }, a.status), el("span", { class: "meta" }, `seen ${ago(a.last_seen)} ago`),
         el("span", { style: "margin-left:auto" }, drain)),
       el("div", { class: "meta" },
-        `CPU ${host.cpu_count || "?"} cores, load ${(host.load_1m || 0).toFixed(2)} · RAM ${gb(ramUsed)} / ${gb(host.ram_total_mb || 0)} · jobs ${a.jobs.length}`),
+        `CPU ${host.cpu_count || "?"} cores, load ${(host.load_1m || 0).toFixed(2)} · RAM ${gb(ramUsed)} / ${gb(host.ram_total_mb || 0)} · jobs ${a.jobs.length}`,
+        ` · ComfyUI ${a.instances.filter((i) => i.healthy).length}/${a.instances.length} healthy`),
       a.gpus.map((g) => el("div", { class: "gpu" },
         `GPU ${g.index} ${g.name}: used ${gb(g.vram_used_mb)}, reserved ${gb(g.vram_reserved_mb || 0)}, free ${gb(g.vram_free_mb)} of ${gb(g.vram_total_mb)}`,
         vramBar(g)))));
