@@ -193,12 +193,6 @@ def add_demo(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add(sub)
 
 
-def add_submit(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from comfyfleet.submit import add_submit as add
-
-    add(sub)
-
-
 def add_config(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from comfyfleet.config_cmd import add_config as add
 
@@ -217,15 +211,23 @@ def add_check(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     add(sub)
 
 
+def add_client_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from comfyfleet.commands_fleet import add_agents, add_top
+    from comfyfleet.commands_jobs import add_cancel, add_job, add_jobs, add_submit
+
+    for add in (add_submit, add_jobs, add_job, add_cancel, add_agents, add_top):
+        add(sub)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [  # type: ignore[type-arg]
     add_coordinator,
     add_agent,
     add_comfyui_sim,
     add_demo,
-    add_submit,
     add_config,
     add_keys,
     add_check,
+    add_client_commands,
 ]
 
 

@@ -9,16 +9,18 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from comfyfleet.coordinator.api import agent_routes, client_routes, graceful
+from comfyfleet.coordinator.api import agent_routes, client_routes, graceful, stream_routes
 from comfyfleet.coordinator.api.auth import KEYRING, auth_middleware, exposure_problem
 from comfyfleet.coordinator.api.errors import errors_middleware
 from comfyfleet.coordinator.api.keys import CONFIG, COORDINATOR, SUPERVISOR
+from comfyfleet.coordinator.api.requestlog import request_log_middleware
 from comfyfleet.coordinator.config import CoordinatorConfig
 from comfyfleet.coordinator.errors import CoordinatorError
 from comfyfleet.coordinator.keyring import KeyRing
 from comfyfleet.coordinator.outputs import OutputFiles
 from comfyfleet.coordinator.service import Coordinator
 from comfyfleet.coordinator.store import open_store
+from comfyfleet.coordinator.web import routes as web_routes
 from comfyfleet.shared.settings import ConfigError
 from comfyfleet.shared.supervisor import Supervisor
 from comfyfleet.shared.tls import server_context
@@ -27,14 +29,16 @@ log = structlog.get_logger("coordinator")
 
 
 def create_app(config: CoordinatorConfig, *, loops: bool = True) -> web.Application:
-    app = web.Application(middlewares=[graceful.inflight_middleware, errors_middleware,
-                                       auth_middleware],
+    app = web.Application(middlewares=[request_log_middleware, graceful.inflight_middleware,
+                                       errors_middleware, auth_middleware],
                           client_max_size=max(config.max_body_bytes, config.max_chunk_bytes))
     app[CONFIG] = config
     app[KEYRING] = KeyRing.load(config.keys_path)
     app[graceful.INFLIGHT] = graceful.InFlight()
     app.add_routes(client_routes.routes)
     app.add_routes(agent_routes.routes)
+    app.add_routes(stream_routes.routes)
+    app.add_routes(web_routes.routes)
 
     async def coordinator_ctx(app: web.Application) -> AsyncIterator[None]:
         store = open_store(config.data_dir)
@@ -45,6 +49,7 @@ def create_app(config: CoordinatorConfig, *, loops: bool = True) -> web.Applicat
         yield
         for agent in coord.agents.values():
             agent.wake.set()  # release long-polls
+        coord.bus.close_all()
         store.close()
 
     async def loops_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -57,6 +62,11 @@ def create_app(config: CoordinatorConfig, *, loops: bool = True) -> web.Applicat
         yield
         await supervisor.stop()
 
+    async def close_streams(app: web.Application) -> None:
+        if COORDINATOR in app:
+            app[COORDINATOR].bus.close_all()  # SSE handlers end before the runner waits
+
+    app.on_shutdown.append(close_streams)
     app.cleanup_ctx.append(coordinator_ctx)
     app.cleanup_ctx.append(loops_ctx)
     return app

@@ -21,8 +21,11 @@ from comfyfleet.coordinator.blocking import BlockPolicy, FailureBook, apply_bloc
 from comfyfleet.coordinator.config import CoordinatorConfig
 from comfyfleet.coordinator.errors import Conflict, NotFound, StaleAttempt, Unprocessable
 from comfyfleet.coordinator.estimates import Estimate, learned_vram_mb
+from comfyfleet.coordinator.events import EventBus
+from comfyfleet.coordinator.feed import Feed
 from comfyfleet.coordinator.fleet import AgentState, AgentStatus, agent_view
 from comfyfleet.coordinator.inventory import decode_inputs, fleet_gap
+from comfyfleet.coordinator.metrics import Metrics
 from comfyfleet.coordinator.model import AgentRecord, JobRecord
 from comfyfleet.coordinator.outputs import OutputFiles
 from comfyfleet.coordinator.scheduler.model import JobRequest
@@ -74,6 +77,7 @@ class LiveProgress:
     max: float | None = None
     cached: list[str] = dataclasses.field(default_factory=list)
     preview: tuple[bytes, str] | None = None
+    previews: int = 0  # how many preview frames arrived (cache-busting for preview URLs)
     updated_at: float = 0.0
 
 
@@ -84,6 +88,8 @@ class Coordinator:
         store: Store,
         outputs: OutputFiles,
         clock: Callable[[], float] = time.time,
+        bus: EventBus | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -103,6 +109,14 @@ class Coordinator:
         self.block_policy = BlockPolicy(config.block_after_failures, config.block_cooldown_s,
                                         config.block_window_s)
         self.estimates: dict[tuple[str, str], Estimate] = {}  # (shape, GPU name), in memory
+        self.bus = bus or EventBus(start_id=int(clock() * 1_000_000))
+        self.metrics = metrics or Metrics()
+        self.metrics.watch(self)
+        self.feed = Feed(self.bus, self.metrics)
+
+    def emit(self, kind: str, data: dict[str, Any], job_id: str | None = None) -> None:
+        """Publish a fleet event (e.g. `workflow_blocked`) to the live streams."""
+        self.bus.publish(kind, data, job_id)
 
     # ------------------------------------------------------------------ recovery
 
@@ -142,6 +156,7 @@ class Coordinator:
 
     def _index(self, old: JobRecord | None, new: JobRecord) -> None:
         job_id = new.id
+        self.feed.job_changed(old, new, self.clock())
         if old is not None and old.agent_id and (
             new.status not in ACTIVE or new.agent_id != old.agent_id
         ):
@@ -250,6 +265,7 @@ class Coordinator:
         if agent.status == AgentStatus.ONLINE:
             agent.status = AgentStatus.DRAINING
         agent.wake.set()
+        self.feed.agent(agent, "draining")
         log.info("agent_drain", agent_id=agent_id)
         return agent
 
@@ -292,6 +308,7 @@ class Coordinator:
                 job.status == JobStatus.RUNNING or job_id in self.delivered
             ):
                 self._release(job, now, "agent restarted without this job", spend_retry=True)
+        self.feed.agent(agent, "registered")
         log.info("agent_registered", agent_id=msg.agent_id, gpus=len(msg.gpus),
                  instances=len(msg.instances), running=len(msg.running), dropped=len(drop))
         self.wake.set()
@@ -314,6 +331,7 @@ class Coordinator:
         if msg.draining and not agent.draining:
             agent.draining = True
             agent.status = AgentStatus.DRAINING
+        self.feed.agent(agent, "heartbeat")
         cancel: list[p.JobRef] = []
         drop: list[p.JobRef] = []
         for r in msg.running:
@@ -405,6 +423,7 @@ class Coordinator:
     def events(self, msg: p.Events) -> p.Ack:
         job = self._fenced(msg.agent_id, msg.job_id, msg.attempt)
         live = self.progress.setdefault(job.id, LiveProgress())
+        previews = live.previews
         for ev in msg.events:
             live.updated_at = ev.t
             if ev.kind == "cached":
@@ -415,8 +434,10 @@ class Coordinator:
                 live.value, live.max = ev.value, ev.max
             elif ev.kind == "preview" and ev.image is not None:
                 live.preview = (ev.image, ev.mime or "image/jpeg")
+                live.previews += 1
             if ev.fraction is not None:
                 live.fraction = max(live.fraction or 0.0, ev.fraction)
+        self.feed.progress(job, live, preview=live.previews != previews)
         return p.Ack(status="cancel" if job.desired != "run" else job.status.value)
 
     def upload(self, agent_id: str, job_id: str, attempt: int, name: str, offset: int,
@@ -475,7 +496,7 @@ class Coordinator:
             if agent is not None:
                 agent.recent_failures.append(now)
             log.info("job_failed", job_id=job.id, agent_id=msg.agent_id,
-                     code=(err or {}).get("code"))
+                     attempt=job.attempt, code=(err or {}).get("code"))
             return p.Ack(status=new.status.value)
         if msg.outcome == "cancelled" and job.desired == "cancel":
             new = moves.advance(job, JobEvent.CANCEL, now, "cancelled by user; agent confirmed")
@@ -511,8 +532,9 @@ class Coordinator:
         views = [agent_view(a, self.jobs, RECENT_FAILURE_WINDOW_S, now)
                  for a in self.agents.values() if a.status != AgentStatus.LOST]
         queue = apply_blocks(self.queued.values(), self.blocks.blocked(now))
-        result = plan(queue, views, now, max_placements=MAX_PLACEMENTS_PER_PLAN,
-                      affinity_bucket_mb=self.config.affinity_bucket_mb)
+        with self.metrics.schedule_seconds.time():
+            result = plan(queue, views, now, max_placements=MAX_PLACEMENTS_PER_PLAN,
+                          affinity_bucket_mb=self.config.affinity_bucket_mb)
         for job_id, reason in result.pending.items():
             job = self.jobs.get(job_id)
             if job is not None:
@@ -567,6 +589,7 @@ class Coordinator:
                 continue
             agent.status = AgentStatus.LOST
             self.counters["lost_agents"] += 1
+            self.feed.agent(agent, "lost")
             log.warning("agent_lost", agent_id=agent.agent_id, silent_s=round(silent, 1),
                         jobs=len(agent.jobs))
             agent.wake.set()
@@ -609,24 +632,24 @@ class Coordinator:
 
     # ------------------------------------------------------------------ placement memory
 
-    def emit(self, kind: str, **fields: Any) -> None:
-        """A fleet event (workflow_blocked, workflow_unblocked): logged and counted here; the
-        live event stream subscribes through this one method."""
+    def _fleet_event(self, kind: str, **fields: Any) -> None:
+        """A fleet event (workflow_blocked, workflow_unblocked): logged, counted and published."""
         self.counters[kind] = self.counters.get(kind, 0) + 1
         log.info(kind, **fields)
+        self.emit(kind, fields)
 
     def _pair_failed(self, agent_id: str, shape: str, now: float,
                      err: dict[str, Any] | None) -> None:
         self.blocks, change = self.blocks.record_failure(agent_id, shape, now, self.block_policy)
         if change is not None:
-            self.emit(change.kind, agent_id=agent_id, workflow_shape=shape,
+            self._fleet_event(change.kind, agent_id=agent_id, workflow_shape=shape,
                       until=change.until, failures=change.failures,
                       code=(err or {}).get("code"))
 
     def _expire_blocks(self, now: float) -> None:
         self.blocks, changes = self.blocks.expire(now, self.block_policy)
         for change in changes:
-            self.emit(change.kind, agent_id=change.agent_id, workflow_shape=change.shape)
+            self._fleet_event(change.kind, agent_id=change.agent_id, workflow_shape=change.shape)
         if changes:
             self.wake.set()
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -123,7 +125,40 @@ async def test_metrics_is_admin_only(fleet: Fleet) -> None:
     await error_of(await c.get("/metrics", headers=fleet.auth("acme")), 403)
     await error_of(await c.get("/metrics", headers=fleet.auth("fleet")), 403)
     resp = await c.get("/metrics", headers=fleet.auth("admin"))
-    assert resp.status != 401 and resp.status != 403  # 404 until a branch adds /metrics
+    assert resp.status == 200
+    assert "comfyfleet_queue_depth" in await resp.text()
+
+
+async def test_public_dashboard_page_needs_no_credential(fleet: Fleet) -> None:
+    resp = await fleet.client.get("/")
+    assert resp.status == 200 and "text/html" in resp.headers["Content-Type"]
+
+
+async def sse_job_ids(resp: Any, until: str) -> list[str]:
+    """The job ids of the events on an SSE stream, read up to the first event about `until`."""
+    seen: list[str] = []
+    async with asyncio.timeout(10):
+        while until not in seen:
+            line = (await resp.content.readline()).decode()
+            if line.startswith("data: "):
+                job_id = json.loads(line[6:]).get("job_id")
+                if job_id:
+                    seen.append(job_id)
+    return seen
+
+
+async def test_fleet_stream_shows_a_tenant_only_its_own_jobs(fleet: Fleet) -> None:
+    c = fleet.client
+    await error_of(await c.get("/v1/events"), 401)
+    mine_stream = await c.get("/v1/events", headers=fleet.auth("acme"))
+    admin_stream = await c.get("/v1/events", headers=fleet.auth("admin"))
+    assert mine_stream.status == 200 and admin_stream.status == 200
+    theirs = await fleet.submit("beta")
+    mine = await fleet.submit("acme")
+    assert set(await sse_job_ids(admin_stream, until=mine)) == {theirs, mine}
+    assert set(await sse_job_ids(mine_stream, until=mine)) == {mine}
+    mine_stream.close()
+    admin_stream.close()
 
 
 async def test_tenants_see_only_their_own_jobs(fleet: Fleet) -> None:

@@ -68,26 +68,3 @@ def test_fleet_gap() -> None:
     assert fleet_gap(["m1"], ["B"], [a, b]) == (
         "no agent in the fleet has all of model files m1 and node classes B"
     )
-
-
-def test_submit_status_line_shows_time_left_until_the_end() -> None:
-    from comfyfleet.submit import status_line
-
-    running = {
-        "status": "RUNNING",
-        "progress": {"fraction": 0.45, "node_type": "KSampler"},
-        "eta": {"remaining_s": 3.21},
-        "agent_id": "gpu-1",
-    }
-    assert status_line(running) == "RUNNING     45%  KSampler  ~3.2 s left  (agent gpu-1)"
-    queued = {
-        "status": "QUEUED",
-        "progress": {},
-        "eta": {"remaining_s": 2.0},
-        "pending_reason": "waiting for capacity: all 2 eligible instances are busy",
-    }
-    assert status_line(queued) == (
-        "QUEUED     ~2.0 s left  (waiting for capacity: all 2 eligible instances are busy)"
-    )
-    done = {"status": "COMPLETED", "progress": {"fraction": 1.0}, "eta": None, "agent_id": "a"}
-    assert status_line(done) == "COMPLETED  100%  (agent a)"
