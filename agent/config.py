@@ -22,6 +22,11 @@ class AgentConfig:
     request_timeout_s: float = 60.0
     cancel_wait_s: float = 30.0  # after /interrupt, give up on a ComfyUI that never stops
     comfyui_timeout_s: float = 30.0  # one HTTP call to ComfyUI (a hung /prompt) gives up after
+    vram_sample_s: float = 0.25  # sample ComfyUI's VRAM this often while a job runs
+    inventory_refresh_s: float = 60.0  # re-read models and node classes this often
+    log_level: str = "info"
+    agent_token: str | None = field(default=None, repr=False)  # sent as Authorization: Bearer
+    ca_file: Path | None = None  # CA bundle to verify an https coordinator (default: system)
 
     @property
     def state_file(self) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ssl
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,11 +42,14 @@ class Refused(AgentError):
 
 class CoordinatorClient:
     def __init__(self, session: aiohttp.ClientSession, base_url: str, agent_id: str,
-                 timeout_s: float = 60.0) -> None:
+                 timeout_s: float = 60.0, *, token: str | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.session = session
         self.base = base_url.rstrip("/") + "/agent/v1"
         self.agent_id = agent_id
         self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=5)
+        self.auth = {"Authorization": f"Bearer {token}"} if token else {}
+        self.ssl: ssl.SSLContext | bool = ssl_context or True
 
     async def call(self, path: str, msg: Any, reply: type[T], *, retries: int = 3,
                    http_timeout: aiohttp.ClientTimeout | None = None) -> T:
@@ -55,7 +59,8 @@ class CoordinatorClient:
             try:
                 async with self.session.post(
                     f"{self.base}/{path}", data=body, timeout=http_timeout or self.timeout,
-                    headers={"Content-Type": codec.MSGPACK, "Accept": codec.MSGPACK},
+                    headers={"Content-Type": codec.MSGPACK, "Accept": codec.MSGPACK,
+                             **self.auth}, ssl=self.ssl,
                 ) as resp:
                     data = await resp.read()
                     return self._answer(resp.status, resp.content_type, data, reply)
@@ -117,7 +122,8 @@ class CoordinatorClient:
             try:
                 if failures:  # after trouble, ask where to resume
                     async with self.session.get(url, params=params, timeout=self.timeout,
-                                                headers={"Accept": codec.MSGPACK}) as resp:
+                                                headers={"Accept": codec.MSGPACK, **self.auth},
+                                                ssl=self.ssl) as resp:
                         state = self._answer(resp.status, resp.content_type, await resp.read(),
                                              p.UploadState)
                     offset = state.received
@@ -126,7 +132,8 @@ class CoordinatorClient:
                 data = await asyncio.to_thread(_read_at, path, offset, chunk_size)
                 async with self.session.put(
                     url, params={**params, "offset": str(offset), "sha256": sha256}, data=data,
-                    timeout=self.timeout, headers={"Accept": codec.MSGPACK},
+                    timeout=self.timeout, headers={"Accept": codec.MSGPACK, **self.auth},
+                    ssl=self.ssl,
                 ) as resp:
                     state = self._answer(resp.status, resp.content_type, await resp.read(),
                                          p.UploadState)

@@ -19,11 +19,14 @@ from comfyfleet.agent.coordinator_client import (
     CoordinatorUnavailable,
     Refused,
 )
+from comfyfleet.agent.inventory import Inventory, common, read_inventory
 from comfyfleet.agent.probe import GpuSnapshot, ResourceProbe, gpus_from_system_stats
+from comfyfleet.agent.profile import comfyui_held_mb
 from comfyfleet.agent.runner import JobRunner
 from comfyfleet.agent.state import HeldJob, StateFile
 from comfyfleet.shared import protocol as p
 from comfyfleet.shared.supervisor import Supervisor
+from comfyfleet.shared.tls import client_context
 
 log = structlog.get_logger("agent")
 
@@ -54,8 +57,11 @@ class Agent:
         self.config = config
         self.session = session
         self.probe = probe
-        self.coord = CoordinatorClient(session, config.coordinator_url, config.agent_id,
-                                       config.request_timeout_s)
+        self.coord = CoordinatorClient(
+            session, config.coordinator_url, config.agent_id, config.request_timeout_s,
+            token=config.agent_token,
+            ssl_context=(client_context(config.ca_file)
+                         if config.coordinator_url.startswith("https:") else None))
         self.instances = {
             str(i): Instance(str(i), url, ComfyUIClient(
                 session, url, request_timeout_s=config.comfyui_timeout_s),
@@ -71,6 +77,9 @@ class Agent:
         self.draining = False
         self.changed = asyncio.Event()  # a slot freed, health changed: lease/heartbeat now
         self.registered = asyncio.Event()
+        self.inventory: Inventory | None = None  # models and node classes all instances have
+        self.inventory_sent: Inventory | None = None
+        self.inventory_at = float("-inf")
 
     # ------------------------------------------------------------------ resources
 
@@ -94,6 +103,27 @@ class Agent:
                          healthy=healthy, error=error)
             inst.healthy, inst.error = healthy, error
         return changed
+
+    async def refresh_inventory(self) -> None:
+        """Re-read models and node classes from the healthy instances (best effort)."""
+        found = []
+        for inst in self.instances.values():
+            if not inst.healthy:
+                continue
+            try:
+                found.append(await read_inventory(inst.client))
+            except ComfyUIError as exc:
+                log.warning("inventory_failed", instance=inst.instance_id, error=str(exc))
+        self.inventory_at = asyncio.get_running_loop().time()
+        if found:
+            self.inventory = common(found)
+
+    def inventory_fields(self, changed_only: bool) -> dict[str, Any]:
+        inv = self.inventory
+        if inv is None or (changed_only and inv == self.inventory_sent):
+            return {}
+        self.inventory_sent = inv
+        return {"models": sorted(inv.models), "node_classes": sorted(inv.node_classes)}
 
     def mark_lost(self, instance_id: str, reason: str) -> None:
         inst = self.instances.get(instance_id)
@@ -151,7 +181,8 @@ class Agent:
         msg = p.Register(agent_id=self.config.agent_id, version=__version__,
                          host=await self.host(), gpus=await self.gpus(),
                          instances=[i.info() for i in self.instances.values()],
-                         labels=self.config.labels, running=running)
+                         labels=self.config.labels, running=running,
+                         **self.inventory_fields(changed_only=False))
         reply = await self.coord.register(msg)
         self.heartbeat_interval = reply.heartbeat_interval_s
         self.lease_wait = reply.lease_wait_s
@@ -216,7 +247,7 @@ class Agent:
             agent_id=self.config.agent_id, host=await self.host(), gpus=await self.gpus(),
             instances=[i.info() for i in self.instances.values()],
             running=[r.running_info() for r in self.runners.values()],
-            draining=self.draining)
+            draining=self.draining, **self.inventory_fields(changed_only=True))
 
     # ------------------------------------------------------------------ loops
 
@@ -274,6 +305,10 @@ class Agent:
         while True:
             if await self.check_instances():
                 self.changed.set()
+                self.inventory_at = float("-inf")  # an instance came or went: read again
+            loop = asyncio.get_running_loop()
+            if loop.time() - self.inventory_at >= self.config.inventory_refresh_s:
+                await self.refresh_inventory()
             await asyncio.sleep(self.config.health_interval_s)
 
     async def drain(self, why: str) -> None:
@@ -304,17 +339,6 @@ def gpu_info(s: GpuSnapshot, index: int, reclaimable_mb: int = 0) -> p.GpuInfo:
                      utilization_pct=s.utilization_pct, source=s.source)
 
 
-def comfyui_held_mb(stats: dict[str, Any]) -> int:
-    """VRAM the ComfyUI process holds (torch's reserved pool) on its first CUDA device."""
-    for dev in stats.get("devices", []):
-        if isinstance(dev, dict) and dev.get("type") == "cuda":
-            held = dev.get("torch_vram_total")
-            if isinstance(held, int | float) and not isinstance(held, bool) and held > 0:
-                return int(held) // (1 << 20)
-            return 0
-    return 0
-
-
 async def serve(config: AgentConfig) -> int:
     """Run until SIGTERM (drain, exit 0), SIGINT, or a dead loop (exit 1)."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -328,6 +352,7 @@ async def serve(config: AgentConfig) -> int:
         agent = Agent(config, session, probe)
         agent.state.load()
         await agent.check_instances()
+        await agent.refresh_inventory()
         supervisor = Supervisor("agent")
         supervisor.start("heartbeat", agent.heartbeat_loop)
         supervisor.start("lease", agent.lease_loop)

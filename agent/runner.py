@@ -23,6 +23,9 @@ from comfyfleet.agent.coordinator_client import (
     CoordinatorClient,
     Refused,
 )
+from comfyfleet.agent.inputs import rename_inputs, upload_inputs
+from comfyfleet.agent.profile import VramSampler, comfyui_held_mb, profile_of
+from comfyfleet.agent.rejections import host_specific
 from comfyfleet.agent.state import HeldJob, StateFile
 from comfyfleet.shared import protocol as p
 
@@ -57,6 +60,9 @@ def output_name(ref: ev.OutputRef, taken: set[str]) -> str:
 
 def error_of(outcome: PromptOutcome) -> p.ErrorInfo:
     if outcome.status == "rejected":
+        lacking = host_specific(outcome.rejection, outcome.node_errors)
+        if lacking is not None:
+            return lacking
         err = outcome.rejection or {}
         first = next(iter(outcome.node_errors.items()), None)
         node_id = first[0] if first else None
@@ -103,6 +109,7 @@ class JobRunner:
         self.progress: float | None = None
         self.accepted = held is not None
         self.pending: list[p.JobEvent] = []
+        self.vram_peak_mb: int | None = None
         self.log = structlog.get_logger("agent.job").bind(job_id=job.job_id,
                                                            attempt=job.attempt,
                                                            instance=job.instance_id)
@@ -121,8 +128,13 @@ class JobRunner:
     async def run(self) -> None:
         flusher = asyncio.create_task(self._flush_loop())
         spool = self.config.spool_dir / f"{self.job.job_id}-{self.job.attempt}"
+        sampler = VramSampler(self._held_mb, self.config.vram_sample_s)
+        sampler.start()
         try:
-            outcome = await self._drive()
+            try:
+                outcome = await self._drive()
+            finally:
+                self.vram_peak_mb = await sampler.stop()
             if self.stop_reason == "drop":
                 self.log.info("job_dropped", reason="coordinator says this attempt is stale")
                 return
@@ -143,6 +155,9 @@ class JobRunner:
             self.state.remove(self.job.job_id)
             await asyncio.to_thread(shutil.rmtree, spool, True)
 
+    async def _held_mb(self) -> int | None:
+        return comfyui_held_mb(await self.client.system_stats())
+
     async def _drive(self) -> PromptOutcome:
         if self.held is not None:
             self.log.info("job_reattach", prompt_id=self.prompt_id)
@@ -152,6 +167,12 @@ class JobRunner:
                 cancel=self.cancel, timeout_s=max(remaining, 1.0), stall_s=self.config.stall_s,
                 graph=self.job.workflow or None, cancel_wait_s=self.config.cancel_wait_s)
         graph, seeds = ev.apply_seeds(self.job.workflow, random.SystemRandom())
+        if self.job.inputs:
+            try:
+                graph = rename_inputs(graph, await upload_inputs(self.client, self.job.inputs))
+            except ComfyUIError as exc:
+                return PromptOutcome(status="lost", prompt_id=self.prompt_id,
+                                     reason=f"could not upload input files: {exc}")
 
         async def accepted() -> None:
             self.accepted = True
@@ -219,7 +240,10 @@ class JobRunner:
 
     async def _report(self, outcome: PromptOutcome, spool: Path) -> None:
         finish: dict[str, Any] = {"agent_id": self.coord.agent_id, "job_id": self.job.job_id,
-                                  "attempt": self.job.attempt, "timings": outcome.timings}
+                                  "attempt": self.job.attempt, "timings": outcome.timings,
+                                  "vram_peak_mb": self.vram_peak_mb,
+                                  "profile": profile_of(outcome.timings, outcome.cached,
+                                                        self.job.workflow)}
         self.log.info("job_outcome", status=outcome.status, reason=outcome.reason,
                       outputs=len(outcome.outputs))
         if outcome.status == "succeeded":
@@ -238,7 +262,8 @@ class JobRunner:
         elif outcome.status == "cancelled" and self.stop_reason == "cancel":
             await self._finish(finish, "cancelled")
         elif outcome.status in ("failed", "rejected") and not outcome.retryable:
-            await self._finish(finish, "failed", error=error_of(outcome))
+            err = error_of(outcome)  # a model or node class missing here: try elsewhere
+            await self._finish(finish, "requeue" if err.retryable else "failed", error=err)
         else:
             if outcome.status == "lost" and self.on_lost is not None:
                 self.on_lost(outcome.reason)

@@ -16,11 +16,14 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
+import msgspec
+
+from comfyfleet.cache_stats import cache_hit_line
+from comfyfleet.client import APIError, AsyncClient, ClientError, Job
 
 SIZES = [(512, 512), (768, 512), (512, 768), (640, 640), (1024, 576), (576, 1024), (1024, 1024)]
 
@@ -76,7 +79,7 @@ class DemoJob:
     cancel_when_running: bool = False
     id: str = ""
     status: str = ""
-    record: dict[str, Any] = field(default_factory=dict)
+    record: Job | None = None
     submitted_at: float = 0.0
 
 
@@ -153,19 +156,17 @@ class Fleet:
                 proc.wait()
 
 
-async def wait_ready(session: aiohttp.ClientSession, fleet: Fleet, agents: int) -> None:
+async def wait_ready(client: AsyncClient, fleet: Fleet, agents: int) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if fleet.dead():
             raise RuntimeError(f"{', '.join(fleet.dead())} exited; see {fleet.logs}")
         try:
-            async with session.get(f"{fleet.url}/v1/agents") as resp:
-                data = await resp.json()
-                ready = [a for a in data["agents"] if a["status"] == "ONLINE" and a["gpus"]
-                         and all(i["healthy"] for i in a["instances"])]
-                if len(ready) >= agents:
-                    return
-        except (aiohttp.ClientError, KeyError):
+            ready = [a for a in await client.agents() if a.status == "ONLINE" and a.gpus
+                     and all(i.get("healthy") for i in a.instances)]
+            if len(ready) >= agents:
+                return
+        except ClientError:
             pass
         await asyncio.sleep(0.2)
     raise RuntimeError(f"agents did not come online within 60 s; see {fleet.logs}")
@@ -177,50 +178,53 @@ def bar(fraction: float | None, width: int = 20) -> str:
     return "#" * full + "." * (width - full)
 
 
-async def run_batch(session: aiohttp.ClientSession, url: str, out_dir: Path) -> int:
+async def run_batch(client: AsyncClient, out_dir: Path) -> int:
+    url = client.url
     jobs = batch()
     problems: list[str] = []
     print("\nsubmitting", len(jobs), "jobs and one invalid workflow ...")
     bad = invert(64, 64)
     bad["2"]["inputs"]["image"] = ["99", 0]
-    async with session.post(f"{url}/v1/jobs", json={"workflow": bad}) as resp:
-        err = (await resp.json())["error"]
-        print(f"  invalid workflow rejected: HTTP {resp.status} {err['field']}: {err['message']}")
-        if resp.status != 400:
+    try:
+        await client.submit(bad)
+        problems.append("the invalid workflow was accepted")
+    except APIError as err:
+        print(f"  invalid workflow rejected: HTTP {err.status} {err.field}: {err.message}")
+        if err.status != 400:
             problems.append("the invalid workflow was not rejected with 400")
     t0 = time.monotonic()
     for job in jobs:
         job.submitted_at = time.monotonic()
-        async with session.post(f"{url}/v1/jobs", json=job.body) as resp:
-            data = await resp.json()
-            if resp.status != 201:
-                problems.append(f"{job.label}: submit answered {resp.status}: {data}")
-                continue
-            job.id = data["id"]
+        try:
+            job.id = (await client.submit(**job.body)).id
+        except APIError as err:
+            problems.append(f"{job.label}: submit answered {err}")
     cancelled_sent = False
     last_print = 0.0
     while True:
         for job in jobs:
             if not job.id or job.status in ("COMPLETED", "FAILED", "CANCELLED"):
                 continue
-            async with session.get(f"{url}/v1/jobs/{job.id}") as resp:
-                job.record = await resp.json()
-                job.status = job.record["status"]
+            job.record = await client.get(job.id)
+            job.status = job.record.status
             if job.cancel_when_running and job.status == "RUNNING" and not cancelled_sent and (
-                (job.record["progress"].get("fraction") or 0) > 0.05
+                (job.record.progress.fraction or 0) > 0.05
             ):
-                async with session.post(f"{url}/v1/jobs/{job.id}/cancel") as resp:
-                    cancelled_sent = resp.status in (200, 202)
-                    print(f"  cancel sent to '{job.label}' (HTTP {resp.status})")
+                try:
+                    await client.cancel(job.id)
+                    cancelled_sent = True
+                    print(f"  cancel sent to '{job.label}'")
+                except APIError as err:
+                    print(f"  cancel of '{job.label}' refused: {err}")
         if time.monotonic() - last_print > 1.0:
             last_print = time.monotonic()
             for job in jobs:
                 rec = job.record
-                where = f"{rec.get('agent_id') or '-'}"
-                prog = rec.get("progress", {}) if rec else {}
-                node = prog.get("node_type") or ""
+                where = (rec.agent_id if rec else None) or "-"
+                fraction = rec.progress.fraction if rec else None
+                node = (rec.progress.node_type if rec else None) or ""
                 print(f"  {job.label:32s} {job.status or 'SUBMITTED':10s} "
-                      f"[{bar(prog.get('fraction'))}] {where:12s} {node}")
+                      f"[{bar(fraction)}] {where:12s} {node}")
             print()
         if all(j.status in ("COMPLETED", "FAILED", "CANCELLED") for j in jobs if j.id):
             break
@@ -229,7 +233,7 @@ async def run_batch(session: aiohttp.ClientSession, url: str, out_dir: Path) -> 
             break
         await asyncio.sleep(0.2)
     elapsed = time.monotonic() - t0
-    problems += await check_outputs(session, url, jobs, out_dir)
+    problems += await check_outputs(client, jobs, out_dir)
     print_summary(jobs, elapsed, out_dir, url)
     if problems:
         print("\nPROBLEMS:")
@@ -240,33 +244,28 @@ async def run_batch(session: aiohttp.ClientSession, url: str, out_dir: Path) -> 
     return 0
 
 
-async def check_outputs(session: aiohttp.ClientSession, url: str, jobs: list[DemoJob],
-                        out_dir: Path) -> list[str]:
+async def check_outputs(client: AsyncClient, jobs: list[DemoJob], out_dir: Path) -> list[str]:
     from PIL import Image
 
     problems = []
     for job in jobs:
+        rec = job.record
         if job.status != job.expect:
-            err = job.record.get("error") or {}
+            err = (rec.error if rec else None) or {}
             problems.append(f"{job.label}: ended {job.status}, expected {job.expect} "
                             f"{err.get('message', '')}")
             continue
-        if job.expect != "COMPLETED":
+        if job.expect != "COMPLETED" or rec is None:
             continue
-        outputs = job.record.get("outputs", [])
-        if not outputs:
+        if not rec.outputs:
             problems.append(f"{job.label}: no outputs")
-        for out in outputs:
-            async with session.get(f"{url}{out['url']}") as resp:
-                data = await resp.read()
-            target = out_dir / job.id / out["name"]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-            size = Image.open(io.BytesIO(data)).size
+        for out in rec.outputs:
+            target = await client.download(out.url, out_dir / job.id / out.name)
+            size = Image.open(io.BytesIO(target.read_bytes())).size
             if job.size and size != job.size:
-                problems.append(f"{job.label}: output {out['name']} is {size}, wanted {job.size}")
-        if job.label.startswith("big") and job.record.get("agent_id") != "demo-gpu24":
-            problems.append(f"{job.label}: ran on {job.record.get('agent_id')}, not the 24 GB GPU")
+                problems.append(f"{job.label}: output {out.name} is {size}, wanted {job.size}")
+        if job.label.startswith("big") and rec.agent_id != "demo-gpu24":
+            problems.append(f"{job.label}: ran on {rec.agent_id}, not the 24 GB GPU")
     return problems
 
 
@@ -274,16 +273,22 @@ def print_summary(jobs: list[DemoJob], elapsed: float, out_dir: Path, url: str) 
     print(f"\nsummary ({elapsed:.1f} s for the batch)")
     print(f"  {'job':32s} {'status':10s} {'agent':12s} {'wait s':>7s} {'run s':>7s}  output")
     for job in jobs:
-        ts = job.record.get("timestamps", {})
+        rec = job.record
+        ts = rec.timestamps if rec else {}
         wait = ts.get("RUNNING", 0) - ts.get("SUBMITTED", 0) if "RUNNING" in ts else None
         end = ts.get("COMPLETED") or ts.get("CANCELLED") or ts.get("FAILED")
         run = end - ts["RUNNING"] if end and "RUNNING" in ts else None
-        outs = ", ".join(o["name"] for o in job.record.get("outputs", [])) or "-"
-        print(f"  {job.label:32s} {job.status:10s} {job.record.get('agent_id') or '-':12s} "
+        outs = ", ".join(o.name for o in rec.outputs) if rec and rec.outputs else "-"
+        agent = (rec.agent_id if rec else None) or "-"
+        print(f"  {job.label:32s} {job.status:10s} {agent:12s} "
               f"{'' if wait is None else f'{wait:7.2f}':>7s} "
               f"{'' if run is None else f'{run:7.2f}':>7s}  {outs}")
-    print(f"\noutputs downloaded to   {out_dir}")
-    print(f"API                     {url}/v1/jobs   {url}/v1/agents")
+    print("\n" + cache_hit_line(msgspec.to_builtins(job.record) for job in jobs
+                                 if job.record is not None))
+    print(f"outputs downloaded to   {out_dir}")
+    print(f"dashboard               {url}/")
+    print(f"API                     {url}/v1/jobs   {url}/v1/agents   {url}/metrics")
+    print(f"CLI                     comfyfleet jobs --coordinator {url}")
 
 
 async def demo(args: argparse.Namespace) -> int:
@@ -295,10 +300,10 @@ async def demo(args: argparse.Namespace) -> int:
     for name, gpu, port in started:
         print(f"  agent demo-{name:6s} -> simulated ComfyUI http://127.0.0.1:{port} ({gpu})")
     try:
-        async with aiohttp.ClientSession() as session:
-            await wait_ready(session, fleet, len(started))
-            print("  fleet is online")
-            code = await run_batch(session, fleet.url, data_dir / "outputs")
+        async with AsyncClient(fleet.url) as client:
+            await wait_ready(client, fleet, len(started))
+            print(f"  fleet is online; dashboard at {fleet.url}/")
+            code = await run_batch(client, data_dir / "outputs")
             if args.keep_running:
                 print(f"\nthe fleet keeps running; logs in {fleet.logs}. Ctrl-C to stop.")
                 while not fleet.dead():  # noqa: ASYNC110 - child processes have no event

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from comfyfleet import __version__
+from comfyfleet.coordinator.errors import CoordinatorError
+from comfyfleet.shared.errors import SharedError
 
 
 class CliError(Exception):
@@ -32,41 +34,52 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), number
 
 
-def env_default(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(f"COMFYFLEET_{name}", default)
-
-
 def add_coordinator(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from comfyfleet.daemon_config import add_config_arguments
+
     cmd = sub.add_parser("coordinator", help="run the coordinator daemon")
-    cmd.add_argument("--listen", type=parse_listen,
-                     default=env_default("LISTEN", "127.0.0.1:8787"),
+    add_config_arguments(cmd)
+    cmd.add_argument("--listen", type=parse_listen, default=None,
                      help="HOST:PORT to serve on (env COMFYFLEET_LISTEN; default 127.0.0.1:8787)")
-    cmd.add_argument("--data-dir", type=Path, default=env_default("DATA_DIR", "var/coordinator"),
-                     help="state directory: SQLite store and outputs (env COMFYFLEET_DATA_DIR)")
-    cmd.add_argument("--heartbeat-interval", type=float,
-                     default=float(env_default("HEARTBEAT_INTERVAL", "5") or 5))
-    cmd.add_argument("--restart-grace", type=float,
-                     default=float(env_default("RESTART_GRACE", "30") or 30))
-    cmd.add_argument("--assign-timeout", type=float,
-                     default=float(env_default("ASSIGN_TIMEOUT", "30") or 30))
-    cmd.add_argument("--default-vram-mb", type=int,
-                     default=int(env_default("DEFAULT_VRAM_MB", "0") or 0))
-    cmd.add_argument("--log-level", default=env_default("LOG_LEVEL", "info"))
+    cmd.add_argument("--data-dir", type=Path, help="state directory: SQLite store and outputs")
+    cmd.add_argument("--heartbeat-interval", type=float, dest="heartbeat_interval_s")
+    cmd.add_argument("--restart-grace", type=float, dest="restart_grace_s")
+    cmd.add_argument("--assign-timeout", type=float, dest="assign_timeout_s")
+    cmd.add_argument("--default-vram-mb", type=int)
+    cmd.add_argument("--keys-file", type=Path,
+                     help="hashed API keys and agent tokens (default DATA_DIR/keys.json)")
+    cmd.add_argument("--tls-cert", type=Path, help="certificate chain (PEM): serve HTTPS")
+    cmd.add_argument("--tls-key", type=Path, help="private key (PEM) of --tls-cert")
+    cmd.add_argument("--block-after-failures", type=int,
+                     help="agent-specific failures of one workflow shape that block the pair")
+    cmd.add_argument("--block-cooldown", type=float, dest="block_cooldown_s",
+                     help="seconds a blocked (agent, workflow shape) pair stays blocked")
+    cmd.add_argument("--log-level")
     cmd.set_defaults(run=run_coordinator)
+
+
+COORDINATOR_FLAGS = ("data_dir", "heartbeat_interval_s", "restart_grace_s", "assign_timeout_s",
+                     "default_vram_mb", "keys_file", "tls_cert", "tls_key", "log_level",
+                     "block_after_failures", "block_cooldown_s")
+
+
+def _flags(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def run_coordinator(args: argparse.Namespace) -> int:
     from comfyfleet.coordinator.app import serve
     from comfyfleet.coordinator.config import CoordinatorConfig
+    from comfyfleet.daemon_config import layered_values, process_env
     from comfyfleet.shared.logs import configure
+    from comfyfleet.shared.settings import build
 
-    configure(args.log_level)
-    host, port = args.listen if isinstance(args.listen, tuple) else parse_listen(args.listen)
-    config = CoordinatorConfig(
-        data_dir=Path(args.data_dir), host=host, port=port,
-        heartbeat_interval_s=args.heartbeat_interval, restart_grace_s=args.restart_grace,
-        assign_timeout_s=args.assign_timeout, default_vram_mb=args.default_vram_mb,
-    )
+    flags = _flags(args, COORDINATOR_FLAGS)
+    if args.listen is not None:
+        flags["host"], flags["port"] = args.listen
+    config: CoordinatorConfig = build(CoordinatorConfig,
+                                      layered_values("coordinator", args, process_env(), flags))
+    configure(config.log_level)
     try:
         config.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -82,33 +95,36 @@ def parse_label(value: str) -> tuple[str, str]:
 
 
 def add_agent(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from comfyfleet.daemon_config import add_config_arguments
+
     cmd = sub.add_parser("agent", help="run the agent daemon on a GPU machine")
-    cmd.add_argument("--coordinator", default=env_default("COORDINATOR"),
-                     help="coordinator URL (env COMFYFLEET_COORDINATOR)")
-    comfyui_env = env_default("COMFYUI")
-    cmd.add_argument("--comfyui", action="append",
-                     default=comfyui_env.split(",") if comfyui_env else None,
-                     help="a local ComfyUI URL, one per instance/GPU (env COMFYFLEET_COMFYUI, "
-                          "comma-separated)")
-    cmd.add_argument("--agent-id", default=env_default("AGENT_ID"),
+    add_config_arguments(cmd)
+    cmd.add_argument("--coordinator", dest="coordinator_url",
+                     help="coordinator URL (env COMFYFLEET_COORDINATOR_URL)")
+    cmd.add_argument("--comfyui", action="append", dest="comfyui_urls",
+                     help="a local ComfyUI URL, one per instance/GPU, repeatable "
+                          "(env COMFYFLEET_COMFYUI_URLS, comma-separated)")
+    cmd.add_argument("--agent-id",
                      help="stable agent id (default: kept in the data dir, made from hostname)")
-    cmd.add_argument("--data-dir", type=Path, default=env_default("DATA_DIR", "var/agent"))
-    cmd.add_argument("--gpu-source", choices=["auto", "nvml", "comfyui"],
-                     default=env_default("GPU_SOURCE", "auto"))
-    cmd.add_argument("--label", type=parse_label, action="append", default=[],
+    cmd.add_argument("--data-dir", type=Path)
+    cmd.add_argument("--gpu-source", choices=["auto", "nvml", "comfyui"])
+    cmd.add_argument("--label", type=parse_label, action="append", default=None,
                      help="KEY=VALUE label for placement constraints (repeatable)")
-    cmd.add_argument("--drain-grace", type=float,
-                     default=float(env_default("DRAIN_GRACE", "30") or 30))
-    cmd.add_argument("--stall", type=float, default=float(env_default("STALL", "10") or 10),
+    cmd.add_argument("--drain-grace", type=float, dest="drain_grace_s")
+    cmd.add_argument("--stall", type=float, dest="stall_s",
                      help="seconds without ComfyUI events before asking /history")
-    cmd.add_argument("--comfyui-timeout", type=float,
-                     default=float(env_default("COMFYUI_TIMEOUT", "30") or 30),
+    cmd.add_argument("--comfyui-timeout", type=float, dest="comfyui_timeout_s",
                      help="seconds one HTTP call to ComfyUI may take (a hung /prompt)")
-    cmd.add_argument("--cancel-wait", type=float,
-                     default=float(env_default("CANCEL_WAIT", "30") or 30),
+    cmd.add_argument("--cancel-wait", type=float, dest="cancel_wait_s",
                      help="seconds to wait for ComfyUI to stop a prompt after /interrupt")
-    cmd.add_argument("--log-level", default=env_default("LOG_LEVEL", "info"))
+    cmd.add_argument("--ca-file", type=Path,
+                     help="CA bundle that signed an https coordinator's certificate")
+    cmd.add_argument("--log-level")
     cmd.set_defaults(run=run_agent)
+
+
+AGENT_FLAGS = ("coordinator_url", "agent_id", "data_dir", "gpu_source", "drain_grace_s",
+               "stall_s", "ca_file", "log_level", "comfyui_timeout_s", "cancel_wait_s")
 
 
 def stable_agent_id(data_dir: Path) -> str:
@@ -127,28 +143,33 @@ def stable_agent_id(data_dir: Path) -> str:
 def run_agent(args: argparse.Namespace) -> int:
     from comfyfleet.agent.config import AgentConfig
     from comfyfleet.agent.daemon import serve
+    from comfyfleet.daemon_config import layered_values, process_env
     from comfyfleet.shared.logs import configure
+    from comfyfleet.shared.settings import build
+    from comfyfleet.shared.tls import client_context
 
-    if not args.coordinator:
-        raise CliError("--coordinator URL is required (or set COMFYFLEET_COORDINATOR)")
-    if not args.comfyui:
-        raise CliError("at least one --comfyui URL is required (or set COMFYFLEET_COMFYUI)")
-    for url in [args.coordinator, *args.comfyui]:
-        if not url.startswith(("http://", "https://")):
-            raise CliError(f"{url!r} is not an http(s) URL")
-    configure(args.log_level)
-    data_dir = Path(args.data_dir)
+    flags = _flags(args, AGENT_FLAGS)
+    if args.comfyui_urls:
+        flags["comfyui_urls"] = tuple(args.comfyui_urls)
+    if args.label:
+        flags["labels"] = dict(args.label)
+    values = layered_values("agent", args, process_env(), flags)
+    if not values.get("coordinator_url"):
+        raise CliError("--coordinator URL is required (or set COMFYFLEET_COORDINATOR_URL, "
+                       "or coordinator_url in the config file)")
+    if not values.get("comfyui_urls"):
+        raise CliError("at least one --comfyui URL is required (or set COMFYFLEET_COMFYUI_URLS, "
+                       "or comfyui_urls in the config file)")
+    if values["coordinator_url"].startswith("https:"):
+        client_context(values.get("ca_file"))  # refuse a bad CA file now, naming the key
+    data_dir = values["data_dir"]
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        agent_id = args.agent_id or stable_agent_id(data_dir)
+        values.setdefault("agent_id", stable_agent_id(data_dir))
     except OSError as exc:
         raise CliError(f"cannot use data dir {data_dir}: {exc.strerror}") from None
-    config = AgentConfig(
-        coordinator_url=args.coordinator, comfyui_urls=tuple(args.comfyui), agent_id=agent_id,
-        data_dir=data_dir, gpu_source=args.gpu_source, labels=dict(args.label),
-        drain_grace_s=args.drain_grace, stall_s=args.stall,
-        comfyui_timeout_s=args.comfyui_timeout, cancel_wait_s=args.cancel_wait,
-    )
+    config: AgentConfig = build(AgentConfig, values)
+    configure(config.log_level)
     return asyncio.run(serve(config))
 
 
@@ -176,11 +197,41 @@ def add_demo(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add(sub)
 
 
+def add_config(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from comfyfleet.config_cmd import add_config as add
+
+    add(sub)
+
+
+def add_keys(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from comfyfleet.keys_cmd import add_keys as add
+
+    add(sub)
+
+
+def add_check(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from comfyfleet.check_cmd import add_check as add
+
+    add(sub)
+
+
+def add_client_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from comfyfleet.commands_fleet import add_agents, add_top
+    from comfyfleet.commands_jobs import add_cancel, add_job, add_jobs, add_submit
+
+    for add in (add_submit, add_jobs, add_job, add_cancel, add_agents, add_top):
+        add(sub)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [  # type: ignore[type-arg]
     add_coordinator,
     add_agent,
     add_comfyui_sim,
     add_demo,
+    add_config,
+    add_keys,
+    add_check,
+    add_client_commands,
 ]
 
 
@@ -204,6 +255,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except CliError as exc:
         print(f"comfyfleet {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except SharedError as exc:  # a config problem (ConfigError names the key)
+        print(f"comfyfleet {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except CoordinatorError as exc:  # e.g. an unreadable keys file
+        print(f"comfyfleet {args.command}: {exc.message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -9,21 +9,35 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from comfyfleet.coordinator.api import agent_routes, client_routes, openapi
+from comfyfleet.coordinator.api import (
+    agent_routes,
+    client_routes,
+    graceful,
+    openapi,
+    stream_routes,
+)
+from comfyfleet.coordinator.api.auth import KEYRING, auth_middleware, exposure_problem
 from comfyfleet.coordinator.api.errors import errors_middleware
 from comfyfleet.coordinator.api.keys import CONFIG, COORDINATOR, SUPERVISOR
+from comfyfleet.coordinator.api.requestlog import request_log_middleware
 from comfyfleet.coordinator.config import CoordinatorConfig
+from comfyfleet.coordinator.errors import CoordinatorError
+from comfyfleet.coordinator.keyring import KeyRing
 from comfyfleet.coordinator.outputs import OutputFiles
 from comfyfleet.coordinator.service import Coordinator
 from comfyfleet.coordinator.store import open_store
+from comfyfleet.coordinator.web import routes as web_routes
+from comfyfleet.shared.settings import ConfigError
 from comfyfleet.shared.supervisor import Supervisor
+from comfyfleet.shared.tls import server_context
 
 log = structlog.get_logger("coordinator")
 
 
 def create_app(config: CoordinatorConfig, *, loops: bool = True) -> web.Application:
     app = web.Application(
-        middlewares=[errors_middleware],
+        middlewares=[request_log_middleware, graceful.inflight_middleware, errors_middleware,
+                     auth_middleware],
         client_max_size=max(config.max_body_bytes, config.max_chunk_bytes),
         handler_args={"max_line_size": config.max_header_bytes,
                       "max_field_size": config.max_header_bytes,
@@ -31,8 +45,12 @@ def create_app(config: CoordinatorConfig, *, loops: bool = True) -> web.Applicat
                       "keepalive_timeout": config.keepalive_timeout_s},
     )
     app[CONFIG] = config
+    app[KEYRING] = KeyRing.load(config.keys_path)
+    app[graceful.INFLIGHT] = graceful.InFlight()
     app.add_routes(client_routes.routes)
     app.add_routes(agent_routes.routes)
+    app.add_routes(stream_routes.routes)
+    app.add_routes(web_routes.routes)
     app.add_routes(openapi.routes)
 
     async def coordinator_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -44,6 +62,7 @@ def create_app(config: CoordinatorConfig, *, loops: bool = True) -> web.Applicat
         yield
         for agent in coord.agents.values():
             agent.wake.set()  # release long-polls
+        coord.bus.close_all()
         store.close()
 
     async def loops_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -56,6 +75,11 @@ def create_app(config: CoordinatorConfig, *, loops: bool = True) -> web.Applicat
         yield
         await supervisor.stop()
 
+    async def close_streams(app: web.Application) -> None:
+        if COORDINATOR in app:
+            app[COORDINATOR].bus.close_all()  # SSE handlers end before the runner waits
+
+    app.on_shutdown.append(close_streams)
     app.cleanup_ctx.append(coordinator_ctx)
     app.cleanup_ctx.append(loops_ctx)
     return app
@@ -64,16 +88,23 @@ def create_app(config: CoordinatorConfig, *, loops: bool = True) -> web.Applicat
 async def serve(config: CoordinatorConfig) -> int:
     """Run until SIGTERM/SIGINT (exit 0) or until a background loop dies (exit 1)."""
     app = create_app(config)
+    problem = exposure_problem(config.host, app[KEYRING])
+    if problem:
+        raise ConfigError("host", problem)
+    ssl_context = server_context(config.tls_cert, config.tls_key)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=10)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+    site = web.TCPSite(runner, config.host, config.port, reuse_address=True,
+                       ssl_context=ssl_context)
     await site.start()
-    log.info("coordinator_listening", url=f"http://{config.host}:{config.port}",
-             data_dir=str(config.data_dir))
+    scheme = "https" if ssl_context else "http"
+    log.info("coordinator_listening", url=f"{scheme}://{config.host}:{config.port}",
+             data_dir=str(config.data_dir), auth=app[KEYRING].enabled)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload_keys, app[KEYRING])
     stopped = asyncio.ensure_future(stop.wait())
     failed = app[SUPERVISOR].failed
     await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
@@ -84,5 +115,14 @@ async def serve(config: CoordinatorConfig) -> int:
     else:
         log.info("coordinator_stopping", reason="signal")
     stopped.cancel()
-    await runner.cleanup()
+    await graceful.stop(runner, [site], app[graceful.INFLIGHT], config.shutdown_grace_s)
     return code
+
+
+def _reload_keys(ring: KeyRing) -> None:
+    """SIGHUP (systemd ExecReload): pick up keys created or revoked since start."""
+    try:
+        ring.reload()
+        log.info("keys_reloaded", keys=len(ring.entries))
+    except CoordinatorError as exc:
+        log.error("keys_reload_failed", error=exc.message)

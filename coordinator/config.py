@@ -31,6 +31,18 @@ class CoordinatorConfig:
     max_header_bytes: int = 8190  # one header line / field
     max_headers: int = 100
     keepalive_timeout_s: float = 15.0  # idle connections, and headers sent too slowly, close
+    # placement: failure blocking per (agent, workflow shape), learned VRAM (issue 8)
+    block_after_failures: int = 2  # agent-specific failures of one shape that block the pair
+    block_cooldown_s: float = 60.0  # how long a blocked pair stays blocked
+    block_window_s: float = 600.0  # failures older than this do not count
+    vram_estimate_margin: float = 1.25  # learned peak VRAM x this for jobs declaring none
+    max_input_bytes: int = 6 << 20  # input files of one job, decoded
+    affinity_bucket_mb: int = 4096  # GPUs this close in VRAM left fit alike: warm cache decides
+    log_level: str = "info"
+    keys_file: Path | None = None  # hashed API keys and agent tokens; default data_dir/keys.json
+    tls_cert: Path | None = None  # serve HTTPS when this and tls_key are set
+    tls_key: Path | None = None
+    shutdown_grace_s: float = 20.0  # on SIGTERM, requests in flight get this long to finish
 
     @property
     def lost_after_s(self) -> float:
@@ -39,6 +51,10 @@ class CoordinatorConfig:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "coordinator.db"
+
+    @property
+    def keys_path(self) -> Path:
+        return self.keys_file or self.data_dir / "keys.json"
 
     @property
     def outputs_dir(self) -> Path:

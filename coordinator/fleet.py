@@ -40,6 +40,9 @@ class AgentState:
     to_cancel: dict[str, JobRef] = field(default_factory=dict)  # cancels to send
     recent_hashes: deque[str] = field(default_factory=lambda: deque(maxlen=16))
     recent_failures: deque[float] = field(default_factory=lambda: deque(maxlen=32))
+    node_classes: frozenset[str] | None = None  # None: the agent reported no inventory
+    # per ComfyUI instance: shape hashes and model files it ran recently (warm cache)
+    recent_by_instance: dict[str, deque[str]] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -50,6 +53,7 @@ class AgentState:
         self.version = msg.version
         self.labels = dict(msg.labels)
         self.models = frozenset(msg.models)
+        self.node_classes = None if msg.node_classes is None else frozenset(msg.node_classes)
         self.registered_at = now
         self.apply_snapshot(msg.host, msg.gpus, msg.instances, now)
 
@@ -64,6 +68,24 @@ class AgentState:
         self.lost_deadline = None
         if self.status in (AgentStatus.LOST, AgentStatus.RECONNECTING):
             self.status = AgentStatus.DRAINING if self.draining else AgentStatus.ONLINE
+
+
+    def apply_inventory(self, models: list[str] | None, node_classes: list[str] | None) -> None:
+        if models is not None:
+            self.models = frozenset(models)
+        if node_classes is not None:
+            self.node_classes = frozenset(node_classes)
+
+    def ran(self, instance_id: str, keys: list[str]) -> None:
+        """Remember what an instance just ran (most recent last; a bounded window)."""
+        recent = self.recent_by_instance.setdefault(instance_id, deque(maxlen=RECENT_PER_SLOT))
+        for key in keys:
+            if key in recent:
+                recent.remove(key)
+            recent.append(key)
+
+
+RECENT_PER_SLOT = 16
 
 
 def agent_view(agent: AgentState, jobs: dict[str, JobRecord], recent_window_s: float,
@@ -111,6 +133,7 @@ def agent_view(agent: AgentState, jobs: dict[str, JobRecord], recent_window_s: f
             healthy=i.healthy,
             capacity=i.capacity,
             active=active.get(i.instance_id, 0),
+            recent=frozenset(agent.recent_by_instance.get(i.instance_id, ())),
         )
         for i in agent.instances
     )
@@ -128,4 +151,5 @@ def agent_view(agent: AgentState, jobs: dict[str, JobRecord], recent_window_s: f
         models=agent.models,
         recent_hashes=tuple(reversed(agent.recent_hashes)),
         recent_failures=sum(1 for t in agent.recent_failures if now - t < recent_window_s),
+        node_classes=agent.node_classes,
     )

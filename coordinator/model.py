@@ -49,6 +49,9 @@ class JobRecord:
     outputs: list[dict[str, Any]] = field(default_factory=list)
     failed_agents: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    gpu_name: str | None = None  # the GPU model the completed attempt ran on
+    vram_peak_mb: int | None = None  # measured by the agent during the completed attempt
+    profile: list[dict[str, Any]] = field(default_factory=list)  # per-node timings, cache hits
     history: list[Transition] = field(default_factory=list)
 
     @property

@@ -18,6 +18,7 @@ import structlog
 
 from comfyfleet.coordinator import jobs as moves
 from comfyfleet.coordinator.admission import check_queue
+from comfyfleet.coordinator.blocking import BlockPolicy, FailureBook, apply_blocks, classify
 from comfyfleet.coordinator.config import CoordinatorConfig
 from comfyfleet.coordinator.errors import (
     Conflict,
@@ -26,7 +27,12 @@ from comfyfleet.coordinator.errors import (
     StoreUnavailable,
     Unprocessable,
 )
+from comfyfleet.coordinator.estimates import Estimate, learned_vram_mb
+from comfyfleet.coordinator.events import EventBus
+from comfyfleet.coordinator.feed import Feed
 from comfyfleet.coordinator.fleet import AgentState, AgentStatus, agent_view
+from comfyfleet.coordinator.inventory import decode_inputs, fleet_gap
+from comfyfleet.coordinator.metrics import Metrics
 from comfyfleet.coordinator.model import AgentRecord, JobRecord
 from comfyfleet.coordinator.outputs import OutputFiles
 from comfyfleet.coordinator.scheduler.model import JobRequest
@@ -37,6 +43,7 @@ from comfyfleet.shared.errors import InvalidInput
 from comfyfleet.shared.jobspec import JobSpec
 from comfyfleet.shared.status import ACTIVE, TERMINAL, JobEvent, JobStatus
 from comfyfleet.shared.workflow import check_depth, validate_workflow, workflow_hash
+from comfyfleet.shared.workflow_shape import model_refs, node_classes, shape_hash
 
 log = structlog.get_logger("coordinator")
 
@@ -48,6 +55,7 @@ MAX_PLAN_PAUSE_S = 1.0  # longest pause of the scheduler loop after a (long) pla
 
 def job_request(job: JobRecord) -> JobRequest:
     spec = job.spec
+    wf = spec.workflow
     return JobRequest(
         job_id=job.id,
         priority=spec.priority,
@@ -59,9 +67,11 @@ def job_request(job: JobRecord) -> JobRequest:
         labels=spec.constraints.labels,
         gpu_name=spec.constraints.gpu_name,
         models=tuple(spec.constraints.models),
-        workflow_hash=job.workflow_hash,
+        workflow_hash=shape_hash(wf),  # placement affinity and blocking go by shape
         avoid_agents=frozenset(job.failed_agents),
         blocked_agents=frozenset(),
+        model_refs=model_refs(wf),
+        node_classes=node_classes(wf),
     )
 
 
@@ -76,6 +86,7 @@ class LiveProgress:
     max: float | None = None
     cached: list[str] = dataclasses.field(default_factory=list)
     preview: tuple[bytes, str] | None = None
+    previews: int = 0  # how many preview frames arrived (cache-busting for preview URLs)
     updated_at: float = 0.0
 
 
@@ -86,6 +97,8 @@ class Coordinator:
         store: Store,
         outputs: OutputFiles,
         clock: Callable[[], float] = time.time,
+        bus: EventBus | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -98,7 +111,21 @@ class Coordinator:
         self.cancel_sent: dict[str, float] = {}  # job_id -> when a cancel/timeout was asked
         self.progress: dict[str, LiveProgress] = {}
         self.wake = asyncio.Event()
-        self.counters: dict[str, int] = {"placements": 0, "requeues": 0, "lost_agents": 0}
+        self.counters: dict[str, int] = {"placements": 0, "requeues": 0, "lost_agents": 0,
+                                         "placements_warm": 0, "workflow_blocked": 0,
+                                         "workflow_unblocked": 0}
+        self.blocks = FailureBook()
+        self.block_policy = BlockPolicy(config.block_after_failures, config.block_cooldown_s,
+                                        config.block_window_s)
+        self.estimates: dict[tuple[str, str], Estimate] = {}  # (shape, GPU name), in memory
+        self.bus = bus or EventBus(start_id=int(clock() * 1_000_000))
+        self.metrics = metrics or Metrics()
+        self.metrics.watch(self)
+        self.feed = Feed(self.bus, self.metrics)
+
+    def emit(self, kind: str, data: dict[str, Any], job_id: str | None = None) -> None:
+        """Publish a fleet event (e.g. `workflow_blocked`) to the live streams."""
+        self.bus.publish(kind, data, job_id)
 
     # ------------------------------------------------------------------ recovery
 
@@ -123,6 +150,7 @@ class Coordinator:
             self._index(None, job)
             if job.desired != "run":
                 self.cancel_sent[job.id] = now
+        self._learn_from_store()
         log.info("recovered", jobs=len(self.jobs), queued=len(self.queued),
                  agents=len(self.agents))
         self.wake.set()
@@ -137,6 +165,7 @@ class Coordinator:
 
     def _index(self, old: JobRecord | None, new: JobRecord) -> None:
         job_id = new.id
+        self.feed.job_changed(old, new, self.clock())
         if old is not None and old.agent_id and (
             new.status not in ACTIVE or new.agent_id != old.agent_id
         ):
@@ -176,10 +205,22 @@ class Coordinator:
         check_depth(spec.metadata, "metadata")
         check_queue(len(self.queued), self.config.max_queued_jobs, self.config.retry_after_s)
         now = self.clock()
+        if spec.inputs:
+            decode_inputs(spec.inputs, self.config.max_input_bytes)
+        gap = fleet_gap(model_refs(spec.workflow), node_classes(spec.workflow),
+                        [(a.models, a.node_classes) for a in self.agents.values()
+                         if a.status != AgentStatus.LOST])
+        if gap is not None:
+            raise Unprocessable(f"no agent can run this workflow: {gap}", "workflow")
         vram = spec.resources.vram_mb
         if vram is None:
-            vram = self.config.default_vram_mb if spec.resources.gpus else 0
-        if spec.resources.gpus == 0 and vram:
+            largest = max((g.vram_total_mb for a in self.agents.values() for g in a.gpus
+                           if a.status != AgentStatus.LOST), default=None)
+            learned = learned_vram_mb(self.estimates, shape_hash(spec.workflow),
+                                      self.config.vram_estimate_margin, largest)
+            default = self.config.default_vram_mb if learned is None else learned
+            vram = default if spec.resources.gpus else 0
+        if spec.resources.gpus == 0 and vram and spec.resources.vram_mb:
             raise InvalidInput("resources.vram_mb", "a CPU job (gpus: 0) cannot ask for VRAM")
         job = JobRecord(
             id=moves.new_job_id(now), spec=spec, workflow_hash=workflow_hash(spec.workflow),
@@ -235,6 +276,7 @@ class Coordinator:
         if agent.status == AgentStatus.ONLINE:
             agent.status = AgentStatus.DRAINING
         agent.wake.set()
+        self.feed.agent(agent, "draining")
         log.info("agent_drain", agent_id=agent_id)
         return agent
 
@@ -277,6 +319,7 @@ class Coordinator:
                 job.status == JobStatus.RUNNING or job_id in self.delivered
             ):
                 self._release(job, now, "agent restarted without this job", spend_retry=True)
+        self.feed.agent(agent, "registered")
         log.info("agent_registered", agent_id=msg.agent_id, gpus=len(msg.gpus),
                  instances=len(msg.instances), running=len(msg.running), dropped=len(drop))
         self.wake.set()
@@ -295,9 +338,11 @@ class Coordinator:
         if agent is None or agent.status in (AgentStatus.LOST, AgentStatus.RECONNECTING):
             return p.HeartbeatReply(heartbeat_interval_s=interval, reregister=True)
         agent.apply_snapshot(msg.host, msg.gpus, msg.instances, now)
+        agent.apply_inventory(msg.models, msg.node_classes)
         if msg.draining and not agent.draining:
             agent.draining = True
             agent.status = AgentStatus.DRAINING
+        self.feed.agent(agent, "heartbeat")
         cancel: list[p.JobRef] = []
         drop: list[p.JobRef] = []
         for r in msg.running:
@@ -351,6 +396,8 @@ class Coordinator:
             jobs.append(p.Assignment(
                 job_id=job_id, attempt=job.attempt, instance_id=instance,
                 workflow=job.spec.workflow, timeout_s=job.spec.timeout_s, vram_mb=job.vram_mb,
+                inputs=decode_inputs(job.spec.inputs, self.config.max_input_bytes)
+                if job.spec.inputs else {},
             ))
         agent.to_deliver.extend(keep)
         cancel = list(agent.to_cancel.values())
@@ -387,6 +434,7 @@ class Coordinator:
     def events(self, msg: p.Events) -> p.Ack:
         job = self._fenced(msg.agent_id, msg.job_id, msg.attempt)
         live = self.progress.setdefault(job.id, LiveProgress())
+        previews = live.previews
         for ev in msg.events:
             live.updated_at = ev.t
             if ev.kind == "cached":
@@ -397,8 +445,10 @@ class Coordinator:
                 live.value, live.max = ev.value, ev.max
             elif ev.kind == "preview" and ev.image is not None:
                 live.preview = (ev.image, ev.mime or "image/jpeg")
+                live.previews += 1
             if ev.fraction is not None:
                 live.fraction = max(live.fraction or 0.0, ev.fraction)
+        self.feed.progress(job, live, preview=live.previews != previews)
         return p.Ack(status="cancel" if job.desired != "run" else job.status.value)
 
     def upload(self, agent_id: str, job_id: str, attempt: int, name: str, offset: int,
@@ -430,26 +480,35 @@ class Coordinator:
             if job.status == JobStatus.ASSIGNED:
                 job = self._save(job, moves.advance(job, JobEvent.START, now, "started"))
             outputs = [{**_output_dict(o), "attempt": job.attempt} for o in msg.outputs]
+            gpu_name = self._gpu_name(agent, job.gpu_index)
             new = moves.advance(job, JobEvent.COMPLETE, now,
                                 f"{len(outputs)} outputs stored and verified",
-                                outputs=outputs, timings=dict(msg.timings), error=None)
+                                outputs=outputs, timings=dict(msg.timings), error=None,
+                                gpu_name=gpu_name, vram_peak_mb=msg.vram_peak_mb,
+                                profile=[msgspec.to_builtins(n) for n in msg.profile])
             self._save(job, new)
             self.outputs.forget(job.id, job.attempt)
             self.outputs.drop_other_attempts(job.id, job.attempt)
+            self._learn(new)
             if agent is not None:
-                agent.recent_hashes.append(job.workflow_hash)
+                shape = shape_hash(job.spec.workflow)
+                self.blocks = self.blocks.record_success(agent.agent_id, shape)
+                agent.ran(job.instance_id or "", [shape, *model_refs(job.spec.workflow)])
             log.info("job_completed", job_id=job.id, agent_id=msg.agent_id,
                      attempt=job.attempt, outputs=len(outputs))
             return p.Ack(status=new.status.value)
         self.outputs.drop_attempt(job.id, job.attempt)
-        if msg.outcome == "failed" and not (err and err.get("retryable")):
+        host_fault = msg.outcome in ("failed", "requeue") and classify(err) == "agent"
+        if host_fault:  # this host lacks something: block the pair, try another host
+            self._pair_failed(msg.agent_id, shape_hash(job.spec.workflow), now, err)
+        if msg.outcome == "failed" and not host_fault and not (err and err.get("retryable")):
             new = moves.advance(job, JobEvent.FAIL, now, (err or {}).get("message", "failed"),
                                 error=err or {"code": "failed", "message": "failed"})
             self._save(job, new)
             if agent is not None:
                 agent.recent_failures.append(now)
             log.info("job_failed", job_id=job.id, agent_id=msg.agent_id,
-                     code=(err or {}).get("code"))
+                     attempt=job.attempt, code=(err or {}).get("code"))
             return p.Ack(status=new.status.value)
         if msg.outcome == "cancelled" and job.desired == "cancel":
             new = moves.advance(job, JobEvent.CANCEL, now, "cancelled by user; agent confirmed")
@@ -485,8 +544,10 @@ class Coordinator:
         now = self.clock()
         views = [agent_view(a, self.jobs, RECENT_FAILURE_WINDOW_S, now)
                  for a in self.agents.values() if a.status != AgentStatus.LOST]
-        result = plan(list(self.queued.values()), views, now,
-                      max_placements=MAX_PLACEMENTS_PER_PLAN)
+        queue = apply_blocks(self.queued.values(), self.blocks.blocked(now))
+        with self.metrics.schedule_seconds.time():
+            result = plan(queue, views, now, max_placements=MAX_PLACEMENTS_PER_PLAN,
+                          affinity_bucket_mb=self.config.affinity_bucket_mb)
         for job_id, reason in result.pending.items():
             job = self.jobs.get(job_id)
             if job is not None:
@@ -500,9 +561,10 @@ class Coordinator:
                                               pl.gpu_index)))
         oks = self.store.update_jobs([(new, old.status, old.attempt) for old, new in batch])
         placed = 0
-        for (old, new), ok in zip(batch, oks, strict=True):
+        for (old, new), ok, pl in zip(batch, oks, result.placements, strict=True):
             if not ok:
                 continue
+            self.counters["placements_warm"] += pl.warm
             self._index(old, new)
             agent = self.agents[new.agent_id or ""]
             agent.to_deliver.append(new.id)
@@ -527,8 +589,9 @@ class Coordinator:
     # ------------------------------------------------------------------ timeouts
 
     def sweep(self) -> None:
-        """Lost agents, assign timeouts, job timeouts, unconfirmed cancels."""
+        """Lost agents, assign timeouts, job timeouts, unconfirmed cancels, ended blocks."""
         now = self.clock()
+        self._expire_blocks(now)
         for agent in list(self.agents.values()):
             silent = now - agent.last_seen
             lost = (
@@ -542,6 +605,7 @@ class Coordinator:
             if lost:
                 agent.status = AgentStatus.LOST
                 self.counters["lost_agents"] += 1
+                self.feed.agent(agent, "lost")
                 log.warning("agent_lost", agent_id=agent.agent_id, silent_s=round(silent, 1),
                             jobs=len(agent.jobs))
                 agent.wake.set()
@@ -584,9 +648,55 @@ class Coordinator:
             await asyncio.sleep(self.config.sweep_interval_s)
             await _survive_store_faults(self.sweep)
 
+    # ------------------------------------------------------------------ placement memory
+
+    def _fleet_event(self, kind: str, **fields: Any) -> None:
+        """A fleet event (workflow_blocked, workflow_unblocked): logged, counted and published."""
+        self.counters[kind] = self.counters.get(kind, 0) + 1
+        log.info(kind, **fields)
+        self.emit(kind, fields)
+
+    def _pair_failed(self, agent_id: str, shape: str, now: float,
+                     err: dict[str, Any] | None) -> None:
+        self.blocks, change = self.blocks.record_failure(agent_id, shape, now, self.block_policy)
+        if change is not None:
+            self._fleet_event(change.kind, agent_id=agent_id, workflow_shape=shape,
+                      until=change.until, failures=change.failures,
+                      code=(err or {}).get("code"))
+
+    def _expire_blocks(self, now: float) -> None:
+        self.blocks, changes = self.blocks.expire(now, self.block_policy)
+        for change in changes:
+            self._fleet_event(change.kind, agent_id=change.agent_id, workflow_shape=change.shape)
+        if changes:
+            self.wake.set()
+
+    def _gpu_name(self, agent: AgentState | None, gpu_index: int | None) -> str | None:
+        if agent is None or gpu_index is None:
+            return None
+        return next((g.name for g in agent.gpus if g.index == gpu_index), None)
+
+    def _learn(self, job: JobRecord) -> None:
+        """Add a completed job's run time and VRAM peak to its (shape, GPU name) estimate."""
+        if job.gpu_name is None:
+            return
+        started = job.timestamps.get(JobStatus.RUNNING.value)
+        done = job.timestamps.get(JobStatus.COMPLETED.value)
+        duration = done - started if started is not None and done is not None else None
+        key = (shape_hash(job.spec.workflow), job.gpu_name)
+        self.estimates[key] = self.estimates.get(key, Estimate()).add(duration,
+                                                                      job.vram_peak_mb)
+
+    def _learn_from_store(self, limit: int = 500) -> None:
+        done, _ = self.store.list_jobs(statuses=[JobStatus.COMPLETED], tenant=None,
+                                       limit=limit, cursor=None)
+        for job in reversed(done):  # oldest first: the newest samples are kept
+            self._learn(job)
+
     def list_jobs(self, statuses: Sequence[JobStatus] | None, limit: int,
-                  cursor: str | None) -> tuple[list[JobRecord], str | None]:
-        found, nxt = self.store.list_jobs(statuses=statuses, tenant=None, limit=limit,
+                  cursor: str | None, tenant: str | None = None,
+                  ) -> tuple[list[JobRecord], str | None]:
+        found, nxt = self.store.list_jobs(statuses=statuses, tenant=tenant, limit=limit,
                                           cursor=cursor)
         return [self.jobs.get(j.id, j) for j in found], nxt
 

@@ -34,3 +34,6 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     timeout_s: Annotated[float, msgspec.Meta(gt=0, le=MAX_TIMEOUT_S)] = 3600.0
     max_retries: Annotated[int, msgspec.Meta(ge=0, le=20)] = 2
     metadata: dict[Annotated[str, msgspec.Meta(max_length=128)], Any] = {}
+    # input files (e.g. images for LoadImage): file name -> base64 content; the agent uploads
+    # them to its ComfyUI's input folder before the prompt and the workflow names them
+    inputs: dict[Annotated[str, msgspec.Meta(min_length=1, max_length=128)], str] = {}

@@ -69,6 +69,8 @@ class Register(Msg, frozen=True, kw_only=True):
     instances: list[InstanceInfo] = []
     labels: dict[str, str] = {}
     models: list[str] = []
+    # node classes its ComfyUI offers (/object_info); None: not known, nothing is checked
+    node_classes: list[str] | None = None
     running: list[RunningJob] = []
 
 
@@ -87,6 +89,9 @@ class Heartbeat(Msg, frozen=True, kw_only=True):
     instances: list[InstanceInfo] = []
     running: list[RunningJob] = []
     draining: bool = False
+    # refreshed inventory (sent now and then, when it changed); None: unchanged
+    models: list[str] | None = None
+    node_classes: list[str] | None = None
 
 
 class HeartbeatReply(Msg, frozen=True, kw_only=True):
@@ -110,6 +115,7 @@ class Assignment(Msg, frozen=True, kw_only=True):
     workflow: dict[str, Any]
     timeout_s: float
     vram_mb: int = 0
+    inputs: dict[str, bytes] = {}  # input files: upload to ComfyUI's input folder first
 
 
 class LeaseReply(Msg, frozen=True, kw_only=True):
@@ -170,6 +176,15 @@ class ErrorInfo(Msg, frozen=True, kw_only=True):
 Outcome = Literal["completed", "failed", "cancelled", "requeue"]
 
 
+class NodeTiming(Msg, frozen=True, kw_only=True):
+    """One node of a finished prompt: how long it ran, or that ComfyUI served it from cache."""
+
+    node: str
+    node_type: str | None = None
+    ms: float = 0.0
+    cached: bool = False
+
+
 class Finish(Msg, frozen=True, kw_only=True):
     agent_id: Id
     job_id: Id
@@ -179,6 +194,8 @@ class Finish(Msg, frozen=True, kw_only=True):
     error: ErrorInfo | None = None
     spend_retry: bool = True  # False for drains: the attempt did not fail
     timings: dict[str, float] = {}
+    vram_peak_mb: MB | None = None  # highest VRAM its ComfyUI held while the job ran
+    profile: Annotated[list[NodeTiming], msgspec.Meta(max_length=10_000)] = []
 
 
 class Ack(Msg, frozen=True, kw_only=True):

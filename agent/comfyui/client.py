@@ -170,6 +170,16 @@ class ComfyUIClient:
         path = "/object_info" if node_class is None else f"/object_info/{node_class}"
         return _as_dict(await self._get_json(path), path)
 
+    async def model_folders(self) -> list[str]:
+        """GET /models: the model folder names (checkpoints, loras, ...)."""
+        payload = await self._get_json("/models")
+        return [str(f) for f in payload] if isinstance(payload, list) else []
+
+    async def models(self, folder: str) -> list[str]:
+        """GET /models/{folder}: the model file names in one folder."""
+        payload = await self._get_json(f"/models/{folder}")
+        return [str(f) for f in payload] if isinstance(payload, list) else []
+
     async def submit(
         self,
         graph: Mapping[str, Any],

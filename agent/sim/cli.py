@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from comfyfleet.agent.sim.config import FaultSettings, SimConfig
+from comfyfleet.agent.sim.config import FaultSettings, ModelSpec, SimConfig
 from comfyfleet.agent.sim.server import run
 
 __all__ = ["add_arguments", "add_subcommand", "config_from_args", "main", "parse_listen"]
@@ -32,6 +32,21 @@ def parse_listen(value: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"bad --listen {value!r}: port out of range")
     return host, port
+
+
+def parse_models(value: str) -> tuple[ModelSpec, ...]:
+    """`a.safetensors:2048,b.safetensors` -> model specs (VRAM in MB, default 2048)."""
+    out = []
+    for item in value.split(","):
+        name, _, mb = item.strip().partition(":")
+        if not name:
+            continue
+        try:
+            vram = int(mb) if mb else 2048
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad model {item!r}: want NAME[:MB]") from None
+        out.append(ModelSpec(name, vram))
+    return tuple(out)
 
 
 def _non_negative(value: str) -> float:
@@ -75,6 +90,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--preview-every", type=int, default=2, help="sampler preview frame every N steps (0: none)"
+    )
+    parser.add_argument(
+        "--models",
+        type=parse_models,
+        default=None,
+        metavar="NAME[:MB],...",
+        help="checkpoints this install has (VRAM each once loaded; default 2048 MB)",
+    )
+    parser.add_argument(
+        "--hide-node-class",
+        action="append",
+        default=[],
+        metavar="CLASS",
+        help="act as if this node class were not installed (repeatable)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulator's randomness")
     parser.add_argument("--log-level", default="info")
@@ -143,6 +172,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         preview_every=args.preview_every,
         seed=args.seed,
         faults=faults,
+        hidden_node_classes=tuple(args.hide_node_class),
+        **({"models": args.models} if args.models is not None else {}),
     )
 
 

@@ -57,6 +57,7 @@ class SimConfig:
     preview_every: int = 2  # sampler preview frame every N steps (0: none)
     seed: int = 0
     models: tuple[ModelSpec, ...] = DEFAULT_MODELS
+    hidden_node_classes: tuple[str, ...] = ()  # node classes this "install" lacks
     max_upload_size: int = 100 * 1024 * 1024
     faults: FaultSettings = field(default_factory=FaultSettings)
 

@@ -322,7 +322,10 @@ async def get_features(request: web.Request) -> web.Response:
 
 async def get_object_info(request: web.Request) -> web.Response:
     only = request.match_info.get("node_class")
-    return web.json_response(object_info(_state(request).catalogue_context(), only))
+    state = _state(request)
+    info = object_info(state.catalogue_context(), only)
+    have = state.catalogue
+    return web.json_response({name: entry for name, entry in info.items() if name in have})
 
 
 async def get_models(request: web.Request) -> web.Response:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -14,7 +14,7 @@ from comfyfleet.agent.sim.config import SimConfig
 from comfyfleet.agent.sim.executor import Executor
 from comfyfleet.agent.sim.faults import Faults
 from comfyfleet.agent.sim.files import annotated_input_path
-from comfyfleet.agent.sim.nodes import CATALOGUE, CatalogueContext
+from comfyfleet.agent.sim.nodes import CATALOGUE, CatalogueContext, NodeSpec
 from comfyfleet.agent.sim.prompt_queue import PromptQueue
 from comfyfleet.agent.sim.stats import SimStats
 from comfyfleet.agent.sim.validation import ValidationContext
@@ -42,9 +42,17 @@ class SimState:
             list_input_files=self._input_files,
         )
 
+    @property
+    def catalogue(self) -> Mapping[str, NodeSpec]:
+        """The node classes this simulated install has."""
+        hidden = self.config.hidden_node_classes
+        if not hidden:
+            return CATALOGUE
+        return {name: spec for name, spec in CATALOGUE.items() if name not in hidden}
+
     def validation_context(self) -> ValidationContext:
         return ValidationContext(
-            catalogue=CATALOGUE,
+            catalogue=self.catalogue,
             nodes=self.catalogue_context(),
             image_exists=self._image_exists,
         )

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from comfyfleet.coordinator.api.auth import check_agent
 from comfyfleet.coordinator.api.body import decode_body, read_limited, reply
 from comfyfleet.coordinator.api.keys import CONFIG, COORDINATOR
 from comfyfleet.coordinator.outputs import check_name
@@ -32,6 +33,7 @@ async def _msg(request: web.Request, type_: type[T]) -> T:
 def _protocol_route(type_: type[Any], call: Callable[[Coordinator, Any], Any]) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         msg = await _msg(request, type_)
+        check_agent(request, msg.agent_id)
         result = call(request.app[COORDINATOR], msg)
         if inspect.isawaitable(result):
             result = await result
@@ -70,6 +72,7 @@ def _output_target(request: web.Request) -> tuple[str, str, int, str, int]:
     agent_id = request.query.get("agent_id", "")
     if not _ID.match(agent_id):
         raise InvalidInput("agent_id", "query parameter is required", "missing")
+    check_agent(request, agent_id)
     job_id = request.match_info["job_id"]
     if not _ID.match(job_id):
         raise InvalidInput("job_id", f"malformed id {job_id!r}", "bad_id")

@@ -6,6 +6,7 @@ import re
 
 from aiohttp import web
 
+from comfyfleet.coordinator.api.auth import principal, tenant_filter, visible
 from comfyfleet.coordinator.api.body import decode_body, reply
 from comfyfleet.coordinator.api.keys import CONFIG, COORDINATOR
 from comfyfleet.coordinator.api.views import agent_json, job_json
@@ -31,7 +32,8 @@ def _id(request: web.Request, name: str) -> str:
 async def healthz(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR]
     return reply(request, {"ok": True, "jobs_active": len(coord.jobs),
-                           "queued": len(coord.queued), "agents": len(coord.agents)})
+                           "queued": len(coord.queued), "agents": len(coord.agents),
+                           "counters": coord.counters})
 
 
 @routes.post("/v1/jobs")
@@ -42,11 +44,11 @@ async def submit(request: web.Request) -> web.Response:
     if key is not None and not (0 < len(key) <= 256 and key.isprintable()):
         raise InvalidInput("Idempotency-Key", "must be 1 to 256 printable characters")
     coord = request.app[COORDINATOR]
-    job, created = coord.submit(spec, key)
+    job, created = coord.submit(spec, key, tenant=principal(request).tenant or "default")
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
-    return reply(request, job_json(job, coord.progress.get(job.id)),
+    return reply(request, job_json(job, coord.progress.get(job.id), coord=coord),
                  status=201 if created else 200, headers=headers)
 
 
@@ -69,31 +71,32 @@ async def list_jobs(request: web.Request) -> web.Response:
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidInput("limit", f"must be between 1 and {MAX_LIMIT}")
     coord = request.app[COORDINATOR]
-    found, cursor = coord.list_jobs(statuses, limit, q.get("cursor"))
-    return reply(request, {"jobs": [job_json(j, coord.progress.get(j.id), full=False)
+    found, cursor = coord.list_jobs(statuses, limit, q.get("cursor"),
+                                    tenant=tenant_filter(request))
+    return reply(request, {"jobs": [job_json(j, coord.progress.get(j.id), full=False, coord=coord)
                                     for j in found], "next_cursor": cursor})
 
 
 @routes.get("/v1/jobs/{job_id}")
 async def get_job(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR]
-    job = coord.get(_id(request, "job_id"))
-    return reply(request, job_json(job, coord.progress.get(job.id)))
+    job = visible(request, coord.get(_id(request, "job_id")))
+    return reply(request, job_json(job, coord.progress.get(job.id), coord=coord))
 
 
 @routes.post("/v1/jobs/{job_id}/cancel")
 async def cancel_job(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR]
-    job = coord.cancel(_id(request, "job_id"))
+    job = coord.cancel(visible(request, coord.get(_id(request, "job_id"))).id)
     status = 200 if job.status == JobStatus.CANCELLED else 202
-    return reply(request, job_json(job, coord.progress.get(job.id)), status=status)
+    return reply(request, job_json(job, coord.progress.get(job.id), coord=coord), status=status)
 
 
 @routes.get("/v1/jobs/{job_id}/outputs/{name}")
 async def get_output(request: web.Request) -> web.StreamResponse:
     coord = request.app[COORDINATOR]
     name = check_name(request.match_info["name"])  # before anything else touches the name
-    job = coord.get(_id(request, "job_id"))
+    job = visible(request, coord.get(_id(request, "job_id")))
     entry = next((o for o in job.outputs if o["name"] == name), None)
     if entry is None:
         raise NotFound(f"job {job.id} has no output {name!r}", "name")
@@ -107,7 +110,7 @@ async def get_output(request: web.Request) -> web.StreamResponse:
 @routes.get("/v1/jobs/{job_id}/preview")
 async def get_preview(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR]
-    job_id = _id(request, "job_id")
+    job_id = visible(request, coord.get(_id(request, "job_id"))).id
     live = coord.progress.get(job_id)
     if live is None or live.preview is None:
         raise NotFound(f"job {job_id} has no preview now", "job_id")

@@ -135,6 +135,41 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("get", "/v1/jobs/{job_id}/preview"): _op(
         "The latest preview frame", params=[_path("job_id")], errors=("400", "404")
     ),
+    ("get", "/v1/jobs/{job_id}/events"): {
+        **_op(
+            "Server-sent events of one job (ends at its terminal state)",
+            params=[
+                _path("job_id"),
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 0},
+                },
+            ],
+            errors=("400", "404"),
+        ),
+        "x-stream": True,
+    },
+    ("get", "/v1/events"): {
+        **_op(
+            "Server-sent events of the fleet",
+            params=[
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 0},
+                }
+            ],
+        ),
+        "x-stream": True,
+    },
+    ("get", "/"): _op("The dashboard (HTML)", errors=()),
+    ("get", "/static/{filename}"): _op(
+        "Dashboard assets", params=[_path("filename")], errors=("404",)
+    ),
+    ("get", "/metrics"): _op("Prometheus metrics (text exposition format)", errors=()),
     ("get", "/v1/agents"): _op("List agents", errors=()),
     ("get", "/v1/agents/{agent_id}"): _op(
         "One agent", params=[_path("agent_id")], errors=("400", "404")

@@ -7,13 +7,16 @@ from typing import Any
 
 import msgspec
 
+from comfyfleet.coordinator.estimates import eta, expected_duration_s
 from comfyfleet.coordinator.fleet import AgentState, agent_view
 from comfyfleet.coordinator.model import JobRecord
 from comfyfleet.coordinator.service import Coordinator, LiveProgress
 from comfyfleet.shared.status import JobStatus
+from comfyfleet.shared.workflow_shape import shape_hash
 
 
-def job_json(job: JobRecord, live: LiveProgress | None, *, full: bool = True) -> dict[str, Any]:
+def job_json(job: JobRecord, live: LiveProgress | None, *, full: bool = True,
+             coord: Coordinator | None = None) -> dict[str, Any]:
     spec = job.spec
     progress: dict[str, Any] = {"fraction": 1.0 if job.status == JobStatus.COMPLETED else None}
     if live is not None:
@@ -45,15 +48,32 @@ def job_json(job: JobRecord, live: LiveProgress | None, *, full: bool = True) ->
             for o in job.outputs
         ],
         "workflow_hash": job.workflow_hash,
+        "shape_hash": shape_hash(spec.workflow),
         "metadata": spec.metadata,
     }
+    if coord is not None:
+        out["eta"] = job_eta(coord, job, live)
     if full:
         out["seeds"] = job.seeds
         out["constraints"] = msgspec.to_builtins(spec.constraints)
         out["timeout_s"] = spec.timeout_s
         out["timings"] = job.timings
         out["history"] = [dataclasses.asdict(t) for t in job.history]
+        out["gpu_name"] = job.gpu_name
+        out["vram_peak_mb"] = job.vram_peak_mb
+        out["profile"] = job.profile
+        out["inputs"] = sorted(spec.inputs)
     return out
+
+
+def job_eta(coord: Coordinator, job: JobRecord, live: LiveProgress | None) -> dict[str, Any] | None:
+    agent = coord.agents.get(job.agent_id or "")
+    gpu_name = None
+    if agent is not None and job.gpu_index is not None:
+        gpu_name = next((g.name for g in agent.gpus if g.index == job.gpu_index), None)
+    expected = expected_duration_s(coord.estimates, shape_hash(job.spec.workflow), gpu_name)
+    return eta(expected, job.status.value, job.timestamps.get(JobStatus.RUNNING.value),
+               live.fraction if live is not None else None, coord.clock())
 
 
 def agent_json(coord: Coordinator, agent: AgentState, now: float) -> dict[str, Any]:
@@ -78,6 +98,9 @@ def agent_json(coord: Coordinator, agent: AgentState, now: float) -> dict[str, A
         "gpus": gpus,
         "instances": [msgspec.to_builtins(i) for i in agent.instances],
         "models": sorted(agent.models),
+        "node_classes": None if agent.node_classes is None else len(agent.node_classes),
+        "recent": {i: list(r) for i, r in agent.recent_by_instance.items()},
+        "blocked_workflows": coord.blocks.blocked_on(agent.agent_id, now),
         "jobs": sorted(agent.jobs),
         "ram_reserved_mb": view.ram_reserved_mb,
     }

@@ -19,6 +19,7 @@ from comfyfleet.coordinator.scheduler.model import (
 
 KIND_CPU = 0
 KIND_GPU = 1
+AFFINITY_BUCKET_MB = 4096  # default fit-class width of the rank (rank.py)
 KIND_BROKEN = -1  # an instance naming a GPU its agent does not report
 
 
@@ -80,9 +81,13 @@ class Capacity:
         "vram_ceiling",
         "ram_ceiling",
         "usable_by_kind",
+        "affinity_bucket_mb",
     )
 
-    def __init__(self, agents: Iterable[AgentView]) -> None:
+    def __init__(
+        self, agents: Iterable[AgentView], affinity_bucket_mb: int = AFFINITY_BUCKET_MB
+    ) -> None:
+        self.affinity_bucket_mb = affinity_bucket_mb  # fit-class width of the rank (rank.py)
         ordered = sorted(agents, key=lambda a: a.agent_id)
         self.agents: list[AgentView] = ordered
         self.agent_pos: dict[str, int] = {}

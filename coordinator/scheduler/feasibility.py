@@ -38,6 +38,24 @@ def models_missing(want: Iterable[str], have: frozenset[str]) -> list[str]:
     return sorted({m for m in want if m not in have})
 
 
+def inventory_missing(job: JobRequest, agent: AgentView) -> tuple[list[str], list[str]]:
+    """(model files, node classes) the workflow needs that the agent's inventory lacks; nothing
+    is missing on an agent that reported no inventory."""
+    if agent.node_classes is None:
+        return [], []
+    return (
+        sorted({m for m in job.model_refs if m not in agent.models}),
+        sorted({c for c in job.node_classes if c not in agent.node_classes}),
+    )
+
+
+def inventory_has(job: JobRequest, agent: AgentView) -> bool:
+    have = agent.node_classes
+    return have is None or (
+        agent.models.issuperset(job.model_refs) and have.issuperset(job.node_classes)
+    )
+
+
 def gpu_name_matches(pattern: str, name: str) -> bool:
     """Case-insensitive fnmatch glob."""
     return fnmatchcase(name.lower(), pattern.lower())
@@ -88,6 +106,19 @@ class ModelsPresent:
     def check(self, job: JobRequest, agent: AgentView, slot: SlotView, cap: Capacity) -> str | None:
         missing = models_missing(job.models, agent.models)
         return "missing models: " + ", ".join(missing) if missing else None
+
+
+class InventoryHas:
+    """The workflow's model files and node classes exist on the agent's ComfyUI."""
+
+    code = "inventory"
+
+    def check(self, job: JobRequest, agent: AgentView, slot: SlotView, cap: Capacity) -> str | None:
+        models, classes = inventory_missing(job, agent)
+        parts = ([f"missing model files: {', '.join(models)}"] if models else []) + (
+            [f"missing node classes: {', '.join(classes)}"] if classes else []
+        )
+        return "; ".join(parts) if parts else None
 
 
 class NotBlocked:
@@ -189,7 +220,9 @@ class CpuFits:
 
 
 # Static first (fleet view only), in the order a pending reason names them; then capacity.
-AGENT_CHECKS: tuple[Checker, ...] = (Schedulable(), LabelsMatch(), ModelsPresent())
+AGENT_CHECKS: tuple[Checker, ...] = (
+    Schedulable(), LabelsMatch(), ModelsPresent(), InventoryHas()
+)
 SLOT_CHECKS: tuple[Checker, ...] = (InstanceHealthy(), InstanceKind(), GpuNameMatch())
 STATIC_CHECKS: tuple[Checker, ...] = AGENT_CHECKS + (NotBlocked(),) + SLOT_CHECKS
 DYNAMIC_CHECKS: tuple[Checker, ...] = (SlotFree(), NotHeld(), VramFits(), RamFits(), CpuFits())

@@ -6,11 +6,13 @@ lists, one per kind (CPU-only instances, GPU instances), keyed
     (free VRAM of the GPU (0 for CPU), free host RAM, recent failures, sid)
 
 Slot ids follow (agent_id, instance_id), so this order is the rank order of `rank.py` without the
-avoid and warm terms. For a job needing V MB VRAM and R MB RAM, a bisection to (V, R) lands on the
-first slot with enough VRAM; the first slot from there that passes the remaining checks (labels,
-models, GPU name via `StaticFilter`, blocked/avoided agents, CPU) is the best fit. Warm-cache slots
-get their own lists per workflow hash (built lazily), searched the same way: the better of the two
-firsts is the best slot overall. Agents the job should avoid are searched last, one by one.
+avoid and warm terms (the fit class is monotonic in free VRAM). For a job needing V MB VRAM and
+R MB RAM, a bisection to (V, R) lands on the first slot with enough VRAM; the first slot from
+there that passes the remaining checks (labels, models, inventory, GPU name via `StaticFilter`,
+blocked/avoided agents, CPU) is the best fit. Warm-cache slots
+get their own lists per (workflow shape, model files) (built lazily), searched the same way: the
+better of the two firsts by rank key is the best slot overall (a warm first beats a cold one in the
+same fit class). Agents the job should avoid are searched last, one by one.
 
 After a placement only the slots whose key changed (same GPU, same host) move.
 """
@@ -27,14 +29,23 @@ from comfyfleet.coordinator.scheduler.model import AgentView, JobRequest
 from comfyfleet.coordinator.scheduler.rank import candidate_key
 
 Key = tuple[int, int, int, int]
-Signature = tuple[int, frozenset[tuple[str, str]], frozenset[str], str | None]
+Signature = tuple[
+    int, frozenset[tuple[str, str]], frozenset[str], str | None, frozenset[str], frozenset[str]
+]
 NEG_INF = float("-inf")
 
 
 def signature(job: JobRequest) -> Signature:
     """The static constraints of a job: jobs with equal signatures see the same eligible slots."""
     name = job.gpu_name.lower() if job.gpus == 1 and job.gpu_name is not None else None
-    return (job.gpus, frozenset(job.labels.items()), frozenset(job.models), name)
+    return (
+        job.gpus,
+        frozenset(job.labels.items()),
+        frozenset(job.models),
+        name,
+        frozenset(job.model_refs),
+        frozenset(job.node_classes),
+    )
 
 
 class StaticFilter:
@@ -46,10 +57,17 @@ class StaticFilter:
         self._labels: dict[frozenset[tuple[str, str]], bytearray] = {}
         self._models: dict[frozenset[str], bytearray] = {}
         self._names: dict[str, bytearray] = {}
+        self._inventory: dict[tuple[frozenset[str], frozenset[str]], bytearray] = {}
 
     def allowed(self, job: JobRequest) -> bytearray | None:
         """A per-slot mask, or None when every slot passes."""
-        if not job.labels and not job.models and (job.gpus == 0 or job.gpu_name is None):
+        if (
+            not job.labels
+            and not job.models
+            and not job.model_refs
+            and not job.node_classes
+            and (job.gpus == 0 or job.gpu_name is None)
+        ):
             return None
         sig = signature(job)
         mask = self._by_sig.get(sig)
@@ -59,10 +77,16 @@ class StaticFilter:
 
     def _build(self, sig: Signature) -> bytearray:
         cap = self._cap
-        _, labels, models, name = sig
-        # same tests as labels_match / models_missing, as set inclusions
+        _, labels, models, name, refs, classes = sig
+        # same tests as labels_match / models_missing / inventory_has, as set inclusions
         lab = self._agent_mask(self._labels, labels, lambda a: labels <= a.labels.items())
         mod = self._agent_mask(self._models, models, lambda a: models <= a.models)
+        inv = self._inventory.get((refs, classes))
+        if inv is None:
+            inv = self._inventory[(refs, classes)] = bytearray(
+                a.node_classes is None or (refs <= a.models and classes <= a.node_classes)
+                for a in cap.agents
+            )
         gmask = None
         if name is not None:
             gmask = self._names.get(name)
@@ -71,7 +95,7 @@ class StaticFilter:
                 self._names[name] = gmask
         out = bytearray(len(cap.slots))
         for sid, pos in enumerate(cap.slot_agent):
-            if lab[pos] and mod[pos]:
+            if lab[pos] and mod[pos] and inv[pos]:
                 gid = cap.slot_gpu[sid]
                 out[sid] = 1 if gmask is None else (gid >= 0 and gmask[gid])
         return out
@@ -94,12 +118,16 @@ class SlotIndex:
         self.failures = [a.recent_failures for a in cap.agents]
         self.main: list[list[Key]] = [[], []]  # by kind: KIND_CPU, KIND_GPU
         self.cur: list[Key | None] = [None] * len(cap.slots)
-        self.warm: dict[tuple[int, str], list[Key]] = {}
+        self.warm: dict[tuple[int, str, tuple[str, ...]], list[Key]] = {}
         self.warm_member: list[list[list[Key]]] = [[] for _ in cap.slots]
-        self.hash_agents: dict[str, list[int]] = {}
+        # warm key (shape hash or model file) -> slot ids that are warm for it
+        self.warm_slots: dict[str, set[int]] = {}
         for pos, agent in enumerate(cap.agents):
             for h in set(agent.recent_hashes):
-                self.hash_agents.setdefault(h, []).append(pos)
+                self.warm_slots.setdefault(h, set()).update(cap.agent_slots[pos])
+        for sid, slot in enumerate(cap.slots):
+            for k in slot.recent:
+                self.warm_slots.setdefault(k, set()).add(sid)
         for sid in range(len(cap.slots)):
             if cap.usable(sid) and cap.slot_free[sid] > 0 and cap.held_by[sid] is None:
                 key = self._key(sid)
@@ -141,7 +169,7 @@ class SlotIndex:
         first = self._first(keys, start, job, allowed, skip)
         if first is None:
             return self._best_avoided(job, kind, allowed, blocked, avoid) if avoid else None
-        warm_keys = self._warm_list(kind, job.workflow_hash)
+        warm_keys = self._warm_list(kind, job)
         if warm_keys:
             warm = self._first(warm_keys, start, job, allowed, skip)
             if warm is not None and warm != first:
@@ -207,23 +235,26 @@ class SlotIndex:
                     best = (rank, sid)
         return None if best is None else best[1]
 
-    def _warm_list(self, kind: int, workflow_hash: str) -> list[Key] | None:
-        lst = self.warm.get((kind, workflow_hash))
+    def _warm_list(self, kind: int, job: JobRequest) -> list[Key] | None:
+        refs = job.model_refs if self.warm_slots.keys() & set(job.model_refs) else ()
+        lkey = (kind, job.workflow_hash, refs)
+        lst = self.warm.get(lkey)
         if lst is not None:
             return lst
-        agents = self.hash_agents.get(workflow_hash)
-        if not agents:
+        sids = set(self.warm_slots.get(job.workflow_hash, ()))
+        for m in refs:
+            sids.update(self.warm_slots.get(m, ()))
+        if not sids:
             return None
         cap = self.cap
         lst = []
-        for pos in agents:
-            for sid in cap.agent_slots[pos]:
-                key = self.cur[sid]
-                if key is not None and cap.slot_kind[sid] == kind:
-                    lst.append(key)
-                    self.warm_member[sid].append(lst)
+        for sid in sorted(sids):
+            key = self.cur[sid]
+            if key is not None and cap.slot_kind[sid] == kind:
+                lst.append(key)
+                self.warm_member[sid].append(lst)
         lst.sort()
-        self.warm[(kind, workflow_hash)] = lst
+        self.warm[lkey] = lst
         return lst
 
     # -- updates --------------------------------------------------------------------------------

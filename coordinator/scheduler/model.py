@@ -31,6 +31,8 @@ class JobRequest:
     workflow_hash: str
     avoid_agents: frozenset[str]  # earlier attempts failed there: allowed but ranked last
     blocked_agents: frozenset[str]  # this job must not go there (hard)
+    model_refs: tuple[str, ...] = ()  # model files the workflow loads (inventory + warm cache)
+    node_classes: tuple[str, ...] = ()  # node classes the workflow uses (inventory)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +54,7 @@ class SlotView:
     healthy: bool
     capacity: int  # jobs it may hold at once (1 normally)
     active: int  # jobs currently assigned/running on it
+    recent: frozenset[str] = frozenset()  # shape hashes and model files it ran recently (warm)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,10 @@ class AgentView:
     models: frozenset[str]
     recent_hashes: tuple[str, ...]  # workflow hashes recently run here, most recent first
     recent_failures: int  # failures here in the recent window
+    # node classes its ComfyUI instances offer; None: the agent reported no inventory, so the
+    # workflow's own model files and node classes are not checked there (explicit
+    # `constraints.models` still are, against `models`)
+    node_classes: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +85,7 @@ class Placement:
     instance_id: str
     gpu_index: int | None
     score: float  # informational: how tightly the job fits (1.0 = nothing left over)
+    warm: bool = False  # the instance ran this workflow shape or its models recently
 
 
 @dataclass(frozen=True, slots=True)

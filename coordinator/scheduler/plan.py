@@ -18,7 +18,7 @@ from comfyfleet.coordinator.scheduler.model import (
     PlanResult,
     SchedulerError,
 )
-from comfyfleet.coordinator.scheduler.rank import fit_score
+from comfyfleet.coordinator.scheduler.rank import AFFINITY_BUCKET_MB, fit_score, is_warm
 from comfyfleet.coordinator.scheduler.reasons import Explainer
 from comfyfleet.coordinator.scheduler.starvation import Hold, apply_hold, choose_hold
 
@@ -39,6 +39,7 @@ def plan(
     *,
     starvation_s: float = DEFAULT_STARVATION_S,
     max_holds: int = DEFAULT_MAX_HOLDS,
+    affinity_bucket_mb: int = AFFINITY_BUCKET_MB,
 ) -> PlanResult:
     """Place `jobs` on `agents` as of time `now`.
 
@@ -47,7 +48,8 @@ def plan(
     capacity). A job that fits nowhere is skipped, not waited for. A job queued longer than
     `starvation_s` that fits nowhere now holds the GPU (or host) closest to fitting it, so that
     jobs after it cannot take what drains there; at most `max_holds` such jobs are looked at per
-    plan. After `max_placements` placements the rest is left for the next plan. Every job not
+    plan. Among GPUs in one `affinity_bucket_mb` band of VRAM left, a warm instance wins.
+    After `max_placements` placements the rest is left for the next plan. Every job not
     placed gets a reason in `pending`.
     """
     seen: set[str] = set()
@@ -55,7 +57,7 @@ def plan(
         if job.job_id in seen:
             raise SchedulerError(f"job {job.job_id!r} appears twice")
         seen.add(job.job_id)
-    cap = Capacity(agents)
+    cap = Capacity(agents, affinity_bucket_mb)
     index = SlotIndex(cap)
     statics = StaticFilter(cap)
     agent_pos = cap.agent_pos
@@ -85,8 +87,9 @@ def plan(
         sid = None if request in hopeless else index.best(job, allowed, blocked, avoid)
         if sid is not None:
             score = fit_score(job, cap, sid)
-            index.place(sid, job)
             slot = cap.slots[sid]
+            warm = is_warm(job, cap.agents[cap.slot_agent[sid]], slot)
+            index.place(sid, job)
             placements.append(
                 Placement(
                     job_id=job.job_id,
@@ -94,6 +97,7 @@ def plan(
                     instance_id=slot.instance_id,
                     gpu_index=slot.gpu_index,
                     score=score,
+                    warm=warm,
                 )
             )
             continue

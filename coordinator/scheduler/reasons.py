@@ -14,13 +14,13 @@ read off the index of open slots; per job O(shapes). Messages:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from comfyfleet.coordinator.scheduler.capacity import KIND_CPU, KIND_GPU
 from comfyfleet.coordinator.scheduler.feasibility import AGENT_CHECKS, SLOT_CHECKS
 from comfyfleet.coordinator.scheduler.index import Signature, SlotIndex, StaticFilter, signature
-from comfyfleet.coordinator.scheduler.model import JobRequest
+from comfyfleet.coordinator.scheduler.model import AgentView, JobRequest
 from comfyfleet.coordinator.scheduler.starvation import Hold
 
 MAX_LISTED = 5
@@ -41,6 +41,28 @@ class Summary:
 def _listed(items: list[str]) -> str:
     more = f", … ({len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else ""
     return ", ".join(items[:MAX_LISTED]) + more
+
+
+def inventory_gap(job: JobRequest, agents: Sequence[AgentView]) -> str:
+    """What the workflow needs that no one of `agents` has in full: the items missing on every
+    agent, or, when each exists somewhere, the full list."""
+    known = [a for a in agents if a.node_classes is not None]
+    want_models = sorted(set(job.model_refs))
+    want_classes = sorted(set(job.node_classes))
+    models = [m for m in want_models if all(m not in a.models for a in known)]
+    classes = [
+        c for c in want_classes if all(a.node_classes is None or c not in a.node_classes
+                                       for a in known)
+    ]
+    if not models and not classes:
+        models, classes = want_models, want_classes
+        lead = "all of "
+    else:
+        lead = ""
+    parts = ([f"model files {_listed(models)}"] if models else []) + (
+        [f"node classes {_listed(classes)}"] if classes else []
+    )
+    return lead + " and ".join(parts)
 
 
 class Explainer:
@@ -193,6 +215,8 @@ class Explainer:
             if nowhere:
                 return "no agent has models " + _listed(nowhere)
             return "no agent has all of the models " + _listed(want)
+        if code == "inventory":
+            return "no agent's ComfyUI has " + inventory_gap(job, agents)
         if code == "unhealthy":
             return f"no healthy ComfyUI instance on the {len(agents)} eligible agent(s)"
         if code == "kind":

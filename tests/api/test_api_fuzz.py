@@ -93,6 +93,8 @@ def check_response(case: Any, resp: schemathesis.Response) -> None:
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_fuzz_every_operation(live_url: str, mode: GenerationMode) -> None:
     spec = requests.get(f"{live_url}/openapi.json", timeout=5).json()
+    for path, ops in list(spec["paths"].items()):  # endless streams: tested on their own
+        spec["paths"][path] = {m: op for m, op in ops.items() if not op.get("x-stream")}
     schema = schemathesis.openapi.from_dict(spec)
     session = requests.Session()
     slowest = [0.0]

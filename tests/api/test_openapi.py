@@ -19,6 +19,8 @@ def served_routes(app: web.Application) -> set[tuple[str, str]]:
             continue
         info = route.resource.get_info() if route.resource is not None else {}
         path = info.get("path") or info.get("formatter")
+        if path is None and "prefix" in info:  # a static directory
+            path = f"{info['prefix']}/{{filename}}"
         out.add((route.method.lower(), path))
     return out
 

@@ -24,11 +24,14 @@ class ProtocolError(Exception):
 class ProtocolAgent:
     def __init__(self, session: aiohttp.ClientSession | Any, base: str, agent_id: str, *,
                  gpus: list[tuple[str, int]] = (("Sim GPU", 24576),),  # type: ignore[assignment]
-                 labels: dict[str, str] | None = None) -> None:
+                 labels: dict[str, str] | None = None, models: list[str] | None = None,
+                 node_classes: list[str] | None = None) -> None:
         self.session = session
         self.base = base.rstrip("/")
         self.agent_id = agent_id
         self.labels = labels or {}
+        self.models = models or []
+        self.node_classes = node_classes
         self.gpus = [p.GpuInfo(index=i, name=n, vram_total_mb=v, vram_free_mb=v)
                      for i, (n, v) in enumerate(gpus)]
         self.instances = [p.InstanceInfo(instance_id=str(i), gpu_index=i)
@@ -49,7 +52,8 @@ class ProtocolAgent:
     async def register(self, running: list[p.RunningJob] | None = None) -> p.RegisterReply:
         return await self.call("register", p.Register(
             agent_id=self.agent_id, version="test", host=self.host, gpus=self.gpus,
-            instances=self.instances, labels=self.labels, running=running or []),
+            instances=self.instances, labels=self.labels, running=running or [],
+            models=self.models, node_classes=self.node_classes),
             p.RegisterReply)
 
     async def heartbeat(self, running: list[p.RunningJob] | None = None) -> p.HeartbeatReply:
@@ -90,11 +94,12 @@ class ProtocolAgent:
 
     async def finish(self, job: p.Assignment, outcome: str = "completed",
                      outputs: list[p.OutputFile] | None = None,
-                     error: p.ErrorInfo | None = None, spend_retry: bool = True) -> p.Ack:
+                     error: p.ErrorInfo | None = None, spend_retry: bool = True,
+                     **extra: Any) -> p.Ack:
         return await self.call("finish", p.Finish(
             agent_id=self.agent_id, job_id=job.job_id, attempt=job.attempt,
             outcome=outcome, outputs=outputs or [], error=error,  # type: ignore[arg-type]
-            spend_retry=spend_retry), p.Ack)
+            spend_retry=spend_retry, **extra), p.Ack)
 
     async def run_one(self, wait_s: float = 5.0, data: bytes = b"png-bytes") -> p.Assignment:
         """Lease one job, start it, upload one output, complete it."""

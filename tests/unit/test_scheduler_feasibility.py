@@ -230,6 +230,7 @@ def test_pipeline_order_is_static_then_capacity() -> None:
         "offline",
         "labels",
         "models",
+        "inventory",
         "blocked",
         "unhealthy",
         "kind",

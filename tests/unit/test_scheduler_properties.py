@@ -28,6 +28,7 @@ SETTINGS = settings(max_examples=75, deadline=None, suppress_health_check=[Healt
 AGENT_IDS = [f"a{i}" for i in range(6)]
 HASHES = ["h1", "h2", "h3"]
 MODELS = ["m1", "m2", "m3"]
+CLASSES = ["KSampler", "MyCustomNode"]
 GPU_NAMES = ["NVIDIA GeForce RTX 4090", "NVIDIA A100", "NVIDIA L4"]
 K = 1000  # sizes in whole GB so that ties (and tie-breaks) happen often
 
@@ -51,7 +52,8 @@ def slot_st(draw: st.DrawFn, instance_id: str, gpu_index: int | None) -> SlotVie
     capacity = draw(st.sampled_from([1, 1, 1, 2]))
     active = draw(st.integers(0, capacity))
     healthy = draw(st.sampled_from([True, True, True, True, False]))
-    return SlotView(instance_id, gpu_index, healthy, capacity, active)
+    recent = draw(st.frozensets(st.sampled_from(HASHES + MODELS), max_size=2))
+    return SlotView(instance_id, gpu_index, healthy, capacity, active, recent)
 
 
 @st.composite
@@ -80,6 +82,8 @@ def agent_st(draw: st.DrawFn, agent_id: str) -> AgentView:
         models=draw(st.frozensets(st.sampled_from(MODELS))),
         recent_hashes=tuple(draw(st.lists(st.sampled_from(HASHES), unique=True, max_size=2))),
         recent_failures=draw(st.sampled_from([0, 0, 1, 2])),
+        node_classes=draw(st.sampled_from([None, None, frozenset(CLASSES),
+                                           frozenset(CLASSES[:1])])),
     )
 
 
@@ -106,6 +110,8 @@ def job_st(draw: st.DrawFn, job_id: str) -> JobRequest:
         workflow_hash=draw(st.sampled_from(HASHES)),
         avoid_agents=draw(st.frozensets(st.sampled_from(AGENT_IDS), max_size=2)),
         blocked_agents=draw(st.frozensets(st.sampled_from(AGENT_IDS), max_size=1)),
+        model_refs=tuple(draw(st.lists(st.sampled_from(MODELS), unique=True, max_size=2))),
+        node_classes=tuple(draw(st.lists(st.sampled_from(CLASSES), unique=True, max_size=2))),
     )
 
 

@@ -35,8 +35,9 @@ def slot(
     healthy: bool = True,
     capacity: int = 1,
     active: int = 0,
+    recent: Iterable[str] = (),
 ) -> SlotView:
-    return SlotView(instance_id, gpu_index, healthy, capacity, active)
+    return SlotView(instance_id, gpu_index, healthy, capacity, active, frozenset(recent))
 
 
 def agent(
@@ -54,6 +55,7 @@ def agent(
     models: Iterable[str] = (),
     recent_hashes: Iterable[str] = (),
     recent_failures: int = 0,
+    node_classes: Iterable[str] | None = None,
 ) -> AgentView:
     gpu_list = tuple(gpus) if gpus is not None else (gpu(0),)
     slot_list = (
@@ -73,6 +75,7 @@ def agent(
         models=frozenset(models),
         recent_hashes=tuple(recent_hashes),
         recent_failures=recent_failures,
+        node_classes=None if node_classes is None else frozenset(node_classes),
     )
 
 
@@ -91,6 +94,8 @@ def job(
     workflow_hash: str = "wf",
     avoid: Iterable[str] = (),
     blocked: Iterable[str] = (),
+    model_refs: Iterable[str] = (),
+    node_classes: Iterable[str] = (),
 ) -> JobRequest:
     return JobRequest(
         job_id=job_id,
@@ -106,4 +111,6 @@ def job(
         workflow_hash=workflow_hash,
         avoid_agents=frozenset(avoid),
         blocked_agents=frozenset(blocked),
+        model_refs=tuple(model_refs),
+        node_classes=tuple(node_classes),
     )

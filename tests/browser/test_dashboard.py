@@ -1,0 +1,148 @@
+"""The dashboard in a real headless Chromium against a real fleet (coordinator, sim, agent).
+
+The page loads, shows the agent, follows a job submitted by dropping a workflow file to
+COMPLETED with its image, shows a running job's progress and preview, its cancel button cancels
+that job, and the drain button drains the agent. Screenshots are kept
+under test-artifacts/dashboard/.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from comfyfleet.client import Client
+from tests.helpers.fleet import Fleet, txt2img
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--disable-dev-shm-usage",
+]
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    f = Fleet(tmp_path)
+    f.start_coordinator()
+    try:
+        f.add_sim("g1", 24576, "--step-ms", "60", "--preview-every", "2")
+        f.add_agent("b1", "g1")
+        yield f
+    except BaseException:
+        print(f.logs())
+        raise
+    finally:
+        f.stop()
+
+
+@pytest.fixture
+def page(tmp_path: Path) -> Iterator[Page]:
+    assert shutil.which(CHROMIUM), (
+        f"{CHROMIUM} is missing: `make test` installs Debian's chromium when run as root; "
+        "otherwise run `apt-get install chromium`")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True,
+            args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 900})
+        try:
+            page = context.new_page()
+            page.set_default_timeout(60_000)
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            yield page
+            assert not errors, f"JavaScript errors on the page: {errors}"
+        finally:
+            context.close()
+
+
+def shot(page: Page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_dashboard_follows_a_job_and_cancels_one(fleet: Fleet, page: Page,
+                                                 tmp_path: Path) -> None:
+    page.goto(fleet.url + "/")
+    agent = page.locator('.agent[data-agent="b1"]')
+    expect(agent).to_have_attribute("data-status", "ONLINE")
+    expect(agent.locator(".vram")).to_have_count(1)
+    expect(agent).to_contain_text("ComfyUI 1/1 healthy")
+    expect(page.locator("#live")).to_have_text("live")
+    shot(page, "01-fleet")
+
+    # a UI-format export is refused with advice, before anything is sent
+    ui = tmp_path / "ui.json"
+    ui.write_text(json.dumps({"nodes": [], "links": [], "version": 0.4}))
+    page.set_input_files("#workflow-file", str(ui))
+    expect(page.locator("#message")).to_contain_text("API Format")
+
+    # submit by "dropping" a workflow file (the file input is the drop zone's own input)
+    wf = tmp_path / "workflow.json"
+    wf.write_text(json.dumps(txt2img(384, 256, steps=8, prefix="dash")))
+    page.fill("#vram", "4000")
+    page.set_input_files("#workflow-file", str(wf))
+    expect(page.locator("#message")).to_contain_text("submitted ")
+    job_id = page.locator("#message").inner_text().split()[-1]
+    row = page.locator(f"#job-{job_id}")
+    expect(row).to_have_attribute("data-status", "COMPLETED", timeout=90_000)
+    thumb = row.locator("img.output-thumb")
+    expect(thumb).to_be_visible()
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                           arg=thumb.element_handle())
+    row.click()
+    image = page.locator("#detail img.output")
+    expect(image).to_be_visible()
+    size = image.evaluate("img => new Promise(ok => img.complete ? ok([img.naturalWidth, "
+                          "img.naturalHeight]) : img.onload = () => ok([img.naturalWidth, "
+                          "img.naturalHeight]))")
+    assert size == [384, 256]
+    expect(page.locator("#detail .history")).to_contain_text("COMPLETED")
+    shot(page, "02-completed")
+
+    # a long job: the page shows it running with live progress, and its cancel button cancels it
+    with Client(fleet.url) as client:
+        long_job = client.submit(txt2img(512, 512, steps=400, prefix="long"), vram_mb=4000)
+        row = page.locator(f"#job-{long_job.id}")
+        expect(row).to_have_attribute("data-status", "RUNNING", timeout=60_000)
+        expect(row.locator(".step")).to_contain_text("KSampler")
+        preview = row.locator("img.preview")
+        expect(preview).to_be_visible()
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                               arg=preview.element_handle())
+        expect(agent).to_contain_text("jobs 1")  # the fleet view follows: the job's reservation
+        expect(agent.locator(".gpu")).to_contain_text("reserved 3.9 GB")
+        shot(page, "03-running")
+        row.locator("button.cancel").click()
+        expect(row).to_have_attribute("data-status", "CANCELLED", timeout=60_000)
+        assert client.get(long_job.id).status == "CANCELLED"
+        assert client.get(job_id).status == "COMPLETED"
+    shot(page, "04-cancelled")
+
+    # the drain button drains the agent
+    agent.locator("button.drain").click()
+    expect(agent).to_have_attribute("data-status", "DRAINING")
+    shot(page, "05-drained")
+
+    # with an API key set, requests, the live stream and images carry it as a Bearer header
+    seen_auth: list[str] = []
+    page.on("request", lambda req: seen_auth.append(req.headers.get("authorization", "")))
+    page.evaluate("localStorage.setItem('comfyfleet.apiKey', 'key-123')")
+    page.reload()
+    expect(page.locator("#live")).to_have_text("live")
+    page.locator(f"#job-{job_id}").click()
+    keyed = page.locator("#detail img.output")
+    page.wait_for_function("img => img.complete && img.naturalWidth === 384",
+                           arg=keyed.element_handle())
+    assert seen_auth.count("Bearer key-123") >= 3, seen_auth
+
+

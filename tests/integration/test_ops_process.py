@@ -1,0 +1,325 @@
+"""Operations, with real processes on 127.0.0.1: TLS with a certificate made here, keys and
+tenants end to end, SIGHUP key reload, secure-by-default refusal, graceful SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.helpers import procs
+from tests.helpers.fleet import txt2img
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+def make_certs(folder: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 signed by it."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "comfyfleet test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path, cert_path, key_path = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return ca_path, cert_path, key_path
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "comfyfleet", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def wait_https(url: str, context: ssl.SSLContext, proc: procs.Proc, timeout: float = 20) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.alive, proc.log()
+        try:
+            with urllib.request.urlopen(url, timeout=1, context=context):
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.05)
+    raise TimeoutError(url)
+
+
+@pytest.fixture
+def started(tmp_path: Path) -> Iterator[list[procs.Proc]]:
+    running: list[procs.Proc] = []
+    yield running
+    for proc in running:
+        proc.kill(signal.SIGKILL)
+
+
+async def test_tls_and_keys_end_to_end(
+    tmp_path: Path, started: list[procs.Proc], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca_path, cert_path, key_path = make_certs(tmp_path)
+    data = tmp_path / "coord"
+    made = [
+        cli("keys", "create", "--tenant", "acme", "--data-dir", str(data)),
+        cli("keys", "create", "--tenant", "beta", "--data-dir", str(data)),
+        cli("keys", "create", "--agent", "--agent-id", "gpu-a", "--data-dir", str(data)),
+    ]
+    assert all(m.returncode == 0 for m in made), [m.stderr for m in made]
+    acme, beta, token = (m.stdout.strip() for m in made)
+
+    port = procs.free_port()
+    url = f"https://127.0.0.1:{port}"
+    coord = procs.Proc(
+        "coordinator",
+        [
+            "coordinator",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            str(data),
+            "--tls-cert",
+            str(cert_path),
+            "--tls-key",
+            str(key_path),
+            "--heartbeat-interval",
+            "0.5",
+        ],
+        tmp_path,
+        f"{url}/healthz",
+    ).start(wait=False)
+    started.append(coord)
+    trust = ssl.create_default_context(cafile=str(ca_path))
+    wait_https(f"{url}/healthz", trust, coord)
+
+    sim_port = procs.free_port()
+    sim = procs.Proc(
+        "sim",
+        ["comfyui-sim", "--listen", f"127.0.0.1:{sim_port}", "--data-dir", str(tmp_path / "sim")],
+        tmp_path,
+        f"http://127.0.0.1:{sim_port}/system_stats",
+    ).start()
+    started.append(sim)
+    monkeypatch.setenv("COMFYFLEET_AGENT_TOKEN", token)  # the agent reads its token from env
+    agent = procs.Proc(
+        "agent",
+        [
+            "agent",
+            "--coordinator",
+            url,
+            "--ca-file",
+            str(ca_path),
+            "--comfyui",
+            f"http://127.0.0.1:{sim_port}",
+            "--agent-id",
+            "gpu-a",
+            "--data-dir",
+            str(tmp_path / "agent"),
+        ],
+        tmp_path,
+        "",
+    ).start(wait=False)
+    monkeypatch.delenv("COMFYFLEET_AGENT_TOKEN")
+    started.append(agent)
+
+    def auth(cred: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {cred}"}
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trust)) as http:
+        resp = await http.post(
+            f"{url}/v1/jobs", json={"workflow": txt2img(64, 64, steps=2)}, headers=auth(acme)
+        )
+        assert resp.status == 201, await resp.text()
+        job_id = (await resp.json())["id"]
+        job: dict[str, Any] = {}
+        for _ in range(300):
+            job = await (await http.get(f"{url}/v1/jobs/{job_id}", headers=auth(acme))).json()
+            if job["status"] in ("COMPLETED", "FAILED", "CANCELLED"):
+                break
+            await asyncio.sleep(0.1)
+        assert job["status"] == "COMPLETED", (job, agent.log())
+        name = job["outputs"][0]["name"]
+        out = await http.get(f"{url}/v1/jobs/{job_id}/outputs/{name}", headers=auth(acme))
+        assert out.status == 200 and (await out.read()).startswith(b"\x89PNG")
+        other = await http.get(f"{url}/v1/jobs/{job_id}", headers=auth(beta))
+        assert other.status == 404
+        assert (await http.get(f"{url}/v1/jobs")).status == 401
+
+        # A key created while the coordinator runs works after SIGHUP (systemctl reload).
+        late = cli("keys", "create", "--tenant", "late", "--data-dir", str(data)).stdout.strip()
+        assert (await http.get(f"{url}/v1/jobs", headers=auth(late))).status == 401
+        coord.signal(signal.SIGHUP)
+        for _ in range(50):
+            if (await http.get(f"{url}/v1/jobs", headers=auth(late))).status == 200:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the new key was not picked up after SIGHUP")
+
+    # Clients that do not trust the CA, or speak plain HTTP, get nowhere.
+    async with aiohttp.ClientSession() as untrusting:
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            await untrusting.get(f"{url}/healthz")
+        with pytest.raises(aiohttp.ClientError):
+            await untrusting.get(f"http://127.0.0.1:{port}/healthz")
+
+    # The CLI verifies the certificate too: with the CA it gets through, without it says why.
+    checked = cli("check", "--coordinator", url, "--ca-file", str(ca_path))
+    assert checked.returncode == 0 and "TLS verified" in checked.stdout, checked.stderr
+    refused = cli("check", "--coordinator", url)
+    assert refused.returncode == 2 and "certificate is not trusted" in refused.stderr
+    monkeypatch.setenv("COMFYFLEET_API_KEY", token)
+    wrong_side = cli("check", "--coordinator", url, "--ca-file", str(ca_path))
+    monkeypatch.delenv("COMFYFLEET_API_KEY")
+    assert wrong_side.returncode == 2 and "HTTP 403" in wrong_side.stderr
+
+    coord.kill(signal.SIGTERM)
+    agent.kill(signal.SIGTERM)
+    logs = coord.log() + agent.log() + "".join(m.stderr for m in made) + wrong_side.stderr
+    assert "coordinator_listening" in logs and "https://" in logs
+    for secret in (acme, beta, token, late):
+        assert secret not in logs
+        assert secret.split("_", 2)[2] not in logs
+
+
+def test_no_keys_refuses_to_listen_beyond_loopback(tmp_path: Path) -> None:
+    done = cli(
+        "coordinator",
+        "--listen",
+        f"0.0.0.0:{procs.free_port()}",
+        "--data-dir",
+        str(tmp_path / "coord"),
+    )
+    assert done.returncode == 2
+    assert "refusing to listen on 0.0.0.0" in done.stderr
+    assert "keys create" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_bad_config_is_refused_at_start_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "coordinator.toml"
+    config.write_text('data_dir = "x"\nheartbeat_intervall_s = 2\n')
+    done = cli("coordinator", "--config", str(config))
+    assert done.returncode == 2 and "heartbeat_intervall_s: unknown key" in done.stderr
+    config.write_text('data_dir = "x"\nport = "eighty"\n')
+    done = cli("coordinator", "--config", str(config))
+    assert done.returncode == 2 and "port: expected an integer" in done.stderr
+
+
+def test_sigterm_finishes_the_request_in_flight_and_commits(
+    tmp_path: Path, started: list[procs.Proc]
+) -> None:
+    """SIGTERM arrives while a submission's body is still on the wire: the coordinator stops
+    accepting, finishes that request (201 after commit), exits 0, and the job is there after a
+    restart."""
+    data = tmp_path / "coord"
+    coord = procs.coordinator(data, tmp_path).start()
+    started.append(coord)
+    port = int(coord.url.rsplit(":", 1)[1])  # type: ignore[attr-defined]
+    body = json.dumps({"workflow": txt2img(64, 64)}).encode()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(
+        b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+        b"\r\nConnection: close\r\nExpect: 100-continue\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+    )
+    interim = b""
+    while b"\r\n\r\n" not in interim:  # the request has been dispatched to the app
+        interim += sock.recv(1)
+    assert interim.startswith(b"HTTP/1.1 100"), interim
+    sock.sendall(body[:20])
+    time.sleep(0.3)  # the handler is now reading the body
+    coord.signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert coord.alive, "the coordinator quit with a request in flight"
+    sock.sendall(body[20:])
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 201"), answer[:300]
+    job_id = json.loads(answer.split(b"\r\n\r\n", 1)[1])["id"]
+    assert coord.proc is not None and coord.proc.wait(20) == 0, coord.log()
+
+    again = procs.coordinator(data, tmp_path).start()
+    started.append(again)
+    import urllib.request
+
+    with urllib.request.urlopen(f"{again.url}/v1/jobs/{job_id}", timeout=5) as resp:  # type: ignore[attr-defined]
+        assert json.loads(resp.read())["id"] == job_id
