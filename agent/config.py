@@ -20,6 +20,10 @@ class AgentConfig:
     max_output_bytes: int = 2 << 30
     events_flush_s: float = 0.1  # batch progress events for this long
     request_timeout_s: float = 60.0
+    # Prompts each ComfyUI holds at once: 2 keeps the next one queued inside ComfyUI while the
+    # current one runs (no round trip between jobs on the GPU); the coordinator reserves VRAM
+    # for both. 1 turns the pipeline off.
+    capacity: int = 2
 
     @property
     def state_file(self) -> Path:

@@ -1,4 +1,4 @@
-"""3. Heartbeat capacity: the most agents at a 5 s heartbeat one coordinator serves with p99 < 50 ms.
+"""3. Heartbeat capacity: most agents at a 5 s heartbeat one coordinator serves, p99 < 50 ms.
 
 Steps up the number of lightweight agents (each registers, then heartbeats every 5 s with its
 phase spread evenly) and measures every heartbeat's round trip for `window_s` seconds per step.

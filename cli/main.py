@@ -101,6 +101,10 @@ def add_agent(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
                      default=float(env_default("DRAIN_GRACE", "30") or 30))
     cmd.add_argument("--stall", type=float, default=float(env_default("STALL", "10") or 10),
                      help="seconds without ComfyUI events before asking /history")
+    cmd.add_argument("--capacity", type=int, choices=range(1, 9), metavar="N",
+                     default=int(env_default("CAPACITY", "2") or 2),
+                     help="prompts each ComfyUI holds at once (2: the next waits queued inside "
+                          "ComfyUI while one runs; 1: no pipeline)")
     cmd.add_argument("--log-level", default=env_default("LOG_LEVEL", "info"))
     cmd.set_defaults(run=run_agent)
 
@@ -140,7 +144,7 @@ def run_agent(args: argparse.Namespace) -> int:
     config = AgentConfig(
         coordinator_url=args.coordinator, comfyui_urls=tuple(args.comfyui), agent_id=agent_id,
         data_dir=data_dir, gpu_source=args.gpu_source, labels=dict(args.label),
-        drain_grace_s=args.drain_grace, stall_s=args.stall,
+        drain_grace_s=args.drain_grace, stall_s=args.stall, capacity=args.capacity,
     )
     return asyncio.run(serve(config))
 

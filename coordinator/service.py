@@ -87,6 +87,9 @@ class Coordinator:
         self.agents: dict[str, AgentState] = {}
         self.delivered: set[str] = set()  # ASSIGNED jobs a lease has handed out
         self.cancel_sent: dict[str, float] = {}  # job_id -> when a cancel/timeout was asked
+        # ASSIGNED job_id -> when its agent last said ComfyUI holds it queued (pipelined: it waits
+        # behind the running prompt, so the assign timeout counts from this report)
+        self.queued_on_agent: dict[str, float] = {}
         self.progress: dict[str, LiveProgress] = {}
         self.wake = asyncio.Event()
         self.counters: dict[str, int] = {"placements": 0, "requeues": 0, "lost_agents": 0}
@@ -137,6 +140,8 @@ class Coordinator:
                 agent.to_cancel.pop(job_id, None)
             self.delivered.discard(job_id)
             self.cancel_sent.pop(job_id, None)
+        if new.status != JobStatus.ASSIGNED:
+            self.queued_on_agent.pop(job_id, None)
         if new.status in TERMINAL:
             self.jobs.pop(job_id, None)
             self.queued.pop(job_id, None)
@@ -296,6 +301,8 @@ class Coordinator:
                 drop.append(ref)
             elif job.desired != "run":
                 cancel.append(ref)
+            elif job.status == JobStatus.ASSIGNED and r.prompt_id:
+                self.queued_on_agent[job.id] = now
             elif r.progress is not None:
                 live = self.progress.setdefault(job.id, LiveProgress())
                 live.fraction, live.updated_at = r.progress, now
@@ -540,7 +547,8 @@ class Coordinator:
             if agent is not None and agent.status == AgentStatus.RECONNECTING:
                 continue  # wait for the agent to come back before judging its jobs
             if job.status == JobStatus.ASSIGNED:
-                since = job.timestamps.get(JobStatus.ASSIGNED.value, now)
+                since = max(job.timestamps.get(JobStatus.ASSIGNED.value, now),
+                            self.queued_on_agent.get(job.id, 0.0))
                 if now - since > self.config.assign_timeout_s:
                     self._release(job, now, f"not started within "
                                   f"{self.config.assign_timeout_s:g} s", spend_retry=True)
