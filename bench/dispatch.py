@@ -55,6 +55,7 @@ def _r(d: dict[str, float]) -> dict[str, float]:
 
 
 def run(tmp: Path, jobs: int = 1000, agent_args: tuple[str, ...] = ()) -> dict[str, Any]:
+    tmp.mkdir(parents=True, exist_ok=True)
     fleet = Fleet(tmp, ["--heartbeat-interval", "5", "--log-level", "warning"])
     try:
         fleet.start_coordinator()

@@ -83,6 +83,7 @@ async def measure(fleet: Fleet, jobs: int, gpu_ms: float) -> dict[str, Any]:
 
 
 def run(tmp: Path, jobs: int, gpu_ms: float, agent_args: tuple[str, ...] = ()) -> dict[str, Any]:
+    tmp.mkdir(parents=True, exist_ok=True)
     fleet = Fleet(tmp, ["--heartbeat-interval", "5", "--log-level", "warning"])
     try:
         fleet.start_coordinator()
