@@ -22,6 +22,7 @@ from comfyfleet.coordinator.errors import Conflict, NotFound, StaleAttempt, Unpr
 from comfyfleet.coordinator.fleet import AgentState, AgentStatus, agent_view
 from comfyfleet.coordinator.model import AgentRecord, JobRecord
 from comfyfleet.coordinator.outputs import OutputFiles
+from comfyfleet.coordinator.pacing import plan_call
 from comfyfleet.coordinator.scheduler.model import JobRequest
 from comfyfleet.coordinator.scheduler.plan import plan
 from comfyfleet.coordinator.store import Store
@@ -54,6 +55,18 @@ def job_request(job: JobRecord) -> JobRequest:
         avoid_agents=frozenset(job.failed_agents),
         blocked_agents=frozenset(),
     )
+
+
+_NO_WORKFLOW: dict[str, Any] = {}
+
+
+def without_workflow(job: JobRecord) -> JobRecord:
+    """The job as the in-memory index keeps it: the workflow (most of a job's bytes) stays in
+    the store and is read when a lease hands the job out (placement needs only the request)."""
+    if job.spec.workflow is _NO_WORKFLOW:
+        return job
+    return dataclasses.replace(job, spec=msgspec.structs.replace(job.spec,
+                                                                 workflow=_NO_WORKFLOW))
 
 
 @dataclasses.dataclass(slots=True)
@@ -90,6 +103,8 @@ class Coordinator:
         # ASSIGNED job_id -> when its agent last said ComfyUI holds it queued (pipelined: it waits
         # behind the running prompt, so the assign timeout counts from this report)
         self.queued_on_agent: dict[str, float] = {}
+        self.unexplained: set[str] = set()  # QUEUED jobs no plan has given a pending reason yet
+        self.explained_at = float("-inf")  # when a plan last explained every pending job
         self.progress: dict[str, LiveProgress] = {}
         self.wake = asyncio.Event()
         self.counters: dict[str, int] = {"placements": 0, "requeues": 0, "lost_agents": 0}
@@ -143,13 +158,17 @@ class Coordinator:
         if new.status != JobStatus.ASSIGNED:
             self.queued_on_agent.pop(job_id, None)
         if new.status in TERMINAL:
+            self.unexplained.discard(job_id)
             self.jobs.pop(job_id, None)
             self.queued.pop(job_id, None)
             self.progress.pop(job_id, None)
             self.wake.set()
             return
-        self.jobs[job_id] = new
+        self.jobs[job_id] = without_workflow(new)
+        if new.status != JobStatus.QUEUED:
+            self.unexplained.discard(job_id)
         if new.status == JobStatus.QUEUED:
+            self.unexplained.add(job_id)
             self.queued[job_id] = job_request(new)
             self.progress.pop(job_id, None)
             self.wake.set()
@@ -342,11 +361,15 @@ class Coordinator:
             if room.get(instance, 0) <= 0:
                 keep.append(job_id)
                 continue
+            stored = self.store.get_job(job_id)  # the workflow lives in the store only
+            if stored is None:
+                continue
             room[instance] -= 1
             self.delivered.add(job_id)
             jobs.append(p.Assignment(
                 job_id=job_id, attempt=job.attempt, instance_id=instance,
-                workflow=job.spec.workflow, timeout_s=job.spec.timeout_s, vram_mb=job.vram_mb,
+                workflow=stored.spec.workflow, timeout_s=job.spec.timeout_s,
+                vram_mb=job.vram_mb,
             ))
         agent.to_deliver.extend(keep)
         cancel = list(agent.to_cancel.values())
@@ -479,8 +502,18 @@ class Coordinator:
         now = self.clock()
         views = [agent_view(a, self.jobs, RECENT_FAILURE_WINDOW_S, now)
                  for a in self.agents.values() if a.status != AgentStatus.LOST]
-        result = plan(list(self.queued.values()), views, now,
-                      max_placements=MAX_PLACEMENTS_PER_PLAN)
+        call = plan_call(views, self.unexplained, self.explained_at, now)
+        if not call.run:
+            return 0
+        queue = (list(self.queued.values()) if call.only is None
+                 else [self.queued[i] for i in call.only if i in self.queued])
+        result = plan(queue, views, now,
+                      max_placements=MAX_PLACEMENTS_PER_PLAN, explain=call.explain)
+        if call.explain is None:
+            self.explained_at = now
+            self.unexplained.clear()
+        else:
+            self.unexplained -= call.explain
         for job_id, reason in result.pending.items():
             job = self.jobs.get(job_id)
             if job is not None:

@@ -6,7 +6,7 @@ Pure: the same (jobs, agents, now) always gives the same result, whatever the in
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from comfyfleet.coordinator.scheduler.capacity import Capacity
 from comfyfleet.coordinator.scheduler.feasibility import job_problem
@@ -39,6 +39,7 @@ def plan(
     *,
     starvation_s: float = DEFAULT_STARVATION_S,
     max_holds: int = DEFAULT_MAX_HOLDS,
+    explain: Collection[str] | None = None,
 ) -> PlanResult:
     """Place `jobs` on `agents` as of time `now`.
 
@@ -48,7 +49,8 @@ def plan(
     `starvation_s` that fits nowhere now holds the GPU (or host) closest to fitting it, so that
     jobs after it cannot take what drains there; at most `max_holds` such jobs are looked at per
     plan. After `max_placements` placements the rest is left for the next plan. Every job not
-    placed gets a reason in `pending`.
+    placed gets a reason in `pending`; with `explain` given, a job that fits nowhere gets its
+    (costlier) capacity reason only if its id is in `explain`.
     """
     seen: set[str] = set()
     for job in jobs:
@@ -106,5 +108,6 @@ def plan(
                 holds[job.job_id] = apply_hold(job, index, *target)
     explainer = Explainer(index, statics, holds, now)
     for job in unplaced:
-        pending[job.job_id] = explainer.reason(job)
+        if explain is None or job.job_id in explain:
+            pending[job.job_id] = explainer.reason(job)
     return PlanResult(placements=tuple(placements), pending=pending)
