@@ -31,8 +31,14 @@ Signature = tuple[int, frozenset[tuple[str, str]], frozenset[str], str | None]
 NEG_INF = float("-inf")
 
 
+_NO_LABELS: frozenset[tuple[str, str]] = frozenset()
+_NO_MODELS: frozenset[str] = frozenset()
+
+
 def signature(job: JobRequest) -> Signature:
     """The static constraints of a job: jobs with equal signatures see the same eligible slots."""
+    if not job.labels and not job.models and job.gpu_name is None:
+        return (job.gpus, _NO_LABELS, _NO_MODELS, None)  # most jobs: no frozensets to build
     name = job.gpu_name.lower() if job.gpus == 1 and job.gpu_name is not None else None
     return (job.gpus, frozenset(job.labels.items()), frozenset(job.models), name)
 

@@ -79,11 +79,15 @@ def plan(
         if problem is not None:
             pending[job.job_id] = problem
             continue
+        # capacity only shrinks during a plan: a request that found no slot finds none later
+        request = (signature(job), job.vram_mb, job.ram_mb, job.cpu, job.blocked_agents)
+        starving = now - job.queued_at > starvation_s and hold_tries < max_holds
+        if request in hopeless and not starving:
+            unplaced.append(job)  # the common case in a long queue: skip the slot search
+            continue
         allowed = statics.allowed(job)
         blocked = {agent_pos[a] for a in job.blocked_agents if a in agent_pos}
         avoid = {agent_pos[a] for a in job.avoid_agents if a in agent_pos}
-        # capacity only shrinks during a plan: a request that found no slot finds none later
-        request = (signature(job), job.vram_mb, job.ram_mb, job.cpu, job.blocked_agents)
         sid = None if request in hopeless else index.best(job, allowed, blocked, avoid)
         if sid is not None:
             score = fit_score(job, cap, sid)
@@ -101,7 +105,7 @@ def plan(
             continue
         hopeless.add(request)
         unplaced.append(job)
-        if now - job.queued_at > starvation_s and hold_tries < max_holds:
+        if starving:
             hold_tries += 1
             target = choose_hold(job, cap, allowed, blocked, avoid)
             if target is not None:
