@@ -18,8 +18,12 @@ from tests.helpers import procs
 from tests.helpers.protocol_agent import ProtocolAgent
 
 # Heterogeneous GPUs the lightweight agents claim to have (name, VRAM MB).
-GPU_MODELS = [("NVIDIA GeForce RTX 4090", 24564), ("NVIDIA L40S", 46068),
-              ("NVIDIA A100 80GB", 81920), ("NVIDIA RTX A4000", 16376)]
+GPU_MODELS = [
+    ("NVIDIA GeForce RTX 4090", 24564),
+    ("NVIDIA L40S", 46068),
+    ("NVIDIA A100 80GB", 81920),
+    ("NVIDIA RTX A4000", 16376),
+]
 # Mixed job sizes (VRAM MB) for the queue.
 JOB_VRAM = [2000, 4000, 6000, 8000, 12000, 20000, 30000, 60000]
 
@@ -49,11 +53,14 @@ def headers() -> dict[str, str]:
 def tiny_workflow(tag: int, size: int = 64) -> dict[str, Any]:
     """A model-free two-node prompt; `tag` (the colour) makes every prompt distinct (no cache)."""
     return {
-        "1": {"class_type": "EmptyImage",
-              "inputs": {"width": size, "height": size, "batch_size": 1,
-                         "color": tag % 0xFFFFFF}},
-        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0],
-                                                    "filename_prefix": f"b{tag}"}},
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": size, "height": size, "batch_size": 1, "color": tag % 0xFFFFFF},
+        },
+        "2": {
+            "class_type": "SaveImage",
+            "inputs": {"images": ["1", 0], "filename_prefix": f"b{tag}"},
+        },
     }
 
 
@@ -105,9 +112,11 @@ class Sampler:
 
     def summary(self) -> dict[str, float]:
         wall = max(1e-9, self.t1 - self.t0)
-        return {"cpu_s": round(self.cpu1 - self.cpu0, 2),
-                "cpu_pct": round(100 * (self.cpu1 - self.cpu0) / wall, 1),
-                "peak_rss_mb": round(self.peak_rss / 2**20, 1)}
+        return {
+            "cpu_s": round(self.cpu1 - self.cpu0, 2),
+            "cpu_pct": round(100 * (self.cpu1 - self.cpu0) / wall, 1),
+            "peak_rss_mb": round(self.peak_rss / 2**20, 1),
+        }
 
 
 @dataclass
@@ -120,8 +129,9 @@ class Coordinator:
 
     def start(self) -> Coordinator:
         self.tmp.mkdir(parents=True, exist_ok=True)
-        self.proc = procs.coordinator(self.tmp / "coord", self.tmp,
-                                      extra=[*self.args, "--log-level", "warning"]).start()
+        self.proc = procs.coordinator(
+            self.tmp / "coord", self.tmp, extra=[*self.args, "--log-level", "warning"]
+        ).start()
         return self
 
     @property
@@ -141,17 +151,19 @@ class Coordinator:
 
 def session(limit: int = 0) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=limit), headers=headers(),
-        timeout=aiohttp.ClientTimeout(total=120))
+        connector=aiohttp.TCPConnector(limit=limit),
+        headers=headers(),
+        timeout=aiohttp.ClientTimeout(total=120),
+    )
 
 
-def make_agents(s: aiohttp.ClientSession, url: str, n: int, gpus_each: int = 4,
-                prefix: str = "la") -> list[ProtocolAgent]:
+def make_agents(
+    s: aiohttp.ClientSession, url: str, n: int, gpus_each: int = 4, prefix: str = "la"
+) -> list[ProtocolAgent]:
     agents = []
     for i in range(n):
         name, vram = GPU_MODELS[i % len(GPU_MODELS)]
-        agents.append(ProtocolAgent(s, url, f"{prefix}-{i:05d}",
-                                    gpus=[(name, vram)] * gpus_each))
+        agents.append(ProtocolAgent(s, url, f"{prefix}-{i:05d}", gpus=[(name, vram)] * gpus_each))
     return agents
 
 
@@ -165,8 +177,9 @@ async def gather_limited(coros: list[Any], limit: int) -> list[Any]:
     return await asyncio.gather(*(one(c) for c in coros))
 
 
-async def submit_many(s: aiohttp.ClientSession, url: str, bodies: list[dict[str, Any]],
-                      concurrency: int = 32) -> tuple[list[str], float]:
+async def submit_many(
+    s: aiohttp.ClientSession, url: str, bodies: list[dict[str, Any]], concurrency: int = 32
+) -> tuple[list[str], float]:
     """Submit jobs; returns their ids and the submission rate (jobs/s)."""
     ids: list[str] = []
 

@@ -29,15 +29,20 @@ async def measure(url: str, jobs: int) -> dict[str, Any]:
             submit_rtt.append(rtt)
             running.append((ts["RUNNING"] - job["created_at"]) * 1000)
             completed.append((ts["COMPLETED"] - job["created_at"]) * 1000)
-    return {"jobs": jobs, "submit_to_running_ms": _r(common.percentiles(running)),
-            "submit_to_completed_ms": _r(common.percentiles(completed)),
-            "submit_http_rtt_ms": _r(common.percentiles(submit_rtt))}
+    return {
+        "jobs": jobs,
+        "submit_to_running_ms": _r(common.percentiles(running)),
+        "submit_to_completed_ms": _r(common.percentiles(completed)),
+        "submit_http_rtt_ms": _r(common.percentiles(submit_rtt)),
+    }
 
 
 async def _one(s: Any, url: str, tag: int) -> tuple[float, dict[str, Any]]:
     t0 = time.perf_counter()
-    async with s.post(f"{url}/v1/jobs", json={"workflow": common.tiny_workflow(tag, 8),
-                                               "resources": {"vram_mb": 1000}}) as r:
+    async with s.post(
+        f"{url}/v1/jobs",
+        json={"workflow": common.tiny_workflow(tag, 8), "resources": {"vram_mb": 1000}},
+    ) as r:
         job = await r.json()
         assert r.status == 201, job
     rtt = (time.perf_counter() - t0) * 1000
@@ -65,6 +70,7 @@ def run(tmp: Path, jobs: int = 1000, agent_args: tuple[str, ...] = ()) -> dict[s
         async def go() -> dict[str, Any]:
             async with common.session() as s:
                 from tests.helpers.fleet import Api
+
                 await Api(s, fleet.url).agents_online({"a0"})
             return await measure(fleet.url, jobs)
 

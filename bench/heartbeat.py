@@ -21,8 +21,9 @@ INTERVAL_S = 5.0
 TARGET_P99_MS = 50.0
 
 
-async def beat(a: ProtocolAgent, phase: float, until: float, lat: list[float],
-               errors: list[str]) -> None:
+async def beat(
+    a: ProtocolAgent, phase: float, until: float, lat: list[float], errors: list[str]
+) -> None:
     await asyncio.sleep(phase)
     while time.monotonic() < until:
         t0 = time.perf_counter()
@@ -34,19 +35,26 @@ async def beat(a: ProtocolAgent, phase: float, until: float, lat: list[float],
         await asyncio.sleep(max(0.0, INTERVAL_S - (time.perf_counter() - t0)))
 
 
-async def step(s: Any, url: str, agents: list[ProtocolAgent], window_s: float,
-               coord_pid: int) -> dict[str, Any]:
+async def step(
+    s: Any, url: str, agents: list[ProtocolAgent], window_s: float, coord_pid: int
+) -> dict[str, Any]:
     lat: list[float] = []
     errors: list[str] = []
     rng = random.Random(len(agents))
     until = time.monotonic() + window_s
     with common.Sampler(coord_pid) as sampler, common.Sampler(os.getpid()) as me:
-        await asyncio.gather(*(beat(a, rng.random() * INTERVAL_S, until, lat, errors)
-                               for a in agents))
+        await asyncio.gather(
+            *(beat(a, rng.random() * INTERVAL_S, until, lat, errors) for a in agents)
+        )
     pct = common.percentiles(lat)
-    return {"agents": len(agents), "heartbeats": len(lat), "errors": len(errors),
-            **{k: round(v, 1) for k, v in pct.items()},
-            "coordinator": sampler.summary(), "load_generator": me.summary()}
+    return {
+        "agents": len(agents),
+        "heartbeats": len(lat),
+        "errors": len(errors),
+        **{k: round(v, 1) for k, v in pct.items()},
+        "coordinator": sampler.summary(),
+        "load_generator": me.summary(),
+    }
 
 
 async def measure(url: str, pid: int, steps: list[int], window_s: float) -> dict[str, Any]:
@@ -64,8 +72,13 @@ async def measure(url: str, pid: int, steps: list[int], window_s: float) -> dict
             if not ok:
                 break
             best = n
-    return {"interval_s": INTERVAL_S, "window_s": window_s, "steps": results,
-            "max_agents_p99_under_50ms": best, "tested_up_to": steps[-1]}
+    return {
+        "interval_s": INTERVAL_S,
+        "window_s": window_s,
+        "steps": results,
+        "max_agents_p99_under_50ms": best,
+        "tested_up_to": steps[-1],
+    }
 
 
 def run(tmp: Path, steps: list[int], window_s: float = 15.0) -> dict[str, Any]:

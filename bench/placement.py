@@ -62,8 +62,14 @@ async def agent_loop(a: ProtocolAgent, c: Counter, heartbeat_s: float) -> None:
 
 def job_bodies(n: int, seed: int = 7) -> list[dict[str, Any]]:
     rng = random.Random(seed)
-    return [{"workflow": common.txt2img(i), "priority": rng.choice([0, 0, 0, 1, 5]),
-             "resources": {"vram_mb": rng.choice(common.JOB_VRAM)}} for i in range(n)]
+    return [
+        {
+            "workflow": common.txt2img(i),
+            "priority": rng.choice([0, 0, 0, 1, 5]),
+            "resources": {"vram_mb": rng.choice(common.JOB_VRAM)},
+        }
+        for i in range(n)
+    ]
 
 
 async def measure(coord: common.Coordinator, agents: int, jobs: int) -> dict[str, Any]:
@@ -120,9 +126,13 @@ def plan_only(agents: int, jobs: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     result = plan(queue, fleet, sb.NOW, max_placements=2000)
     dt = time.perf_counter() - t0
-    return {"agents": agents, "queue": jobs, "placed": len(result.placements),
-            "plan_ms": round(dt * 1000, 1),
-            "placements_per_s": round(len(result.placements) / max(dt, 1e-9))}
+    return {
+        "agents": agents,
+        "queue": jobs,
+        "placed": len(result.placements),
+        "plan_ms": round(dt * 1000, 1),
+        "placements_per_s": round(len(result.placements) / max(dt, 1e-9)),
+    }
 
 
 if __name__ == "__main__":

@@ -26,14 +26,17 @@ from tests.helpers import procs
 from tests.helpers.protocol_agent import ProtocolAgent
 
 
-async def measure(coord_url: str, sim_url: str, spool: Path, size_mb: int, name: str,
-                  coord_pid: int) -> dict[str, Any]:
+async def measure(
+    coord_url: str, sim_url: str, spool: Path, size_mb: int, name: str, coord_pid: int
+) -> dict[str, Any]:
     size = size_mb << 20
     async with common.session() as s:
         agent = ProtocolAgent(s, coord_url, "stream-agent")
         reg = await agent.register()
-        async with s.post(f"{coord_url}/v1/jobs", json={
-                "workflow": common.tiny_workflow(1), "resources": {"vram_mb": 1000}}) as r:
+        async with s.post(
+            f"{coord_url}/v1/jobs",
+            json={"workflow": common.tiny_workflow(1), "resources": {"vram_mb": 1000}},
+        ) as r:
             assert r.status == 201, await r.text()
         lease = await agent.lease(5.0)
         job = lease.jobs[0]
@@ -44,11 +47,16 @@ async def measure(coord_url: str, sim_url: str, spool: Path, size_mb: int, name:
             t0 = time.perf_counter()
             got = await client.view(OutputRef(name, "", "output", "9"), spool / name, size * 2)
             t1 = time.perf_counter()
-            await cc.upload(p.JobRef(job_id=job.job_id, attempt=job.attempt), name, spool / name,
-                            got.size, got.sha256, reg.chunk_size)
+            await cc.upload(
+                p.JobRef(job_id=job.job_id, attempt=job.attempt),
+                name,
+                spool / name,
+                got.size,
+                got.sha256,
+                reg.chunk_size,
+            )
             t2 = time.perf_counter()
-        await agent.finish(job, outputs=[p.OutputFile(name=name, size=got.size,
-                                                      sha256=got.sha256)])
+        await agent.finish(job, outputs=[p.OutputFile(name=name, size=got.size, sha256=got.sha256)])
         digest = hashlib.sha256()
         received = 0
         t3 = time.perf_counter()
@@ -60,20 +68,34 @@ async def measure(coord_url: str, sim_url: str, spool: Path, size_mb: int, name:
         t4 = time.perf_counter()
     assert received == size and digest.hexdigest() == got.sha256, "download differs"
     mb = size / 1e6
-    return {"size_mb": round(mb), "chunk_size": reg.chunk_size,
-            "sim_to_agent_mb_s": round(mb / (t1 - t0)),
-            "agent_to_coordinator_mb_s": round(mb / (t2 - t1)),
-            "coordinator_to_client_mb_s": round(mb / (t4 - t3)),
-            "end_to_end_mb_s": round(mb / ((t2 - t0) + (t4 - t3))),
-            "coordinator_during_upload": sampler.summary()}
+    return {
+        "size_mb": round(mb),
+        "chunk_size": reg.chunk_size,
+        "sim_to_agent_mb_s": round(mb / (t1 - t0)),
+        "agent_to_coordinator_mb_s": round(mb / (t2 - t1)),
+        "coordinator_to_client_mb_s": round(mb / (t4 - t3)),
+        "end_to_end_mb_s": round(mb / ((t2 - t0) + (t4 - t3))),
+        "coordinator_during_upload": sampler.summary(),
+    }
 
 
 def run(tmp: Path, size_mb: int = 256) -> dict[str, Any]:
     coord = common.Coordinator(tmp, ["--heartbeat-interval", "5"]).start()
     port = procs.free_port()
-    sim = procs.Proc("sim-stream", ["comfyui-sim", "--listen", f"127.0.0.1:{port}",
-                                    "--data-dir", str(tmp / "sim"), "--log-level", "warning"],
-                     tmp, f"http://127.0.0.1:{port}/system_stats").start()
+    sim = procs.Proc(
+        "sim-stream",
+        [
+            "comfyui-sim",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            str(tmp / "sim"),
+            "--log-level",
+            "warning",
+        ],
+        tmp,
+        f"http://127.0.0.1:{port}/system_stats",
+    ).start()
     try:
         name = "big_00001_.png"
         out = tmp / "sim" / "output"
@@ -83,8 +105,9 @@ def run(tmp: Path, size_mb: int = 256) -> dict[str, Any]:
                 fh.write(os.urandom(1 << 20))
         spool = tmp / "spool"
         spool.mkdir()
-        return asyncio.run(measure(coord.url, f"http://127.0.0.1:{port}", spool, size_mb, name,
-                                   coord.pid))
+        return asyncio.run(
+            measure(coord.url, f"http://127.0.0.1:{port}", spool, size_mb, name, coord.pid)
+        )
     finally:
         sim.kill()
         coord.stop()

@@ -44,14 +44,21 @@ async def measure(fleet: Fleet, jobs: int, gpu_ms: float) -> dict[str, Any]:
         await api.agents_online({"a0"})
         # warm each GPU (first prompt pays one-off costs), then forget it
         ids, _ = await common.submit_many(
-            s, fleet.url, [{"workflow": common.tiny_workflow(10**6 + i),
-                            "resources": {"vram_mb": 1000}} for i in range(GPUS * 2)])
+            s,
+            fleet.url,
+            [
+                {"workflow": common.tiny_workflow(10**6 + i), "resources": {"vram_mb": 1000}}
+                for i in range(GPUS * 2)
+            ],
+        )
         for i in ids:
             await api.wait(i, {"COMPLETED"}, 120)
         base = sum(sim_stats(u)["prompts_succeeded"] for u in fleet.sim_urls.values())
         t0 = time.time()
-        bodies = [{"workflow": common.tiny_workflow(i), "resources": {"vram_mb": 1000}}
-                  for i in range(jobs)]
+        bodies = [
+            {"workflow": common.tiny_workflow(i), "resources": {"vram_mb": 1000}}
+            for i in range(jobs)
+        ]
         ids, rate = await common.submit_many(s, fleet.url, bodies, concurrency=16)
         deadline = time.monotonic() + max(120.0, jobs * gpu_ms / 1000 / GPUS * 3)
         while True:
@@ -61,10 +68,11 @@ async def measure(fleet: Fleet, jobs: int, gpu_ms: float) -> dict[str, Any]:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {done - base} of {jobs} prompts finished")
             await asyncio.sleep(0.2)
-        for i in ids[-GPUS * 2:]:
+        for i in ids[-GPUS * 2 :]:
             await api.wait(i, {"COMPLETED"}, 120)
-    per_gpu = [[sp for sp in history(u, jobs + GPUS * 2) if sp[0] >= t0]
-               for u in fleet.sim_urls.values()]
+    per_gpu = [
+        [sp for sp in history(u, jobs + GPUS * 2) if sp[0] >= t0] for u in fleet.sim_urls.values()
+    ]
     spans = [sp for g in per_gpu for sp in g]
     start = min(sp[0] for sp in spans)
     end = max(sp[1] for sp in spans)
@@ -73,13 +81,18 @@ async def measure(fleet: Fleet, jobs: int, gpu_ms: float) -> dict[str, Any]:
     gaps = [(g[i + 1][0] - g[i][1]) * 1000 for g in per_gpu for i in range(len(g) - 1)]
     ideal = jobs * gpu_ms / 1000 / GPUS
     pct = common.percentiles(gaps)
-    return {"jobs": jobs, "gpu_ms": gpu_ms, "prompts_seen": len(spans),
-            "ideal_makespan_s": round(ideal, 2), "measured_makespan_s": round(measured, 2),
-            "efficiency_pct": round(100 * ideal / measured, 1),
-            "busy_pct": round(100 * busy / (GPUS * measured), 1),
-            "mean_prompt_ms": round(1000 * busy / len(spans), 1),
-            "idle_gap_ms": {k: round(pct[k], 1) for k in ("p50", "p99", "max")},
-            "submit_per_s": round(rate)}
+    return {
+        "jobs": jobs,
+        "gpu_ms": gpu_ms,
+        "prompts_seen": len(spans),
+        "ideal_makespan_s": round(ideal, 2),
+        "measured_makespan_s": round(measured, 2),
+        "efficiency_pct": round(100 * ideal / measured, 1),
+        "busy_pct": round(100 * busy / (GPUS * measured), 1),
+        "mean_prompt_ms": round(1000 * busy / len(spans), 1),
+        "idle_gap_ms": {k: round(pct[k], 1) for k in ("p50", "p99", "max")},
+        "submit_per_s": round(rate),
+    }
 
 
 def run(tmp: Path, jobs: int, gpu_ms: float, agent_args: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -89,8 +102,9 @@ def run(tmp: Path, jobs: int, gpu_ms: float, agent_args: tuple[str, ...] = ()) -
         fleet.start_coordinator()
         for g in range(GPUS):
             # 64x64 EmptyImage costs node_ms/64, SaveImage node_ms: one prompt ~ gpu_ms
-            fleet.add_sim(f"g{g}", 24576, "--node-ms", str(gpu_ms / (1 + 1 / 64)),
-                          "--log-level", "warning")
+            fleet.add_sim(
+                f"g{g}", 24576, "--node-ms", str(gpu_ms / (1 + 1 / 64)), "--log-level", "warning"
+            )
         more = [a for g in range(1, GPUS) for a in ("--comfyui", fleet.sim_urls[f"g{g}"])]
         fleet.add_agent("a0", "g0", *more, "--log-level", "warning", *agent_args)
         return asyncio.run(measure(fleet, jobs, gpu_ms))

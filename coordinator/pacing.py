@@ -33,8 +33,13 @@ def has_free_slot(agents: Sequence[AgentView]) -> bool:
     )
 
 
-def plan_call(agents: Sequence[AgentView], unexplained: Collection[str], explained_at: float,
-              now: float, refresh_s: float = REASON_REFRESH_S) -> PlanCall:
+def plan_call(
+    agents: Sequence[AgentView],
+    unexplained: Collection[str],
+    explained_at: float,
+    now: float,
+    refresh_s: float = REASON_REFRESH_S,
+) -> PlanCall:
     if now - explained_at >= refresh_s:
         return PlanCall(True, None)
     free = has_free_slot(agents)

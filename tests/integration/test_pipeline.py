@@ -50,14 +50,17 @@ async def until(check: Any, wait_s: float = 30.0) -> None:
 
 
 async def test_queued_prompt_is_assigned_not_running_and_cancel_deletes_it(
-        fleet: Fleet, api: Api) -> None:
+    fleet: Fleet, api: Api
+) -> None:
     url = fleet.add_sim("g", 24576, "--step-ms", "150")
     fleet.add_agent("a", "g", "--capacity", "2")
     await api.agents_online({"a"})
-    first = await api.submit(txt2img(512, 512, steps=20, prefix="first"),
-                             resources={"vram_mb": 4000})
-    second = await api.submit(txt2img(512, 512, steps=20, prefix="second"),
-                              resources={"vram_mb": 4000})
+    first = await api.submit(
+        txt2img(512, 512, steps=20, prefix="first"), resources={"vram_mb": 4000}
+    )
+    second = await api.submit(
+        txt2img(512, 512, steps=20, prefix="second"), resources={"vram_mb": 4000}
+    )
     await api.wait(first["id"], {"RUNNING"}, 30)
     # The second prompt is handed to ComfyUI while the first runs: it waits in ComfyUI's queue.
     await until(lambda: len(sim_queue(url)["queue_pending"]) == 1)
@@ -77,12 +80,19 @@ async def test_queued_prompt_is_assigned_not_running_and_cancel_deletes_it(
 
 
 async def test_pipelined_prompt_starts_without_a_gap_and_reports_running(
-        fleet: Fleet, api: Api) -> None:
+    fleet: Fleet, api: Api
+) -> None:
     url = fleet.add_sim("g", 24576, "--step-ms", "100")
     fleet.add_agent("a", "g", "--capacity", "2")
     await api.agents_online({"a"})
-    ids = [(await api.submit(txt2img(512, 512, steps=10, prefix=f"p{i}"),
-                             resources={"vram_mb": 4000}))["id"] for i in range(3)]
+    ids = [
+        (
+            await api.submit(
+                txt2img(512, 512, steps=10, prefix=f"p{i}"), resources={"vram_mb": 4000}
+            )
+        )["id"]
+        for i in range(3)
+    ]
     jobs = [await api.wait(i, {"COMPLETED", "FAILED", "CANCELLED"}, 60) for i in ids]
     assert [j["status"] for j in jobs] == ["COMPLETED"] * 3, jobs
     for j in jobs:
@@ -96,8 +106,12 @@ async def test_pipeline_never_overcommits_vram(fleet: Fleet, api: Api) -> None:
     url = fleet.add_sim("g", 24576, "--step-ms", "150")
     fleet.add_agent("a", "g", "--capacity", "2")
     await api.agents_online({"a"})
-    big = [await api.submit(txt2img(512, 512, steps=12, prefix=f"big{i}"),
-                            resources={"vram_mb": 16000}) for i in range(2)]
+    big = [
+        await api.submit(
+            txt2img(512, 512, steps=12, prefix=f"big{i}"), resources={"vram_mb": 16000}
+        )
+        for i in range(2)
+    ]
     await api.wait(big[0]["id"], {"RUNNING"}, 30)
     await asyncio.sleep(0.5)
     other = await api.job(big[1]["id"])

@@ -16,8 +16,13 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def inst(iid: str = "0") -> Instance:
-    return Instance(iid, "http://127.0.0.1:1", None, f"comfyfleet-a-{iid}",  # type: ignore[arg-type]
-                    capacity=2)
+    return Instance(
+        iid,
+        "http://127.0.0.1:1",
+        None,
+        f"comfyfleet-a-{iid}",  # type: ignore[arg-type]
+        capacity=2,
+    )
 
 
 def runner(iid: str, cid: str) -> Any:
@@ -29,8 +34,10 @@ def test_first_slot_keeps_the_plain_id_second_gets_its_own() -> None:
     assert pipeline_client_id(i, []) == "comfyfleet-a-0"
     assert pipeline_client_id(i, [runner("0", "comfyfleet-a-0")]) == "comfyfleet-a-0-1"
     # a freed first slot is reused; other instances' runners do not count
-    assert pipeline_client_id(i, [runner("0", "comfyfleet-a-0-1"),
-                                  runner("1", "comfyfleet-a-0")]) == "comfyfleet-a-0"
+    assert (
+        pipeline_client_id(i, [runner("0", "comfyfleet-a-0-1"), runner("1", "comfyfleet-a-0")])
+        == "comfyfleet-a-0"
+    )
 
 
 def test_reattached_job_keeps_its_id_and_old_state_files_get_the_plain_one() -> None:

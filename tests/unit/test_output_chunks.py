@@ -18,7 +18,9 @@ pytestmark = pytest.mark.timeout(60)
 def send(out: OutputFiles, data: bytes, start: int, chunk: int, sha: str) -> int:
     offset = start
     while offset < len(data):
-        res = out.write_chunk("j", 1, "o.png", offset, len(data), sha, data[offset:offset + chunk])
+        res = out.write_chunk(
+            "j", 1, "o.png", offset, len(data), sha, data[offset : offset + chunk]
+        )
         offset = res.received
         if res.complete:
             break
@@ -26,10 +28,10 @@ def send(out: OutputFiles, data: bytes, start: int, chunk: int, sha: str) -> int
 
 
 @settings(max_examples=25, deadline=None)
-@given(data=st.binary(min_size=1, max_size=5000), chunk=st.integers(1, 700),
-       cut=st.floats(0, 1))
-def test_resumed_upload_after_restart_verifies(tmp_path_factory: pytest.TempPathFactory,
-                                               data: bytes, chunk: int, cut: float) -> None:
+@given(data=st.binary(min_size=1, max_size=5000), chunk=st.integers(1, 700), cut=st.floats(0, 1))
+def test_resumed_upload_after_restart_verifies(
+    tmp_path_factory: pytest.TempPathFactory, data: bytes, chunk: int, cut: float
+) -> None:
     root = tmp_path_factory.mktemp("out")
     sha = hashlib.sha256(data).hexdigest()
     first = OutputFiles(root, 1 << 20)
@@ -37,8 +39,9 @@ def test_resumed_upload_after_restart_verifies(tmp_path_factory: pytest.TempPath
     if stop:
         offset = 0
         while offset < stop:
-            offset = first.write_chunk("j", 1, "o.png", offset, len(data), sha,
-                                       data[offset:min(offset + chunk, stop)]).received
+            offset = first.write_chunk(
+                "j", 1, "o.png", offset, len(data), sha, data[offset : min(offset + chunk, stop)]
+            ).received
     restarted = OutputFiles(root, 1 << 20)  # no running checksum: rebuilt from the part file
     assert send(restarted, data, restarted.received("j", 1, "o.png"), chunk, sha) == len(data)
     assert restarted.verify("j", 1, "o.png", len(data), sha)
