@@ -191,7 +191,9 @@ class Agent:
         runner = JobRunner(job, inst.client, pipeline_client_id(inst, self.runners.values(), held),
                            self.coord, self.state,
                            self.config, self.chunk_size, held=held,
-                           on_lost=lambda reason, i=inst.instance_id: self.mark_lost(i, reason))
+                           on_lost=lambda reason, i=inst.instance_id: self.mark_lost(i, reason),
+                           queue_wait_s=sum(r.job.timeout_s for r in self.runners.values()
+                                            if r.job.instance_id == inst.instance_id))
         self.runners[job.job_id] = runner
 
         async def run() -> None:

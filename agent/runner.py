@@ -88,7 +88,8 @@ class JobRunner:
     def __init__(self, job: p.Assignment, client: ComfyUIClient, client_id: str,
                  coord: CoordinatorClient, state: StateFile, config: AgentConfig,
                  chunk_size: int, held: HeldJob | None = None,
-                 on_lost: Callable[[str], None] | None = None) -> None:
+                 on_lost: Callable[[str], None] | None = None,
+                 queue_wait_s: float = 0.0) -> None:
         self.job = job
         self.ref = p.JobRef(job_id=job.job_id, attempt=job.attempt)
         self.client = client
@@ -99,6 +100,7 @@ class JobRunner:
         self.chunk_size = chunk_size
         self.held = held
         self.on_lost = on_lost
+        self.queue_wait_s = queue_wait_s  # what the prompts ahead in ComfyUI may take at most
         self.prompt_id = held.prompt_id if held else f"cf-{job.job_id}-{job.attempt}-" \
                                                       f"{uuid.uuid4().hex[:8]}"
         # RUNNING is reported when ComfyUI starts executing the prompt, not when it queued it:
@@ -170,7 +172,8 @@ class JobRunner:
         self.log.info("job_submit", prompt_id=self.prompt_id, seeds=seeds)
         return await run_prompt(hooked, None, graph, self.prompt_id, self.client_id,
                                 on_update=self._on_update, cancel=self.cancel,
-                                timeout_s=self.job.timeout_s, stall_s=self.config.stall_s)
+                                timeout_s=self.job.timeout_s, stall_s=self.config.stall_s,
+                                queue_wait_s=self.queue_wait_s)
 
     async def _report_started(self) -> None:
         """Tell the coordinator the prompt runs (once, at the first sign of execution)."""

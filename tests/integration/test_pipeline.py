@@ -121,3 +121,37 @@ async def test_pipeline_never_overcommits_vram(fleet: Fleet, api: Api) -> None:
     for b in big:
         done = await api.wait(b["id"], {"COMPLETED", "FAILED", "CANCELLED"}, 60)
         assert done["status"] == "COMPLETED", done
+
+
+async def test_waiting_in_comfyui_queue_counts_against_no_timeout(tmp_path: Path) -> None:
+    """Neither the job timeout nor the coordinator's assign timeout (2 s here) fires while a
+    pipelined prompt waits ~5 s in ComfyUI's queue: the agent reports it held there."""
+    fleet = Fleet(
+        tmp_path,
+        ["--heartbeat-interval", "0.5", "--restart-grace", "3", "--assign-timeout", "2"],
+    )
+    fleet.start_coordinator()
+    try:
+        async with aiohttp.ClientSession() as s:
+            api = Api(s, fleet.url)
+            fleet.add_sim("g", 24576, "--step-ms", "150")
+            fleet.add_agent("a", "g", "--capacity", "2")
+            await api.agents_online({"a"})
+            long = await api.submit(
+                txt2img(512, 512, steps=40, prefix="long"), resources={"vram_mb": 4000}
+            )
+            await api.wait(long["id"], {"RUNNING"}, 30)
+            short = await api.submit(
+                txt2img(512, 512, steps=3, prefix="short"),
+                resources={"vram_mb": 4000},
+                timeout_s=2.5,
+            )
+            done = await api.wait(short["id"], {"COMPLETED", "FAILED", "CANCELLED"}, 60)
+            assert done["status"] == "COMPLETED", done
+            assert done["timestamps"]["RUNNING"] - done["timestamps"]["ASSIGNED"] > 2.5, done
+            assert done["attempt"] == 1 and done["retries_used"] == 0, done
+    except BaseException:
+        print(fleet.logs())
+        raise
+    finally:
+        fleet.stop()
