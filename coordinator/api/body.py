@@ -28,7 +28,7 @@ class UnsupportedType(CoordinatorError):
 async def read_limited(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise TooLarge(f"body of {request.content_length} bytes exceeds {limit} bytes", "body")
-    if request.content_length is not None:  # one copy out of aiohttp's buffers (8 MiB chunks)
+    if request.content_length:  # one copy out of aiohttp's buffers (8 MiB upload chunks)
         try:
             return await request.content.readexactly(request.content_length)
         except asyncio.IncompleteReadError as exc:
