@@ -20,6 +20,7 @@ async def measure(url: str, jobs: int) -> dict[str, Any]:
     running: list[float] = []
     completed: list[float] = []
     submit_rtt: list[float] = []
+    assigned: list[float] = []
     async with common.session() as s:
         for _ in range(20):  # warm up: first prompt, connections, caches
             await _one(s, url, 10**6 + _)
@@ -28,12 +29,14 @@ async def measure(url: str, jobs: int) -> dict[str, Any]:
             ts = job["timestamps"]
             submit_rtt.append(rtt)
             running.append((ts["RUNNING"] - job["created_at"]) * 1000)
+            assigned.append((ts["ASSIGNED"] - job["created_at"]) * 1000)
             completed.append((ts["COMPLETED"] - job["created_at"]) * 1000)
     return {
         "jobs": jobs,
         "submit_to_running_ms": _r(common.percentiles(running)),
         "submit_to_completed_ms": _r(common.percentiles(completed)),
         "submit_http_rtt_ms": _r(common.percentiles(submit_rtt)),
+        "submit_to_assigned_ms": _r(common.percentiles(assigned)),
     }
 
 

@@ -226,8 +226,11 @@ def render(
         for k, label in (
             ("submit_to_running_ms", "submit → RUNNING"),
             ("submit_to_completed_ms", "submit → COMPLETED"),
+            ("submit_to_assigned_ms", "… of which submit → ASSIGNED (scheduler)"),
             ("submit_http_rtt_ms", "POST /v1/jobs round trip (client)"),
         ):
+            if k not in d:
+                continue
             v = d[k]
             out.append(
                 f"| {label} | {v['p50']} ms | {v['p95']} ms | {v['p99']} ms | {v['max']} ms |"
