@@ -27,6 +27,10 @@ test: $(STAMP) browser
 demo: $(STAMP)
 	$(BIN)/comfyfleet demo --data-dir var/demo $(ARGS)
 
+# Benchmarks (bench/, not installed): rewrites BENCHMARKS.md; `make bench ARGS=--quick` is small.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run $(ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
