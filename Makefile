@@ -35,6 +35,10 @@ bench-memory: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/comfyfleet demo --data-dir var/demo $(ARGS)
 
+# Benchmarks (bench/, not installed): rewrites BENCHMARKS.md; `make bench ARGS=--quick` is small.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run $(ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

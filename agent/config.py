@@ -27,6 +27,10 @@ class AgentConfig:
     log_level: str = "info"
     agent_token: str | None = field(default=None, repr=False)  # sent as Authorization: Bearer
     ca_file: Path | None = None  # CA bundle to verify an https coordinator (default: system)
+    # Prompts each ComfyUI holds at once: 2 keeps the next one queued inside ComfyUI while the
+    # current one runs (no round trip between jobs on the GPU); the coordinator reserves VRAM
+    # for both. 1 turns the pipeline off.
+    capacity: int = 2
 
     @property
     def state_file(self) -> Path:

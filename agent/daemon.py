@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,7 +66,8 @@ class Agent:
         self.instances = {
             str(i): Instance(str(i), url, ComfyUIClient(
                 session, url, request_timeout_s=config.comfyui_timeout_s),
-                             f"comfyfleet-{config.agent_id}-{i}")  # stable: re-attach needs it
+                             f"comfyfleet-{config.agent_id}-{i}",  # stable: re-attach needs it
+                             capacity=config.capacity)
             for i, url in enumerate(config.comfyui_urls)
         }
         self.state = StateFile(config.state_file)
@@ -218,9 +220,12 @@ class Agent:
         if inst is None:
             log.error("unknown_instance", job_id=job.job_id, instance=job.instance_id)
             return
-        runner = JobRunner(job, inst.client, inst.client_id, self.coord, self.state,
+        runner = JobRunner(job, inst.client, pipeline_client_id(inst, self.runners.values(), held),
+                           self.coord, self.state,
                            self.config, self.chunk_size, held=held,
-                           on_lost=lambda reason, i=inst.instance_id: self.mark_lost(i, reason))
+                           on_lost=lambda reason, i=inst.instance_id: self.mark_lost(i, reason),
+                           queue_wait_s=sum(r.job.timeout_s for r in self.runners.values()
+                                            if r.job.instance_id == inst.instance_id))
         self.runners[job.job_id] = runner
 
         async def run() -> None:
@@ -330,6 +335,25 @@ class Agent:
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+def pipeline_client_id(inst: Instance, runners: Iterable[JobRunner],
+                       held: HeldJob | None = None) -> str:
+    """The WebSocket clientId for a new prompt on `inst`: one per pipeline slot.
+
+    ComfyUI sends a prompt's events only to the socket with the prompt's clientId and keeps one
+    socket per clientId, so two prompts in flight on one ComfyUI (capacity 2) need two ids. The
+    first slot keeps the instance's plain id; a re-attached job keeps the id it was sent with.
+    """
+    if held is not None:
+        return held.client_id or inst.client_id
+    taken = {r.client_id for r in runners if r.job.instance_id == inst.instance_id}
+    k = 0
+    while True:
+        cid = inst.client_id if k == 0 else f"{inst.client_id}-{k}"
+        if cid not in taken:
+            return cid
+        k += 1
 
 
 def gpu_info(s: GpuSnapshot, index: int, reclaimable_mb: int = 0) -> p.GpuInfo:

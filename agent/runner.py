@@ -85,13 +85,17 @@ def error_of(outcome: PromptOutcome) -> p.ErrorInfo:
                        retryable=True)
 
 
+_EXECUTION_SIGNS = (ev.Started, ev.Cached, ev.Executing, ev.Progress, ev.Executed, ev.Preview)
+
+
 class JobRunner:
     """Runs one assignment; `stop(reason)` asks it to end (cancel, drain, drop)."""
 
     def __init__(self, job: p.Assignment, client: ComfyUIClient, client_id: str,
                  coord: CoordinatorClient, state: StateFile, config: AgentConfig,
                  chunk_size: int, held: HeldJob | None = None,
-                 on_lost: Callable[[str], None] | None = None) -> None:
+                 on_lost: Callable[[str], None] | None = None,
+                 queue_wait_s: float = 0.0) -> None:
         self.job = job
         self.ref = p.JobRef(job_id=job.job_id, attempt=job.attempt)
         self.client = client
@@ -102,8 +106,13 @@ class JobRunner:
         self.chunk_size = chunk_size
         self.held = held
         self.on_lost = on_lost
+        self.queue_wait_s = queue_wait_s  # what the prompts ahead in ComfyUI may take at most
         self.prompt_id = held.prompt_id if held else f"cf-{job.job_id}-{job.attempt}-" \
                                                       f"{uuid.uuid4().hex[:8]}"
+        # RUNNING is reported when ComfyUI starts executing the prompt, not when it queued it:
+        # with a pipeline (capacity 2) the next prompt waits in ComfyUI's queue meanwhile.
+        self.started_sent = held is not None
+        self.seeds: dict[str, int] = {}
         self.cancel = asyncio.Event()
         self.stop_reason: str | None = None  # "cancel" | "drain" | "drop"
         self.progress: float | None = None
@@ -167,6 +176,7 @@ class JobRunner:
                 cancel=self.cancel, timeout_s=max(remaining, 1.0), stall_s=self.config.stall_s,
                 graph=self.job.workflow or None, cancel_wait_s=self.config.cancel_wait_s)
         graph, seeds = ev.apply_seeds(self.job.workflow, random.SystemRandom())
+        self.seeds = seeds
         if self.job.inputs:
             try:
                 graph = rename_inputs(graph, await upload_inputs(self.client, self.job.inputs))
@@ -177,25 +187,33 @@ class JobRunner:
         async def accepted() -> None:
             self.accepted = True
             self.state.put(HeldJob(self.job.job_id, self.job.attempt, self.job.instance_id,
-                                   self.prompt_id, self.job.timeout_s, time.time()))
-            try:
-                ack = await self.coord.started(self.job, self.prompt_id, seeds)
-            except Refused as exc:
-                if exc.stale:
-                    self.stop("drop")
-                    return
-                raise
-            if ack.status == "cancel":
-                self.stop("cancel")
+                                   self.prompt_id, self.job.timeout_s, time.time(),
+                                   self.client_id))
 
         hooked = SubmitHook(self.client, accepted)
         self.log.info("job_submit", prompt_id=self.prompt_id, seeds=seeds)
         return await run_prompt(hooked, None, graph, self.prompt_id, self.client_id,
                                 on_update=self._on_update, cancel=self.cancel,
                                 timeout_s=self.job.timeout_s, stall_s=self.config.stall_s,
+                                queue_wait_s=self.queue_wait_s,
                                 cancel_wait_s=self.config.cancel_wait_s)
 
+    async def _report_started(self) -> None:
+        """Tell the coordinator the prompt runs (once, at the first sign of execution)."""
+        self.started_sent = True
+        try:
+            ack = await self.coord.started(self.job, self.prompt_id, self.seeds)
+        except Refused as exc:
+            if exc.stale:
+                self.stop("drop")
+                return
+            raise
+        if ack.status == "cancel":
+            self.stop("cancel")
+
     async def _on_update(self, update: ev.Update) -> None:
+        if not self.started_sent and isinstance(update, _EXECUTION_SIGNS):
+            await self._report_started()
         now = time.time()
         event: p.JobEvent | None = None
         if isinstance(update, ev.Cached):

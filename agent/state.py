@@ -20,6 +20,7 @@ class HeldJob:
     prompt_id: str
     timeout_s: float
     started_at: float
+    client_id: str = ""  # the WebSocket clientId the prompt was submitted with ("" = default)
 
 
 class StateFile:

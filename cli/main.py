@@ -119,12 +119,16 @@ def add_agent(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
                      help="seconds to wait for ComfyUI to stop a prompt after /interrupt")
     cmd.add_argument("--ca-file", type=Path,
                      help="CA bundle that signed an https coordinator's certificate")
+    cmd.add_argument("--capacity", type=int, choices=range(1, 9), metavar="N",
+                     help="prompts each ComfyUI holds at once (2: the next waits queued inside "
+                          "ComfyUI while one runs; 1: no pipeline)")
     cmd.add_argument("--log-level")
     cmd.set_defaults(run=run_agent)
 
 
 AGENT_FLAGS = ("coordinator_url", "agent_id", "data_dir", "gpu_source", "drain_grace_s",
-               "stall_s", "ca_file", "log_level", "comfyui_timeout_s", "cancel_wait_s")
+               "stall_s", "ca_file", "log_level", "capacity", "comfyui_timeout_s",
+               "cancel_wait_s")
 
 
 def stable_agent_id(data_dir: Path) -> str:

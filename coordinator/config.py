@@ -17,7 +17,7 @@ class CoordinatorConfig:
     assign_timeout_s: float = 30.0  # ASSIGNED but not started within this -> requeue
     cancel_grace_s: float = 30.0  # a cancel/timeout the agent never confirms -> forced
     lease_wait_s: float = 25.0
-    chunk_size: int = 1 << 20
+    chunk_size: int = 8 << 20
     max_body_bytes: int = 8 << 20  # job submissions and protocol messages
     max_chunk_bytes: int = 16 << 20
     max_output_bytes: int = 4 << 30

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +22,25 @@ class Transition:
     reason: str
     attempt: int
     agent_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowFacts:
+    """What placement needs to know of a job's workflow, so the in-memory index can drop the
+    workflow itself (it stays in the store): its shape hash and the model files and node classes
+    it needs. Derived from `spec.workflow`; never stored."""
+
+    shape: str
+    model_refs: tuple[str, ...]
+    node_classes: tuple[str, ...]
+
+    @classmethod
+    def of(cls, workflow: Mapping[str, Any]) -> WorkflowFacts:
+        from comfyfleet.shared.workflow_shape import model_refs, node_classes, shape_hash
+
+        return cls(shape=sys.intern(shape_hash(workflow)),
+                   model_refs=tuple(sys.intern(m) for m in model_refs(workflow)),
+                   node_classes=tuple(sys.intern(c) for c in node_classes(workflow)))
 
 
 @dataclass(slots=True)
@@ -53,6 +74,11 @@ class JobRecord:
     vram_peak_mb: int | None = None  # measured by the agent during the completed attempt
     profile: list[dict[str, Any]] = field(default_factory=list)  # per-node timings, cache hits
     history: list[Transition] = field(default_factory=list)
+    facts: WorkflowFacts | None = None  # memory only: set when the index drops the workflow
+
+    @property
+    def workflow_facts(self) -> WorkflowFacts:
+        return self.facts if self.facts is not None else WorkflowFacts.of(self.spec.workflow)
 
     @property
     def queued_at(self) -> float:

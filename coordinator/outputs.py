@@ -12,6 +12,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from comfyfleet.coordinator.errors import Conflict, StoreUnavailable
 from comfyfleet.shared.errors import InvalidInput
@@ -39,6 +40,10 @@ class OutputFiles:
         # (job, attempt, name) -> (size, sha256) checked at upload, so finish need not re-hash;
         # after a restart the map is empty and verify() hashes the file instead.
         self.verified: dict[tuple[str, int, str], tuple[int, str]] = {}
+        # (job, attempt, name) -> (running sha256, bytes it covers) of a part file being
+        # received, so the last chunk needs no second read of the whole file; rebuilt from the
+        # part file when missing (after a restart) or out of step.
+        self.partial: dict[tuple[str, int, str], tuple[Any, int]] = {}
         root.mkdir(parents=True, exist_ok=True)
 
     def attempt_dir(self, job_id: str, attempt: int) -> Path:
@@ -71,21 +76,31 @@ class OutputFiles:
         if offset + len(data) > size:
             raise InvalidInput("offset", "chunk runs past the declared size", "out_of_range")
         final.parent.mkdir(parents=True, exist_ok=True)
+        key = (job_id, attempt, name)
+        digest, covered = self.partial.get(key, (None, -1))
+        if digest is None or covered != have:
+            digest = _sha256_of(part) if have else hashlib.sha256()
+        complete = have + len(data) >= size
         try:
             with open(part, "ab") as fh:
                 fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+                if complete:  # one fsync per file; the checksum below guards what was written
+                    fh.flush()
+                    os.fsync(fh.fileno())
         except OSError as exc:
+            self.partial.pop(key, None)
             raise StoreUnavailable(f"cannot write output {name}: {exc.strerror}") from exc
+        digest.update(data)
         have += len(data)
-        if have < size:
+        if not complete:
+            self.partial[key] = (digest, have)
             return ChunkResult(have, False)
-        if file_sha256(part) != sha256:
+        self.partial.pop(key, None)
+        if digest.hexdigest() != sha256:
             part.unlink(missing_ok=True)
             raise InvalidInput("sha256", f"checksum of {name} does not match; upload it again")
         os.replace(part, final)
-        self.verified[(job_id, attempt, name)] = (size, sha256)
+        self.verified[key] = (size, sha256)
         return ChunkResult(size, True)
 
     def verify(self, job_id: str, attempt: int, name: str, size: int, sha256: str) -> bool:
@@ -99,6 +114,8 @@ class OutputFiles:
         """Drop the upload checks of an attempt once its job has completed (bounded memory)."""
         for key in [k for k in self.verified if k[0] == job_id and k[1] == attempt]:
             del self.verified[key]
+        for key in [k for k in self.partial if k[0] == job_id and k[1] == attempt]:
+            del self.partial[key]
 
     def drop_attempt(self, job_id: str, attempt: int) -> None:
         self.forget(job_id, attempt)
@@ -116,8 +133,12 @@ class OutputFiles:
 
 
 def file_sha256(path: Path) -> str:
+    return str(_sha256_of(path).hexdigest())
+
+
+def _sha256_of(path: Path) -> Any:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 20):
             digest.update(chunk)
-    return digest.hexdigest()
+    return digest

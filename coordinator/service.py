@@ -33,8 +33,9 @@ from comfyfleet.coordinator.feed import Feed
 from comfyfleet.coordinator.fleet import AgentState, AgentStatus, agent_view
 from comfyfleet.coordinator.inventory import decode_inputs, fleet_gap
 from comfyfleet.coordinator.metrics import Metrics
-from comfyfleet.coordinator.model import AgentRecord, JobRecord
+from comfyfleet.coordinator.model import AgentRecord, JobRecord, WorkflowFacts
 from comfyfleet.coordinator.outputs import OutputFiles
+from comfyfleet.coordinator.pacing import plan_call
 from comfyfleet.coordinator.scheduler.model import JobRequest
 from comfyfleet.coordinator.scheduler.plan import plan
 from comfyfleet.coordinator.store import Store
@@ -43,19 +44,18 @@ from comfyfleet.shared.errors import InvalidInput
 from comfyfleet.shared.jobspec import JobSpec
 from comfyfleet.shared.status import ACTIVE, TERMINAL, JobEvent, JobStatus
 from comfyfleet.shared.workflow import check_depth, validate_workflow, workflow_hash
-from comfyfleet.shared.workflow_shape import model_refs, node_classes, shape_hash
 
 log = structlog.get_logger("coordinator")
 
 MAX_PLACEMENTS_PER_PLAN = 2000
 RECENT_FAILURE_WINDOW_S = 600.0
+PLAN_REST_MAX_S = 0.1
 STORE_RETRY_S = 1.0  # a loop step the store refused is retried after this
-MAX_PLAN_PAUSE_S = 1.0  # longest pause of the scheduler loop after a (long) planning round
 
 
 def job_request(job: JobRecord) -> JobRequest:
     spec = job.spec
-    wf = spec.workflow
+    facts = job.workflow_facts
     return JobRequest(
         job_id=job.id,
         priority=spec.priority,
@@ -67,12 +67,24 @@ def job_request(job: JobRecord) -> JobRequest:
         labels=spec.constraints.labels,
         gpu_name=spec.constraints.gpu_name,
         models=tuple(spec.constraints.models),
-        workflow_hash=shape_hash(wf),  # placement affinity and blocking go by shape
+        workflow_hash=facts.shape,  # placement affinity and blocking go by shape
         avoid_agents=frozenset(job.failed_agents),
         blocked_agents=frozenset(),
-        model_refs=model_refs(wf),
-        node_classes=node_classes(wf),
+        model_refs=facts.model_refs,
+        node_classes=facts.node_classes,
     )
+
+
+_NO_WORKFLOW: dict[str, Any] = {}
+
+
+def without_workflow(job: JobRecord) -> JobRecord:
+    """The job as the in-memory index keeps it: the workflow (most of a job's bytes) stays in
+    the store and is read when a lease hands the job out (placement needs only the request)."""
+    if job.spec.workflow is _NO_WORKFLOW:
+        return job
+    return dataclasses.replace(job, facts=job.workflow_facts,
+                               spec=msgspec.structs.replace(job.spec, workflow=_NO_WORKFLOW))
 
 
 @dataclasses.dataclass(slots=True)
@@ -109,6 +121,11 @@ class Coordinator:
         self.agents: dict[str, AgentState] = {}
         self.delivered: set[str] = set()  # ASSIGNED jobs a lease has handed out
         self.cancel_sent: dict[str, float] = {}  # job_id -> when a cancel/timeout was asked
+        # ASSIGNED job_id -> when its agent last said ComfyUI holds it queued (pipelined: it waits
+        # behind the running prompt, so the assign timeout counts from this report)
+        self.queued_on_agent: dict[str, float] = {}
+        self.unexplained: set[str] = set()  # QUEUED jobs no plan has given a pending reason yet
+        self.explained_at = float("-inf")  # when a plan last explained every pending job
         self.progress: dict[str, LiveProgress] = {}
         self.wake = asyncio.Event()
         self.counters: dict[str, int] = {"placements": 0, "requeues": 0, "lost_agents": 0,
@@ -175,14 +192,20 @@ class Coordinator:
                 agent.to_cancel.pop(job_id, None)
             self.delivered.discard(job_id)
             self.cancel_sent.pop(job_id, None)
+        if new.status != JobStatus.ASSIGNED:
+            self.queued_on_agent.pop(job_id, None)
         if new.status in TERMINAL:
+            self.unexplained.discard(job_id)
             self.jobs.pop(job_id, None)
             self.queued.pop(job_id, None)
             self.progress.pop(job_id, None)
             self.wake.set()
             return
-        self.jobs[job_id] = new
+        self.jobs[job_id] = without_workflow(new)
+        if new.status != JobStatus.QUEUED:
+            self.unexplained.discard(job_id)
         if new.status == JobStatus.QUEUED:
+            self.unexplained.add(job_id)
             self.queued[job_id] = job_request(new)
             self.progress.pop(job_id, None)
             self.wake.set()
@@ -207,7 +230,8 @@ class Coordinator:
         now = self.clock()
         if spec.inputs:
             decode_inputs(spec.inputs, self.config.max_input_bytes)
-        gap = fleet_gap(model_refs(spec.workflow), node_classes(spec.workflow),
+        facts = WorkflowFacts.of(spec.workflow)
+        gap = fleet_gap(facts.model_refs, facts.node_classes,
                         [(a.models, a.node_classes) for a in self.agents.values()
                          if a.status != AgentStatus.LOST])
         if gap is not None:
@@ -216,7 +240,7 @@ class Coordinator:
         if vram is None:
             largest = max((g.vram_total_mb for a in self.agents.values() for g in a.gpus
                            if a.status != AgentStatus.LOST), default=None)
-            learned = learned_vram_mb(self.estimates, shape_hash(spec.workflow),
+            learned = learned_vram_mb(self.estimates, facts.shape,
                                       self.config.vram_estimate_margin, largest)
             default = self.config.default_vram_mb if learned is None else learned
             vram = default if spec.resources.gpus else 0
@@ -225,6 +249,7 @@ class Coordinator:
         job = JobRecord(
             id=moves.new_job_id(now), spec=spec, workflow_hash=workflow_hash(spec.workflow),
             created_at=now, idempotency_key=idempotency_key, tenant=tenant, vram_mb=vram,
+            facts=facts,
         )
         job = moves.created(job, now)
         stored, created = self.store.insert_job(job)
@@ -352,6 +377,8 @@ class Coordinator:
                 drop.append(ref)
             elif job.desired != "run":
                 cancel.append(ref)
+            elif job.status == JobStatus.ASSIGNED and r.prompt_id:
+                self.queued_on_agent[job.id] = now
             elif r.progress is not None:
                 live = self.progress.setdefault(job.id, LiveProgress())
                 live.fraction, live.updated_at = r.progress, now
@@ -391,13 +418,16 @@ class Coordinator:
             if room.get(instance, 0) <= 0:
                 keep.append(job_id)
                 continue
+            stored = self.store.get_job(job_id)  # the workflow lives in the store only
+            if stored is None:
+                continue
             room[instance] -= 1
             self.delivered.add(job_id)
             jobs.append(p.Assignment(
                 job_id=job_id, attempt=job.attempt, instance_id=instance,
-                workflow=job.spec.workflow, timeout_s=job.spec.timeout_s, vram_mb=job.vram_mb,
-                inputs=decode_inputs(job.spec.inputs, self.config.max_input_bytes)
-                if job.spec.inputs else {},
+                workflow=stored.spec.workflow, timeout_s=job.spec.timeout_s, vram_mb=job.vram_mb,
+                inputs=decode_inputs(stored.spec.inputs, self.config.max_input_bytes)
+                if stored.spec.inputs else {},
             ))
         agent.to_deliver.extend(keep)
         cancel = list(agent.to_cancel.values())
@@ -491,16 +521,16 @@ class Coordinator:
             self.outputs.drop_other_attempts(job.id, job.attempt)
             self._learn(new)
             if agent is not None:
-                shape = shape_hash(job.spec.workflow)
-                self.blocks = self.blocks.record_success(agent.agent_id, shape)
-                agent.ran(job.instance_id or "", [shape, *model_refs(job.spec.workflow)])
+                facts = job.workflow_facts
+                self.blocks = self.blocks.record_success(agent.agent_id, facts.shape)
+                agent.ran(job.instance_id or "", [facts.shape, *facts.model_refs])
             log.info("job_completed", job_id=job.id, agent_id=msg.agent_id,
                      attempt=job.attempt, outputs=len(outputs))
             return p.Ack(status=new.status.value)
         self.outputs.drop_attempt(job.id, job.attempt)
         host_fault = msg.outcome in ("failed", "requeue") and classify(err) == "agent"
         if host_fault:  # this host lacks something: block the pair, try another host
-            self._pair_failed(msg.agent_id, shape_hash(job.spec.workflow), now, err)
+            self._pair_failed(msg.agent_id, job.workflow_facts.shape, now, err)
         if msg.outcome == "failed" and not host_fault and not (err and err.get("retryable")):
             new = moves.advance(job, JobEvent.FAIL, now, (err or {}).get("message", "failed"),
                                 error=err or {"code": "failed", "message": "failed"})
@@ -544,10 +574,20 @@ class Coordinator:
         now = self.clock()
         views = [agent_view(a, self.jobs, RECENT_FAILURE_WINDOW_S, now)
                  for a in self.agents.values() if a.status != AgentStatus.LOST]
-        queue = apply_blocks(self.queued.values(), self.blocks.blocked(now))
+        call = plan_call(views, self.unexplained, self.explained_at, now)
+        if not call.run:
+            return 0
+        queue = (list(self.queued.values()) if call.only is None
+                 else [self.queued[i] for i in call.only if i in self.queued])
+        queue = apply_blocks(queue, self.blocks.blocked(now))
         with self.metrics.schedule_seconds.time():
             result = plan(queue, views, now, max_placements=MAX_PLACEMENTS_PER_PLAN,
-                          affinity_bucket_mb=self.config.affinity_bucket_mb)
+                          affinity_bucket_mb=self.config.affinity_bucket_mb, explain=call.explain)
+        if call.explain is None:
+            self.explained_at = now
+            self.unexplained.clear()
+        else:
+            self.unexplained -= call.explain
         for job_id, reason in result.pending.items():
             job = self.jobs.get(job_id)
             if job is not None:
@@ -579,12 +619,13 @@ class Coordinator:
         while True:
             await self.wake.wait()
             self.wake.clear()
-            began = time.monotonic()
+            started = time.perf_counter()
             if not await _survive_store_faults(self.schedule_once):
-                self.wake.set()
-            # A round costs O(queue): with tens of thousands queued, leave the event loop at
-            # least as long to the handlers (submits, heartbeats, leases) as planning took.
-            await asyncio.sleep(min(time.monotonic() - began, MAX_PLAN_PAUSE_S))
+                self.wake.set()  # the store refused: try again after STORE_RETRY_S
+            # Rest as long as the plan took (at most PLAN_REST_MAX_S): on a big fleet the wakes
+            # of that time are served by one plan and requests get half the loop at least; on
+            # an idle fleet a plan takes well under a millisecond, so dispatch stays immediate.
+            await asyncio.sleep(min(time.perf_counter() - started, PLAN_REST_MAX_S))
 
     # ------------------------------------------------------------------ timeouts
 
@@ -622,7 +663,8 @@ class Coordinator:
             if agent is not None and agent.status == AgentStatus.RECONNECTING:
                 continue  # wait for the agent to come back before judging its jobs
             if job.status == JobStatus.ASSIGNED:
-                since = job.timestamps.get(JobStatus.ASSIGNED.value, now)
+                since = max(job.timestamps.get(JobStatus.ASSIGNED.value, now),
+                            self.queued_on_agent.get(job.id, 0.0))
                 if now - since > self.config.assign_timeout_s:
                     self._release(job, now, f"not started within "
                                   f"{self.config.assign_timeout_s:g} s", spend_retry=True)
@@ -683,7 +725,7 @@ class Coordinator:
         started = job.timestamps.get(JobStatus.RUNNING.value)
         done = job.timestamps.get(JobStatus.COMPLETED.value)
         duration = done - started if started is not None and done is not None else None
-        key = (shape_hash(job.spec.workflow), job.gpu_name)
+        key = (job.workflow_facts.shape, job.gpu_name)
         self.estimates[key] = self.estimates.get(key, Estimate()).add(duration,
                                                                       job.vram_peak_mb)
 

@@ -10,6 +10,9 @@ The I/O shell around ``events.PromptTracker``:
   /queue tells whether the id-less ``executing`` frame that follows belongs to our prompt.
 * ComfyUI unreachable for longer than ``unavailable_grace_s``, or our prompt unknown to both
   /history and /queue after it was accepted (ComfyUI restarted), ends the run as ``lost``.
+* ``timeout_s`` (plus ``queue_wait_s``, what the prompts ahead may take) counts from submission,
+  and again in full from ``execution_start``: a prompt that waited in ComfyUI's queue behind
+  another one (agent pipeline) is not charged for the wait.
 * ``cancel`` (or ``timeout_s``) interrupts a running prompt with POST /interrupt {prompt_id},
   removes a pending one with POST /queue {"delete": [id]}, and waits (at most ``cancel_wait_s``)
   for ComfyUI to confirm. If the prompt finished on its own first, that real result is returned.
@@ -47,6 +50,7 @@ from comfyfleet.agent.comfyui.events import (
     Interrupted,
     OutputRef,
     PromptTracker,
+    Started,
     Succeeded,
     Update,
     interpret_history,
@@ -106,17 +110,20 @@ async def run_prompt(
     unavailable_grace_s: float = 10.0,
     cancel_wait_s: float = 30.0,
     http_timeout_s: float = 10.0,
+    queue_wait_s: float = 0.0,
 ) -> PromptOutcome:
     """Submit ``graph`` as ``prompt_id`` and follow it to its end. Never raises ComfyUI errors.
 
     ``ws_url_or_base`` is ComfyUI's http(s) base or its ws(s) URL (None: the client's base).
-    ``timeout_s`` counts from the call (queue wait included).
+    ``timeout_s`` counts from the call (queue wait included), extended by ``queue_wait_s`` (the
+    most the prompts ahead of it in ComfyUI's queue may take); once the prompt starts it has
+    ``timeout_s`` from its ``execution_start``.
     """
     return await _Run(
         client, ws_url_or_base, prompt_id, client_id, graph=graph, on_update=on_update,
         cancel=cancel, timeout_s=timeout_s, stall_s=stall_s,
         unavailable_grace_s=unavailable_grace_s, cancel_wait_s=cancel_wait_s,
-        http_timeout_s=http_timeout_s,
+        http_timeout_s=http_timeout_s, queue_wait_s=queue_wait_s,
     ).run(submit=True, extra_data=extra_data)
 
 
@@ -185,6 +192,7 @@ class _Run:
         unavailable_grace_s: float,
         cancel_wait_s: float,
         http_timeout_s: float,
+        queue_wait_s: float = 0.0,
     ) -> None:
         self.client = client
         self.url = ws_url(ws_url_or_base or client.base_url, client_id)
@@ -211,7 +219,9 @@ class _Run:
         self.interrupt_sent_at: float | None = None
         self.submit_error: str | None = None  # POST /prompt failed: maybe queued, maybe not
         self.loop = asyncio.get_running_loop()
+        self.queue_wait_s = max(0.0, queue_wait_s)
         self.deadline = self.now() + timeout_s
+        self.clock_restarted = False
 
     def now(self) -> float:
         return self.loop.time()
@@ -219,7 +229,7 @@ class _Run:
     # -- entry --------------------------------------------------------------------------------
 
     async def run(self, *, submit: bool, extra_data: Mapping[str, Any] | None) -> PromptOutcome:
-        self.deadline = self.now() + self.timeout_s
+        self.deadline = self.now() + self.timeout_s + self.queue_wait_s
         if self.cancel.is_set() and submit:
             return self._outcome("cancelled", reason="cancelled before submission")
         tasks: list[asyncio.Task[None]] = []
@@ -320,6 +330,11 @@ class _Run:
                 continue
             if self.ws_up:
                 next_poll = max(next_poll, self.now() + self.stall_s)
+            if not self.clock_restarted and any(isinstance(u, Started) for u in updates):
+                # A prompt that waited in ComfyUI's queue (agent pipeline) gets its whole
+                # timeout from when it starts, as the coordinator counts it from RUNNING.
+                self.clock_restarted = True
+                self.deadline = self.now() + self.timeout_s
             await self._deliver(updates)
             if any(isinstance(u, Done) for u in updates):
                 return await self._finish()

@@ -12,7 +12,6 @@ from comfyfleet.coordinator.fleet import AgentState, agent_view
 from comfyfleet.coordinator.model import JobRecord
 from comfyfleet.coordinator.service import Coordinator, LiveProgress
 from comfyfleet.shared.status import JobStatus
-from comfyfleet.shared.workflow_shape import shape_hash
 
 
 def job_json(job: JobRecord, live: LiveProgress | None, *, full: bool = True,
@@ -48,7 +47,7 @@ def job_json(job: JobRecord, live: LiveProgress | None, *, full: bool = True,
             for o in job.outputs
         ],
         "workflow_hash": job.workflow_hash,
-        "shape_hash": shape_hash(spec.workflow),
+        "shape_hash": job.workflow_facts.shape,
         "metadata": spec.metadata,
     }
     if coord is not None:
@@ -71,7 +70,7 @@ def job_eta(coord: Coordinator, job: JobRecord, live: LiveProgress | None) -> di
     gpu_name = None
     if agent is not None and job.gpu_index is not None:
         gpu_name = next((g.name for g in agent.gpus if g.index == job.gpu_index), None)
-    expected = expected_duration_s(coord.estimates, shape_hash(job.spec.workflow), gpu_name)
+    expected = expected_duration_s(coord.estimates, job.workflow_facts.shape, gpu_name)
     return eta(expected, job.status.value, job.timestamps.get(JobStatus.RUNNING.value),
                live.fraction if live is not None else None, coord.clock())
 

@@ -35,17 +35,17 @@ Signature = tuple[
 NEG_INF = float("-inf")
 
 
+_NO_LABELS: frozenset[tuple[str, str]] = frozenset()
+_NO_MODELS: frozenset[str] = frozenset()
+
+
 def signature(job: JobRequest) -> Signature:
     """The static constraints of a job: jobs with equal signatures see the same eligible slots."""
+    needs = (frozenset(job.model_refs), frozenset(job.node_classes))  # the inventory check
+    if not job.labels and not job.models and job.gpu_name is None:
+        return (job.gpus, _NO_LABELS, _NO_MODELS, None, *needs)  # most jobs: fewer sets to build
     name = job.gpu_name.lower() if job.gpus == 1 and job.gpu_name is not None else None
-    return (
-        job.gpus,
-        frozenset(job.labels.items()),
-        frozenset(job.models),
-        name,
-        frozenset(job.model_refs),
-        frozenset(job.node_classes),
-    )
+    return (job.gpus, frozenset(job.labels.items()), frozenset(job.models), name, *needs)
 
 
 class StaticFilter:

@@ -6,7 +6,7 @@ Pure: the same (jobs, agents, now) always gives the same result, whatever the in
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from comfyfleet.coordinator.scheduler.capacity import Capacity
 from comfyfleet.coordinator.scheduler.feasibility import job_problem
@@ -40,6 +40,7 @@ def plan(
     starvation_s: float = DEFAULT_STARVATION_S,
     max_holds: int = DEFAULT_MAX_HOLDS,
     affinity_bucket_mb: int = AFFINITY_BUCKET_MB,
+    explain: Collection[str] | None = None,
 ) -> PlanResult:
     """Place `jobs` on `agents` as of time `now`.
 
@@ -50,7 +51,8 @@ def plan(
     jobs after it cannot take what drains there; at most `max_holds` such jobs are looked at per
     plan. Among GPUs in one `affinity_bucket_mb` band of VRAM left, a warm instance wins.
     After `max_placements` placements the rest is left for the next plan. Every job not
-    placed gets a reason in `pending`.
+    placed gets a reason in `pending`; with `explain` given, a job that fits nowhere gets its
+    (costlier) capacity reason only if its id is in `explain`.
     """
     seen: set[str] = set()
     for job in jobs:
@@ -79,11 +81,15 @@ def plan(
         if problem is not None:
             pending[job.job_id] = problem
             continue
+        # capacity only shrinks during a plan: a request that found no slot finds none later
+        request = (signature(job), job.vram_mb, job.ram_mb, job.cpu, job.blocked_agents)
+        starving = now - job.queued_at > starvation_s and hold_tries < max_holds
+        if request in hopeless and not starving:
+            unplaced.append(job)  # the common case in a long queue: skip the slot search
+            continue
         allowed = statics.allowed(job)
         blocked = {agent_pos[a] for a in job.blocked_agents if a in agent_pos}
         avoid = {agent_pos[a] for a in job.avoid_agents if a in agent_pos}
-        # capacity only shrinks during a plan: a request that found no slot finds none later
-        request = (signature(job), job.vram_mb, job.ram_mb, job.cpu, job.blocked_agents)
         sid = None if request in hopeless else index.best(job, allowed, blocked, avoid)
         if sid is not None:
             score = fit_score(job, cap, sid)
@@ -103,12 +109,13 @@ def plan(
             continue
         hopeless.add(request)
         unplaced.append(job)
-        if now - job.queued_at > starvation_s and hold_tries < max_holds:
+        if starving:
             hold_tries += 1
             target = choose_hold(job, cap, allowed, blocked, avoid)
             if target is not None:
                 holds[job.job_id] = apply_hold(job, index, *target)
     explainer = Explainer(index, statics, holds, now)
     for job in unplaced:
-        pending[job.job_id] = explainer.reason(job)
+        if explain is None or job.job_id in explain:
+            pending[job.job_id] = explainer.reason(job)
     return PlanResult(placements=tuple(placements), pending=pending)

@@ -26,10 +26,11 @@ from comfyfleet.shared.status import JobStatus
 # Fields kept in their own columns; they never enter the state document.
 IDENTITY_FIELDS = frozenset({"id", "spec", "created_at", "idempotency_key", "tenant"})
 GUARD_FIELDS = frozenset({"status", "attempt", "updated_at"})
+DERIVED_FIELDS = frozenset({"facts"})  # recomputed from the spec, never stored
 STATE_FIELDS: tuple[str, ...] = tuple(
     f.name
     for f in dataclasses.fields(JobRecord)
-    if f.name not in IDENTITY_FIELDS and f.name not in GUARD_FIELDS
+    if f.name not in IDENTITY_FIELDS | GUARD_FIELDS | DERIVED_FIELDS
 )
 
 _MAX_CURSOR = 1024

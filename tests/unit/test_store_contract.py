@@ -207,8 +207,12 @@ def test_codec_state_holds_every_other_field() -> None:
         "attempt",
         "updated_at",
     }
-    assert set(STATE_FIELDS) == names - columns
+    derived = {"facts"}  # recomputed from the spec's workflow, never stored
+    assert set(STATE_FIELDS) == names - columns - derived
     assert decode_job(encode_job(rich_job())) == rich_job()
+    with_facts = dataclasses.replace(rich_job(), facts=rich_job().workflow_facts)
+    back = decode_job(encode_job(with_facts))
+    assert back.facts is None and back.workflow_facts == with_facts.facts
 
 
 def test_schema_version_is_latest(store: Store) -> None:

@@ -1,0 +1,1 @@
+"""comfyfleet benchmarks (not installed): `make bench` or `.venv/bin/python -m bench.run`."""
