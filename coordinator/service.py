@@ -79,12 +79,14 @@ _NO_WORKFLOW: dict[str, Any] = {}
 
 
 def without_workflow(job: JobRecord) -> JobRecord:
-    """The job as the in-memory index keeps it: the workflow (most of a job's bytes) stays in
-    the store and is read when a lease hands the job out (placement needs only the request)."""
+    """The job as the in-memory index keeps it: the workflow and input files (most of a job's
+    bytes) stay in the store and are read when a lease hands the job out; placement needs only
+    the request and the workflow's facts."""
     if job.spec.workflow is _NO_WORKFLOW:
         return job
-    return dataclasses.replace(job, facts=job.workflow_facts,
-                               spec=msgspec.structs.replace(job.spec, workflow=_NO_WORKFLOW))
+    names_only = {name: "" for name in job.spec.inputs}  # the view still lists the inputs
+    spec = msgspec.structs.replace(job.spec, workflow=_NO_WORKFLOW, inputs=names_only)
+    return dataclasses.replace(job, facts=job.workflow_facts, spec=spec)
 
 
 @dataclasses.dataclass(slots=True)
