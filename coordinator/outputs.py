@@ -121,7 +121,6 @@ class OutputFiles:
         self.forget(job_id, attempt)
         shutil.rmtree(self.attempt_dir(job_id, attempt), ignore_errors=True)
 
-
     def drop_other_attempts(self, job_id: str, keep: int) -> None:
         """Remove what earlier attempts left (a crash between requeue and cleanup)."""
         job_dir = self.root / job_id

@@ -27,8 +27,9 @@ def create_app(
     config: SimConfig, *, exit_fn: Callable[[int], None] | None = None
 ) -> web.Application:
     """A ComfyUI-compatible app. `exit_fn` replaces os._exit for the crash fault (tests)."""
-    app = web.Application(client_max_size=config.max_upload_size,
-                          middlewares=[faulty_http_middleware])
+    app = web.Application(
+        client_max_size=config.max_upload_size, middlewares=[faulty_http_middleware]
+    )
     app[SIM_STATE] = build_state(config, exit_fn if exit_fn is not None else os._exit)
     add_routes(app)
     app.cleanup_ctx.append(_folders)
