@@ -11,12 +11,14 @@ update that does not match returns False, a repeated idempotency key returns the
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Protocol
 
 from comfyfleet.coordinator.errors import StoreUnavailable
 from comfyfleet.coordinator.model import AgentRecord, JobRecord
 from comfyfleet.shared.status import JobStatus
+
+RECOVERY_PAGE = 500  # jobs decoded at a time by non_terminal_jobs
 
 DEFAULT_PAGE = 100
 
@@ -71,8 +73,10 @@ class Store(Protocol):
         """
         ...
 
-    def non_terminal_jobs(self) -> list[JobRecord]:
-        """Every job not yet COMPLETED, FAILED or CANCELLED, oldest first (restart recovery)."""
+    def non_terminal_jobs(self, page: int = RECOVERY_PAGE) -> Iterator[JobRecord]:
+        """Every job not yet COMPLETED, FAILED or CANCELLED, oldest first (restart recovery),
+        read `page` at a time so that recovery never holds every workflow at once. Jobs the
+        caller updates while iterating are not returned twice."""
         ...
 
     def count_by_status(self) -> dict[JobStatus, int]:

@@ -6,12 +6,12 @@ record and callers never share a mutable object with the store.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 from comfyfleet.coordinator.errors import Conflict, StoreUnavailable
 from comfyfleet.coordinator.model import AgentRecord, JobRecord
 from comfyfleet.coordinator.store import codec
-from comfyfleet.coordinator.store.base import DEFAULT_PAGE, GuardedUpdate
+from comfyfleet.coordinator.store.base import DEFAULT_PAGE, RECOVERY_PAGE, GuardedUpdate
 from comfyfleet.coordinator.store.codec import JobRow
 from comfyfleet.coordinator.store.migrations import LATEST
 from comfyfleet.shared.errors import InvalidInput
@@ -98,14 +98,14 @@ class MemoryStore:
         next_cursor = codec.encode_cursor(page[-1]) if more else None
         return [codec.decode_job(r) for r in page], next_cursor
 
-    def non_terminal_jobs(self) -> list[JobRecord]:
+    def non_terminal_jobs(self, page: int = RECOVERY_PAGE) -> Iterator[JobRecord]:
         self._open()
         terminal = {s.value for s in TERMINAL}
         rows = sorted(
             (r for r in self._jobs.values() if r.status not in terminal),
             key=lambda r: (r.created_at, r.id),
         )
-        return [codec.decode_job(r) for r in rows]
+        return (codec.decode_job(r) for r in rows)  # decoded one at a time, like SQLite's pages
 
     def count_by_status(self) -> dict[JobStatus, int]:
         self._open()

@@ -10,7 +10,12 @@ from pathlib import Path
 from comfyfleet.coordinator.errors import Conflict, StoreUnavailable
 from comfyfleet.coordinator.model import AgentRecord, JobRecord
 from comfyfleet.coordinator.store import codec
-from comfyfleet.coordinator.store.base import DEFAULT_PAGE, GuardedUpdate, SchemaTooNew
+from comfyfleet.coordinator.store.base import (
+    DEFAULT_PAGE,
+    RECOVERY_PAGE,
+    GuardedUpdate,
+    SchemaTooNew,
+)
 from comfyfleet.coordinator.store.codec import JobRow
 from comfyfleet.coordinator.store.migrations import MIGRATIONS
 from comfyfleet.shared.errors import InvalidInput
@@ -197,10 +202,19 @@ class SqliteStore:
         next_cursor = codec.encode_cursor(page[-1]) if len(rows) > limit else None
         return [codec.decode_job(r) for r in page], next_cursor
 
-    def non_terminal_jobs(self) -> list[JobRecord]:
+    def non_terminal_jobs(self, page: int = RECOVERY_PAGE) -> Iterator[JobRecord]:
         marks = ", ".join("?" * len(_NON_TERMINAL))
-        sql = f"{_SELECT} WHERE status IN ({marks}) ORDER BY created_at, id"
-        return [codec.decode_job(r) for r in self._rows(sql, _NON_TERMINAL)]
+        first = f"{_SELECT} WHERE status IN ({marks}) ORDER BY created_at, id LIMIT ?"
+        after = (f"{_SELECT} WHERE status IN ({marks}) AND (created_at, id) > (?, ?) "
+                 "ORDER BY created_at, id LIMIT ?")
+        rows = self._rows(first, [*_NON_TERMINAL, page])
+        while rows:
+            for row in rows:
+                yield codec.decode_job(row)
+            if len(rows) < page:
+                return
+            last = rows[-1]
+            rows = self._rows(after, [*_NON_TERMINAL, last.created_at, last.id, page])
 
     def count_by_status(self) -> dict[JobStatus, int]:
         conn = self._live()

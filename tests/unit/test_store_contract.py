@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -498,10 +499,33 @@ def test_malformed_cursor_is_invalid_input(store: Store, cursor: str) -> None:
 def test_non_terminal_jobs_oldest_first(store: Store) -> None:
     for i, status in enumerate(JobStatus):
         store.insert_job(job(f"j{i}", created_at=100.0 - i, status=status))
-    got = store.non_terminal_jobs()
+    got = list(store.non_terminal_jobs())
     assert all(r.status not in TERMINAL for r in got)
     assert [r.status for r in got] == [S.RUNNING, S.ASSIGNED, S.QUEUED, S.SUBMITTED]
-    assert store.non_terminal_jobs()[0] == store.get_job(got[0].id)
+    assert next(iter(store.non_terminal_jobs())) == store.get_job(got[0].id)
+
+
+@given(statuses=st.lists(st.sampled_from(list(JobStatus)), max_size=12),
+       page=st.integers(1, 5))
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_non_terminal_jobs_in_pages_see_each_job_once(store: Store, statuses: list[JobStatus],
+                                                      page: int) -> None:
+    """Recovery reads in pages and updates jobs as it goes (SUBMITTED -> QUEUED): every
+    non-terminal job comes exactly once, in order, whatever the page size."""
+    prefix = f"p{uuid.uuid4().hex[:8]}-"  # the store outlives one example
+    for i, status in enumerate(statuses):
+        store.insert_job(job(f"{prefix}{i:02d}", created_at=1000.0 + i // 2, status=status))
+    seen = []
+    for rec in store.non_terminal_jobs(page=page):
+        if not rec.id.startswith(prefix):
+            continue
+        seen.append(rec.id)
+        if rec.status == S.SUBMITTED:
+            moved = dataclasses.replace(rec, status=S.QUEUED, updated_at=rec.updated_at + 1)
+            assert store.update_job(moved, S.SUBMITTED, rec.attempt)
+    expected = [f"{prefix}{i:02d}" for i, s in enumerate(statuses) if s not in TERMINAL]
+    assert seen == expected
 
 
 def test_count_by_status_covers_every_status(store: Store) -> None:
