@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from comfyfleet.client import Client
-from tests.helpers.fleet import Fleet, txt2img
+from tests.helpers.fleet import Fleet, running_fleet, txt2img
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
@@ -32,17 +32,10 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    f = Fleet(tmp_path)
-    f.start_coordinator()
-    try:
+    with running_fleet(tmp_path) as f:
         f.add_sim("g1", 24576, "--step-ms", "60", "--preview-every", "2")
         f.add_agent("b1", "g1")
         yield f
-    except BaseException:
-        print(f.logs())
-        raise
-    finally:
-        f.stop()
 
 
 @pytest.fixture

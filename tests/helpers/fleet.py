@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import signal
 import time
 import urllib.request
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +142,24 @@ class Api:
         async with self.s.get(f"{self.url}{output['url']}") as r:
             data = await r.read()
         return Image.open(io.BytesIO(data)).size
+
+
+@contextlib.contextmanager
+def running_fleet(tmp: Path, coordinator_args: list[str] | None = None) -> Iterator[Fleet]:
+    """A fleet with its coordinator started, stopped at the end; its logs are printed when
+    setting it up fails."""
+    fleet = Fleet(tmp, coordinator_args)
+    fleet.start_coordinator()
+    try:
+        yield fleet
+    except BaseException:
+        print(fleet.logs())
+        raise
+    finally:
+        fleet.stop()
+
+
+@contextlib.asynccontextmanager
+async def api_session(url: str) -> AsyncIterator[Api]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+        yield Api(s, url)

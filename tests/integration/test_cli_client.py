@@ -14,26 +14,19 @@ import pytest
 from PIL import Image
 
 from comfyfleet.client import Client
-from tests.helpers.fleet import Fleet, sim_faults, txt2img
+from tests.helpers.fleet import Fleet, running_fleet, sim_faults, txt2img
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    f = Fleet(tmp_path)
-    f.start_coordinator()
-    try:
+    with running_fleet(tmp_path) as f:
         f.add_sim("g1", 24576, "--step-ms", "40")
         f.add_agent("c1", "g1")
         with Client(f.url) as client:
             client._run(client._aio.wait_ready(1, 30))
         yield f
-    except BaseException:
-        print(f.logs())
-        raise
-    finally:
-        f.stop()
 
 
 def cli(fleet: Fleet, *args: str, env_url: bool = False,

@@ -4,35 +4,13 @@ times out, reports the job with a clear reason, and stays healthy for the next j
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import aiohttp
 import pytest
 
 from tests.helpers.fleet import Api, Fleet, sim_faults, txt2img
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 ENDED = {"COMPLETED", "FAILED", "CANCELLED"}
-
-
-@pytest.fixture
-async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
-    f = Fleet(tmp_path)
-    f.start_coordinator()
-    try:
-        yield f
-    except BaseException:
-        print(f.logs())
-        raise
-    finally:
-        f.stop()
-
-
-@pytest.fixture
-async def api(fleet: Fleet) -> AsyncIterator[Api]:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
-        yield Api(s, fleet.url)
 
 
 async def one_agent(fleet: Fleet, api: Api) -> str:

@@ -10,24 +10,17 @@ from pathlib import Path
 import pytest
 
 from comfyfleet.client import Client, StreamEvent
-from tests.helpers.fleet import Fleet, txt2img
+from tests.helpers.fleet import Fleet, running_fleet, txt2img
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    f = Fleet(tmp_path)
-    f.start_coordinator()
-    try:
+    with running_fleet(tmp_path) as f:
         f.add_sim("g1", 24576, "--step-ms", "40")
         f.add_agent("r1", "g1")
         yield f
-    except BaseException:
-        print(f.logs())
-        raise
-    finally:
-        f.stop()
 
 
 def test_job_stream_resumes_across_a_coordinator_restart(fleet: Fleet) -> None:

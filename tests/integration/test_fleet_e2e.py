@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import aiohttp
 import pytest
 
 from tests.helpers.fleet import Api, Fleet, sim_faults, sim_stats, txt2img
@@ -16,25 +13,6 @@ from tests.helpers.fleet import Api, Fleet, sim_faults, sim_stats, txt2img
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
 ASPECTS = [(512, 512), (768, 512), (512, 768), (640, 384), (384, 640), (576, 576)]
-
-
-@pytest.fixture
-async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
-    f = Fleet(tmp_path)
-    f.start_coordinator()
-    try:
-        yield f
-    except BaseException:
-        print(f.logs())
-        raise
-    finally:
-        f.stop()
-
-
-@pytest.fixture
-async def api(fleet: Fleet) -> AsyncIterator[Api]:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
-        yield Api(s, fleet.url)
 
 
 async def test_output_isolation_under_concurrency(fleet: Fleet, api: Api) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import json
 import time
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,25 +15,6 @@ import pytest
 from tests.helpers.fleet import Api, Fleet, sim_stats, txt2img
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
-
-
-@pytest.fixture
-async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
-    f = Fleet(tmp_path)
-    f.start_coordinator()
-    try:
-        yield f
-    except BaseException:
-        print(f.logs())
-        raise
-    finally:
-        f.stop()
-
-
-@pytest.fixture
-async def api(fleet: Fleet) -> AsyncIterator[Api]:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
-        yield Api(s, fleet.url)
 
 
 def sim_queue(url: str) -> dict[str, Any]:

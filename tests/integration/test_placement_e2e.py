@@ -8,48 +8,24 @@ import io
 import json
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
-from tests.helpers.fleet import Api, Fleet, sim_faults, txt2img
+from tests.helpers.fleet import Api, Fleet, running_fleet, sim_faults, txt2img
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 COOLDOWN_S = 8.0
 
 
 @pytest.fixture
-async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
-    f = Fleet(
-        tmp_path,
-        [
-            "--heartbeat-interval",
-            "0.5",
-            "--restart-grace",
-            "3",
-            "--block-after-failures",
-            "1",
-            "--block-cooldown",
-            str(COOLDOWN_S),
-        ],
-    )
-    f.start_coordinator()
-    try:
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    args = ["--heartbeat-interval", "0.5", "--restart-grace", "3",
+            "--block-after-failures", "1", "--block-cooldown", str(COOLDOWN_S)]
+    with running_fleet(tmp_path, args) as f:
         yield f
-    except BaseException:
-        print(f.logs())
-        raise
-    finally:
-        f.stop()
-
-
-@pytest.fixture
-async def api(fleet: Fleet) -> AsyncIterator[Api]:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
-        yield Api(s, fleet.url)
 
 
 async def agent_json(api: Api, name: str) -> dict[str, Any]:
