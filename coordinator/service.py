@@ -27,7 +27,7 @@ from comfyfleet.coordinator.fleet import AgentState, AgentStatus, agent_view
 from comfyfleet.coordinator.inventory import decode_inputs, fleet_gap
 from comfyfleet.coordinator.metrics import Metrics
 from comfyfleet.coordinator.model import AgentRecord, JobRecord, WorkflowFacts
-from comfyfleet.coordinator.outputs import OutputFiles
+from comfyfleet.coordinator.outputs import ChunkResult, ChunkSink, OutputFiles
 from comfyfleet.coordinator.pacing import plan_call
 from comfyfleet.coordinator.scheduler.model import JobRequest
 from comfyfleet.coordinator.scheduler.plan import plan
@@ -478,6 +478,28 @@ class Coordinator:
         self._fenced(agent_id, job_id, attempt)
         result = self.outputs.write_chunk(job_id, attempt, name, offset, size, sha256, data)
         return p.UploadState(name=name, received=result.received, size=size,
+                             complete=result.complete)
+
+    def open_upload(self, agent_id: str, job_id: str, attempt: int, name: str, offset: int,
+                    size: int, sha256: str, length: int | None) -> ChunkSink | p.UploadState:
+        """Streaming form of `upload`: a sink for the chunk's bytes (see api/upload.py)."""
+        self._fenced(agent_id, job_id, attempt)
+        sink = self.outputs.open_chunk(job_id, attempt, name, offset, size, sha256, length)
+        if isinstance(sink, ChunkResult):
+            return p.UploadState(name=name, received=sink.received, size=size,
+                                 complete=sink.complete)
+        return sink
+
+    def close_upload(self, agent_id: str, sink: ChunkSink) -> p.UploadState:
+        """Fenced again: the attempt may have gone stale while its bytes were arriving."""
+        job_id, attempt, name = sink.key
+        try:
+            self._fenced(agent_id, job_id, attempt)
+        except BaseException:
+            sink.abort()
+            raise
+        result = sink.close()
+        return p.UploadState(name=name, received=result.received, size=sink.size,
                              complete=result.complete)
 
     def upload_state(self, agent_id: str, job_id: str, attempt: int, name: str,
