@@ -22,26 +22,36 @@ class UploadLocks:
     """One chunk at a time per output file: a retried PUT waits for the one still streaming."""
 
     def __init__(self) -> None:
-        self.locks: dict[Key, asyncio.Lock] = {}
+        self.locks: dict[Key, tuple[asyncio.Lock, int]] = {}  # lock, requests holding/waiting
 
     def hold(self, key: Key) -> _Held:
-        lock = self.locks.get(key)
-        if lock is None:
-            lock = self.locks[key] = asyncio.Lock()
-        return _Held(self, key, lock)
+        return _Held(self, key)
 
 
 class _Held:
-    def __init__(self, owner: UploadLocks, key: Key, lock: asyncio.Lock) -> None:
-        self.owner, self.key, self.lock = owner, key, lock
+    def __init__(self, owner: UploadLocks, key: Key) -> None:
+        self.owner, self.key = owner, key
+        lock, users = owner.locks.get(key, (asyncio.Lock(), 0))
+        owner.locks[key] = (lock, users + 1)
+        self.lock = lock
 
     async def __aenter__(self) -> None:
-        await self.lock.acquire()
+        try:
+            await self.lock.acquire()
+        except BaseException:
+            self._leave()
+            raise
 
     async def __aexit__(self, *exc: Any) -> None:
         self.lock.release()
-        if not self.lock.locked() and self.owner.locks.get(self.key) is self.lock:
-            del self.owner.locks[self.key]
+        self._leave()
+
+    def _leave(self) -> None:
+        lock, users = self.owner.locks[self.key]
+        if users <= 1:
+            del self.owner.locks[self.key]  # nobody else waits: the entry goes (bounded map)
+        else:
+            self.owner.locks[self.key] = (lock, users - 1)
 
 
 UPLOAD_LOCKS = web.AppKey("upload_locks", UploadLocks)

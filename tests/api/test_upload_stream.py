@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from comfyfleet.agent.coordinator_client import CoordinatorClient
-from comfyfleet.coordinator.api.upload import UPLOAD_LOCKS
+from comfyfleet.coordinator.api.upload import UPLOAD_LOCKS, UploadLocks
 from comfyfleet.shared import protocol as p
 from tests.api.conftest import Harness, MakeHarness
 
@@ -106,3 +106,21 @@ async def test_agent_upload_reads_ahead_and_resumes(harness: MakeHarness, tmp_pa
     await cc.upload(ref, "o.png", path, len(data), sha, 4096)  # starts at 0: 409, then resumes
     assert h.coord.outputs.final_path(job.job_id, 1, "o.png").read_bytes() == data
     assert h.coord.outputs.verify(job.job_id, 1, "o.png", len(data), sha)
+
+
+async def test_upload_locks_serialise_three_and_forget_the_file() -> None:
+    locks = UploadLocks()
+    key = ("j", 1, "o.png")
+    inside: list[int] = []
+    order: list[int] = []
+
+    async def put(n: int) -> None:
+        async with locks.hold(key):
+            inside.append(n)
+            assert len(inside) == 1  # never two at once
+            await asyncio.sleep(0.01)
+            order.append(n)
+            inside.remove(n)
+
+    await asyncio.gather(put(1), put(2), put(3))
+    assert sorted(order) == [1, 2, 3] and locks.locks == {}
