@@ -118,39 +118,59 @@ class CoordinatorClient:
         params = {"agent_id": self.agent_id, "attempt": str(job.attempt), "size": str(size)}
         offset = 0
         failures = 0
-        while True:
-            try:
-                if failures:  # after trouble, ask where to resume
-                    async with self.session.get(url, params=params, timeout=self.timeout,
-                                                headers={"Accept": codec.MSGPACK, **self.auth},
-                                                ssl=self.ssl) as resp:
+        ahead: tuple[int, asyncio.Future[bytes]] | None = None
+        try:
+            while True:
+                try:
+                    if failures:  # after trouble, ask where to resume
+                        async with self.session.get(url, params=params, timeout=self.timeout,
+                                                    headers={"Accept": codec.MSGPACK, **self.auth},
+                                                    ssl=self.ssl) as resp:
+                            state = self._answer(resp.status, resp.content_type, await resp.read(),
+                                                 p.UploadState)
+                        offset = state.received
+                        if state.complete:
+                            return
+                    if ahead is not None and ahead[0] == offset:
+                        data = await ahead[1]
+                    else:
+                        _drop(ahead)
+                        data = await asyncio.to_thread(_read_at, path, offset, chunk_size)
+                    ahead = None
+                    if offset + len(data) < size:  # read the next chunk while this one travels
+                        ahead = (offset + len(data), asyncio.ensure_future(
+                            asyncio.to_thread(_read_at, path, offset + len(data), chunk_size)))
+                    async with self.session.put(
+                        url, params={**params, "offset": str(offset), "sha256": sha256}, data=data,
+                        timeout=self.timeout, headers={"Accept": codec.MSGPACK, **self.auth},
+                        ssl=self.ssl,
+                    ) as resp:
                         state = self._answer(resp.status, resp.content_type, await resp.read(),
                                              p.UploadState)
-                    offset = state.received
                     if state.complete:
                         return
-                data = await asyncio.to_thread(_read_at, path, offset, chunk_size)
-                async with self.session.put(
-                    url, params={**params, "offset": str(offset), "sha256": sha256}, data=data,
-                    timeout=self.timeout, headers={"Accept": codec.MSGPACK, **self.auth},
-                    ssl=self.ssl,
-                ) as resp:
-                    state = self._answer(resp.status, resp.content_type, await resp.read(),
-                                         p.UploadState)
-                if state.complete:
-                    return
-                offset = state.received
-                failures = 0
-            except (aiohttp.ClientConnectionError, TimeoutError, CoordinatorUnavailable) as exc:
-                failures += 1
-                if failures > 8:
-                    raise CoordinatorUnavailable(f"upload {name}: {exc}") from exc
-                await asyncio.sleep(min(0.2 * 2**failures, 5.0))
-            except Refused as exc:
-                if exc.status == 409 and exc.error.get("field") == "offset":
-                    failures += 1  # out of step: ask where to resume
-                    continue
-                raise
+                    offset = state.received
+                    failures = 0
+                except (aiohttp.ClientConnectionError, TimeoutError, CoordinatorUnavailable) as exc:
+                    failures += 1
+                    if failures > 8:
+                        raise CoordinatorUnavailable(f"upload {name}: {exc}") from exc
+                    await asyncio.sleep(min(0.2 * 2**failures, 5.0))
+                except Refused as exc:
+                    if exc.status == 409 and exc.error.get("field") == "offset":
+                        failures += 1  # out of step: ask where to resume
+                        continue
+                    raise
+        finally:
+            _drop(ahead)
+
+
+def _drop(ahead: tuple[int, asyncio.Future[bytes]] | None) -> None:
+    """Let go of a read-ahead nobody will use (its error, if any, is not worth a warning)."""
+    if ahead is not None:
+        if ahead[1].done() and not ahead[1].cancelled():
+            ahead[1].exception()
+        ahead[1].cancel()
 
 
 def _read_at(path: Path, offset: int, size: int) -> bytes:

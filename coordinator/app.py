@@ -20,6 +20,7 @@ from comfyfleet.coordinator.api.auth import KEYRING, auth_middleware, exposure_p
 from comfyfleet.coordinator.api.errors import errors_middleware
 from comfyfleet.coordinator.api.keys import CONFIG, COORDINATOR, SUPERVISOR
 from comfyfleet.coordinator.api.requestlog import request_log_middleware
+from comfyfleet.coordinator.api.upload import UPLOAD_LOCKS, UploadLocks
 from comfyfleet.coordinator.config import CoordinatorConfig
 from comfyfleet.coordinator.errors import CoordinatorError
 from comfyfleet.coordinator.keyring import KeyRing
@@ -47,6 +48,7 @@ def create_app(config: CoordinatorConfig, *, loops: bool = True) -> web.Applicat
     app[CONFIG] = config
     app[KEYRING] = KeyRing.load(config.keys_path)
     app[graceful.INFLIGHT] = graceful.InFlight()
+    app[UPLOAD_LOCKS] = UploadLocks()
     app.add_routes(client_routes.routes)
     app.add_routes(agent_routes.routes)
     app.add_routes(stream_routes.routes)

@@ -88,6 +88,22 @@ class AgentState:
 RECENT_PER_SLOT = 16
 
 
+def has_free_slot(agent: AgentState, jobs: dict[str, JobRecord]) -> bool:
+    """`pacing.has_free_slot([agent_view(agent, jobs, ...)])` without building the view: a
+    schedulable agent with a healthy slot whose active jobs are fewer than its capacity."""
+    if not agent.schedulable:
+        return False
+    open_slots = {i.instance_id: i.capacity for i in agent.instances
+                  if i.healthy and i.capacity > 0}
+    if not open_slots:
+        return False
+    for job_id in agent.jobs:
+        job = jobs.get(job_id)
+        if job is not None and job.instance_id in open_slots:
+            open_slots[job.instance_id] -= 1
+    return any(left > 0 for left in open_slots.values())
+
+
 def agent_view(agent: AgentState, jobs: dict[str, JobRecord], recent_window_s: float,
                now: float) -> AgentView:
     """Scheduler input for one agent: capacity minus the reservations of its active jobs."""

@@ -62,6 +62,25 @@ class OutputFiles:
     def write_chunk(
         self, job_id: str, attempt: int, name: str, offset: int, size: int, sha256: str, data: bytes
     ) -> ChunkResult:
+        sink = self.open_chunk(job_id, attempt, name, offset, size, sha256, len(data))
+        if isinstance(sink, ChunkResult):
+            return sink
+        try:
+            sink.write([data])
+        except BaseException:
+            sink.abort()
+            raise
+        return sink.close()
+
+    def open_chunk(
+        self, job_id: str, attempt: int, name: str, offset: int, size: int, sha256: str,
+        length: int | None,
+    ) -> ChunkSink | ChunkResult:
+        """Check a chunk before its bytes arrive; a ChunkResult when the file is already stored.
+
+        `length` is the chunk's length when known (Content-Length), checked against `size` here;
+        a sink also refuses bytes past `size` as they come.
+        """
         if size < 0 or size > self.max_bytes:
             raise InvalidInput("size", f"must be between 0 and {self.max_bytes}", "out_of_range")
         final = self.final_path(job_id, attempt, name)
@@ -73,35 +92,18 @@ class OutputFiles:
         have = part.stat().st_size if part.exists() else 0
         if offset != have:
             raise Conflict(f"offset {offset} does not match the {have} bytes received", "offset")
-        if offset + len(data) > size:
+        if length is not None and offset + length > size:
             raise InvalidInput("offset", "chunk runs past the declared size", "out_of_range")
         final.parent.mkdir(parents=True, exist_ok=True)
         key = (job_id, attempt, name)
-        digest, covered = self.partial.get(key, (None, -1))
+        digest, covered = self.partial.pop(key, (None, -1))
         if digest is None or covered != have:
             digest = _sha256_of(part) if have else hashlib.sha256()
-        complete = have + len(data) >= size
         try:
-            with open(part, "ab") as fh:
-                fh.write(data)
-                if complete:  # one fsync per file; the checksum below guards what was written
-                    fh.flush()
-                    os.fsync(fh.fileno())
+            fh = open(part, "ab", buffering=0)  # noqa: SIM115 - the sink closes it
         except OSError as exc:
-            self.partial.pop(key, None)
             raise StoreUnavailable(f"cannot write output {name}: {exc.strerror}") from exc
-        digest.update(data)
-        have += len(data)
-        if not complete:
-            self.partial[key] = (digest, have)
-            return ChunkResult(have, False)
-        self.partial.pop(key, None)
-        if digest.hexdigest() != sha256:
-            part.unlink(missing_ok=True)
-            raise InvalidInput("sha256", f"checksum of {name} does not match; upload it again")
-        os.replace(part, final)
-        self.verified[key] = (size, sha256)
-        return ChunkResult(size, True)
+        return ChunkSink(self, key, part, final, fh, digest, have, size, sha256)
 
     def verify(self, job_id: str, attempt: int, name: str, size: int, sha256: str) -> bool:
         known = self.verified.get((job_id, attempt, name))
@@ -129,6 +131,75 @@ class OutputFiles:
         for attempt_dir in job_dir.iterdir():
             if attempt_dir.name != str(keep):
                 shutil.rmtree(attempt_dir, ignore_errors=True)
+
+
+class ChunkSink:
+    """One chunk being received: bytes are appended and hashed as they come, in one pass.
+
+    `write` does blocking file I/O and hashing (both release the GIL) so a caller may run it in a
+    worker thread while it receives the next bytes; calls must not overlap. Then exactly one of
+    `close` (the chunk is whole) or `abort` (the body broke off: what was written stays in the
+    part file, and the next chunk resumes from the part file's size).
+    """
+
+    def __init__(self, files: OutputFiles, key: tuple[str, int, str], part: Path, final: Path,
+                 fh: Any, digest: Any, have: int, size: int, sha256: str) -> None:
+        self.files = files
+        self.key = key
+        self.part = part
+        self.final = final
+        self.fh = fh
+        self.digest = digest
+        self.have = have
+        self.size = size
+        self.sha256 = sha256
+
+    def write(self, pieces: list[bytes]) -> None:
+        for piece in pieces:
+            if self.have + len(piece) > self.size:
+                raise InvalidInput("offset", "chunk runs past the declared size", "out_of_range")
+            view = memoryview(piece)
+            try:
+                while view:
+                    view = view[self.fh.write(view):]
+            except OSError as exc:
+                raise StoreUnavailable(
+                    f"cannot write output {self.key[2]}: {exc.strerror}") from exc
+            self.digest.update(piece)
+            self.have += len(piece)
+
+    def abort(self) -> None:
+        """Keep what was written; remember the running checksum only if it covers the file."""
+        self.fh.close()
+        try:
+            on_disk = self.part.stat().st_size
+        except OSError:
+            return
+        if on_disk == self.have:
+            self.files.partial[self.key] = (self.digest, self.have)
+
+    def close(self) -> ChunkResult:
+        name = self.key[2]
+        complete = self.have >= self.size
+        try:
+            if complete:  # one fsync per file; the checksum below guards what was written
+                os.fsync(self.fh.fileno())
+        except OSError as exc:
+            self.fh.close()
+            raise StoreUnavailable(f"cannot write output {name}: {exc.strerror}") from exc
+        self.fh.close()
+        if not complete:
+            self.files.partial[self.key] = (self.digest, self.have)
+            return ChunkResult(self.have, False)
+        if self.digest.hexdigest() != self.sha256:
+            self.part.unlink(missing_ok=True)
+            raise InvalidInput("sha256", f"checksum of {name} does not match; upload it again")
+        try:
+            os.replace(self.part, self.final)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot store output {name}: {exc.strerror}") from exc
+        self.files.verified[self.key] = (self.size, self.sha256)
+        return ChunkResult(self.size, True)
 
 
 def file_sha256(path: Path) -> str:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from comfyfleet.coordinator.scheduler.model import AgentView
+from comfyfleet.coordinator.scheduler.model import AgentView, JobRequest
+from comfyfleet.coordinator.scheduler.plan import DEFAULT_STARVATION_S
 
 REASON_REFRESH_S = 5.0
 
@@ -47,3 +48,11 @@ def plan_call(
         ids = frozenset(unexplained)
         return PlanCall(True, ids, None if free else ids)
     return PlanCall(free, frozenset())
+
+
+def any_starving(queue: Sequence[JobRequest], now: float,
+                 starvation_s: float = DEFAULT_STARVATION_S) -> bool:
+    """Whether plan() would look for a hold: a job queued longer than `starvation_s`. Only then
+    do the agents without a free slot matter to a plan that explains nothing (a hold may fall
+    on a busy GPU); otherwise the coordinator plans over the agents with room alone."""
+    return any(now - j.queued_at > starvation_s for j in queue)

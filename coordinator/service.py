@@ -30,12 +30,12 @@ from comfyfleet.coordinator.errors import (
 from comfyfleet.coordinator.estimates import Estimate, learned_vram_mb
 from comfyfleet.coordinator.events import EventBus
 from comfyfleet.coordinator.feed import Feed
-from comfyfleet.coordinator.fleet import AgentState, AgentStatus, agent_view
+from comfyfleet.coordinator.fleet import AgentState, AgentStatus, agent_view, has_free_slot
 from comfyfleet.coordinator.inventory import decode_inputs, fleet_gap
 from comfyfleet.coordinator.metrics import Metrics
 from comfyfleet.coordinator.model import AgentRecord, JobRecord, WorkflowFacts
-from comfyfleet.coordinator.outputs import OutputFiles
-from comfyfleet.coordinator.pacing import plan_call
+from comfyfleet.coordinator.outputs import ChunkResult, ChunkSink, OutputFiles
+from comfyfleet.coordinator.pacing import any_starving, plan_call
 from comfyfleet.coordinator.scheduler.model import JobRequest
 from comfyfleet.coordinator.scheduler.plan import plan
 from comfyfleet.coordinator.store import Store
@@ -490,6 +490,28 @@ class Coordinator:
         return p.UploadState(name=name, received=result.received, size=size,
                              complete=result.complete)
 
+    def open_upload(self, agent_id: str, job_id: str, attempt: int, name: str, offset: int,
+                    size: int, sha256: str, length: int | None) -> ChunkSink | p.UploadState:
+        """Streaming form of `upload`: a sink for the chunk's bytes (see api/upload.py)."""
+        self._fenced(agent_id, job_id, attempt)
+        sink = self.outputs.open_chunk(job_id, attempt, name, offset, size, sha256, length)
+        if isinstance(sink, ChunkResult):
+            return p.UploadState(name=name, received=sink.received, size=size,
+                                 complete=sink.complete)
+        return sink
+
+    def close_upload(self, agent_id: str, sink: ChunkSink) -> p.UploadState:
+        """Fenced again: the attempt may have gone stale while its bytes were arriving."""
+        job_id, attempt, name = sink.key
+        try:
+            self._fenced(agent_id, job_id, attempt)
+        except BaseException:
+            sink.abort()
+            raise
+        result = sink.close()
+        return p.UploadState(name=name, received=result.received, size=sink.size,
+                             complete=result.complete)
+
     def upload_state(self, agent_id: str, job_id: str, attempt: int, name: str,
                      size: int) -> p.UploadState:
         self._fenced(agent_id, job_id, attempt)
@@ -574,13 +596,18 @@ class Coordinator:
         if not self.queued:
             return 0
         now = self.clock()
-        views = [agent_view(a, self.jobs, RECENT_FAILURE_WINDOW_S, now)
-                 for a in self.agents.values() if a.status != AgentStatus.LOST]
-        call = plan_call(views, self.unexplained, self.explained_at, now)
+        live = [a for a in self.agents.values() if a.status != AgentStatus.LOST]
+        free = [a for a in live if has_free_slot(a, self.jobs)]
+        free_views = [agent_view(a, self.jobs, RECENT_FAILURE_WINDOW_S, now) for a in free]
+        call = plan_call(free_views, self.unexplained, self.explained_at, now)
         if not call.run:
             return 0
         queue = (list(self.queued.values()) if call.only is None
                  else [self.queued[i] for i in call.only if i in self.queued])
+        # Placing alone needs only the agents with room; reasons, and the holds of starving
+        # jobs (which may fall on a busy GPU), need the whole fleet.
+        views = free_views if call.explain == frozenset() and not any_starving(queue, now) else [
+            agent_view(a, self.jobs, RECENT_FAILURE_WINDOW_S, now) for a in live]
         queue = apply_blocks(queue, self.blocks.blocked(now))
         with self.metrics.schedule_seconds.time():
             result = plan(queue, views, now, max_placements=MAX_PLACEMENTS_PER_PLAN,

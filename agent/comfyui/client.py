@@ -21,6 +21,7 @@ import aiohttp
 import structlog
 
 from comfyfleet.agent.comfyui.events import OutputRef
+from comfyfleet.agent.comfyui.sockets import SocketPool
 
 __all__ = [
     "ComfyUIClient",
@@ -115,6 +116,7 @@ class ComfyUIClient:
             total=request_timeout_s, sock_connect=connect_timeout_s
         )
         self._log = log.bind(comfyui=self.base_url)
+        self.sockets = SocketPool()  # a WebSocket per clientId, kept between prompts
 
     def ws_url(self, client_id: str) -> str:
         return ws_url(self.base_url, client_id)

@@ -55,6 +55,7 @@ from comfyfleet.agent.comfyui.events import (
     Update,
     interpret_history,
 )
+from comfyfleet.agent.comfyui.sockets import SocketPool
 
 __all__ = ["OutcomeStatus", "PromptOutcome", "UpdateCallback", "attach_prompt", "run_prompt"]
 
@@ -196,6 +197,7 @@ class _Run:
     ) -> None:
         self.client = client
         self.url = ws_url(ws_url_or_base or client.base_url, client_id)
+        self.sockets: SocketPool | None = getattr(client, "sockets", None)
         self.prompt_id = prompt_id
         self.client_id = client_id
         self.graph = graph
@@ -234,10 +236,12 @@ class _Run:
             return self._outcome("cancelled", reason="cancelled before submission")
         tasks: list[asyncio.Task[None]] = []
         try:
-            try:
-                self.ws = await self._connect_with_grace()
-            except _Lost as exc:
-                return self._outcome("lost", reason=exc.reason)
+            self.ws = await self.sockets.take(self.url) if self.sockets is not None else None
+            if self.ws is None:
+                try:
+                    self.ws = await self._connect_with_grace()
+                except _Lost as exc:
+                    return self._outcome("lost", reason=exc.reason)
             self.ws_up = True
             tasks.append(asyncio.create_task(self._reader(), name=f"comfyui-ws-{self.prompt_id}"))
             tasks.append(asyncio.create_task(self._watch_cancel(), name="comfyui-cancel-watch"))
@@ -269,10 +273,12 @@ class _Run:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            if self.ws is not None:
+            if self.ws is not None and self.sockets is not None and self.ws_up:
+                await self.sockets.give(self.url, self.ws)  # kept for this clientId's next run
+            elif self.ws is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.ws.close(), 2.0)
-                self.ws = None
+            self.ws = None
 
     # -- main loop ----------------------------------------------------------------------------
 

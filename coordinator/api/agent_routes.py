@@ -10,8 +10,9 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from comfyfleet.coordinator.api.auth import check_agent
-from comfyfleet.coordinator.api.body import decode_body, read_limited, reply
+from comfyfleet.coordinator.api.body import decode_body, reply
 from comfyfleet.coordinator.api.keys import CONFIG, COORDINATOR
+from comfyfleet.coordinator.api.upload import UPLOAD_LOCKS, receive_chunk
 from comfyfleet.coordinator.outputs import check_name
 from comfyfleet.coordinator.service import Coordinator
 from comfyfleet.shared import protocol as p
@@ -90,9 +91,10 @@ async def upload_chunk(request: web.Request) -> web.Response:
     sha256 = request.query.get("sha256", "")
     if not _SHA.match(sha256):
         raise InvalidInput("sha256", "must be 64 lowercase hex digits")
-    data = await read_limited(request, request.app[CONFIG].max_chunk_bytes)
-    state = request.app[COORDINATOR].upload(agent_id, job_id, attempt, name, offset, size,
-                                            sha256, data)
+    state = await receive_chunk(request.app[COORDINATOR], request.app[UPLOAD_LOCKS],
+                                request.content, request.content_length,
+                                request.app[CONFIG].max_chunk_bytes, agent_id, job_id, attempt,
+                                name, offset, size, sha256)
     return reply(request, state)
 
 

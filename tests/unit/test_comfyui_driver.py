@@ -938,3 +938,53 @@ def test_ws_url() -> None:
     assert ws_url("http://h:8188", "c") == "ws://h:8188/ws?clientId=c"
     assert ws_url("https://h/comfy/", "c") == "wss://h/comfy/ws?clientId=c"
     assert ws_url("ws://h:1/ws", "c") == "ws://h:1/ws?clientId=c"
+
+
+async def _run_as(client: ComfyUIClient, fake: Any, graph: dict[str, Any], pid: str,
+                  col: Collector) -> PromptOutcome:
+    async with asyncio.timeout(8):
+        return await run_prompt(client, fake.base, graph, pid, CID, on_update=col,
+                                cancel=asyncio.Event(), timeout_s=5.0, **FAST)
+
+
+async def test_socket_is_kept_for_the_next_prompt_of_its_client_id(
+    fake: Any, client: ComfyUIClient
+) -> None:
+    """One WebSocket per clientId across prompts: the second run skips the upgrade."""
+    d = load("01_normal.json")
+    old = recorded_pid(d)
+
+    async def play(fc: FakeComfy, pid: str, cid: str) -> None:
+        await fc.replay(cid, pid, d["ws"], {old: pid}, d["history"]["json"][old])
+
+    fake.play = play
+    graph = d["post"]["request_json"]["prompt"]
+    first, second = Collector(), Collector()
+    assert (await _run_as(client, fake, graph, PID, first)).status == "succeeded"
+    assert (await _run_as(client, fake, graph, "job-2-attempt-1", second)).status == "succeeded"
+    assert fake.events.count(f"ws_connect:{CID}") == 1
+    assert fake.events.count(f"feature_flags:{CID}") == 1
+    assert first.kinds() == second.kinds()  # nothing of the first prompt leaked into the second
+    assert PID not in str(second.updates)
+
+
+async def test_parked_socket_dropped_by_comfyui_is_reopened(
+    fake: Any, client: ComfyUIClient
+) -> None:
+    d = load("01_normal.json")
+    old = recorded_pid(d)
+
+    async def play(fc: FakeComfy, pid: str, cid: str) -> None:
+        await fc.replay(cid, pid, d["ws"], {old: pid}, d["history"]["json"][old])
+
+    fake.play = play
+    graph = d["post"]["request_json"]["prompt"]
+    assert (await _run_as(client, fake, graph, PID, Collector())).status == "succeeded"
+    await fake.drop_ws(CID)  # ComfyUI restarted its socket while no prompt ran
+    await asyncio.sleep(0.05)
+    col = Collector()
+    outcome = await _run_as(client, fake, graph, "job-2-attempt-1", col)
+    assert outcome.status == "succeeded"
+    assert outcome.outputs == [OutputRef("probe_invert_00001_.png", "", "output", "3")]
+    assert fake.events.count(f"ws_connect:{CID}") == 2
+    assert col.kinds().count("Done") == 1

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from comfyfleet.coordinator.outputs import OutputFiles
+from comfyfleet.coordinator.outputs import ChunkResult, OutputFiles
 from comfyfleet.shared.errors import InvalidInput
 
 pytestmark = pytest.mark.timeout(60)
@@ -57,3 +57,24 @@ def test_wrong_checksum_is_refused_and_the_part_dropped(tmp_path: Path) -> None:
         out.write_chunk("j", 1, "o.png", 60, 100, "0" * 64, data[60:])
     assert out.received("j", 1, "o.png") == 0
     assert out.partial == {}
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.binary(min_size=1, max_size=4000),
+       cuts=st.lists(st.integers(0, 4000), max_size=6), broken_at=st.integers(0, 4000))
+def test_streamed_pieces_and_a_broken_off_body_resume_to_the_same_file(
+    tmp_path_factory: pytest.TempPathFactory, data: bytes, cuts: list[int], broken_at: int
+) -> None:
+    """A chunk written in any pieces, aborted part way (body broke off), resumes and verifies."""
+    out = OutputFiles(tmp_path_factory.mktemp("out"), 1 << 20)
+    sha = hashlib.sha256(data).hexdigest()
+    stop = min(broken_at, len(data) - 1)
+    sink = out.open_chunk("j", 1, "o.png", 0, len(data), sha, None)
+    assert not isinstance(sink, ChunkResult)
+    bounds = sorted({0, stop, *(c for c in cuts if c < stop)})
+    sink.write([data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)])
+    sink.abort()
+    assert out.received("j", 1, "o.png") == stop
+    assert send(out, data, stop, 997, sha) == len(data)
+    assert out.verify("j", 1, "o.png", len(data), sha)
+    assert out.final_path("j", 1, "o.png").read_bytes() == data

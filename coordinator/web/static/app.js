@@ -126,6 +126,9 @@ function agentsSoon() {  // trailing debounce: one refresh after a burst of even
 function upsertJob(data) {
   const id = data.id || data.job_id;
   const job = { ...(state.jobs.get(id) || { id, progress: {}, created_at: data.at || Date.now() / 1000 }) };
+  // replies and live events may cross: a job that ended stays ended (a cancel's reply saying
+  // RUNNING can arrive after the CANCELLED event)
+  if (TERMINAL.has(job.status) && data.status && !TERMINAL.has(data.status)) return job;
   for (const k of ["status", "attempt", "agent_id", "error", "outputs", "pending_reason", "timestamps", "cancel_requested", "created_at"]) {
     if (data[k] !== undefined) job[k] = data[k];
   }
