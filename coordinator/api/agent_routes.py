@@ -91,10 +91,11 @@ async def upload_chunk(request: web.Request) -> web.Response:
     sha256 = request.query.get("sha256", "")
     if not _SHA.match(sha256):
         raise InvalidInput("sha256", "must be 64 lowercase hex digits")
+    config = request.app[CONFIG]
     state = await receive_chunk(request.app[COORDINATOR], request.app[UPLOAD_LOCKS],
                                 request.content, request.content_length,
-                                request.app[CONFIG].max_chunk_bytes, agent_id, job_id, attempt,
-                                name, offset, size, sha256)
+                                config.max_chunk_bytes, agent_id, job_id, attempt,
+                                name, offset, size, sha256, config.body_read_timeout_s)
     return reply(request, state)
 
 

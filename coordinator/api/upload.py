@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import StreamReader, web
 
-from comfyfleet.coordinator.api.body import TooLarge
+from comfyfleet.coordinator.api.body import SlowClient, TooLarge
 from comfyfleet.coordinator.outputs import ChunkSink
 from comfyfleet.coordinator.service import Coordinator
 from comfyfleet.shared import protocol as p
@@ -60,7 +60,7 @@ UPLOAD_LOCKS = web.AppKey("upload_locks", UploadLocks)
 async def receive_chunk(coordinator: Coordinator, locks: UploadLocks, content: StreamReader,
                         length: int | None, limit: int, agent_id: str, job_id: str,
                         attempt: int, name: str, offset: int, size: int,
-                        sha256: str) -> p.UploadState:
+                        sha256: str, read_timeout_s: float) -> p.UploadState:
     if length is not None and length > limit:
         raise TooLarge(f"body of {length} bytes exceeds {limit} bytes", "body")
     async with locks.hold((job_id, attempt, name)):
@@ -69,7 +69,11 @@ async def receive_chunk(coordinator: Coordinator, locks: UploadLocks, content: S
         if isinstance(sink, p.UploadState):
             return sink
         try:
-            got = await _pump(content, sink, limit)
+            async with asyncio.timeout(read_timeout_s):  # a stalled sender frees the file's lock
+                got = await _pump(content, sink, limit)
+        except TimeoutError:
+            sink.abort()
+            raise SlowClient(f"chunk not received within {read_timeout_s:g} s", "body") from None
         except BaseException:
             sink.abort()
             raise

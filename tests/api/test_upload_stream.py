@@ -87,6 +87,27 @@ async def test_second_put_of_a_chunk_waits_for_the_first(harness: MakeHarness) -
     assert h.coord.outputs.final_path(job.job_id, 1, "o.png").read_bytes() == data
 
 
+async def test_stalled_chunk_gets_408_and_frees_the_file(harness: MakeHarness) -> None:
+    """An agent that stops sending mid-chunk is cut off after body_read_timeout_s (408) and
+    does not keep the file's lock; what arrived is kept, and the agent resumes from there."""
+    h = await harness(body_read_timeout_s=0.3)
+    job, url = await _leased(h)
+    data = b"0123456789" * 1000
+    params = {"agent_id": "a1", "attempt": "1", "size": str(len(data)), "offset": "0",
+              "sha256": hashlib.sha256(data).hexdigest()}
+    never = asyncio.Event()
+    stalled = await h.client.put(url, params=params, data=_pieces(data, 1000, never))
+    assert stalled.status == 408, await stalled.text()
+    assert (await stalled.json())["error"]["field"] == "body"
+    assert not _locked(h)
+    state = await h.client.get(url, params={k: params[k] for k in ("agent_id", "attempt", "size")})
+    held = (await state.json())["received"]
+    assert state.status == 200 and 0 < held < len(data)
+    retry = await h.client.put(url, params={**params, "offset": str(held)}, data=data[held:])
+    assert retry.status == 200 and (await retry.json())["complete"]
+    assert h.coord.outputs.final_path(job.job_id, 1, "o.png").read_bytes() == data
+
+
 def _locked(h: Harness) -> bool:
     return bool(h.client.server.app[UPLOAD_LOCKS].locks)
 
