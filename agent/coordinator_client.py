@@ -41,9 +41,16 @@ class Refused(AgentError):
 
 
 class CoordinatorClient:
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, agent_id: str,
-                 timeout_s: float = 60.0, *, token: str | None = None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        agent_id: str,
+        timeout_s: float = 60.0,
+        *,
+        token: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.session = session
         self.base = base_url.rstrip("/") + "/agent/v1"
         self.agent_id = agent_id
@@ -51,16 +58,25 @@ class CoordinatorClient:
         self.auth = {"Authorization": f"Bearer {token}"} if token else {}
         self.ssl: ssl.SSLContext | bool = ssl_context or True
 
-    async def call(self, path: str, msg: Any, reply: type[T], *, retries: int = 3,
-                   http_timeout: aiohttp.ClientTimeout | None = None) -> T:
+    async def call(
+        self,
+        path: str,
+        msg: Any,
+        reply: type[T],
+        *,
+        retries: int = 3,
+        http_timeout: aiohttp.ClientTimeout | None = None,
+    ) -> T:
         body = codec.encode(msg)
         delay = 0.2
         for attempt in range(retries + 1):
             try:
                 async with self.session.post(
-                    f"{self.base}/{path}", data=body, timeout=http_timeout or self.timeout,
-                    headers={"Content-Type": codec.MSGPACK, "Accept": codec.MSGPACK,
-                             **self.auth}, ssl=self.ssl,
+                    f"{self.base}/{path}",
+                    data=body,
+                    timeout=http_timeout or self.timeout,
+                    headers={"Content-Type": codec.MSGPACK, "Accept": codec.MSGPACK, **self.auth},
+                    ssl=self.ssl,
                 ) as resp:
                     data = await resp.read()
                     return self._answer(resp.status, resp.content_type, data, reply)
@@ -74,11 +90,15 @@ class CoordinatorClient:
     @staticmethod
     def _answer(status: int, ctype: str, data: bytes, reply: type[T]) -> T:
         if status == 200:
-            return codec.decode(data, reply, codec.MSGPACK if ctype == codec.MSGPACK
-                                else codec.JSON)
+            return codec.decode(
+                data, reply, codec.MSGPACK if ctype == codec.MSGPACK else codec.JSON
+            )
         try:
-            decoded = (msgspec.msgpack.decode(data) if ctype == codec.MSGPACK
-                       else msgspec.json.decode(data))
+            decoded = (
+                msgspec.msgpack.decode(data)
+                if ctype == codec.MSGPACK
+                else msgspec.json.decode(data)
+            )
             error = decoded.get("error", {}) if isinstance(decoded, dict) else {}
         except msgspec.DecodeError:
             error = {"message": data[:200].decode(errors="replace")}
@@ -95,24 +115,35 @@ class CoordinatorClient:
     async def lease(self, free: dict[str, int], wait_s: float) -> p.LeaseReply:
         msg = p.LeaseRequest(agent_id=self.agent_id, free=free, wait_s=wait_s)
         timeout = aiohttp.ClientTimeout(total=wait_s + 15, sock_connect=5)
-        return await self.call("lease", msg, p.LeaseReply, retries=0,
-                               http_timeout=timeout)
+        return await self.call("lease", msg, p.LeaseReply, retries=0, http_timeout=timeout)
 
     async def started(self, job: p.Assignment, prompt_id: str, seeds: dict[str, int]) -> p.Ack:
-        return await self.call("started", p.Started(
-            agent_id=self.agent_id, job_id=job.job_id, attempt=job.attempt,
-            prompt_id=prompt_id, seeds=seeds), p.Ack)
+        return await self.call(
+            "started",
+            p.Started(
+                agent_id=self.agent_id,
+                job_id=job.job_id,
+                attempt=job.attempt,
+                prompt_id=prompt_id,
+                seeds=seeds,
+            ),
+            p.Ack,
+        )
 
     async def events(self, job: p.JobRef, events: list[p.JobEvent]) -> p.Ack:
-        return await self.call("events", p.Events(
-            agent_id=self.agent_id, job_id=job.job_id, attempt=job.attempt, events=events),
-            p.Ack, retries=1)
+        return await self.call(
+            "events",
+            p.Events(agent_id=self.agent_id, job_id=job.job_id, attempt=job.attempt, events=events),
+            p.Ack,
+            retries=1,
+        )
 
     async def finish(self, msg: p.Finish) -> p.Ack:
         return await self.call("finish", msg, p.Ack, retries=8)
 
-    async def upload(self, job: p.JobRef, name: str, path: Path, size: int, sha256: str,
-                     chunk_size: int) -> None:
+    async def upload(
+        self, job: p.JobRef, name: str, path: Path, size: int, sha256: str, chunk_size: int
+    ) -> None:
         """Send one output file in chunks, resuming from what the coordinator already holds."""
         url = f"{self.base}/jobs/{job.job_id}/outputs/{name}"
         params = {"agent_id": self.agent_id, "attempt": str(job.attempt), "size": str(size)}
@@ -123,11 +154,16 @@ class CoordinatorClient:
             while True:
                 try:
                     if failures:  # after trouble, ask where to resume
-                        async with self.session.get(url, params=params, timeout=self.timeout,
-                                                    headers={"Accept": codec.MSGPACK, **self.auth},
-                                                    ssl=self.ssl) as resp:
-                            state = self._answer(resp.status, resp.content_type, await resp.read(),
-                                                 p.UploadState)
+                        async with self.session.get(
+                            url,
+                            params=params,
+                            timeout=self.timeout,
+                            headers={"Accept": codec.MSGPACK, **self.auth},
+                            ssl=self.ssl,
+                        ) as resp:
+                            state = self._answer(
+                                resp.status, resp.content_type, await resp.read(), p.UploadState
+                            )
                         offset = state.received
                         if state.complete:
                             return
@@ -138,15 +174,23 @@ class CoordinatorClient:
                         data = await asyncio.to_thread(_read_at, path, offset, chunk_size)
                     ahead = None
                     if offset + len(data) < size:  # read the next chunk while this one travels
-                        ahead = (offset + len(data), asyncio.ensure_future(
-                            asyncio.to_thread(_read_at, path, offset + len(data), chunk_size)))
+                        ahead = (
+                            offset + len(data),
+                            asyncio.ensure_future(
+                                asyncio.to_thread(_read_at, path, offset + len(data), chunk_size)
+                            ),
+                        )
                     async with self.session.put(
-                        url, params={**params, "offset": str(offset), "sha256": sha256}, data=data,
-                        timeout=self.timeout, headers={"Accept": codec.MSGPACK, **self.auth},
+                        url,
+                        params={**params, "offset": str(offset), "sha256": sha256},
+                        data=data,
+                        timeout=self.timeout,
+                        headers={"Accept": codec.MSGPACK, **self.auth},
                         ssl=self.ssl,
                     ) as resp:
-                        state = self._answer(resp.status, resp.content_type, await resp.read(),
-                                             p.UploadState)
+                        state = self._answer(
+                            resp.status, resp.content_type, await resp.read(), p.UploadState
+                        )
                     if state.complete:
                         return
                     offset = state.received

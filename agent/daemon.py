@@ -47,27 +47,43 @@ class Instance:
     capacity: int = 1
 
     def info(self) -> p.InstanceInfo:
-        return p.InstanceInfo(instance_id=self.instance_id, url=self.url,
-                              gpu_index=self.gpu_index, healthy=self.healthy,
-                              capacity=self.capacity, error=self.error)
+        return p.InstanceInfo(
+            instance_id=self.instance_id,
+            url=self.url,
+            gpu_index=self.gpu_index,
+            healthy=self.healthy,
+            capacity=self.capacity,
+            error=self.error,
+        )
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, session: aiohttp.ClientSession,
-                 probe: ResourceProbe) -> None:
+    def __init__(
+        self, config: AgentConfig, session: aiohttp.ClientSession, probe: ResourceProbe
+    ) -> None:
         self.config = config
         self.session = session
         self.probe = probe
         self.coord = CoordinatorClient(
-            session, config.coordinator_url, config.agent_id, config.request_timeout_s,
+            session,
+            config.coordinator_url,
+            config.agent_id,
+            config.request_timeout_s,
             token=config.agent_token,
-            ssl_context=(client_context(config.ca_file)
-                         if config.coordinator_url.startswith("https:") else None))
+            ssl_context=(
+                client_context(config.ca_file)
+                if config.coordinator_url.startswith("https:")
+                else None
+            ),
+        )
         self.instances = {
-            str(i): Instance(str(i), url, ComfyUIClient(
-                session, url, request_timeout_s=config.comfyui_timeout_s),
-                             f"comfyfleet-{config.agent_id}-{i}",  # stable: re-attach needs it
-                             capacity=config.capacity)
+            str(i): Instance(
+                str(i),
+                url,
+                ComfyUIClient(session, url, request_timeout_s=config.comfyui_timeout_s),
+                f"comfyfleet-{config.agent_id}-{i}",  # stable: re-attach needs it
+                capacity=config.capacity,
+            )
             for i, url in enumerate(config.comfyui_urls)
         }
         self.state = StateFile(config.state_file)
@@ -95,14 +111,20 @@ class Agent:
                 inst.stats = stats
                 devices = [d for d in stats.get("devices", []) if isinstance(d, dict)]
                 has_gpu = any(d.get("type") == "cuda" for d in devices)
-                inst.gpu_index = int(inst.instance_id) if has_gpu or (
-                    self.probe.source == "nvml") else None
+                inst.gpu_index = (
+                    int(inst.instance_id) if has_gpu or (self.probe.source == "nvml") else None
+                )
             except ComfyUIError as exc:
                 healthy, error = False, str(exc)
             if healthy != inst.healthy:
                 changed = True
-                log.info("instance_health", instance=inst.instance_id, url=inst.url,
-                         healthy=healthy, error=error)
+                log.info(
+                    "instance_health",
+                    instance=inst.instance_id,
+                    url=inst.url,
+                    healthy=healthy,
+                    error=error,
+                )
             inst.healthy, inst.error = healthy, error
         return changed
 
@@ -160,8 +182,13 @@ class Agent:
 
     async def host(self) -> p.HostInfo:
         h = await asyncio.to_thread(self.probe.host)
-        return p.HostInfo(hostname=h.hostname, cpu_count=h.cpu_count, load_1m=h.load_1m,
-                          ram_total_mb=h.ram_total_mb, ram_available_mb=h.ram_available_mb)
+        return p.HostInfo(
+            hostname=h.hostname,
+            cpu_count=h.cpu_count,
+            load_1m=h.load_1m,
+            ram_total_mb=h.ram_total_mb,
+            ram_available_mb=h.ram_available_mb,
+        )
 
     def free(self) -> dict[str, int]:
         if self.draining:
@@ -169,22 +196,34 @@ class Agent:
         busy: dict[str, int] = {}
         for r in self.runners.values():
             busy[r.job.instance_id] = busy.get(r.job.instance_id, 0) + 1
-        return {i.instance_id: max(0, i.capacity - busy.get(i.instance_id, 0))
-                for i in self.instances.values() if i.healthy}
+        return {
+            i.instance_id: max(0, i.capacity - busy.get(i.instance_id, 0))
+            for i in self.instances.values()
+            if i.healthy
+        }
 
     # ------------------------------------------------------------------ protocol
 
     async def register(self) -> None:
         held = {j.job_id: j for j in self.state.jobs.values()}
         running = [r.running_info() for r in self.runners.values()]
-        running += [p.RunningJob(job_id=j.job_id, attempt=j.attempt, instance_id=j.instance_id,
-                                 prompt_id=j.prompt_id)
-                    for j in held.values() if j.job_id not in self.runners]
-        msg = p.Register(agent_id=self.config.agent_id, version=__version__,
-                         host=await self.host(), gpus=await self.gpus(),
-                         instances=[i.info() for i in self.instances.values()],
-                         labels=self.config.labels, running=running,
-                         **self.inventory_fields(changed_only=False))
+        running += [
+            p.RunningJob(
+                job_id=j.job_id, attempt=j.attempt, instance_id=j.instance_id, prompt_id=j.prompt_id
+            )
+            for j in held.values()
+            if j.job_id not in self.runners
+        ]
+        msg = p.Register(
+            agent_id=self.config.agent_id,
+            version=__version__,
+            host=await self.host(),
+            gpus=await self.gpus(),
+            instances=[i.info() for i in self.instances.values()],
+            labels=self.config.labels,
+            running=running,
+            **self.inventory_fields(changed_only=False),
+        )
         reply = await self.coord.register(msg)
         self.heartbeat_interval = reply.heartbeat_interval_s
         self.lease_wait = reply.lease_wait_s
@@ -196,13 +235,24 @@ class Agent:
             self.state.remove(job_id)
         for job in held.values():  # re-attach to prompts still in ComfyUI
             if job.job_id not in dropped and job.job_id not in self.runners:
-                self.start_runner(p.Assignment(job_id=job.job_id, attempt=job.attempt,
-                                               instance_id=job.instance_id, workflow={},
-                                               timeout_s=job.timeout_s), held=job)
+                self.start_runner(
+                    p.Assignment(
+                        job_id=job.job_id,
+                        attempt=job.attempt,
+                        instance_id=job.instance_id,
+                        workflow={},
+                        timeout_s=job.timeout_s,
+                    ),
+                    held=job,
+                )
         self.registered.set()
-        log.info("registered", coordinator=self.config.coordinator_url,
-                 instances=len(self.instances), reattached=len(held) - len(dropped),
-                 dropped=len(dropped))
+        log.info(
+            "registered",
+            coordinator=self.config.coordinator_url,
+            instances=len(self.instances),
+            reattached=len(held) - len(dropped),
+            dropped=len(dropped),
+        )
 
     async def register_until_done(self) -> None:
         delay = 0.5
@@ -220,12 +270,22 @@ class Agent:
         if inst is None:
             log.error("unknown_instance", job_id=job.job_id, instance=job.instance_id)
             return
-        runner = JobRunner(job, inst.client, pipeline_client_id(inst, self.runners.values(), held),
-                           self.coord, self.state,
-                           self.config, self.chunk_size, held=held,
-                           on_lost=lambda reason, i=inst.instance_id: self.mark_lost(i, reason),
-                           queue_wait_s=sum(r.job.timeout_s for r in self.runners.values()
-                                            if r.job.instance_id == inst.instance_id))
+        runner = JobRunner(
+            job,
+            inst.client,
+            pipeline_client_id(inst, self.runners.values(), held),
+            self.coord,
+            self.state,
+            self.config,
+            self.chunk_size,
+            held=held,
+            on_lost=lambda reason, i=inst.instance_id: self.mark_lost(i, reason),
+            queue_wait_s=sum(
+                r.job.timeout_s
+                for r in self.runners.values()
+                if r.job.instance_id == inst.instance_id
+            ),
+        )
         self.runners[job.job_id] = runner
 
         async def run() -> None:
@@ -249,10 +309,14 @@ class Agent:
 
     async def heartbeat_msg(self) -> p.Heartbeat:
         return p.Heartbeat(
-            agent_id=self.config.agent_id, host=await self.host(), gpus=await self.gpus(),
+            agent_id=self.config.agent_id,
+            host=await self.host(),
+            gpus=await self.gpus(),
             instances=[i.info() for i in self.instances.values()],
             running=[r.running_info() for r in self.runners.values()],
-            draining=self.draining, **self.inventory_fields(changed_only=True))
+            draining=self.draining,
+            **self.inventory_fields(changed_only=True),
+        )
 
     # ------------------------------------------------------------------ loops
 
@@ -300,8 +364,9 @@ class Agent:
             for job in reply.jobs:
                 if job.job_id in self.runners:
                     continue
-                log.info("job_leased", job_id=job.job_id, attempt=job.attempt,
-                         instance=job.instance_id)
+                log.info(
+                    "job_leased", job_id=job.job_id, attempt=job.attempt, instance=job.instance_id
+                )
                 self.start_runner(job)
             if reply.drain and not self.draining:
                 asyncio.create_task(self.drain("coordinator asked"))  # noqa: RUF006
@@ -321,8 +386,9 @@ class Agent:
         if self.draining:
             return
         self.draining = True
-        log.info("drain_start", reason=why, running=len(self.runners),
-                 grace_s=self.config.drain_grace_s)
+        log.info(
+            "drain_start", reason=why, running=len(self.runners), grace_s=self.config.drain_grace_s
+        )
         if self.tasks:
             await asyncio.wait(list(self.tasks), timeout=self.config.drain_grace_s)
         for runner in list(self.runners.values()):
@@ -337,8 +403,9 @@ class Agent:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
-def pipeline_client_id(inst: Instance, runners: Iterable[JobRunner],
-                       held: HeldJob | None = None) -> str:
+def pipeline_client_id(
+    inst: Instance, runners: Iterable[JobRunner], held: HeldJob | None = None
+) -> str:
     """The WebSocket clientId for a new prompt on `inst`: one per pipeline slot.
 
     ComfyUI sends a prompt's events only to the socket with the prompt's clientId and keeps one
@@ -358,9 +425,16 @@ def pipeline_client_id(inst: Instance, runners: Iterable[JobRunner],
 
 def gpu_info(s: GpuSnapshot, index: int, reclaimable_mb: int = 0) -> p.GpuInfo:
     free = min(s.vram_total_mb, s.vram_free_mb + reclaimable_mb)
-    return p.GpuInfo(index=index, name=s.name, uuid=s.uuid, vram_total_mb=s.vram_total_mb,
-                     vram_used_mb=s.vram_used_mb, vram_free_mb=free,
-                     utilization_pct=s.utilization_pct, source=s.source)
+    return p.GpuInfo(
+        index=index,
+        name=s.name,
+        uuid=s.uuid,
+        vram_total_mb=s.vram_total_mb,
+        vram_used_mb=s.vram_used_mb,
+        vram_free_mb=free,
+        utilization_pct=s.utilization_pct,
+        source=s.source,
+    )
 
 
 async def serve(config: AgentConfig) -> int:
@@ -381,8 +455,11 @@ async def serve(config: AgentConfig) -> int:
         supervisor.start("heartbeat", agent.heartbeat_loop)
         supervisor.start("lease", agent.lease_loop)
         supervisor.start("health", agent.health_loop)
-        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(drain.wait()),
-                   supervisor.failed]
+        waiters = [
+            asyncio.ensure_future(stop.wait()),
+            asyncio.ensure_future(drain.wait()),
+            supervisor.failed,
+        ]
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         code = 0
         if supervisor.failed.done():

@@ -71,18 +71,27 @@ def error_of(outcome: PromptOutcome) -> p.ErrorInfo:
         details = first[1].get("errors", []) if first and isinstance(first[1], dict) else []
         if details and isinstance(details[0], dict):
             message = f"{message}: {details[0].get('message', '')} {details[0].get('details', '')}"
-        return p.ErrorInfo(code=err.get("type") or "invalid_prompt", message=message.strip(),
-                           node_id=node_id, node_type=node_type,
-                           details={"node_errors": outcome.node_errors})
+        return p.ErrorInfo(
+            code=err.get("type") or "invalid_prompt",
+            message=message.strip(),
+            node_id=node_id,
+            node_type=node_type,
+            details={"node_errors": outcome.node_errors},
+        )
     if outcome.status == "failed" and outcome.error is not None:
         e = outcome.error
-        return p.ErrorInfo(code="out_of_memory" if e.retryable else "execution_error",
-                           message=f"{e.exception_type}: {e.exception_message}".strip(": "),
-                           node_id=e.node_id, node_type=e.node_type, retryable=e.retryable)
+        return p.ErrorInfo(
+            code="out_of_memory" if e.retryable else "execution_error",
+            message=f"{e.exception_type}: {e.exception_message}".strip(": "),
+            node_id=e.node_id,
+            node_type=e.node_type,
+            retryable=e.retryable,
+        )
     if outcome.status == "timeout":
         return p.ErrorInfo(code="timeout", message=outcome.reason or "timed out", retryable=True)
-    return p.ErrorInfo(code=f"comfyui_{outcome.status}", message=outcome.reason or outcome.status,
-                       retryable=True)
+    return p.ErrorInfo(
+        code=f"comfyui_{outcome.status}", message=outcome.reason or outcome.status, retryable=True
+    )
 
 
 _EXECUTION_SIGNS = (ev.Started, ev.Cached, ev.Executing, ev.Progress, ev.Executed, ev.Preview)
@@ -91,11 +100,19 @@ _EXECUTION_SIGNS = (ev.Started, ev.Cached, ev.Executing, ev.Progress, ev.Execute
 class JobRunner:
     """Runs one assignment; `stop(reason)` asks it to end (cancel, drain, drop)."""
 
-    def __init__(self, job: p.Assignment, client: ComfyUIClient, client_id: str,
-                 coord: CoordinatorClient, state: StateFile, config: AgentConfig,
-                 chunk_size: int, held: HeldJob | None = None,
-                 on_lost: Callable[[str], None] | None = None,
-                 queue_wait_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        job: p.Assignment,
+        client: ComfyUIClient,
+        client_id: str,
+        coord: CoordinatorClient,
+        state: StateFile,
+        config: AgentConfig,
+        chunk_size: int,
+        held: HeldJob | None = None,
+        on_lost: Callable[[str], None] | None = None,
+        queue_wait_s: float = 0.0,
+    ) -> None:
         self.job = job
         self.ref = p.JobRef(job_id=job.job_id, attempt=job.attempt)
         self.client = client
@@ -107,8 +124,9 @@ class JobRunner:
         self.held = held
         self.on_lost = on_lost
         self.queue_wait_s = queue_wait_s  # what the prompts ahead in ComfyUI may take at most
-        self.prompt_id = held.prompt_id if held else f"cf-{job.job_id}-{job.attempt}-" \
-                                                      f"{uuid.uuid4().hex[:8]}"
+        self.prompt_id = (
+            held.prompt_id if held else f"cf-{job.job_id}-{job.attempt}-{uuid.uuid4().hex[:8]}"
+        )
         # RUNNING is reported when ComfyUI starts executing the prompt, not when it queued it:
         # with a pipeline (capacity 2) the next prompt waits in ComfyUI's queue meanwhile.
         self.started_sent = held is not None
@@ -119,9 +137,9 @@ class JobRunner:
         self.accepted = held is not None
         self.pending: list[p.JobEvent] = []
         self.vram_peak_mb: int | None = None
-        self.log = structlog.get_logger("agent.job").bind(job_id=job.job_id,
-                                                           attempt=job.attempt,
-                                                           instance=job.instance_id)
+        self.log = structlog.get_logger("agent.job").bind(
+            job_id=job.job_id, attempt=job.attempt, instance=job.instance_id
+        )
 
     def stop(self, reason: str) -> None:
         if self.stop_reason in (None, "drain") or reason == "drop":
@@ -129,10 +147,13 @@ class JobRunner:
         self.cancel.set()
 
     def running_info(self) -> p.RunningJob:
-        return p.RunningJob(job_id=self.job.job_id, attempt=self.job.attempt,
-                            instance_id=self.job.instance_id,
-                            prompt_id=self.prompt_id if self.accepted else None,
-                            progress=self.progress)
+        return p.RunningJob(
+            job_id=self.job.job_id,
+            attempt=self.job.attempt,
+            instance_id=self.job.instance_id,
+            prompt_id=self.prompt_id if self.accepted else None,
+            progress=self.progress,
+        )
 
     async def run(self) -> None:
         flusher = asyncio.create_task(self._flush_loop())
@@ -172,31 +193,58 @@ class JobRunner:
             self.log.info("job_reattach", prompt_id=self.prompt_id)
             remaining = self.held.timeout_s - (time.time() - self.held.started_at)
             return await attach_prompt(
-                self.client, None, self.prompt_id, self.client_id, on_update=self._on_update,
-                cancel=self.cancel, timeout_s=max(remaining, 1.0), stall_s=self.config.stall_s,
-                graph=self.job.workflow or None, cancel_wait_s=self.config.cancel_wait_s)
+                self.client,
+                None,
+                self.prompt_id,
+                self.client_id,
+                on_update=self._on_update,
+                cancel=self.cancel,
+                timeout_s=max(remaining, 1.0),
+                stall_s=self.config.stall_s,
+                graph=self.job.workflow or None,
+                cancel_wait_s=self.config.cancel_wait_s,
+            )
         graph, seeds = ev.apply_seeds(self.job.workflow, random.SystemRandom())
         self.seeds = seeds
         if self.job.inputs:
             try:
                 graph = rename_inputs(graph, await upload_inputs(self.client, self.job.inputs))
             except ComfyUIError as exc:
-                return PromptOutcome(status="lost", prompt_id=self.prompt_id,
-                                     reason=f"could not upload input files: {exc}")
+                return PromptOutcome(
+                    status="lost",
+                    prompt_id=self.prompt_id,
+                    reason=f"could not upload input files: {exc}",
+                )
 
         async def accepted() -> None:
             self.accepted = True
-            self.state.put(HeldJob(self.job.job_id, self.job.attempt, self.job.instance_id,
-                                   self.prompt_id, self.job.timeout_s, time.time(),
-                                   self.client_id))
+            self.state.put(
+                HeldJob(
+                    self.job.job_id,
+                    self.job.attempt,
+                    self.job.instance_id,
+                    self.prompt_id,
+                    self.job.timeout_s,
+                    time.time(),
+                    self.client_id,
+                )
+            )
 
         hooked = SubmitHook(self.client, accepted)
         self.log.info("job_submit", prompt_id=self.prompt_id, seeds=seeds)
-        return await run_prompt(hooked, None, graph, self.prompt_id, self.client_id,
-                                on_update=self._on_update, cancel=self.cancel,
-                                timeout_s=self.job.timeout_s, stall_s=self.config.stall_s,
-                                queue_wait_s=self.queue_wait_s,
-                                cancel_wait_s=self.config.cancel_wait_s)
+        return await run_prompt(
+            hooked,
+            None,
+            graph,
+            self.prompt_id,
+            self.client_id,
+            on_update=self._on_update,
+            cancel=self.cancel,
+            timeout_s=self.job.timeout_s,
+            stall_s=self.config.stall_s,
+            queue_wait_s=self.queue_wait_s,
+            cancel_wait_s=self.config.cancel_wait_s,
+        )
 
     async def _report_started(self) -> None:
         """Tell the coordinator the prompt runs (once, at the first sign of execution)."""
@@ -219,18 +267,26 @@ class JobRunner:
         if isinstance(update, ev.Cached):
             event = p.JobEvent(kind="cached", t=now, nodes=list(update.nodes))
         elif isinstance(update, ev.Executing):
-            event = p.JobEvent(kind="executing", t=now, node=update.node,
-                               node_type=update.node_type)
+            event = p.JobEvent(
+                kind="executing", t=now, node=update.node, node_type=update.node_type
+            )
         elif isinstance(update, ev.Progress):
             self.progress = update.fraction
-            event = p.JobEvent(kind="progress", t=now, node=update.node, value=update.value,
-                               max=update.max, fraction=update.fraction)
+            event = p.JobEvent(
+                kind="progress",
+                t=now,
+                node=update.node,
+                value=update.value,
+                max=update.max,
+                fraction=update.fraction,
+            )
         elif isinstance(update, ev.Executed):
             event = p.JobEvent(kind="executed", t=now, node=update.node)
         elif isinstance(update, ev.Preview):
             self.pending = [e for e in self.pending if e.kind != "preview"]  # newest only
-            event = p.JobEvent(kind="preview", t=now, node=update.node, image=update.image,
-                               mime=update.mime)
+            event = p.JobEvent(
+                kind="preview", t=now, node=update.node, image=update.image, mime=update.mime
+            )
         elif isinstance(update, ev.Text):
             event = p.JobEvent(kind="text", t=now, node=update.node, text=update.text[:4000])
         if event is not None:
@@ -257,26 +313,43 @@ class JobRunner:
             self.stop("cancel")
 
     async def _report(self, outcome: PromptOutcome, spool: Path) -> None:
-        finish: dict[str, Any] = {"agent_id": self.coord.agent_id, "job_id": self.job.job_id,
-                                  "attempt": self.job.attempt, "timings": outcome.timings,
-                                  "vram_peak_mb": self.vram_peak_mb,
-                                  "profile": profile_of(outcome.timings, outcome.cached,
-                                                        self.job.workflow)}
-        self.log.info("job_outcome", status=outcome.status, reason=outcome.reason,
-                      outputs=len(outcome.outputs))
+        finish: dict[str, Any] = {
+            "agent_id": self.coord.agent_id,
+            "job_id": self.job.job_id,
+            "attempt": self.job.attempt,
+            "timings": outcome.timings,
+            "vram_peak_mb": self.vram_peak_mb,
+            "profile": profile_of(outcome.timings, outcome.cached, self.job.workflow),
+        }
+        self.log.info(
+            "job_outcome",
+            status=outcome.status,
+            reason=outcome.reason,
+            outputs=len(outcome.outputs),
+        )
         if outcome.status == "succeeded":
             try:
                 files = await self._collect(outcome, spool)
             except (ComfyUIError, OSError) as exc:
                 self.log.warning("outputs_fetch_failed", error=str(exc))
-                await self._finish(finish, "requeue", error=p.ErrorInfo(
-                    code="outputs_unavailable", message=f"could not fetch outputs: {exc}",
-                    retryable=True))
+                await self._finish(
+                    finish,
+                    "requeue",
+                    error=p.ErrorInfo(
+                        code="outputs_unavailable",
+                        message=f"could not fetch outputs: {exc}",
+                        retryable=True,
+                    ),
+                )
                 return
             await self._finish(finish, "completed", outputs=files)
         elif outcome.status in ("cancelled", "timeout") and self.stop_reason == "drain":
-            await self._finish(finish, "requeue", spend_retry=False,
-                               error=p.ErrorInfo(code="drain", message="agent draining"))
+            await self._finish(
+                finish,
+                "requeue",
+                spend_retry=False,
+                error=p.ErrorInfo(code="drain", message="agent draining"),
+            )
         elif outcome.status == "cancelled" and self.stop_reason == "cancel":
             await self._finish(finish, "cancelled")
         elif outcome.status in ("failed", "rejected") and not outcome.retryable:
@@ -295,11 +368,19 @@ class JobRunner:
         if refused.error.get("field"):
             message = f"{refused.error['field']}: {message}"
         try:
-            await self.coord.finish(p.Finish(
-                agent_id=self.coord.agent_id, job_id=self.job.job_id, attempt=self.job.attempt,
-                outcome="requeue", error=p.ErrorInfo(
-                    code="report_refused", retryable=True,
-                    message=f"coordinator refused the agent's report: {message}")))
+            await self.coord.finish(
+                p.Finish(
+                    agent_id=self.coord.agent_id,
+                    job_id=self.job.job_id,
+                    attempt=self.job.attempt,
+                    outcome="requeue",
+                    error=p.ErrorInfo(
+                        code="report_refused",
+                        retryable=True,
+                        message=f"coordinator refused the agent's report: {message}",
+                    ),
+                )
+            )
         except AgentError as exc:
             self.log.error("job_give_back_failed", error=str(exc))
 
@@ -318,6 +399,13 @@ class JobRunner:
             path = spool / name
             got = await self.client.view(ref, path, self.config.max_output_bytes)
             await self.coord.upload(self.ref, name, path, got.size, got.sha256, self.chunk_size)
-            files.append(p.OutputFile(name=name, size=got.size, sha256=got.sha256,
-                                      content_type=got.content_type, node_id=ref.node_id))
+            files.append(
+                p.OutputFile(
+                    name=name,
+                    size=got.size,
+                    sha256=got.sha256,
+                    content_type=got.content_type,
+                    node_id=ref.node_id,
+                )
+            )
         return files

@@ -14,12 +14,19 @@ from comfyfleet.client.aio import AsyncClient
 
 
 def add_client_options(cmd: argparse.ArgumentParser, json_flag: bool = True) -> None:
-    cmd.add_argument("--coordinator", metavar="URL", default=None,
-                     help="coordinator URL (env COMFYFLEET_COORDINATOR, or coordinator in "
-                          "the client config file; default http://127.0.0.1:8787)")
-    cmd.add_argument("--api-key", default=None,
-                     help="API key, sent as a Bearer token (env COMFYFLEET_API_KEY, or api_key in "
-                          "~/.config/comfyfleet/client.toml)")
+    cmd.add_argument(
+        "--coordinator",
+        metavar="URL",
+        default=None,
+        help="coordinator URL (env COMFYFLEET_COORDINATOR, or coordinator in "
+        "the client config file; default http://127.0.0.1:8787)",
+    )
+    cmd.add_argument(
+        "--api-key",
+        default=None,
+        help="API key, sent as a Bearer token (env COMFYFLEET_API_KEY, or api_key in "
+        "~/.config/comfyfleet/client.toml)",
+    )
     if json_flag:
         cmd.add_argument("--json", action="store_true", help="print JSON for scripts")
 
@@ -39,6 +46,7 @@ def print_json(obj: Any) -> None:
 
 def cli_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """API and connection errors become one-line CLI errors (exit 2), never tracebacks."""
+
     def wrapped(args: argparse.Namespace) -> int:
         from comfyfleet.main import CliError
 

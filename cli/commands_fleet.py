@@ -34,8 +34,12 @@ def run_agents(args: argparse.Namespace) -> int:
 
 def add_top(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     cmd = sub.add_parser("top", help="a live view of the fleet (Ctrl-C to quit)")
-    cmd.add_argument("--interval", type=float, default=2.0,
-                     help="redraw at least this often (seconds); events redraw sooner")
+    cmd.add_argument(
+        "--interval",
+        type=float,
+        default=2.0,
+        help="redraw at least this often (seconds); events redraw sooner",
+    )
     cmd.add_argument("--once", action="store_true", help="draw one frame and exit")
     add_client_options(cmd, json_flag=False)
     cmd.set_defaults(run=cli_errors(run_top))
@@ -49,16 +53,21 @@ async def frame(client: AsyncClient) -> str:
     counts: dict[str, int] = {}
     for j in active.jobs:
         counts[j.status] = counts.get(j.status, 0) + 1
-    head = (f"comfyfleet top  {client.url}  {time.strftime('%H:%M:%S')}   "
-            + "  ".join(f"{s.lower()} {counts.get(s, 0)}"
-                        for s in ("QUEUED", "ASSIGNED", "RUNNING")))
+    head = f"comfyfleet top  {client.url}  {time.strftime('%H:%M:%S')}   " + "  ".join(
+        f"{s.lower()} {counts.get(s, 0)}" for s in ("QUEUED", "ASSIGNED", "RUNNING")
+    )
     parts = [head, "", agents_table(agents) if agents else "no agents", ""]
     running = [j for j in active.jobs if j.status in ("RUNNING", "ASSIGNED")]
     for j in running:
-        p = {"fraction": j.progress.fraction, "node_type": j.progress.node_type,
-             "value": j.progress.value, "max": j.progress.max}
-        parts.append(f"{j.id}  " + progress_line(j.status, p, j.timestamps.get("RUNNING"),
-                                                  now, j.agent_id))
+        p = {
+            "fraction": j.progress.fraction,
+            "node_type": j.progress.node_type,
+            "value": j.progress.value,
+            "max": j.progress.max,
+        }
+        parts.append(
+            f"{j.id}  " + progress_line(j.status, p, j.timestamps.get("RUNNING"), now, j.agent_id)
+        )
     waiting = [j for j in active.jobs if j.status in ("SUBMITTED", "QUEUED")]
     if waiting:
         parts += ["", f"queue ({len(waiting)})", jobs_table(waiting[:10], now)]

@@ -26,15 +26,29 @@ def add_submit(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     cmd.add_argument("--gpus", type=int, default=None)
     cmd.add_argument("--priority", type=int, default=None)
     cmd.add_argument("--timeout", type=float, default=None, help="job timeout in seconds")
-    cmd.add_argument("--idempotency-key", default=None,
-                     help="resubmitting with the same key returns the same job")
-    cmd.add_argument("--input", action="append", default=[], metavar="[NAME=]PATH",
-                     help="an input file (e.g. for LoadImage) sent with the job; repeatable")
-    cmd.add_argument("--wait", action="store_true",
-                     help="follow progress live, download outputs; exit 0/1/2 for "
-                          "completed/failed/cancelled")
-    cmd.add_argument("--out", type=Path, default=None,
-                     help="with --wait: directory for outputs (default ./outputs/JOB_ID)")
+    cmd.add_argument(
+        "--idempotency-key",
+        default=None,
+        help="resubmitting with the same key returns the same job",
+    )
+    cmd.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH",
+        help="an input file (e.g. for LoadImage) sent with the job; repeatable",
+    )
+    cmd.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow progress live, download outputs; exit 0/1/2 for completed/failed/cancelled",
+    )
+    cmd.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="with --wait: directory for outputs (default ./outputs/JOB_ID)",
+    )
     add_client_options(cmd)
     cmd.set_defaults(run=cli_errors(run_submit))
 
@@ -58,18 +72,25 @@ def run_submit(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(submit(args, workflow, inputs))
     except KeyboardInterrupt:
-        print("\nstopped following; the job goes on (`comfyfleet cancel JOB_ID` stops it)",
-              file=sys.stderr)
+        print(
+            "\nstopped following; the job goes on (`comfyfleet cancel JOB_ID` stops it)",
+            file=sys.stderr,
+        )
         return 130
 
 
-async def submit(args: argparse.Namespace, workflow: dict[str, Any],
-                 inputs: dict[str, str]) -> int:
+async def submit(args: argparse.Namespace, workflow: dict[str, Any], inputs: dict[str, str]) -> int:
     extra: dict[str, Any] = {"inputs": inputs} if inputs else {}
     async with client_of(args) as client:
-        job = await client.submit(workflow, vram_mb=args.vram_mb, gpus=args.gpus,
-                                  priority=args.priority, timeout_s=args.timeout,
-                                  idempotency_key=args.idempotency_key, **extra)
+        job = await client.submit(
+            workflow,
+            vram_mb=args.vram_mb,
+            gpus=args.gpus,
+            priority=args.priority,
+            timeout_s=args.timeout,
+            idempotency_key=args.idempotency_key,
+            **extra,
+        )
         if not args.wait:
             if args.json:
                 print_json(job)

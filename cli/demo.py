@@ -43,19 +43,35 @@ def vram_needed(width: int, height: int, ckpt: str) -> int:
     return MODEL_MB[ckpt] + int(1024 * width * height / (512 * 512)) + 512
 
 
-def txt2img(width: int, height: int, steps: int = 12, seed: int = -1,
-            ckpt: str = SD15, prefix: str = "demo") -> dict[str, Any]:
+def txt2img(
+    width: int, height: int, steps: int = 12, seed: int = -1, ckpt: str = SD15, prefix: str = "demo"
+) -> dict[str, Any]:
     return {
         "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "5": {"class_type": "EmptyLatentImage",
-              "inputs": {"width": width, "height": height, "batch_size": 1}},
-        "6": {"class_type": "CLIPTextEncode",
-              "inputs": {"text": "a lighthouse at dusk", "clip": ["4", 1]}},
+        "5": {
+            "class_type": "EmptyLatentImage",
+            "inputs": {"width": width, "height": height, "batch_size": 1},
+        },
+        "6": {
+            "class_type": "CLIPTextEncode",
+            "inputs": {"text": "a lighthouse at dusk", "clip": ["4", 1]},
+        },
         "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
-        "3": {"class_type": "KSampler",
-              "inputs": {"seed": seed, "steps": steps, "cfg": 7.0, "sampler_name": "euler",
-                         "scheduler": "normal", "denoise": 1.0, "model": ["4", 0],
-                         "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
+        "3": {
+            "class_type": "KSampler",
+            "inputs": {
+                "seed": seed,
+                "steps": steps,
+                "cfg": 7.0,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "denoise": 1.0,
+                "model": ["4", 0],
+                "positive": ["6", 0],
+                "negative": ["7", 0],
+                "latent_image": ["5", 0],
+            },
+        },
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
         "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": prefix}},
     }
@@ -63,8 +79,10 @@ def txt2img(width: int, height: int, steps: int = 12, seed: int = -1,
 
 def invert(width: int, height: int) -> dict[str, Any]:
     return {
-        "1": {"class_type": "EmptyImage",
-              "inputs": {"width": width, "height": height, "batch_size": 1, "color": 0x3366CC}},
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": width, "height": height, "batch_size": 1, "color": 0x3366CC},
+        },
         "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inv"}},
     }
@@ -86,19 +104,46 @@ class DemoJob:
 def batch() -> list[DemoJob]:
     jobs = []
     for i, (w, h) in enumerate(SIZES):
-        jobs.append(DemoJob(f"txt2img {w}x{h}", {
-            "workflow": txt2img(w, h, prefix=f"demo{i}"),
-            "resources": {"vram_mb": vram_needed(w, h, SD15)}}, (w, h)))
-    jobs.append(DemoJob("invert 300x200 (no model)", {"workflow": invert(300, 200),
-                                                      "resources": {"vram_mb": 500}}, (300, 200)))
-    jobs.append(DemoJob("big: needs the 24 GB GPU", {
-        "workflow": txt2img(1024, 1024, ckpt=SDXL, prefix="big"),
-        "resources": {"vram_mb": max(16000, vram_needed(1024, 1024, SDXL))},
-        "priority": 5}, (1024, 1024)))
-    jobs.append(DemoJob("long job, cancelled mid-run", {
-        "workflow": txt2img(512, 512, steps=400, prefix="cancelme"),
-        "resources": {"vram_mb": vram_needed(512, 512, SD15)}}, None, expect="CANCELLED",
-        cancel_when_running=True))
+        jobs.append(
+            DemoJob(
+                f"txt2img {w}x{h}",
+                {
+                    "workflow": txt2img(w, h, prefix=f"demo{i}"),
+                    "resources": {"vram_mb": vram_needed(w, h, SD15)},
+                },
+                (w, h),
+            )
+        )
+    jobs.append(
+        DemoJob(
+            "invert 300x200 (no model)",
+            {"workflow": invert(300, 200), "resources": {"vram_mb": 500}},
+            (300, 200),
+        )
+    )
+    jobs.append(
+        DemoJob(
+            "big: needs the 24 GB GPU",
+            {
+                "workflow": txt2img(1024, 1024, ckpt=SDXL, prefix="big"),
+                "resources": {"vram_mb": max(16000, vram_needed(1024, 1024, SDXL))},
+                "priority": 5,
+            },
+            (1024, 1024),
+        )
+    )
+    jobs.append(
+        DemoJob(
+            "long job, cancelled mid-run",
+            {
+                "workflow": txt2img(512, 512, steps=400, prefix="cancelme"),
+                "resources": {"vram_mb": vram_needed(512, 512, SD15)},
+            },
+            None,
+            expect="CANCELLED",
+            cancel_when_running=True,
+        )
+    )
     return jobs
 
 
@@ -114,29 +159,68 @@ class Fleet:
     def spawn(self, name: str, args: list[str]) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
-        proc = subprocess.Popen([sys.executable, "-m", "comfyfleet", *args], stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "comfyfleet", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         log.close()
         self.procs.append((name, proc))
 
     def start(self) -> list[tuple[str, str, int]]:
-        self.spawn("coordinator", ["coordinator", "--listen", f"127.0.0.1:{self.coord_port}",
-                                   "--data-dir", str(self.data_dir / "coordinator"),
-                                   "--heartbeat-interval", "2"])
-        gpus = [("gpu24", "NVIDIA GeForce RTX 4090 (simulated)", 24576),
-                ("gpu8", "NVIDIA GeForce RTX 3070 (simulated)", 8192)]
+        self.spawn(
+            "coordinator",
+            [
+                "coordinator",
+                "--listen",
+                f"127.0.0.1:{self.coord_port}",
+                "--data-dir",
+                str(self.data_dir / "coordinator"),
+                "--heartbeat-interval",
+                "2",
+            ],
+        )
+        gpus = [
+            ("gpu24", "NVIDIA GeForce RTX 4090 (simulated)", 24576),
+            ("gpu8", "NVIDIA GeForce RTX 3070 (simulated)", 8192),
+        ]
         started = []
         for name, gpu, vram in gpus:
             port = free_port()
-            self.spawn(f"comfyui-{name}", [
-                "comfyui-sim", "--listen", f"127.0.0.1:{port}", "--vram-mb", str(vram),
-                "--gpu-name", gpu, "--data-dir", str(self.data_dir / f"comfyui-{name}"),
-                "--step-ms", str(self.step_ms)])
-            self.spawn(f"agent-{name}", [
-                "agent", "--coordinator", self.url, "--comfyui", f"http://127.0.0.1:{port}",
-                "--agent-id", f"demo-{name}", "--data-dir", str(self.data_dir / f"agent-{name}"),
-                "--drain-grace", "5"])
+            self.spawn(
+                f"comfyui-{name}",
+                [
+                    "comfyui-sim",
+                    "--listen",
+                    f"127.0.0.1:{port}",
+                    "--vram-mb",
+                    str(vram),
+                    "--gpu-name",
+                    gpu,
+                    "--data-dir",
+                    str(self.data_dir / f"comfyui-{name}"),
+                    "--step-ms",
+                    str(self.step_ms),
+                ],
+            )
+            self.spawn(
+                f"agent-{name}",
+                [
+                    "agent",
+                    "--coordinator",
+                    self.url,
+                    "--comfyui",
+                    f"http://127.0.0.1:{port}",
+                    "--agent-id",
+                    f"demo-{name}",
+                    "--data-dir",
+                    str(self.data_dir / f"agent-{name}"),
+                    "--drain-grace",
+                    "5",
+                ],
+            )
             started.append((name, gpu, port))
         return started
 
@@ -162,8 +246,11 @@ async def wait_ready(client: AsyncClient, fleet: Fleet, agents: int) -> None:
         if fleet.dead():
             raise RuntimeError(f"{', '.join(fleet.dead())} exited; see {fleet.logs}")
         try:
-            ready = [a for a in await client.agents() if a.status == "ONLINE" and a.gpus
-                     and all(i.get("healthy") for i in a.instances)]
+            ready = [
+                a
+                for a in await client.agents()
+                if a.status == "ONLINE" and a.gpus and all(i.get("healthy") for i in a.instances)
+            ]
             if len(ready) >= agents:
                 return
         except ClientError:
@@ -207,8 +294,11 @@ async def run_batch(client: AsyncClient, out_dir: Path) -> int:
                 continue
             job.record = await client.get(job.id)
             job.status = job.record.status
-            if job.cancel_when_running and job.status == "RUNNING" and not cancelled_sent and (
-                (job.record.progress.fraction or 0) > 0.05
+            if (
+                job.cancel_when_running
+                and job.status == "RUNNING"
+                and not cancelled_sent
+                and ((job.record.progress.fraction or 0) > 0.05)
             ):
                 try:
                     await client.cancel(job.id)
@@ -223,8 +313,10 @@ async def run_batch(client: AsyncClient, out_dir: Path) -> int:
                 where = (rec.agent_id if rec else None) or "-"
                 fraction = rec.progress.fraction if rec else None
                 node = (rec.progress.node_type if rec else None) or ""
-                print(f"  {job.label:32s} {job.status or 'SUBMITTED':10s} "
-                      f"[{bar(fraction)}] {where:12s} {node}")
+                print(
+                    f"  {job.label:32s} {job.status or 'SUBMITTED':10s} "
+                    f"[{bar(fraction)}] {where:12s} {node}"
+                )
             print()
         if all(j.status in ("COMPLETED", "FAILED", "CANCELLED") for j in jobs if j.id):
             break
@@ -252,8 +344,9 @@ async def check_outputs(client: AsyncClient, jobs: list[DemoJob], out_dir: Path)
         rec = job.record
         if job.status != job.expect:
             err = (rec.error if rec else None) or {}
-            problems.append(f"{job.label}: ended {job.status}, expected {job.expect} "
-                            f"{err.get('message', '')}")
+            problems.append(
+                f"{job.label}: ended {job.status}, expected {job.expect} {err.get('message', '')}"
+            )
             continue
         if job.expect != "COMPLETED" or rec is None:
             continue
@@ -280,11 +373,15 @@ def print_summary(jobs: list[DemoJob], elapsed: float, out_dir: Path, url: str) 
         run = end - ts["RUNNING"] if end and "RUNNING" in ts else None
         outs = ", ".join(o.name for o in rec.outputs) if rec and rec.outputs else "-"
         agent = (rec.agent_id if rec else None) or "-"
-        print(f"  {job.label:32s} {job.status:10s} {agent:12s} "
-              f"{'' if wait is None else f'{wait:7.2f}':>7s} "
-              f"{'' if run is None else f'{run:7.2f}':>7s}  {outs}")
-    print("\n" + cache_hit_line(msgspec.to_builtins(job.record) for job in jobs
-                                 if job.record is not None))
+        print(
+            f"  {job.label:32s} {job.status:10s} {agent:12s} "
+            f"{'' if wait is None else f'{wait:7.2f}':>7s} "
+            f"{'' if run is None else f'{run:7.2f}':>7s}  {outs}"
+        )
+    print(
+        "\n"
+        + cache_hit_line(msgspec.to_builtins(job.record) for job in jobs if job.record is not None)
+    )
     print(f"outputs downloaded to   {out_dir}")
     print(f"dashboard               {url}/")
     print(f"API                     {url}/v1/jobs   {url}/v1/agents   {url}/metrics")
@@ -317,10 +414,12 @@ async def demo(args: argparse.Namespace) -> int:
 def add_demo(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     cmd = sub.add_parser("demo", help="run a whole simulated fleet and a mixed batch of jobs")
     cmd.add_argument("--data-dir", type=Path, default=Path("var/demo"))
-    cmd.add_argument("--step-ms", type=float, default=40.0,
-                     help="simulated sampler time per step at 512x512")
-    cmd.add_argument("--keep-running", action="store_true",
-                     help="leave the fleet up after the batch to explore")
+    cmd.add_argument(
+        "--step-ms", type=float, default=40.0, help="simulated sampler time per step at 512x512"
+    )
+    cmd.add_argument(
+        "--keep-running", action="store_true", help="leave the fleet up after the batch to explore"
+    )
     cmd.set_defaults(run=run_demo)
 
 

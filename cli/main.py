@@ -39,28 +39,52 @@ def add_coordinator(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     cmd = sub.add_parser("coordinator", help="run the coordinator daemon")
     add_config_arguments(cmd)
-    cmd.add_argument("--listen", type=parse_listen, default=None,
-                     help="HOST:PORT to serve on (env COMFYFLEET_LISTEN; default 127.0.0.1:8787)")
+    cmd.add_argument(
+        "--listen",
+        type=parse_listen,
+        default=None,
+        help="HOST:PORT to serve on (env COMFYFLEET_LISTEN; default 127.0.0.1:8787)",
+    )
     cmd.add_argument("--data-dir", type=Path, help="state directory: SQLite store and outputs")
     cmd.add_argument("--heartbeat-interval", type=float, dest="heartbeat_interval_s")
     cmd.add_argument("--restart-grace", type=float, dest="restart_grace_s")
     cmd.add_argument("--assign-timeout", type=float, dest="assign_timeout_s")
     cmd.add_argument("--default-vram-mb", type=int)
-    cmd.add_argument("--keys-file", type=Path,
-                     help="hashed API keys and agent tokens (default DATA_DIR/keys.json)")
+    cmd.add_argument(
+        "--keys-file",
+        type=Path,
+        help="hashed API keys and agent tokens (default DATA_DIR/keys.json)",
+    )
     cmd.add_argument("--tls-cert", type=Path, help="certificate chain (PEM): serve HTTPS")
     cmd.add_argument("--tls-key", type=Path, help="private key (PEM) of --tls-cert")
-    cmd.add_argument("--block-after-failures", type=int,
-                     help="agent-specific failures of one workflow shape that block the pair")
-    cmd.add_argument("--block-cooldown", type=float, dest="block_cooldown_s",
-                     help="seconds a blocked (agent, workflow shape) pair stays blocked")
+    cmd.add_argument(
+        "--block-after-failures",
+        type=int,
+        help="agent-specific failures of one workflow shape that block the pair",
+    )
+    cmd.add_argument(
+        "--block-cooldown",
+        type=float,
+        dest="block_cooldown_s",
+        help="seconds a blocked (agent, workflow shape) pair stays blocked",
+    )
     cmd.add_argument("--log-level")
     cmd.set_defaults(run=run_coordinator)
 
 
-COORDINATOR_FLAGS = ("data_dir", "heartbeat_interval_s", "restart_grace_s", "assign_timeout_s",
-                     "default_vram_mb", "keys_file", "tls_cert", "tls_key", "log_level",
-                     "block_after_failures", "block_cooldown_s")
+COORDINATOR_FLAGS = (
+    "data_dir",
+    "heartbeat_interval_s",
+    "restart_grace_s",
+    "assign_timeout_s",
+    "default_vram_mb",
+    "keys_file",
+    "tls_cert",
+    "tls_key",
+    "log_level",
+    "block_after_failures",
+    "block_cooldown_s",
+)
 
 
 def _flags(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
@@ -77,8 +101,9 @@ def run_coordinator(args: argparse.Namespace) -> int:
     flags = _flags(args, COORDINATOR_FLAGS)
     if args.listen is not None:
         flags["host"], flags["port"] = args.listen
-    config: CoordinatorConfig = build(CoordinatorConfig,
-                                      layered_values("coordinator", args, process_env(), flags))
+    config: CoordinatorConfig = build(
+        CoordinatorConfig, layered_values("coordinator", args, process_env(), flags)
+    )
     configure(config.log_level)
     try:
         config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -99,36 +124,77 @@ def add_agent(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
 
     cmd = sub.add_parser("agent", help="run the agent daemon on a GPU machine")
     add_config_arguments(cmd)
-    cmd.add_argument("--coordinator", dest="coordinator_url",
-                     help="coordinator URL (env COMFYFLEET_COORDINATOR_URL)")
-    cmd.add_argument("--comfyui", action="append", dest="comfyui_urls",
-                     help="a local ComfyUI URL, one per instance/GPU, repeatable "
-                          "(env COMFYFLEET_COMFYUI_URLS, comma-separated)")
-    cmd.add_argument("--agent-id",
-                     help="stable agent id (default: kept in the data dir, made from hostname)")
+    cmd.add_argument(
+        "--coordinator",
+        dest="coordinator_url",
+        help="coordinator URL (env COMFYFLEET_COORDINATOR_URL)",
+    )
+    cmd.add_argument(
+        "--comfyui",
+        action="append",
+        dest="comfyui_urls",
+        help="a local ComfyUI URL, one per instance/GPU, repeatable "
+        "(env COMFYFLEET_COMFYUI_URLS, comma-separated)",
+    )
+    cmd.add_argument(
+        "--agent-id", help="stable agent id (default: kept in the data dir, made from hostname)"
+    )
     cmd.add_argument("--data-dir", type=Path)
     cmd.add_argument("--gpu-source", choices=["auto", "nvml", "comfyui"])
-    cmd.add_argument("--label", type=parse_label, action="append", default=None,
-                     help="KEY=VALUE label for placement constraints (repeatable)")
+    cmd.add_argument(
+        "--label",
+        type=parse_label,
+        action="append",
+        default=None,
+        help="KEY=VALUE label for placement constraints (repeatable)",
+    )
     cmd.add_argument("--drain-grace", type=float, dest="drain_grace_s")
-    cmd.add_argument("--stall", type=float, dest="stall_s",
-                     help="seconds without ComfyUI events before asking /history")
-    cmd.add_argument("--comfyui-timeout", type=float, dest="comfyui_timeout_s",
-                     help="seconds one HTTP call to ComfyUI may take (a hung /prompt)")
-    cmd.add_argument("--cancel-wait", type=float, dest="cancel_wait_s",
-                     help="seconds to wait for ComfyUI to stop a prompt after /interrupt")
-    cmd.add_argument("--ca-file", type=Path,
-                     help="CA bundle that signed an https coordinator's certificate")
-    cmd.add_argument("--capacity", type=int, choices=range(1, 9), metavar="N",
-                     help="prompts each ComfyUI holds at once (2: the next waits queued inside "
-                          "ComfyUI while one runs; 1: no pipeline)")
+    cmd.add_argument(
+        "--stall",
+        type=float,
+        dest="stall_s",
+        help="seconds without ComfyUI events before asking /history",
+    )
+    cmd.add_argument(
+        "--comfyui-timeout",
+        type=float,
+        dest="comfyui_timeout_s",
+        help="seconds one HTTP call to ComfyUI may take (a hung /prompt)",
+    )
+    cmd.add_argument(
+        "--cancel-wait",
+        type=float,
+        dest="cancel_wait_s",
+        help="seconds to wait for ComfyUI to stop a prompt after /interrupt",
+    )
+    cmd.add_argument(
+        "--ca-file", type=Path, help="CA bundle that signed an https coordinator's certificate"
+    )
+    cmd.add_argument(
+        "--capacity",
+        type=int,
+        choices=range(1, 9),
+        metavar="N",
+        help="prompts each ComfyUI holds at once (2: the next waits queued inside "
+        "ComfyUI while one runs; 1: no pipeline)",
+    )
     cmd.add_argument("--log-level")
     cmd.set_defaults(run=run_agent)
 
 
-AGENT_FLAGS = ("coordinator_url", "agent_id", "data_dir", "gpu_source", "drain_grace_s",
-               "stall_s", "ca_file", "log_level", "capacity", "comfyui_timeout_s",
-               "cancel_wait_s")
+AGENT_FLAGS = (
+    "coordinator_url",
+    "agent_id",
+    "data_dir",
+    "gpu_source",
+    "drain_grace_s",
+    "stall_s",
+    "ca_file",
+    "log_level",
+    "capacity",
+    "comfyui_timeout_s",
+    "cancel_wait_s",
+)
 
 
 def stable_agent_id(data_dir: Path) -> str:
@@ -159,11 +225,15 @@ def run_agent(args: argparse.Namespace) -> int:
         flags["labels"] = dict(args.label)
     values = layered_values("agent", args, process_env(), flags)
     if not values.get("coordinator_url"):
-        raise CliError("--coordinator URL is required (or set COMFYFLEET_COORDINATOR_URL, "
-                       "or coordinator_url in the config file)")
+        raise CliError(
+            "--coordinator URL is required (or set COMFYFLEET_COORDINATOR_URL, "
+            "or coordinator_url in the config file)"
+        )
     if not values.get("comfyui_urls"):
-        raise CliError("at least one --comfyui URL is required (or set COMFYFLEET_COMFYUI_URLS, "
-                       "or comfyui_urls in the config file)")
+        raise CliError(
+            "at least one --comfyui URL is required (or set COMFYFLEET_COMFYUI_URLS, "
+            "or comfyui_urls in the config file)"
+        )
     if values["coordinator_url"].startswith("https:"):
         client_context(values.get("ca_file"))  # refuse a bad CA file now, naming the key
     data_dir = values["data_dir"]
@@ -240,8 +310,9 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [  # type: ign
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="comfyfleet",
-                                     description="Run ComfyUI on a fleet of GPU machines as one.")
+    parser = argparse.ArgumentParser(
+        prog="comfyfleet", description="Run ComfyUI on a fleet of GPU machines as one."
+    )
     parser.add_argument("--version", action="version", version=f"comfyfleet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in SUBCOMMANDS:

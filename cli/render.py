@@ -38,8 +38,9 @@ def clock(seconds: float | None) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def eta(fraction: float | None, elapsed: float | None,
-        expected_s: float | None = None) -> float | None:
+def eta(
+    fraction: float | None, elapsed: float | None, expected_s: float | None = None
+) -> float | None:
     """Remaining time: what the coordinator's learned duration for this workflow leaves, or the
     rate so far when that is longer (or the only thing known); None with nothing to go by."""
     if elapsed is None or elapsed <= 0:
@@ -47,15 +48,21 @@ def eta(fraction: float | None, elapsed: float | None,
     if fraction is not None and fraction >= 1.0:
         return 0.0
     learned = max(0.0, expected_s - elapsed) if expected_s is not None else None
-    by_rate = (elapsed * (1.0 - fraction) / fraction
-               if fraction is not None and fraction > 0.0 else None)
+    by_rate = (
+        elapsed * (1.0 - fraction) / fraction if fraction is not None and fraction > 0.0 else None
+    )
     known = [t for t in (learned, by_rate) if t is not None]
     return max(known) if known else None
 
 
-def progress_line(status: str, progress: dict[str, Any], running_since: float | None,
-                  now: float, agent_id: str | None = None,
-                  expected_s: float | None = None) -> str:
+def progress_line(
+    status: str,
+    progress: dict[str, Any],
+    running_since: float | None,
+    now: float,
+    agent_id: str | None = None,
+    expected_s: float | None = None,
+) -> str:
     """One line: bar, percent, node and step, elapsed and remaining time (`expected_s`: the
     coordinator's learned duration of this workflow on this GPU model, when it has one)."""
     fraction = progress.get("fraction")
@@ -69,8 +76,10 @@ def progress_line(status: str, progress: dict[str, Any], running_since: float | 
         step = f" {progress.get('value') or 0:g}/{progress['max']:g}"
     where = f" on {agent_id}" if agent_id else ""
     node_part = f"  {node}{step}" if node else ""
-    return (f"[{bar(fraction)}] {pct} {status:9s}{where}{node_part}  "
-            f"elapsed {clock(elapsed)}  eta {clock(eta(fraction, elapsed, expected_s))}")
+    return (
+        f"[{bar(fraction)}] {pct} {status:9s}{where}{node_part}  "
+        f"elapsed {clock(elapsed)}  eta {clock(eta(fraction, elapsed, expected_s))}"
+    )
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -105,8 +114,7 @@ def jobs_table(jobs: Sequence[Job], now: float) -> str:
             note = ", ".join(o.name for o in j.outputs)
         fraction = 1.0 if j.status == "COMPLETED" else j.progress.fraction
         pct = "" if fraction is None else f"{fraction * 100:.0f}%"
-        rows.append([j.id, j.status, pct, j.agent_id or "-", age(now - j.created_at),
-                     note[:70]])
+        rows.append([j.id, j.status, pct, j.agent_id or "-", age(now - j.created_at), note[:70]])
     return table(["ID", "STATUS", "PROGRESS", "AGENT", "AGE", "NOTE"], rows)
 
 
@@ -125,38 +133,67 @@ def agents_table(agents: Sequence[Agent]) -> str:
     for a in agents:
         host = a.host
         ram_used = host.ram_total_mb - host.ram_available_mb
-        first = [a.id, a.status, health(a), str(len(a.jobs)),
-                 f"{host.cpu_count} ({host.load_1m or 0:.1f})",
-                 f"{ram_used / 1024:.1f}/{host.ram_total_mb / 1024:.1f}G"]
+        first = [
+            a.id,
+            a.status,
+            health(a),
+            str(len(a.jobs)),
+            f"{host.cpu_count} ({host.load_1m or 0:.1f})",
+            f"{ram_used / 1024:.1f}/{host.ram_total_mb / 1024:.1f}G",
+        ]
         if not a.gpus:
             rows.append([*first, "-", "", ""])
         for i, g in enumerate(a.gpus):
             lead = first if i == 0 else [""] * len(first)
-            rows.append([*lead, f"{g.index}: {g.name}"[:34],
-                         f"[{vram_bar(g.vram_total_mb, g.vram_used_mb, g.vram_reserved_mb)}]",
-                         f"used {g.vram_used_mb / 1024:.1f} res {g.vram_reserved_mb / 1024:.1f} "
-                         f"free {g.vram_free_mb / 1024:.1f} of {g.vram_total_mb / 1024:.1f}G"])
-    return table(["AGENT", "STATUS", "HEALTH", "JOBS", "CPU (LOAD)", "RAM", "GPU",
-                  "VRAM #used =reserved", ""], rows)
+            rows.append(
+                [
+                    *lead,
+                    f"{g.index}: {g.name}"[:34],
+                    f"[{vram_bar(g.vram_total_mb, g.vram_used_mb, g.vram_reserved_mb)}]",
+                    f"used {g.vram_used_mb / 1024:.1f} res {g.vram_reserved_mb / 1024:.1f} "
+                    f"free {g.vram_free_mb / 1024:.1f} of {g.vram_total_mb / 1024:.1f}G",
+                ]
+            )
+    return table(
+        [
+            "AGENT",
+            "STATUS",
+            "HEALTH",
+            "JOBS",
+            "CPU (LOAD)",
+            "RAM",
+            "GPU",
+            "VRAM #used =reserved",
+            "",
+        ],
+        rows,
+    )
 
 
 def job_detail(j: Job) -> str:
-    lines = [f"job      {j.id}", f"status   {j.status}  attempt {j.attempt}"
-             + (f"  on {j.agent_id}" if j.agent_id else "")
-             + ("  (cancel requested)" if j.cancel_requested and j.status not in (
-                 "CANCELLED",) else ""),
-             f"priority {j.priority}  vram {j.resources.get('vram_mb', 0)} MB  "
-             f"retries {j.retries_used}/{j.max_retries}"]
+    lines = [
+        f"job      {j.id}",
+        f"status   {j.status}  attempt {j.attempt}"
+        + (f"  on {j.agent_id}" if j.agent_id else "")
+        + ("  (cancel requested)" if j.cancel_requested and j.status not in ("CANCELLED",) else ""),
+        f"priority {j.priority}  vram {j.resources.get('vram_mb', 0)} MB  "
+        f"retries {j.retries_used}/{j.max_retries}",
+    ]
     if j.status == "QUEUED" and j.pending_reason:
         lines.append(f"waiting  {j.pending_reason}")
     if j.status in ("RUNNING", "ASSIGNED"):
         p = j.progress
-        lines.append(f"progress [{bar(p.fraction)}] "
-                     f"{'' if p.fraction is None else f'{p.fraction * 100:.0f}%'} "
-                     f"{p.node_type or ''}")
+        lines.append(
+            f"progress [{bar(p.fraction)}] "
+            f"{'' if p.fraction is None else f'{p.fraction * 100:.0f}%'} "
+            f"{p.node_type or ''}"
+        )
     if j.error:
-        node = f" (node {j.error.get('node_id')} {j.error.get('node_type')})" if j.error.get(
-            "node_id") else ""
+        node = (
+            f" (node {j.error.get('node_id')} {j.error.get('node_type')})"
+            if j.error.get("node_id")
+            else ""
+        )
         lines.append(f"error    {j.error.get('code')}: {j.error.get('message')}{node}")
     for o in j.outputs:
         lines.append(f"output   {o.name}  {o.size} bytes  {o.url}")
@@ -164,6 +201,8 @@ def job_detail(j: Job) -> str:
         lines.append("history")
         for t in j.history:
             when = datetime.fromtimestamp(t.at, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-            lines.append(f"  {when}Z  {(t.from_status or ''):>9s} -> {t.to_status:9s} "
-                         f"#{t.attempt} {t.agent_id or '':12s} {t.reason}")
+            lines.append(
+                f"  {when}Z  {(t.from_status or ''):>9s} -> {t.to_status:9s} "
+                f"#{t.attempt} {t.agent_id or '':12s} {t.reason}"
+            )
     return "\n".join(lines)

@@ -44,8 +44,14 @@ def load_workflow(path: str | os.PathLike[str]) -> dict[str, Any]:
 class AsyncClient:
     """`async with AsyncClient(url, api_key=...) as c: job = await c.submit(workflow)`."""
 
-    def __init__(self, url: str | None = None, *, api_key: str | None = None,
-                 timeout_s: float = 30.0, session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 30.0,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
         self.url = resolve_url(url)
         self.api_key = resolve_api_key(api_key)
         self.timeout_s = timeout_s
@@ -55,15 +61,17 @@ class AsyncClient:
     async def __aenter__(self) -> AsyncClient:
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.close()
 
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s))
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s)
+            )
             self._own_session = True
         return self._session
 
@@ -79,16 +87,27 @@ class AsyncClient:
         headers.update(extra or {})
         return headers
 
-    async def _request(self, method: str, path: str, type_: type[T], *,
-                       json_body: Any = None, params: Mapping[str, str] | None = None,
-                       headers: Mapping[str, str] | None = None) -> T:
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        type_: type[T],
+        *,
+        json_body: Any = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> T:
         data = None if json_body is None else msgspec.json.encode(json_body)
         hdrs = self._headers(headers)
         if data is not None:
             hdrs["Content-Type"] = "application/json"
         try:
             async with self.session.request(
-                method, self.url + path, data=data, params=params, headers=hdrs,
+                method,
+                self.url + path,
+                data=data,
+                params=params,
+                headers=hdrs,
                 timeout=aiohttp.ClientTimeout(total=self.timeout_s),
             ) as resp:
                 body = await resp.read()
@@ -98,16 +117,25 @@ class AsyncClient:
         except aiohttp.ClientError as exc:
             raise ClientError(f"cannot reach the coordinator at {self.url}: {exc}") from None
         except TimeoutError:
-            raise ClientError(f"the coordinator at {self.url} did not answer in "
-                              f"{self.timeout_s:g} s") from None
+            raise ClientError(
+                f"the coordinator at {self.url} did not answer in {self.timeout_s:g} s"
+            ) from None
 
     # ---------------------------------------------------------------- jobs
 
-    async def submit(self, workflow: dict[str, Any], *, vram_mb: int | None = None,
-                     gpus: int | None = None, priority: int | None = None,
-                     timeout_s: float | None = None, max_retries: int | None = None,
-                     metadata: dict[str, Any] | None = None,
-                     idempotency_key: str | None = None, **extra: Any) -> Job:
+    async def submit(
+        self,
+        workflow: dict[str, Any],
+        *,
+        vram_mb: int | None = None,
+        gpus: int | None = None,
+        priority: int | None = None,
+        timeout_s: float | None = None,
+        max_retries: int | None = None,
+        metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        **extra: Any,
+    ) -> Job:
         """Submit a workflow. An idempotency key is made up when none is given, so a retried
         call never makes a second job."""
         body: dict[str, Any] = {"workflow": workflow, **extra}
@@ -118,19 +146,25 @@ class AsyncClient:
             resources["gpus"] = gpus
         if resources:
             body["resources"] = resources
-        for name, value in (("priority", priority), ("timeout_s", timeout_s),
-                            ("max_retries", max_retries), ("metadata", metadata)):
+        for name, value in (
+            ("priority", priority),
+            ("timeout_s", timeout_s),
+            ("max_retries", max_retries),
+            ("metadata", metadata),
+        ):
             if value is not None:
                 body[name] = value
         key = idempotency_key or uuid.uuid4().hex
-        return await self._request("POST", "/v1/jobs", Job, json_body=body,
-                                   headers={"Idempotency-Key": key})
+        return await self._request(
+            "POST", "/v1/jobs", Job, json_body=body, headers={"Idempotency-Key": key}
+        )
 
     async def get(self, job_id: str) -> Job:
         return await self._request("GET", f"/v1/jobs/{job_id}", Job)
 
-    async def jobs(self, status: str | list[str] | None = None, limit: int = 50,
-                   cursor: str | None = None) -> JobList:
+    async def jobs(
+        self, status: str | list[str] | None = None, limit: int = 50, cursor: str | None = None
+    ) -> JobList:
         params = {"limit": str(limit)}
         if status:
             params["status"] = status if isinstance(status, str) else ",".join(status)
@@ -141,9 +175,9 @@ class AsyncClient:
     async def cancel(self, job_id: str) -> Job:
         return await self._request("POST", f"/v1/jobs/{job_id}/cancel", Job)
 
-    async def events(self, job_id: str | None = None, *,
-                     last_event_id: int | None = None,
-                     reconnect: bool = True) -> AsyncGenerator[StreamEvent, None]:
+    async def events(
+        self, job_id: str | None = None, *, last_event_id: int | None = None, reconnect: bool = True
+    ) -> AsyncGenerator[StreamEvent, None]:
         """Live events of one job (ends after its terminal state) or of the whole fleet.
 
         A dropped connection is resumed with `Last-Event-ID`, so no event is missed or repeated
@@ -175,10 +209,11 @@ class AsyncClient:
                     raise ClientError(f"event stream from {self.url} broke: {exc}") from None
             if not reconnect:
                 return
-            await asyncio.sleep(min(0.1 * 2 ** failures, 2.0))
+            await asyncio.sleep(min(0.1 * 2**failures, 2.0))
 
     async def wait(self, job_id: str, timeout_s: float | None = None) -> Job:
         """Follow the job's events until it is terminal; returns the final job."""
+
         async def follow() -> None:
             async for _ in self.events(job_id):
                 pass
@@ -245,15 +280,17 @@ class AsyncClient:
             except ClientError:
                 pass
             if time.monotonic() > deadline:
-                raise ClientError(f"{agents} agents not online at {self.url} within "
-                                  f"{timeout_s:g} s")
+                raise ClientError(
+                    f"{agents} agents not online at {self.url} within {timeout_s:g} s"
+                )
             await asyncio.sleep(0.25)
 
 
 def _api_error(status: int, body: bytes) -> APIError:
     try:
         err = msgspec.json.decode(body).get("error") or {}
-        return APIError(status, str(err.get("code") or "error"),
-                        str(err.get("message") or ""), err.get("field"))
+        return APIError(
+            status, str(err.get("code") or "error"), str(err.get("message") or ""), err.get("field")
+        )
     except (msgspec.DecodeError, AttributeError):
         return APIError(status, "http_error", body[:200].decode("utf-8", "replace"))

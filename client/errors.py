@@ -26,4 +26,5 @@ class UIFormatWorkflow(ClientError):
         super().__init__(
             "this is a ComfyUI UI-format workflow (it has 'nodes' and 'links'); comfyfleet needs "
             "the API format: in ComfyUI enable Settings > Dev mode, then use "
-            "'Save (API Format)' (newer versions: Workflow > Export (API))")
+            "'Save (API Format)' (newer versions: Workflow > Export (API))"
+        )

@@ -22,12 +22,14 @@ T = TypeVar("T")
 class Client:
     """`with Client(url) as c: job = c.wait(c.submit(workflow).id)`."""
 
-    def __init__(self, url: str | None = None, *, api_key: str | None = None,
-                 timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, url: str | None = None, *, api_key: str | None = None, timeout_s: float = 30.0
+    ) -> None:
         self._aio = AsyncClient(url, api_key=api_key, timeout_s=timeout_s)
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever,
-                                        name="comfyfleet-client", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="comfyfleet-client", daemon=True
+        )
         self._thread.start()
 
     @property
@@ -43,8 +45,9 @@ class Client:
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -60,8 +63,9 @@ class Client:
     def get(self, job_id: str) -> Job:
         return self._run(self._aio.get(job_id))
 
-    def jobs(self, status: str | list[str] | None = None, limit: int = 50,
-             cursor: str | None = None) -> JobList:
+    def jobs(
+        self, status: str | list[str] | None = None, limit: int = 50, cursor: str | None = None
+    ) -> JobList:
         return self._run(self._aio.jobs(status, limit, cursor))
 
     def cancel(self, job_id: str) -> Job:
@@ -70,8 +74,9 @@ class Client:
     def wait(self, job_id: str, timeout_s: float | None = None) -> Job:
         return self._run(self._aio.wait(job_id, timeout_s))
 
-    def events(self, job_id: str | None = None, *, last_event_id: int | None = None,
-               reconnect: bool = True) -> Iterator[StreamEvent]:
+    def events(
+        self, job_id: str | None = None, *, last_event_id: int | None = None, reconnect: bool = True
+    ) -> Iterator[StreamEvent]:
         stream = self._aio.events(job_id, last_event_id=last_event_id, reconnect=reconnect)
         try:
             while True:

@@ -37,13 +37,19 @@ log = structlog.get_logger("coordinator")
 
 def create_app(config: CoordinatorConfig, *, loops: bool = True) -> web.Application:
     app = web.Application(
-        middlewares=[request_log_middleware, graceful.inflight_middleware, errors_middleware,
-                     auth_middleware],
+        middlewares=[
+            request_log_middleware,
+            graceful.inflight_middleware,
+            errors_middleware,
+            auth_middleware,
+        ],
         client_max_size=max(config.max_body_bytes, config.max_chunk_bytes),
-        handler_args={"max_line_size": config.max_header_bytes,
-                      "max_field_size": config.max_header_bytes,
-                      "max_headers": config.max_headers,
-                      "keepalive_timeout": config.keepalive_timeout_s},
+        handler_args={
+            "max_line_size": config.max_header_bytes,
+            "max_field_size": config.max_header_bytes,
+            "max_headers": config.max_headers,
+            "keepalive_timeout": config.keepalive_timeout_s,
+        },
     )
     app[CONFIG] = config
     app[KEYRING] = KeyRing.load(config.keys_path)
@@ -57,8 +63,7 @@ def create_app(config: CoordinatorConfig, *, loops: bool = True) -> web.Applicat
 
     async def coordinator_ctx(app: web.Application) -> AsyncIterator[None]:
         store = open_store(config.data_dir)
-        coord = Coordinator(config, store, OutputFiles(config.outputs_dir,
-                                                       config.max_output_bytes))
+        coord = Coordinator(config, store, OutputFiles(config.outputs_dir, config.max_output_bytes))
         coord.recover()
         app[COORDINATOR] = coord
         yield
@@ -96,12 +101,17 @@ async def serve(config: CoordinatorConfig) -> int:
     ssl_context = server_context(config.tls_cert, config.tls_key)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=10)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, reuse_address=True,
-                       ssl_context=ssl_context)
+    site = web.TCPSite(
+        runner, config.host, config.port, reuse_address=True, ssl_context=ssl_context
+    )
     await site.start()
     scheme = "https" if ssl_context else "http"
-    log.info("coordinator_listening", url=f"{scheme}://{config.host}:{config.port}",
-             data_dir=str(config.data_dir), auth=app[KEYRING].enabled)
+    log.info(
+        "coordinator_listening",
+        url=f"{scheme}://{config.host}:{config.port}",
+        data_dir=str(config.data_dir),
+        auth=app[KEYRING].enabled,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -85,8 +85,9 @@ class EventBus:
     def subscribers(self) -> set[Subscription]:
         return {sub for subs in self.by_job.values() for sub in subs}
 
-    def publish(self, kind: str, data: dict[str, Any], job_id: str | None = None,
-                terminal: bool = False) -> Event:
+    def publish(
+        self, kind: str, data: dict[str, Any], job_id: str | None = None, terminal: bool = False
+    ) -> Event:
         self.last_id += 1
         event = Event(self.last_id, kind, data, job_id, terminal)
         self.ring.append(event)

@@ -20,8 +20,10 @@ if TYPE_CHECKING:
 
 
 def output_json(job: JobRecord, entry: dict[str, Any]) -> dict[str, Any]:
-    return {**{k: v for k, v in entry.items() if k != "attempt"},
-            "url": f"/v1/jobs/{job.id}/outputs/{entry['name']}"}
+    return {
+        **{k: v for k, v in entry.items() if k != "attempt"},
+        "url": f"/v1/jobs/{job.id}/outputs/{entry['name']}",
+    }
 
 
 def job_event_data(job: JobRecord) -> dict[str, Any]:
@@ -44,20 +46,36 @@ def job_event_data(job: JobRecord) -> dict[str, Any]:
 
 def progress_data(job: JobRecord, live: LiveProgress) -> dict[str, Any]:
     return {
-        "job_id": job.id, "attempt": job.attempt, "fraction": live.fraction,
-        "node": live.node, "node_type": live.node_type, "value": live.value, "max": live.max,
-        "cached_nodes": live.cached, "at": live.updated_at,
+        "job_id": job.id,
+        "attempt": job.attempt,
+        "fraction": live.fraction,
+        "node": live.node,
+        "node_type": live.node_type,
+        "value": live.value,
+        "max": live.max,
+        "cached_nodes": live.cached,
+        "at": live.updated_at,
         "running_since": job.timestamps.get(JobStatus.RUNNING.value),
     }
 
 
 def agent_data(agent: AgentState, what: str) -> dict[str, Any]:
     return {
-        "agent_id": agent.agent_id, "event": what, "status": agent.status.value,
-        "draining": agent.draining, "jobs": sorted(agent.jobs),
-        "gpus": [{"index": g.index, "name": g.name, "vram_total_mb": g.vram_total_mb,
-                  "vram_used_mb": g.vram_used_mb, "vram_free_mb": g.vram_free_mb}
-                 for g in agent.gpus],
+        "agent_id": agent.agent_id,
+        "event": what,
+        "status": agent.status.value,
+        "draining": agent.draining,
+        "jobs": sorted(agent.jobs),
+        "gpus": [
+            {
+                "index": g.index,
+                "name": g.name,
+                "vram_total_mb": g.vram_total_mb,
+                "vram_used_mb": g.vram_used_mb,
+                "vram_free_mb": g.vram_free_mb,
+            }
+            for g in agent.gpus
+        ],
     }
 
 
@@ -72,16 +90,26 @@ class Feed:
         self.metrics.on_transition(old, new, now)
         if new.status == JobStatus.COMPLETED:
             for entry in new.outputs:
-                self.bus.publish(ev.OUTPUT, {"job_id": new.id, "attempt": new.attempt,
-                                             **output_json(new, entry)}, new.id)
+                self.bus.publish(
+                    ev.OUTPUT,
+                    {"job_id": new.id, "attempt": new.attempt, **output_json(new, entry)},
+                    new.id,
+                )
         self.bus.publish(ev.JOB, job_event_data(new), new.id, terminal=new.status in TERMINAL)
 
     def progress(self, job: JobRecord, live: LiveProgress, preview: bool) -> None:
         self.bus.publish(ev.PROGRESS, progress_data(job, live), job.id)
         if preview and live.preview is not None:
-            self.bus.publish(ev.PREVIEW, {
-                "job_id": job.id, "attempt": job.attempt, "mime": live.preview[1],
-                "url": f"/v1/jobs/{job.id}/preview?n={live.previews}"}, job.id)
+            self.bus.publish(
+                ev.PREVIEW,
+                {
+                    "job_id": job.id,
+                    "attempt": job.attempt,
+                    "mime": live.preview[1],
+                    "url": f"/v1/jobs/{job.id}/preview?n={live.previews}",
+                },
+                job.id,
+            )
 
     def agent(self, agent: AgentState, what: str) -> None:
         if what == "lost":

@@ -69,7 +69,6 @@ class AgentState:
         if self.status in (AgentStatus.LOST, AgentStatus.RECONNECTING):
             self.status = AgentStatus.DRAINING if self.draining else AgentStatus.ONLINE
 
-
     def apply_inventory(self, models: list[str] | None, node_classes: list[str] | None) -> None:
         if models is not None:
             self.models = frozenset(models)
@@ -93,8 +92,9 @@ def has_free_slot(agent: AgentState, jobs: dict[str, JobRecord]) -> bool:
     schedulable agent with a healthy slot whose active jobs are fewer than its capacity."""
     if not agent.schedulable:
         return False
-    open_slots = {i.instance_id: i.capacity for i in agent.instances
-                  if i.healthy and i.capacity > 0}
+    open_slots = {
+        i.instance_id: i.capacity for i in agent.instances if i.healthy and i.capacity > 0
+    }
     if not open_slots:
         return False
     for job_id in agent.jobs:
@@ -104,8 +104,9 @@ def has_free_slot(agent: AgentState, jobs: dict[str, JobRecord]) -> bool:
     return any(left > 0 for left in open_slots.values())
 
 
-def agent_view(agent: AgentState, jobs: dict[str, JobRecord], recent_window_s: float,
-               now: float) -> AgentView:
+def agent_view(
+    agent: AgentState, jobs: dict[str, JobRecord], recent_window_s: float, now: float
+) -> AgentView:
     """Scheduler input for one agent: capacity minus the reservations of its active jobs."""
     reserved: dict[int, int] = {}
     unallocated: dict[int, int] = {}
@@ -123,8 +124,10 @@ def agent_view(agent: AgentState, jobs: dict[str, JobRecord], recent_window_s: f
         ram_reserved += res.ram_mb
         cpu_reserved += res.cpu
         # A job the last snapshot could not yet see has not allocated its memory.
-        unseen = job.status == JobStatus.ASSIGNED or job.timestamps.get(
-            JobStatus.RUNNING.value, 0.0) >= agent.snapshot_at
+        unseen = (
+            job.status == JobStatus.ASSIGNED
+            or job.timestamps.get(JobStatus.RUNNING.value, 0.0) >= agent.snapshot_at
+        )
         if unseen:
             ram_unallocated += res.ram_mb
         if job.gpu_index is not None:

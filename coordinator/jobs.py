@@ -49,23 +49,40 @@ def created(job: JobRecord, now: float) -> JobRecord:
     """A freshly accepted job: SUBMITTED, then QUEUED at once (nothing to wait on yet)."""
     first = Transition(now, None, JobStatus.SUBMITTED.value, "submit", "accepted", 0)
     submitted = dataclasses.replace(
-        job, status=JobStatus.SUBMITTED, updated_at=now,
-        timestamps={JobStatus.SUBMITTED.value: now}, history=[first],
+        job,
+        status=JobStatus.SUBMITTED,
+        updated_at=now,
+        timestamps={JobStatus.SUBMITTED.value: now},
+        history=[first],
     )
     return advance(submitted, JobEvent.ENQUEUE, now, "stored; eligible for placement")
 
 
-def assigned(job: JobRecord, now: float, agent_id: str, instance_id: str,
-             gpu_index: int | None) -> JobRecord:
+def assigned(
+    job: JobRecord, now: float, agent_id: str, instance_id: str, gpu_index: int | None
+) -> JobRecord:
     return advance(
-        job, JobEvent.ASSIGN, now, f"placed on {agent_id}/{instance_id}",
-        attempt=job.attempt + 1, agent_id=agent_id, instance_id=instance_id,
-        gpu_index=gpu_index, prompt_id=None, pending_reason=None,
+        job,
+        JobEvent.ASSIGN,
+        now,
+        f"placed on {agent_id}/{instance_id}",
+        attempt=job.attempt + 1,
+        agent_id=agent_id,
+        instance_id=instance_id,
+        gpu_index=gpu_index,
+        prompt_id=None,
+        pending_reason=None,
     )
 
 
-def released(job: JobRecord, now: float, reason: str, *, spend_retry: bool,
-             error: dict[str, Any] | None = None) -> JobRecord:
+def released(
+    job: JobRecord,
+    now: float,
+    reason: str,
+    *,
+    spend_retry: bool,
+    error: dict[str, Any] | None = None,
+) -> JobRecord:
     """End the current attempt for a reason outside the workflow.
 
     A cancel the user asked for wins; otherwise requeue while retries are left (the agent is
@@ -81,8 +98,15 @@ def released(job: JobRecord, now: float, reason: str, *, spend_retry: bool,
         err = {**err, "message": f"{err.get('message', reason)} (after {job.attempt} attempts)"}
         return advance(job, JobEvent.FAIL, now, reason, error=err, desired="run")
     return advance(
-        job, JobEvent.REQUEUE, now, reason,
+        job,
+        JobEvent.REQUEUE,
+        now,
+        reason,
         retries_used=job.retries_used + (1 if spend_retry else 0),
-        failed_agents=failed_agents, agent_id=None, instance_id=None, gpu_index=None,
-        prompt_id=None, desired="run",
+        failed_agents=failed_agents,
+        agent_id=None,
+        instance_id=None,
+        gpu_index=None,
+        prompt_id=None,
+        desired="run",
     )

@@ -66,27 +66,40 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.schedule_seconds = Histogram(
-            "comfyfleet_schedule_seconds", "Time to compute one placement plan",
-            buckets=LATENCY_BUCKETS, registry=r)
+            "comfyfleet_schedule_seconds",
+            "Time to compute one placement plan",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.placement_latency = Histogram(
-            "comfyfleet_placement_latency_seconds", "Time from QUEUED to ASSIGNED",
-            buckets=LATENCY_BUCKETS, registry=r)
+            "comfyfleet_placement_latency_seconds",
+            "Time from QUEUED to ASSIGNED",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.submit_to_running = Histogram(
-            "comfyfleet_submit_to_running_seconds", "Time from submit to RUNNING",
-            buckets=LATENCY_BUCKETS, registry=r)
+            "comfyfleet_submit_to_running_seconds",
+            "Time from submit to RUNNING",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.job_duration = Histogram(
-            "comfyfleet_job_duration_seconds", "Time from RUNNING to a terminal state",
-            ["status"], buckets=DURATION_BUCKETS, registry=r)
+            "comfyfleet_job_duration_seconds",
+            "Time from RUNNING to a terminal state",
+            ["status"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         self.finished = Counter(
-            "comfyfleet_jobs_finished", "Jobs that reached a terminal state", ["status"],
-            registry=r)
+            "comfyfleet_jobs_finished", "Jobs that reached a terminal state", ["status"], registry=r
+        )
         self.requeues = Counter(
-            "comfyfleet_requeues", "Jobs put back in the queue, by reason", ["reason"],
-            registry=r)
+            "comfyfleet_requeues", "Jobs put back in the queue, by reason", ["reason"], registry=r
+        )
         self.failures = Counter(
-            "comfyfleet_failures", "Jobs that failed, by reason", ["reason"], registry=r)
-        self.agents_lost = Counter(
-            "comfyfleet_agents_lost", "Agents declared lost", registry=r)
+            "comfyfleet_failures", "Jobs that failed, by reason", ["reason"], registry=r
+        )
+        self.agents_lost = Counter("comfyfleet_agents_lost", "Agents declared lost", registry=r)
 
     def watch(self, coord: Coordinator) -> None:
         self.registry.register(FleetCollector(coord))
@@ -124,17 +137,20 @@ class FleetCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         coord = self.coord
-        jobs = GaugeMetricFamily("comfyfleet_jobs", "Non-terminal jobs by state",
-                                 labels=["status"])
-        counts = {s: 0 for s in JobStatus if s not in (
-            JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)}
+        jobs = GaugeMetricFamily("comfyfleet_jobs", "Non-terminal jobs by state", labels=["status"])
+        counts = {
+            s: 0
+            for s in JobStatus
+            if s not in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+        }
         for job in coord.jobs.values():
             counts[job.status] = counts.get(job.status, 0) + 1
         for status, n in counts.items():
             jobs.add_metric([status.value], n)
         yield jobs
-        yield GaugeMetricFamily("comfyfleet_queue_depth", "Jobs waiting for placement",
-                                value=len(coord.queued))
+        yield GaugeMetricFamily(
+            "comfyfleet_queue_depth", "Jobs waiting for placement", value=len(coord.queued)
+        )
         agents = GaugeMetricFamily("comfyfleet_agents", "Agents by state", labels=["status"])
         by_state = {s: 0 for s in AgentStatus}
         for agent in coord.agents.values():
@@ -143,13 +159,19 @@ class FleetCollector(Collector):
             agents.add_metric([state.value], n)
         yield agents
         labels = ["agent_id", "gpu", "name"]
-        total = GaugeMetricFamily("comfyfleet_gpu_vram_total_bytes", "GPU VRAM total",
-                                  labels=labels)
-        reserved = GaugeMetricFamily("comfyfleet_gpu_vram_reserved_bytes",
-                                     "GPU VRAM reserved by assigned and running jobs",
-                                     labels=labels)
-        free = GaugeMetricFamily("comfyfleet_gpu_vram_free_bytes",
-                                 "GPU VRAM free as last reported by the agent", labels=labels)
+        total = GaugeMetricFamily(
+            "comfyfleet_gpu_vram_total_bytes", "GPU VRAM total", labels=labels
+        )
+        reserved = GaugeMetricFamily(
+            "comfyfleet_gpu_vram_reserved_bytes",
+            "GPU VRAM reserved by assigned and running jobs",
+            labels=labels,
+        )
+        free = GaugeMetricFamily(
+            "comfyfleet_gpu_vram_free_bytes",
+            "GPU VRAM free as last reported by the agent",
+            labels=labels,
+        )
         now = coord.clock()
         mib = 1 << 20
         for agent in coord.agents.values():

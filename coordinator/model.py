@@ -38,9 +38,11 @@ class WorkflowFacts:
     def of(cls, workflow: Mapping[str, Any]) -> WorkflowFacts:
         from comfyfleet.shared.workflow_shape import model_refs, node_classes, shape_hash
 
-        return cls(shape=sys.intern(shape_hash(workflow)),
-                   model_refs=tuple(sys.intern(m) for m in model_refs(workflow)),
-                   node_classes=tuple(sys.intern(c) for c in node_classes(workflow)))
+        return cls(
+            shape=sys.intern(shape_hash(workflow)),
+            model_refs=tuple(sys.intern(m) for m in model_refs(workflow)),
+            node_classes=tuple(sys.intern(c) for c in node_classes(workflow)),
+        )
 
 
 @dataclass(slots=True)

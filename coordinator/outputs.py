@@ -73,7 +73,13 @@ class OutputFiles:
         return sink.close()
 
     def open_chunk(
-        self, job_id: str, attempt: int, name: str, offset: int, size: int, sha256: str,
+        self,
+        job_id: str,
+        attempt: int,
+        name: str,
+        offset: int,
+        size: int,
+        sha256: str,
         length: int | None,
     ) -> ChunkSink | ChunkResult:
         """Check a chunk before its bytes arrive; a ChunkResult when the file is already stored.
@@ -142,8 +148,18 @@ class ChunkSink:
     part file, and the next chunk resumes from the part file's size).
     """
 
-    def __init__(self, files: OutputFiles, key: tuple[str, int, str], part: Path, final: Path,
-                 fh: Any, digest: Any, have: int, size: int, sha256: str) -> None:
+    def __init__(
+        self,
+        files: OutputFiles,
+        key: tuple[str, int, str],
+        part: Path,
+        final: Path,
+        fh: Any,
+        digest: Any,
+        have: int,
+        size: int,
+        sha256: str,
+    ) -> None:
         self.files = files
         self.key = key
         self.part = part
@@ -161,10 +177,11 @@ class ChunkSink:
             view = memoryview(piece)
             try:
                 while view:
-                    view = view[self.fh.write(view):]
+                    view = view[self.fh.write(view) :]
             except OSError as exc:
                 raise StoreUnavailable(
-                    f"cannot write output {self.key[2]}: {exc.strerror}") from exc
+                    f"cannot write output {self.key[2]}: {exc.strerror}"
+                ) from exc
             self.digest.update(piece)
             self.have += len(piece)
 

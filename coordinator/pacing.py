@@ -50,8 +50,9 @@ def plan_call(
     return PlanCall(free, frozenset())
 
 
-def any_starving(queue: Sequence[JobRequest], now: float,
-                 starvation_s: float = DEFAULT_STARVATION_S) -> bool:
+def any_starving(
+    queue: Sequence[JobRequest], now: float, starvation_s: float = DEFAULT_STARVATION_S
+) -> bool:
     """Whether plan() would look for a hold: a job queued longer than `starvation_s`. Only then
     do the agents without a free slot matter to a plan that explains nothing (a hold may fall
     on a busy GPU); otherwise the coordinator plans over the agents with room alone."""

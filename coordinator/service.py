@@ -130,12 +130,18 @@ class Coordinator:
         self.explained_at = float("-inf")  # when a plan last explained every pending job
         self.progress: dict[str, LiveProgress] = {}
         self.wake = asyncio.Event()
-        self.counters: dict[str, int] = {"placements": 0, "requeues": 0, "lost_agents": 0,
-                                         "placements_warm": 0, "workflow_blocked": 0,
-                                         "workflow_unblocked": 0}
+        self.counters: dict[str, int] = {
+            "placements": 0,
+            "requeues": 0,
+            "lost_agents": 0,
+            "placements_warm": 0,
+            "workflow_blocked": 0,
+            "workflow_unblocked": 0,
+        }
         self.blocks = FailureBook()
-        self.block_policy = BlockPolicy(config.block_after_failures, config.block_cooldown_s,
-                                        config.block_window_s)
+        self.block_policy = BlockPolicy(
+            config.block_after_failures, config.block_cooldown_s, config.block_window_s
+        )
         self.estimates: dict[tuple[str, str], Estimate] = {}  # (shape, GPU name), in memory
         self.bus = bus or EventBus(start_id=int(clock() * 1_000_000))
         self.metrics = metrics or Metrics()
@@ -153,13 +159,21 @@ class Coordinator:
         now = self.clock()
         deadline = now + self.config.restart_grace_s
         for rec in self.store.load_agents():
-            state = AgentState(rec.agent_id, AgentStatus.RECONNECTING, now, rec.registered_at,
-                               lost_deadline=deadline)
+            state = AgentState(
+                rec.agent_id,
+                AgentStatus.RECONNECTING,
+                now,
+                rec.registered_at,
+                lost_deadline=deadline,
+            )
             msg = _register_from_info(rec.info)
             if msg is not None:
                 state.apply_register(msg, rec.registered_at)
                 state.status, state.lost_deadline, state.last_seen = (
-                    AgentStatus.RECONNECTING, deadline, now)
+                    AgentStatus.RECONNECTING,
+                    deadline,
+                    now,
+                )
             self.agents[rec.agent_id] = state
         for job in self.store.non_terminal_jobs():
             if job.status == JobStatus.SUBMITTED:
@@ -170,8 +184,7 @@ class Coordinator:
             if job.desired != "run":
                 self.cancel_sent[job.id] = now
         self._learn_from_store()
-        log.info("recovered", jobs=len(self.jobs), queued=len(self.queued),
-                 agents=len(self.agents))
+        log.info("recovered", jobs=len(self.jobs), queued=len(self.queued), agents=len(self.agents))
         self.wake.set()
 
     # ------------------------------------------------------------------ persistence + indexes
@@ -185,8 +198,10 @@ class Coordinator:
     def _index(self, old: JobRecord | None, new: JobRecord) -> None:
         job_id = new.id
         self.feed.job_changed(old, new, self.clock())
-        if old is not None and old.agent_id and (
-            new.status not in ACTIVE or new.agent_id != old.agent_id
+        if (
+            old is not None
+            and old.agent_id
+            and (new.status not in ACTIVE or new.agent_id != old.agent_id)
         ):
             agent = self.agents.get(old.agent_id)
             if agent is not None:
@@ -217,15 +232,21 @@ class Coordinator:
             agent = self.agents.get(new.agent_id)
             if agent is None:  # recovered job whose agent the store did not know
                 now = self.clock()
-                agent = AgentState(new.agent_id, AgentStatus.RECONNECTING, now, now,
-                                   lost_deadline=now + self.config.restart_grace_s)
+                agent = AgentState(
+                    new.agent_id,
+                    AgentStatus.RECONNECTING,
+                    now,
+                    now,
+                    lost_deadline=now + self.config.restart_grace_s,
+                )
                 self.agents[new.agent_id] = agent
             agent.jobs.add(job_id)
 
     # ------------------------------------------------------------------ client operations
 
-    def submit(self, spec: JobSpec, idempotency_key: str | None = None,
-               tenant: str = "default") -> tuple[JobRecord, bool]:
+    def submit(
+        self, spec: JobSpec, idempotency_key: str | None = None, tenant: str = "default"
+    ) -> tuple[JobRecord, bool]:
         validate_workflow(spec.workflow)
         check_depth(spec.metadata, "metadata")
         check_queue(len(self.queued), self.config.max_queued_jobs, self.config.retry_after_s)
@@ -233,32 +254,50 @@ class Coordinator:
         if spec.inputs:
             decode_inputs(spec.inputs, self.config.max_input_bytes)
         facts = WorkflowFacts.of(spec.workflow)
-        gap = fleet_gap(facts.model_refs, facts.node_classes,
-                        [(a.models, a.node_classes) for a in self.agents.values()
-                         if a.status != AgentStatus.LOST])
+        gap = fleet_gap(
+            facts.model_refs,
+            facts.node_classes,
+            [
+                (a.models, a.node_classes)
+                for a in self.agents.values()
+                if a.status != AgentStatus.LOST
+            ],
+        )
         if gap is not None:
             raise Unprocessable(f"no agent can run this workflow: {gap}", "workflow")
         vram = spec.resources.vram_mb
         if vram is None:
-            largest = max((g.vram_total_mb for a in self.agents.values() for g in a.gpus
-                           if a.status != AgentStatus.LOST), default=None)
-            learned = learned_vram_mb(self.estimates, facts.shape,
-                                      self.config.vram_estimate_margin, largest)
+            largest = max(
+                (
+                    g.vram_total_mb
+                    for a in self.agents.values()
+                    for g in a.gpus
+                    if a.status != AgentStatus.LOST
+                ),
+                default=None,
+            )
+            learned = learned_vram_mb(
+                self.estimates, facts.shape, self.config.vram_estimate_margin, largest
+            )
             default = self.config.default_vram_mb if learned is None else learned
             vram = default if spec.resources.gpus else 0
         if spec.resources.gpus == 0 and vram and spec.resources.vram_mb:
             raise InvalidInput("resources.vram_mb", "a CPU job (gpus: 0) cannot ask for VRAM")
         job = JobRecord(
-            id=moves.new_job_id(now), spec=spec, workflow_hash=workflow_hash(spec.workflow),
-            created_at=now, idempotency_key=idempotency_key, tenant=tenant, vram_mb=vram,
+            id=moves.new_job_id(now),
+            spec=spec,
+            workflow_hash=workflow_hash(spec.workflow),
+            created_at=now,
+            idempotency_key=idempotency_key,
+            tenant=tenant,
+            vram_mb=vram,
             facts=facts,
         )
         job = moves.created(job, now)
         stored, created = self.store.insert_job(job)
         if created:
             self._index(None, stored)
-            log.info("job_submitted", job_id=stored.id, vram_mb=vram,
-                     priority=spec.priority)
+            log.info("job_submitted", job_id=stored.id, vram_mb=vram, priority=spec.priority)
         return stored, created
 
     def get(self, job_id: str) -> JobRecord:
@@ -278,8 +317,7 @@ class Coordinator:
             agent = self.agents.get(job.agent_id or "")
             if agent is not None and job_id in agent.to_deliver:
                 agent.to_deliver.remove(job_id)
-            new = moves.advance(job, JobEvent.CANCEL, now, "cancelled by user",
-                                desired="cancel")
+            new = moves.advance(job, JobEvent.CANCEL, now, "cancelled by user", desired="cancel")
             log.info("job_cancelled", job_id=job_id, was=job.status.value)
             return self._save(job, new)
         if job.desired == "cancel":
@@ -328,16 +366,26 @@ class Coordinator:
         reported = {r.job_id for r in msg.running}
         for r in msg.running:
             job = self.jobs.get(r.job_id)
-            if job is None or job.agent_id != msg.agent_id or job.attempt != r.attempt or (
-                job.status not in ACTIVE
+            if (
+                job is None
+                or job.agent_id != msg.agent_id
+                or job.attempt != r.attempt
+                or (job.status not in ACTIVE)
             ):
                 drop.append(p.JobRef(job_id=r.job_id, attempt=r.attempt))
                 continue
             self.delivered.add(job.id)
             if job.status == JobStatus.ASSIGNED and r.prompt_id:
-                self._save(job, moves.advance(job, JobEvent.START, now,
-                                              "reported running after agent restart",
-                                              prompt_id=r.prompt_id))
+                self._save(
+                    job,
+                    moves.advance(
+                        job,
+                        JobEvent.START,
+                        now,
+                        "reported running after agent restart",
+                        prompt_id=r.prompt_id,
+                    ),
+                )
             if job.desired != "run":
                 self._send_cancel(self.jobs[job.id], now)
         for job_id in list(agent.jobs):
@@ -347,8 +395,14 @@ class Coordinator:
             ):
                 self._release(job, now, "agent restarted without this job", spend_retry=True)
         self.feed.agent(agent, "registered")
-        log.info("agent_registered", agent_id=msg.agent_id, gpus=len(msg.gpus),
-                 instances=len(msg.instances), running=len(msg.running), dropped=len(drop))
+        log.info(
+            "agent_registered",
+            agent_id=msg.agent_id,
+            gpus=len(msg.gpus),
+            instances=len(msg.instances),
+            running=len(msg.running),
+            dropped=len(drop),
+        )
         self.wake.set()
         return p.RegisterReply(
             heartbeat_interval_s=self.config.heartbeat_interval_s,
@@ -386,8 +440,9 @@ class Coordinator:
                 live.fraction, live.updated_at = r.progress, now
         if self.queued:
             self.wake.set()
-        return p.HeartbeatReply(heartbeat_interval_s=interval, cancel=cancel, drop=drop,
-                                drain=agent.draining)
+        return p.HeartbeatReply(
+            heartbeat_interval_s=interval, cancel=cancel, drop=drop, drain=agent.draining
+        )
 
     async def lease(self, msg: p.LeaseRequest) -> p.LeaseReply:
         agent = self.agent(msg.agent_id)
@@ -425,12 +480,19 @@ class Coordinator:
                 continue
             room[instance] -= 1
             self.delivered.add(job_id)
-            jobs.append(p.Assignment(
-                job_id=job_id, attempt=job.attempt, instance_id=instance,
-                workflow=stored.spec.workflow, timeout_s=job.spec.timeout_s, vram_mb=job.vram_mb,
-                inputs=decode_inputs(stored.spec.inputs, self.config.max_input_bytes)
-                if stored.spec.inputs else {},
-            ))
+            jobs.append(
+                p.Assignment(
+                    job_id=job_id,
+                    attempt=job.attempt,
+                    instance_id=instance,
+                    workflow=stored.spec.workflow,
+                    timeout_s=job.spec.timeout_s,
+                    vram_mb=job.vram_mb,
+                    inputs=decode_inputs(stored.spec.inputs, self.config.max_input_bytes)
+                    if stored.spec.inputs
+                    else {},
+                )
+            )
         agent.to_deliver.extend(keep)
         cancel = list(agent.to_cancel.values())
         agent.to_cancel.clear()
@@ -442,12 +504,15 @@ class Coordinator:
             stored = self.store.get_job(job_id)
             if stored is None:
                 raise NotFound(f"no job {job_id}", "job_id")
-            raise StaleAttempt(f"job {job_id} is {stored.status.value}; drop attempt {attempt}",
-                               "attempt")
+            raise StaleAttempt(
+                f"job {job_id} is {stored.status.value}; drop attempt {attempt}", "attempt"
+            )
         if job.attempt != attempt or job.agent_id != agent_id or job.status not in ACTIVE:
             raise StaleAttempt(
                 f"job {job_id} attempt {attempt} on {agent_id} is stale (current attempt "
-                f"{job.attempt}, {job.status.value}); drop it", "attempt")
+                f"{job.attempt}, {job.status.value}); drop it",
+                "attempt",
+            )
         agent = self.agents.get(agent_id)
         if agent is not None:
             agent.last_seen = max(agent.last_seen, self.clock())
@@ -457,9 +522,17 @@ class Coordinator:
         job = self._fenced(msg.agent_id, msg.job_id, msg.attempt)
         if job.status == JobStatus.ASSIGNED:
             now = self.clock()
-            job = self._save(job, moves.advance(
-                job, JobEvent.START, now, f"ComfyUI prompt {msg.prompt_id}",
-                prompt_id=msg.prompt_id, seeds=dict(msg.seeds)))
+            job = self._save(
+                job,
+                moves.advance(
+                    job,
+                    JobEvent.START,
+                    now,
+                    f"ComfyUI prompt {msg.prompt_id}",
+                    prompt_id=msg.prompt_id,
+                    seeds=dict(msg.seeds),
+                ),
+            )
             log.info("job_running", job_id=job.id, agent_id=msg.agent_id, attempt=job.attempt)
         return p.Ack(status="cancel" if job.desired != "run" else job.status.value)
 
@@ -483,21 +556,41 @@ class Coordinator:
         self.feed.progress(job, live, preview=live.previews != previews)
         return p.Ack(status="cancel" if job.desired != "run" else job.status.value)
 
-    def upload(self, agent_id: str, job_id: str, attempt: int, name: str, offset: int,
-               size: int, sha256: str, data: bytes) -> p.UploadState:
+    def upload(
+        self,
+        agent_id: str,
+        job_id: str,
+        attempt: int,
+        name: str,
+        offset: int,
+        size: int,
+        sha256: str,
+        data: bytes,
+    ) -> p.UploadState:
         self._fenced(agent_id, job_id, attempt)
         result = self.outputs.write_chunk(job_id, attempt, name, offset, size, sha256, data)
-        return p.UploadState(name=name, received=result.received, size=size,
-                             complete=result.complete)
+        return p.UploadState(
+            name=name, received=result.received, size=size, complete=result.complete
+        )
 
-    def open_upload(self, agent_id: str, job_id: str, attempt: int, name: str, offset: int,
-                    size: int, sha256: str, length: int | None) -> ChunkSink | p.UploadState:
+    def open_upload(
+        self,
+        agent_id: str,
+        job_id: str,
+        attempt: int,
+        name: str,
+        offset: int,
+        size: int,
+        sha256: str,
+        length: int | None,
+    ) -> ChunkSink | p.UploadState:
         """Streaming form of `upload`: a sink for the chunk's bytes (see api/upload.py)."""
         self._fenced(agent_id, job_id, attempt)
         sink = self.outputs.open_chunk(job_id, attempt, name, offset, size, sha256, length)
         if isinstance(sink, ChunkResult):
-            return p.UploadState(name=name, received=sink.received, size=size,
-                                 complete=sink.complete)
+            return p.UploadState(
+                name=name, received=sink.received, size=size, complete=sink.complete
+            )
         return sink
 
     def close_upload(self, agent_id: str, sink: ChunkSink) -> p.UploadState:
@@ -509,15 +602,21 @@ class Coordinator:
             sink.abort()
             raise
         result = sink.close()
-        return p.UploadState(name=name, received=result.received, size=sink.size,
-                             complete=result.complete)
+        return p.UploadState(
+            name=name, received=result.received, size=sink.size, complete=result.complete
+        )
 
-    def upload_state(self, agent_id: str, job_id: str, attempt: int, name: str,
-                     size: int) -> p.UploadState:
+    def upload_state(
+        self, agent_id: str, job_id: str, attempt: int, name: str, size: int
+    ) -> p.UploadState:
         self._fenced(agent_id, job_id, attempt)
         have = self.outputs.received(job_id, attempt, name)
-        return p.UploadState(name=name, received=have, size=size, complete=have == size and (
-            self.outputs.final_path(job_id, attempt, name).exists()))
+        return p.UploadState(
+            name=name,
+            received=have,
+            size=size,
+            complete=have == size and (self.outputs.final_path(job_id, attempt, name).exists()),
+        )
 
     def finish(self, msg: p.Finish) -> p.Ack:
         job = self._fenced(msg.agent_id, msg.job_id, msg.attempt)
@@ -525,21 +624,32 @@ class Coordinator:
         agent = self.agents.get(msg.agent_id)
         err = _error_dict(msg.error)
         if msg.outcome == "completed":
-            missing = [o.name for o in msg.outputs if not self.outputs.verify(
-                job.id, job.attempt, o.name, o.size, o.sha256)]
+            missing = [
+                o.name
+                for o in msg.outputs
+                if not self.outputs.verify(job.id, job.attempt, o.name, o.size, o.sha256)
+            ]
             if missing:
                 raise Unprocessable(
                     f"outputs not received or not matching their checksum: {', '.join(missing)}",
-                    "outputs")
+                    "outputs",
+                )
             if job.status == JobStatus.ASSIGNED:
                 job = self._save(job, moves.advance(job, JobEvent.START, now, "started"))
             outputs = [{**_output_dict(o), "attempt": job.attempt} for o in msg.outputs]
             gpu_name = self._gpu_name(agent, job.gpu_index)
-            new = moves.advance(job, JobEvent.COMPLETE, now,
-                                f"{len(outputs)} outputs stored and verified",
-                                outputs=outputs, timings=dict(msg.timings), error=None,
-                                gpu_name=gpu_name, vram_peak_mb=msg.vram_peak_mb,
-                                profile=[msgspec.to_builtins(n) for n in msg.profile])
+            new = moves.advance(
+                job,
+                JobEvent.COMPLETE,
+                now,
+                f"{len(outputs)} outputs stored and verified",
+                outputs=outputs,
+                timings=dict(msg.timings),
+                error=None,
+                gpu_name=gpu_name,
+                vram_peak_mb=msg.vram_peak_mb,
+                profile=[msgspec.to_builtins(n) for n in msg.profile],
+            )
             self._save(job, new)
             self.outputs.forget(job.id, job.attempt)
             self.outputs.drop_other_attempts(job.id, job.attempt)
@@ -548,21 +658,36 @@ class Coordinator:
                 facts = job.workflow_facts
                 self.blocks = self.blocks.record_success(agent.agent_id, facts.shape)
                 agent.ran(job.instance_id or "", [facts.shape, *facts.model_refs])
-            log.info("job_completed", job_id=job.id, agent_id=msg.agent_id,
-                     attempt=job.attempt, outputs=len(outputs))
+            log.info(
+                "job_completed",
+                job_id=job.id,
+                agent_id=msg.agent_id,
+                attempt=job.attempt,
+                outputs=len(outputs),
+            )
             return p.Ack(status=new.status.value)
         self.outputs.drop_attempt(job.id, job.attempt)
         host_fault = msg.outcome in ("failed", "requeue") and classify(err) == "agent"
         if host_fault:  # this host lacks something: block the pair, try another host
             self._pair_failed(msg.agent_id, job.workflow_facts.shape, now, err)
         if msg.outcome == "failed" and not host_fault and not (err and err.get("retryable")):
-            new = moves.advance(job, JobEvent.FAIL, now, (err or {}).get("message", "failed"),
-                                error=err or {"code": "failed", "message": "failed"})
+            new = moves.advance(
+                job,
+                JobEvent.FAIL,
+                now,
+                (err or {}).get("message", "failed"),
+                error=err or {"code": "failed", "message": "failed"},
+            )
             self._save(job, new)
             if agent is not None:
                 agent.recent_failures.append(now)
-            log.info("job_failed", job_id=job.id, agent_id=msg.agent_id,
-                     attempt=job.attempt, code=(err or {}).get("code"))
+            log.info(
+                "job_failed",
+                job_id=job.id,
+                agent_id=msg.agent_id,
+                attempt=job.attempt,
+                code=(err or {}).get("code"),
+            )
             return p.Ack(status=new.status.value)
         if msg.outcome == "cancelled" and job.desired == "cancel":
             new = moves.advance(job, JobEvent.CANCEL, now, "cancelled by user; agent confirmed")
@@ -578,15 +703,28 @@ class Coordinator:
         new = self._release(job, now, reason, spend_retry=msg.spend_retry, error=err)
         return p.Ack(status=new.status.value)
 
-    def _release(self, job: JobRecord, now: float, reason: str, *, spend_retry: bool,
-                 error: dict[str, Any] | None = None) -> JobRecord:
+    def _release(
+        self,
+        job: JobRecord,
+        now: float,
+        reason: str,
+        *,
+        spend_retry: bool,
+        error: dict[str, Any] | None = None,
+    ) -> JobRecord:
         new = moves.released(job, now, reason, spend_retry=spend_retry, error=error)
         self._save(job, new)
         self.outputs.drop_attempt(job.id, job.attempt)  # a stale attempt's files never stay
         if new.status == JobStatus.QUEUED:
             self.counters["requeues"] += 1
-        log.info("job_released", job_id=job.id, agent_id=job.agent_id, attempt=job.attempt,
-                 reason=reason, now_status=new.status.value)
+        log.info(
+            "job_released",
+            job_id=job.id,
+            agent_id=job.agent_id,
+            attempt=job.attempt,
+            reason=reason,
+            now_status=new.status.value,
+        )
         return new
 
     # ------------------------------------------------------------------ scheduling
@@ -602,16 +740,28 @@ class Coordinator:
         call = plan_call(free_views, self.unexplained, self.explained_at, now)
         if not call.run:
             return 0
-        queue = (list(self.queued.values()) if call.only is None
-                 else [self.queued[i] for i in call.only if i in self.queued])
+        queue = (
+            list(self.queued.values())
+            if call.only is None
+            else [self.queued[i] for i in call.only if i in self.queued]
+        )
         # Placing alone needs only the agents with room; reasons, and the holds of starving
         # jobs (which may fall on a busy GPU), need the whole fleet.
-        views = free_views if call.explain == frozenset() and not any_starving(queue, now) else [
-            agent_view(a, self.jobs, RECENT_FAILURE_WINDOW_S, now) for a in live]
+        views = (
+            free_views
+            if call.explain == frozenset() and not any_starving(queue, now)
+            else [agent_view(a, self.jobs, RECENT_FAILURE_WINDOW_S, now) for a in live]
+        )
         queue = apply_blocks(queue, self.blocks.blocked(now))
         with self.metrics.schedule_seconds.time():
-            result = plan(queue, views, now, max_placements=MAX_PLACEMENTS_PER_PLAN,
-                          affinity_bucket_mb=self.config.affinity_bucket_mb, explain=call.explain)
+            result = plan(
+                queue,
+                views,
+                now,
+                max_placements=MAX_PLACEMENTS_PER_PLAN,
+                affinity_bucket_mb=self.config.affinity_bucket_mb,
+                explain=call.explain,
+            )
         if call.explain is None:
             self.explained_at = now
             self.unexplained.clear()
@@ -626,8 +776,7 @@ class Coordinator:
         batch = []
         for pl in result.placements:
             job = self.jobs[pl.job_id]
-            batch.append((job, moves.assigned(job, now, pl.agent_id, pl.instance_id,
-                                              pl.gpu_index)))
+            batch.append((job, moves.assigned(job, now, pl.agent_id, pl.instance_id, pl.gpu_index)))
         oks = self.store.update_jobs([(new, old.status, old.attempt) for old, new in batch])
         placed = 0
         for (old, new), ok, pl in zip(batch, oks, result.placements, strict=True):
@@ -676,15 +825,22 @@ class Coordinator:
                 agent.status = AgentStatus.LOST
                 self.counters["lost_agents"] += 1
                 self.feed.agent(agent, "lost")
-                log.warning("agent_lost", agent_id=agent.agent_id, silent_s=round(silent, 1),
-                            jobs=len(agent.jobs))
+                log.warning(
+                    "agent_lost",
+                    agent_id=agent.agent_id,
+                    silent_s=round(silent, 1),
+                    jobs=len(agent.jobs),
+                )
                 agent.wake.set()
             if agent.status != AgentStatus.LOST:
                 continue
             for job_id in list(agent.jobs):  # again next sweep if the store refused
-                self._release(self.jobs[job_id], now,
-                              f"agent {agent.agent_id} lost (silent {silent:.0f} s)",
-                              spend_retry=True)
+                self._release(
+                    self.jobs[job_id],
+                    now,
+                    f"agent {agent.agent_id} lost (silent {silent:.0f} s)",
+                    spend_retry=True,
+                )
         for job in list(self.jobs.values()):
             if job.status not in ACTIVE:
                 continue
@@ -692,27 +848,42 @@ class Coordinator:
             if agent is not None and agent.status == AgentStatus.RECONNECTING:
                 continue  # wait for the agent to come back before judging its jobs
             if job.status == JobStatus.ASSIGNED:
-                since = max(job.timestamps.get(JobStatus.ASSIGNED.value, now),
-                            self.queued_on_agent.get(job.id, 0.0))
+                since = max(
+                    job.timestamps.get(JobStatus.ASSIGNED.value, now),
+                    self.queued_on_agent.get(job.id, 0.0),
+                )
                 if now - since > self.config.assign_timeout_s:
-                    self._release(job, now, f"not started within "
-                                  f"{self.config.assign_timeout_s:g} s", spend_retry=True)
+                    self._release(
+                        job,
+                        now,
+                        f"not started within {self.config.assign_timeout_s:g} s",
+                        spend_retry=True,
+                    )
                 continue
             asked = self.cancel_sent.get(job.id)
             if asked is not None:
                 if now - asked > self.config.cancel_grace_s:
-                    self._release(job, now, "agent did not confirm the cancel",
-                                  spend_retry=True,
-                                  error={"code": "timeout", "message": "timed out"}
-                                  if job.desired == "timeout" else None)
+                    self._release(
+                        job,
+                        now,
+                        "agent did not confirm the cancel",
+                        spend_retry=True,
+                        error={"code": "timeout", "message": "timed out"}
+                        if job.desired == "timeout"
+                        else None,
+                    )
                 continue
             running_since = job.timestamps.get(JobStatus.RUNNING.value, now)
             if job.desired == "run" and now - running_since > job.spec.timeout_s:
                 new = dataclasses.replace(job, desired="timeout", updated_at=now)
                 self._save(job, new)
                 self._send_cancel(new, now)
-                log.info("job_timeout", job_id=job.id, agent_id=job.agent_id,
-                         timeout_s=job.spec.timeout_s)
+                log.info(
+                    "job_timeout",
+                    job_id=job.id,
+                    agent_id=job.agent_id,
+                    timeout_s=job.spec.timeout_s,
+                )
 
     async def sweeper_loop(self) -> None:
         while True:
@@ -727,13 +898,19 @@ class Coordinator:
         log.info(kind, **fields)
         self.emit(kind, fields)
 
-    def _pair_failed(self, agent_id: str, shape: str, now: float,
-                     err: dict[str, Any] | None) -> None:
+    def _pair_failed(
+        self, agent_id: str, shape: str, now: float, err: dict[str, Any] | None
+    ) -> None:
         self.blocks, change = self.blocks.record_failure(agent_id, shape, now, self.block_policy)
         if change is not None:
-            self._fleet_event(change.kind, agent_id=agent_id, workflow_shape=shape,
-                      until=change.until, failures=change.failures,
-                      code=(err or {}).get("code"))
+            self._fleet_event(
+                change.kind,
+                agent_id=agent_id,
+                workflow_shape=shape,
+                until=change.until,
+                failures=change.failures,
+                code=(err or {}).get("code"),
+            )
 
     def _expire_blocks(self, now: float) -> None:
         self.blocks, changes = self.blocks.expire(now, self.block_policy)
@@ -755,20 +932,25 @@ class Coordinator:
         done = job.timestamps.get(JobStatus.COMPLETED.value)
         duration = done - started if started is not None and done is not None else None
         key = (job.workflow_facts.shape, job.gpu_name)
-        self.estimates[key] = self.estimates.get(key, Estimate()).add(duration,
-                                                                      job.vram_peak_mb)
+        self.estimates[key] = self.estimates.get(key, Estimate()).add(duration, job.vram_peak_mb)
 
     def _learn_from_store(self, limit: int = 500) -> None:
-        done, _ = self.store.list_jobs(statuses=[JobStatus.COMPLETED], tenant=None,
-                                       limit=limit, cursor=None)
+        done, _ = self.store.list_jobs(
+            statuses=[JobStatus.COMPLETED], tenant=None, limit=limit, cursor=None
+        )
         for job in reversed(done):  # oldest first: the newest samples are kept
             self._learn(job)
 
-    def list_jobs(self, statuses: Sequence[JobStatus] | None, limit: int,
-                  cursor: str | None, tenant: str | None = None,
-                  ) -> tuple[list[JobRecord], str | None]:
-        found, nxt = self.store.list_jobs(statuses=statuses, tenant=tenant, limit=limit,
-                                          cursor=cursor)
+    def list_jobs(
+        self,
+        statuses: Sequence[JobStatus] | None,
+        limit: int,
+        cursor: str | None,
+        tenant: str | None = None,
+    ) -> tuple[list[JobRecord], str | None]:
+        found, nxt = self.store.list_jobs(
+            statuses=statuses, tenant=tenant, limit=limit, cursor=cursor
+        )
         return [self.jobs.get(j.id, j) for j in found], nxt
 
 

@@ -20,8 +20,10 @@ class Resources(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class Constraints(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    labels: dict[Annotated[str, msgspec.Meta(min_length=1, max_length=64)],
-                 Annotated[str, msgspec.Meta(max_length=256)]] = {}
+    labels: dict[
+        Annotated[str, msgspec.Meta(min_length=1, max_length=64)],
+        Annotated[str, msgspec.Meta(max_length=256)],
+    ] = {}
     gpu_name: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
     models: list[Annotated[str, msgspec.Meta(min_length=1, max_length=512)]] = []
 

@@ -9,8 +9,13 @@ from typing import TextIO
 import structlog
 
 
-def configure(level: str = "info", json: bool | None = None, *, stream: TextIO | None = None,
-              cache: bool = True) -> None:
+def configure(
+    level: str = "info",
+    json: bool | None = None,
+    *,
+    stream: TextIO | None = None,
+    cache: bool = True,
+) -> None:
     """`stream` (default stderr) and `cache=False` let a test capture what a daemon logs."""
     stream = stream or sys.stderr
     if json is None:

@@ -121,10 +121,19 @@ async def run_prompt(
     ``timeout_s`` from its ``execution_start``.
     """
     return await _Run(
-        client, ws_url_or_base, prompt_id, client_id, graph=graph, on_update=on_update,
-        cancel=cancel, timeout_s=timeout_s, stall_s=stall_s,
-        unavailable_grace_s=unavailable_grace_s, cancel_wait_s=cancel_wait_s,
-        http_timeout_s=http_timeout_s, queue_wait_s=queue_wait_s,
+        client,
+        ws_url_or_base,
+        prompt_id,
+        client_id,
+        graph=graph,
+        on_update=on_update,
+        cancel=cancel,
+        timeout_s=timeout_s,
+        stall_s=stall_s,
+        unavailable_grace_s=unavailable_grace_s,
+        cancel_wait_s=cancel_wait_s,
+        http_timeout_s=http_timeout_s,
+        queue_wait_s=queue_wait_s,
     ).run(submit=True, extra_data=extra_data)
 
 
@@ -150,9 +159,17 @@ async def attach_prompt(
     taken from ComfyUI's queue entry (for node types and the progress fraction).
     """
     return await _Run(
-        client, ws_url_or_base, prompt_id, client_id, graph=graph, on_update=on_update,
-        cancel=cancel, timeout_s=timeout_s, stall_s=stall_s,
-        unavailable_grace_s=unavailable_grace_s, cancel_wait_s=cancel_wait_s,
+        client,
+        ws_url_or_base,
+        prompt_id,
+        client_id,
+        graph=graph,
+        on_update=on_update,
+        cancel=cancel,
+        timeout_s=timeout_s,
+        stall_s=stall_s,
+        unavailable_grace_s=unavailable_grace_s,
+        cancel_wait_s=cancel_wait_s,
         http_timeout_s=http_timeout_s,
     ).run(submit=False, extra_data=None)
 
@@ -398,8 +415,9 @@ class _Run:
             reason = "removed from the queue" if self.deleted else "no longer known to ComfyUI"
             return self._stop_outcome(reason)
         if self.submit_error is not None:
-            return self._lost(f"POST /prompt failed ({self.submit_error}) and ComfyUI does not "
-                              "know the prompt")
+            return self._lost(
+                f"POST /prompt failed ({self.submit_error}) and ComfyUI does not know the prompt"
+            )
         return self._lost("prompt unknown to ComfyUI /history and /queue (ComfyUI restarted?)")
 
     def _reachable(self) -> None:

@@ -16,8 +16,12 @@ import contextlib
 
 import aiohttp
 
-_CLOSED = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED,
-           aiohttp.WSMsgType.ERROR)
+_CLOSED = (
+    aiohttp.WSMsgType.CLOSE,
+    aiohttp.WSMsgType.CLOSING,
+    aiohttp.WSMsgType.CLOSED,
+    aiohttp.WSMsgType.ERROR,
+)
 
 
 class SocketPool:
@@ -42,8 +46,10 @@ class SocketPool:
         if old is not None and old is not ws:
             await _close(old)
         if not ws.closed:
-            self.parked[url] = (ws, asyncio.create_task(self._drain(url, ws),
-                                                        name="socketpool-drain"))
+            self.parked[url] = (
+                ws,
+                asyncio.create_task(self._drain(url, ws), name="socketpool-drain"),
+            )
 
     async def _drain(self, url: str, ws: aiohttp.ClientWebSocketResponse) -> None:
         while True:

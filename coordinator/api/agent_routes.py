@@ -27,8 +27,7 @@ Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
 async def _msg(request: web.Request, type_: type[T]) -> T:
-    return await decode_body(request, type_, request.app[CONFIG].max_body_bytes,
-                             allow_msgpack=True)
+    return await decode_body(request, type_, request.app[CONFIG].max_body_bytes, allow_msgpack=True)
 
 
 def _protocol_route(type_: type[Any], call: Callable[[Coordinator, Any], Any]) -> Handler:
@@ -92,10 +91,21 @@ async def upload_chunk(request: web.Request) -> web.Response:
     if not _SHA.match(sha256):
         raise InvalidInput("sha256", "must be 64 lowercase hex digits")
     config = request.app[CONFIG]
-    state = await receive_chunk(request.app[COORDINATOR], request.app[UPLOAD_LOCKS],
-                                request.content, request.content_length,
-                                config.max_chunk_bytes, agent_id, job_id, attempt,
-                                name, offset, size, sha256, config.body_read_timeout_s)
+    state = await receive_chunk(
+        request.app[COORDINATOR],
+        request.app[UPLOAD_LOCKS],
+        request.content,
+        request.content_length,
+        config.max_chunk_bytes,
+        agent_id,
+        job_id,
+        attempt,
+        name,
+        offset,
+        size,
+        sha256,
+        config.body_read_timeout_s,
+    )
     return reply(request, state)
 
 
@@ -103,5 +113,6 @@ async def upload_chunk(request: web.Request) -> web.Response:
 async def upload_state(request: web.Request) -> web.Response:
     """How many bytes of this output the coordinator holds (to resume an upload)."""
     agent_id, job_id, attempt, name, size = _output_target(request)
-    return reply(request, request.app[COORDINATOR].upload_state(agent_id, job_id, attempt,
-                                                                name, size))
+    return reply(
+        request, request.app[COORDINATOR].upload_state(agent_id, job_id, attempt, name, size)
+    )

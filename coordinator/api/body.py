@@ -47,8 +47,9 @@ async def _read(request: web.Request, limit: int) -> bytes:
         try:
             return await request.content.readexactly(request.content_length)
         except asyncio.IncompleteReadError as exc:
-            raise InvalidInput("body", f"body ended after {len(exc.partial)} of "
-                               f"{request.content_length} bytes") from None
+            raise InvalidInput(
+                "body", f"body ended after {len(exc.partial)} of {request.content_length} bytes"
+            ) from None
     data = bytearray()
     async for chunk in request.content.iter_chunked(1 << 16):
         data += chunk
@@ -67,8 +68,9 @@ def body_type(request: web.Request, allow_msgpack: bool) -> str:
     raise UnsupportedType(f"Content-Type must be {allowed}, not {ctype!r}", "Content-Type")
 
 
-async def decode_body(request: web.Request, type_: type[T], limit: int,
-                      allow_msgpack: bool = False) -> T:
+async def decode_body(
+    request: web.Request, type_: type[T], limit: int, allow_msgpack: bool = False
+) -> T:
     ctype = body_type(request, allow_msgpack)
     data = await read_limited(request, limit)
     if not data:
@@ -77,18 +79,28 @@ async def decode_body(request: web.Request, type_: type[T], limit: int,
         try:
             data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise InvalidInput("body", f"body is not valid UTF-8 at byte {exc.start}",
-                               "malformed") from None
+            raise InvalidInput(
+                "body", f"body is not valid UTF-8 at byte {exc.start}", "malformed"
+            ) from None
     return codec.decode(data, type_, ctype)
 
 
-def reply(request: web.Request, obj: object, status: int = 200,
-          headers: dict[str, str] | None = None) -> web.Response:
+def reply(
+    request: web.Request, obj: object, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
     """Answer in msgpack when the caller spoke msgpack (agents), else JSON."""
     if codec.MSGPACK in request.headers.get("Accept", "") or (
         request.content_type == codec.MSGPACK
     ):
-        return web.Response(status=status, body=codec.encode(obj, codec.MSGPACK),
-                            content_type=codec.MSGPACK, headers=headers)
-    return web.Response(status=status, body=msgspec.json.encode(obj),
-                        content_type="application/json", headers=headers)
+        return web.Response(
+            status=status,
+            body=codec.encode(obj, codec.MSGPACK),
+            content_type=codec.MSGPACK,
+            headers=headers,
+        )
+    return web.Response(
+        status=status,
+        body=msgspec.json.encode(obj),
+        content_type="application/json",
+        headers=headers,
+    )

@@ -31,9 +31,16 @@ def _id(request: web.Request, name: str) -> str:
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR]
-    return reply(request, {"ok": True, "jobs_active": len(coord.jobs),
-                           "queued": len(coord.queued), "agents": len(coord.agents),
-                           "counters": coord.counters})
+    return reply(
+        request,
+        {
+            "ok": True,
+            "jobs_active": len(coord.jobs),
+            "queued": len(coord.queued),
+            "agents": len(coord.agents),
+            "counters": coord.counters,
+        },
+    )
 
 
 @routes.post("/v1/jobs")
@@ -48,8 +55,12 @@ async def submit(request: web.Request) -> web.Response:
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
-    return reply(request, job_json(job, coord.progress.get(job.id), coord=coord),
-                 status=201 if created else 200, headers=headers)
+    return reply(
+        request,
+        job_json(job, coord.progress.get(job.id), coord=coord),
+        status=201 if created else 200,
+        headers=headers,
+    )
 
 
 @routes.get("/v1/jobs")
@@ -71,10 +82,14 @@ async def list_jobs(request: web.Request) -> web.Response:
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidInput("limit", f"must be between 1 and {MAX_LIMIT}")
     coord = request.app[COORDINATOR]
-    found, cursor = coord.list_jobs(statuses, limit, q.get("cursor"),
-                                    tenant=tenant_filter(request))
-    return reply(request, {"jobs": [job_json(j, coord.progress.get(j.id), full=False, coord=coord)
-                                    for j in found], "next_cursor": cursor})
+    found, cursor = coord.list_jobs(statuses, limit, q.get("cursor"), tenant=tenant_filter(request))
+    return reply(
+        request,
+        {
+            "jobs": [job_json(j, coord.progress.get(j.id), full=False, coord=coord) for j in found],
+            "next_cursor": cursor,
+        },
+    )
 
 
 @routes.get("/v1/jobs/{job_id}")
@@ -101,10 +116,13 @@ async def get_output(request: web.Request) -> web.StreamResponse:
     if entry is None:
         raise NotFound(f"job {job.id} has no output {name!r}", "name")
     path = coord.outputs.final_path(job.id, entry["attempt"], name)
-    return web.FileResponse(path, headers={
-        "Content-Type": entry.get("content_type", "application/octet-stream"),
-        "ETag": f'"{entry["sha256"]}"',
-    })
+    return web.FileResponse(
+        path,
+        headers={
+            "Content-Type": entry.get("content_type", "application/octet-stream"),
+            "ETag": f'"{entry["sha256"]}"',
+        },
+    )
 
 
 @routes.get("/v1/jobs/{job_id}/preview")
@@ -122,9 +140,15 @@ async def get_preview(request: web.Request) -> web.Response:
 async def list_agents(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR]
     now = coord.clock()
-    return reply(request, {"agents": [agent_json(coord, a, now)
-                                      for a in sorted(coord.agents.values(),
-                                                      key=lambda a: a.agent_id)]})
+    return reply(
+        request,
+        {
+            "agents": [
+                agent_json(coord, a, now)
+                for a in sorted(coord.agents.values(), key=lambda a: a.agent_id)
+            ]
+        },
+    )
 
 
 @routes.get("/v1/agents/{agent_id}")

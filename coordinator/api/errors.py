@@ -18,11 +18,20 @@ log = structlog.get_logger("coordinator.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def error_response(status: int, code: str, message: str, field: str | None = None,
-                   headers: dict[str, str] | None = None) -> web.Response:
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
     body = {"error": {"code": code, "message": message, "field": field}}
-    return web.Response(status=status, body=msgspec.json.encode(body),
-                        content_type="application/json", headers=headers)
+    return web.Response(
+        status=status,
+        body=msgspec.json.encode(body),
+        content_type="application/json",
+        headers=headers,
+    )
 
 
 @web.middleware
@@ -35,8 +44,13 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except CoordinatorError as exc:
         if exc.status >= 500:
             log.warning("refused", path=request.path, code=exc.code, message=exc.message)
-        return error_response(exc.status, exc.code, exc.message, exc.field,
-                              headers=retry_after(exc, request.app[CONFIG].retry_after_s))
+        return error_response(
+            exc.status,
+            exc.code,
+            exc.message,
+            exc.field,
+            headers=retry_after(exc, request.app[CONFIG].retry_after_s),
+        )
     except SharedError as exc:
         return error_response(409, "conflict", str(exc))
     except web.HTTPRequestEntityTooLarge as exc:
@@ -44,9 +58,15 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException as exc:
         if exc.status >= 400:
             code = exc.reason.lower().replace(" ", "_")
-            return error_response(exc.status, code, exc.text or exc.reason, None,
-                                  headers={k: v for k, v in exc.headers.items()
-                                           if k.lower() in ("allow", "retry-after")})
+            return error_response(
+                exc.status,
+                code,
+                exc.text or exc.reason,
+                None,
+                headers={
+                    k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")
+                },
+            )
         raise
     except Exception:
         log.exception("unhandled_error", path=request.path, method=request.method)

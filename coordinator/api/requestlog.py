@@ -28,5 +28,11 @@ async def request_log_middleware(request: web.Request, handler: Handler) -> web.
         latency_ms = round((time.perf_counter() - start) * 1000, 2)
         # agent protocol traffic and scrapes are frequent: debug; people's requests: info
         level = log.debug if request.path.startswith(QUIET_PREFIXES) else log.info
-        level("http_request", method=request.method, path=request.path, status=status,
-              latency_ms=latency_ms, remote=request.remote)
+        level(
+            "http_request",
+            method=request.method,
+            path=request.path,
+            status=status,
+            latency_ms=latency_ms,
+            remote=request.remote,
+        )

@@ -45,17 +45,24 @@ def sse_frame(event: Event) -> bytes:
 
 
 async def _open(request: web.Request) -> web.StreamResponse:
-    resp = web.StreamResponse(headers={
-        "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-        "X-Accel-Buffering": "no",
-    })
+    resp = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
     await resp.prepare(request)
     await resp.write(b"retry: 1000\n\n")
     return resp
 
 
-async def _pump(resp: web.StreamResponse, sub: Subscription, end_on_terminal: bool,
-                allow: Callable[[Event], bool] = lambda _event: True) -> None:
+async def _pump(
+    resp: web.StreamResponse,
+    sub: Subscription,
+    end_on_terminal: bool,
+    allow: Callable[[Event], bool] = lambda _event: True,
+) -> None:
     """Write events until the subscription closes (or the job's terminal event went out);
     events `allow` refuses (another tenant's jobs) are not written."""
     while True:

@@ -57,15 +57,27 @@ class _Held:
 UPLOAD_LOCKS = web.AppKey("upload_locks", UploadLocks)
 
 
-async def receive_chunk(coordinator: Coordinator, locks: UploadLocks, content: StreamReader,
-                        length: int | None, limit: int, agent_id: str, job_id: str,
-                        attempt: int, name: str, offset: int, size: int,
-                        sha256: str, read_timeout_s: float) -> p.UploadState:
+async def receive_chunk(
+    coordinator: Coordinator,
+    locks: UploadLocks,
+    content: StreamReader,
+    length: int | None,
+    limit: int,
+    agent_id: str,
+    job_id: str,
+    attempt: int,
+    name: str,
+    offset: int,
+    size: int,
+    sha256: str,
+    read_timeout_s: float,
+) -> p.UploadState:
     if length is not None and length > limit:
         raise TooLarge(f"body of {length} bytes exceeds {limit} bytes", "body")
     async with locks.hold((job_id, attempt, name)):
-        sink = coordinator.open_upload(agent_id, job_id, attempt, name, offset, size, sha256,
-                                       length)
+        sink = coordinator.open_upload(
+            agent_id, job_id, attempt, name, offset, size, sha256, length
+        )
         if isinstance(sink, p.UploadState):
             return sink
         try:

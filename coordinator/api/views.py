@@ -14,14 +14,25 @@ from comfyfleet.coordinator.service import Coordinator, LiveProgress
 from comfyfleet.shared.status import JobStatus
 
 
-def job_json(job: JobRecord, live: LiveProgress | None, *, full: bool = True,
-             coord: Coordinator | None = None) -> dict[str, Any]:
+def job_json(
+    job: JobRecord,
+    live: LiveProgress | None,
+    *,
+    full: bool = True,
+    coord: Coordinator | None = None,
+) -> dict[str, Any]:
     spec = job.spec
     progress: dict[str, Any] = {"fraction": 1.0 if job.status == JobStatus.COMPLETED else None}
     if live is not None:
-        progress.update(fraction=live.fraction, node=live.node, node_type=live.node_type,
-                        value=live.value, max=live.max, cached_nodes=live.cached,
-                        updated_at=live.updated_at)
+        progress.update(
+            fraction=live.fraction,
+            node=live.node,
+            node_type=live.node_type,
+            value=live.value,
+            max=live.max,
+            cached_nodes=live.cached,
+            updated_at=live.updated_at,
+        )
     out: dict[str, Any] = {
         "id": job.id,
         "status": job.status.value,
@@ -42,8 +53,10 @@ def job_json(job: JobRecord, live: LiveProgress | None, *, full: bool = True,
         "max_retries": spec.max_retries,
         "error": job.error,
         "outputs": [
-            {**{k: v for k, v in o.items() if k != "attempt"},
-             "url": f"/v1/jobs/{job.id}/outputs/{o['name']}"}
+            {
+                **{k: v for k, v in o.items() if k != "attempt"},
+                "url": f"/v1/jobs/{job.id}/outputs/{o['name']}",
+            }
             for o in job.outputs
         ],
         "workflow_hash": job.workflow_hash,
@@ -71,20 +84,28 @@ def job_eta(coord: Coordinator, job: JobRecord, live: LiveProgress | None) -> di
     if agent is not None and job.gpu_index is not None:
         gpu_name = next((g.name for g in agent.gpus if g.index == job.gpu_index), None)
     expected = expected_duration_s(coord.estimates, job.workflow_facts.shape, gpu_name)
-    return eta(expected, job.status.value, job.timestamps.get(JobStatus.RUNNING.value),
-               live.fraction if live is not None else None, coord.clock())
+    return eta(
+        expected,
+        job.status.value,
+        job.timestamps.get(JobStatus.RUNNING.value),
+        live.fraction if live is not None else None,
+        coord.clock(),
+    )
 
 
 def agent_json(coord: Coordinator, agent: AgentState, now: float) -> dict[str, Any]:
     view = agent_view(agent, coord.jobs, 600.0, now)
     gpus = []
     for g, v in zip(agent.gpus, view.gpus, strict=True):
-        gpus.append({
-            **msgspec.to_builtins(g),
-            "vram_reserved_mb": v.reserved_mb,
-            "vram_schedulable_mb": max(0, min(v.vram_total_mb - v.reserved_mb,
-                                              v.vram_free_mb - v.unallocated_mb)),
-        })
+        gpus.append(
+            {
+                **msgspec.to_builtins(g),
+                "vram_reserved_mb": v.reserved_mb,
+                "vram_schedulable_mb": max(
+                    0, min(v.vram_total_mb - v.reserved_mb, v.vram_free_mb - v.unallocated_mb)
+                ),
+            }
+        )
     return {
         "id": agent.agent_id,
         "status": agent.status.value,

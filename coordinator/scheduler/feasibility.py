@@ -220,9 +220,7 @@ class CpuFits:
 
 
 # Static first (fleet view only), in the order a pending reason names them; then capacity.
-AGENT_CHECKS: tuple[Checker, ...] = (
-    Schedulable(), LabelsMatch(), ModelsPresent(), InventoryHas()
-)
+AGENT_CHECKS: tuple[Checker, ...] = (Schedulable(), LabelsMatch(), ModelsPresent(), InventoryHas())
 SLOT_CHECKS: tuple[Checker, ...] = (InstanceHealthy(), InstanceKind(), GpuNameMatch())
 STATIC_CHECKS: tuple[Checker, ...] = AGENT_CHECKS + (NotBlocked(),) + SLOT_CHECKS
 DYNAMIC_CHECKS: tuple[Checker, ...] = (SlotFree(), NotHeld(), VramFits(), RamFits(), CpuFits())

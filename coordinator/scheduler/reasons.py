@@ -51,8 +51,9 @@ def inventory_gap(job: JobRequest, agents: Sequence[AgentView]) -> str:
     want_classes = sorted(set(job.node_classes))
     models = [m for m in want_models if all(m not in a.models for a in known)]
     classes = [
-        c for c in want_classes if all(a.node_classes is None or c not in a.node_classes
-                                       for a in known)
+        c
+        for c in want_classes
+        if all(a.node_classes is None or c not in a.node_classes for a in known)
     ]
     if not models and not classes:
         models, classes = want_models, want_classes

@@ -205,8 +205,10 @@ class SqliteStore:
     def non_terminal_jobs(self, page: int = RECOVERY_PAGE) -> Iterator[JobRecord]:
         marks = ", ".join("?" * len(_NON_TERMINAL))
         first = f"{_SELECT} WHERE status IN ({marks}) ORDER BY created_at, id LIMIT ?"
-        after = (f"{_SELECT} WHERE status IN ({marks}) AND (created_at, id) > (?, ?) "
-                 "ORDER BY created_at, id LIMIT ?")
+        after = (
+            f"{_SELECT} WHERE status IN ({marks}) AND (created_at, id) > (?, ?) "
+            "ORDER BY created_at, id LIMIT ?"
+        )
         rows = self._rows(first, [*_NON_TERMINAL, page])
         while rows:
             for row in rows:

@@ -14,16 +14,23 @@ from comfyfleet.coordinator.service import Coordinator
 from tests.helpers.protocol_agent import ProtocolAgent
 
 WORKFLOW = {
-    "1": {"class_type": "EmptyImage",
-          "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+    "1": {
+        "class_type": "EmptyImage",
+        "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0},
+    },
     "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t"}},
 }
 
 
 def fast_config(tmp_path: Path, **over: Any) -> CoordinatorConfig:
     base = CoordinatorConfig(
-        data_dir=tmp_path / "coord", heartbeat_interval_s=0.5, lost_grace_s=0.5,
-        restart_grace_s=1.0, assign_timeout_s=5.0, cancel_grace_s=5.0, lease_wait_s=2.0,
+        data_dir=tmp_path / "coord",
+        heartbeat_interval_s=0.5,
+        lost_grace_s=0.5,
+        restart_grace_s=1.0,
+        assign_timeout_s=5.0,
+        cancel_grace_s=5.0,
+        lease_wait_s=2.0,
         sweep_interval_s=0.05,
     )
     return dataclasses.replace(base, **over)
@@ -41,8 +48,9 @@ class Harness:
         base = str(self.client.make_url("/"))
         return ProtocolAgent(self.client.session, base, agent_id, **kw)
 
-    async def submit(self, status: int = 201, headers: dict[str, str] | None = None,
-                     **body: Any) -> dict[str, Any]:
+    async def submit(
+        self, status: int = 201, headers: dict[str, str] | None = None, **body: Any
+    ) -> dict[str, Any]:
         body.setdefault("workflow", WORKFLOW)
         resp = await self.client.post("/v1/jobs", json=body, headers=headers)
         data = await resp.json()

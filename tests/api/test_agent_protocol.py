@@ -38,7 +38,12 @@ async def test_submit_assign_run_complete_with_verified_output(harness: MakeHarn
     resp = await h.client.get(done["outputs"][0]["url"])
     assert resp.status == 200 and await resp.read() == data
     assert [t["to_status"] for t in done["history"]] == [
-        "SUBMITTED", "QUEUED", "ASSIGNED", "RUNNING", "COMPLETED"]
+        "SUBMITTED",
+        "QUEUED",
+        "ASSIGNED",
+        "RUNNING",
+        "COMPLETED",
+    ]
     agents = await (await h.client.get("/v1/agents")).json()
     assert agents["agents"][0]["id"] == "a1" and agents["agents"][0]["jobs"] == []
 
@@ -72,8 +77,7 @@ async def test_stale_attempt_gets_409(harness: MakeHarness) -> None:
     # a1 never starts it: the assign timeout requeues it, and it goes elsewhere (a1 failed it).
     second = (await a2.lease(3.0)).jobs[0]
     assert second.job_id == job["id"] and second.attempt == 2
-    for call in (a1.started(first), a1.finish(first),
-                 a1.upload(first, "x.png", b"123")):
+    for call in (a1.started(first), a1.finish(first), a1.upload(first, "x.png", b"123")):
         with pytest.raises(ProtocolError) as info:
             await call
         assert info.value.status == 409
@@ -116,13 +120,15 @@ async def test_bad_chunks_are_refused(harness: MakeHarness) -> None:
     assert resp.status == 409 and (await resp.json())["error"]["field"] == "offset"
     resp = await h.client.put(url, params={**base, "offset": "0"}, data=b"abcd")
     assert resp.status == 400 and (await resp.json())["error"]["field"] == "sha256"
-    resp = await h.client.put(f"/agent/v1/jobs/{job.job_id}/outputs/..%2Fetc",
-                              params={**base, "offset": "0"}, data=b"ab")
+    resp = await h.client.put(
+        f"/agent/v1/jobs/{job.job_id}/outputs/..%2Fetc", params={**base, "offset": "0"}, data=b"ab"
+    )
     assert resp.status in (400, 404)
     resp = await h.client.put(url, params={**base, "offset": "0", "sha256": "nothex"}, data=b"x")
     assert resp.status == 400 and (await resp.json())["error"]["field"] == "sha256"
-    resp = await h.client.post("/agent/v1/heartbeat", data=b"\xc1\xc1",
-                               headers={"Content-Type": "application/msgpack"})
+    resp = await h.client.post(
+        "/agent/v1/heartbeat", data=b"\xc1\xc1", headers={"Content-Type": "application/msgpack"}
+    )
     assert resp.status == 400
     assert (await h.job(job.job_id))["status"] == "RUNNING"
 
@@ -164,8 +170,13 @@ async def test_failures_retry_elsewhere_or_fail(harness: MakeHarness) -> None:
     await a1.started(first)
     a2 = h.agent("a2")
     await a2.register()
-    oom = p.ErrorInfo(code="oom", message="Allocation on device", retryable=True,
-                      node_id="3", node_type="KSampler")
+    oom = p.ErrorInfo(
+        code="oom",
+        message="Allocation on device",
+        retryable=True,
+        node_id="3",
+        node_type="KSampler",
+    )
     assert (await a1.finish(first, outcome="failed", error=oom)).status == "QUEUED"
     second = (await a2.lease(2.0)).jobs[0]  # a1 failed it: a2 is preferred
     assert second.job_id == job["id"] and second.attempt == 2
@@ -177,8 +188,9 @@ async def test_failures_retry_elsewhere_or_fail(harness: MakeHarness) -> None:
 
     wrong = await h.submit(max_retries=3)
     leased = (await a1.lease(2.0)).jobs[0]
-    bad = p.ErrorInfo(code="node_errors", message="Required input is missing",
-                      node_id="2", node_type="SaveImage")
+    bad = p.ErrorInfo(
+        code="node_errors", message="Required input is missing", node_id="2", node_type="SaveImage"
+    )
     await a1.finish(leased, outcome="failed", error=bad)  # from ASSIGNED: ComfyUI refused it
     done = await h.job(wrong["id"])
     assert done["status"] == "FAILED" and done["attempt"] == 1
@@ -195,8 +207,12 @@ async def test_drain_requeue_does_not_spend_a_retry(harness: MakeHarness) -> Non
     assert resp.status == 202 and (await resp.json())["status"] == "DRAINING"
     hb = await a1.heartbeat([p.RunningJob(job_id=leased.job_id, attempt=1, instance_id="0")])
     assert hb.drain is True
-    await a1.finish(leased, outcome="requeue", spend_retry=False,
-                    error=p.ErrorInfo(code="drain", message="agent draining"))
+    await a1.finish(
+        leased,
+        outcome="requeue",
+        spend_retry=False,
+        error=p.ErrorInfo(code="drain", message="agent draining"),
+    )
     after = await h.job(job["id"])
     assert after["status"] == "QUEUED" and after["retries_used"] == 0
     assert not (await a1.lease(0.3)).jobs  # a draining agent gets nothing new
@@ -211,11 +227,13 @@ async def test_lost_agent_jobs_are_requeued_and_done_elsewhere(harness: MakeHarn
     await a1.started(leased)
     a2 = h.agent("a2")
     await a2.register()
+
     # a1 goes silent; a2 keeps heartbeating while it waits.
     async def keep_alive() -> None:
         while True:
             await a2.heartbeat()
             await asyncio.sleep(0.05)
+
     beat = asyncio.create_task(keep_alive())
     try:
         second = await a2.run_one(wait_s=3.0)

@@ -27,8 +27,9 @@ async def test_submit_returns_the_stored_job(harness: MakeHarness) -> None:
 async def test_idempotency_key_returns_the_same_job(harness: MakeHarness) -> None:
     h = await harness()
     first = await h.submit(headers={"Idempotency-Key": "k-1"})
-    resp = await h.client.post("/v1/jobs", json={"workflow": WORKFLOW},
-                               headers={"Idempotency-Key": "k-1"})
+    resp = await h.client.post(
+        "/v1/jobs", json={"workflow": WORKFLOW}, headers={"Idempotency-Key": "k-1"}
+    )
     assert resp.status == 200
     assert resp.headers["Idempotent-Replayed"] == "true"
     assert (await resp.json())["id"] == first["id"]
@@ -43,24 +44,63 @@ BAD = [
     (b'{"resources": {}}', "application/json", 400, "workflow", "missing"),
     (b'{"workflow": {}}', "application/json", 400, "workflow", "empty"),
     (b'{"workflow": []}', "application/json", 400, "workflow", "invalid"),
-    (json.dumps({"workflow": {"nodes": [], "links": []}}).encode(), "application/json", 422,
-     "workflow", "ui_format"),
-    (json.dumps({"workflow": {"1": {"class_type": "A", "inputs": {"x": ["7", 0]}}}}).encode(),
-     "application/json", 400, "workflow.1.inputs.x", "bad_link"),
-    (json.dumps({"workflow": {"1": {"inputs": {}}}}).encode(), "application/json", 400,
-     "workflow.1.class_type", "missing"),
-    (json.dumps({"workflow": WORKFLOW, "resources": {"vram_mb": -5}}).encode(),
-     "application/json", 400, "resources.vram_mb", "invalid"),
-    (json.dumps({"workflow": WORKFLOW, "resources": {"gpus": 4}}).encode(),
-     "application/json", 400, "resources.gpus", "invalid"),
-    (json.dumps({"workflow": WORKFLOW, "resources": {"gpus": 0, "vram_mb": 10}}).encode(),
-     "application/json", 400, "resources.vram_mb", "invalid"),
-    (json.dumps({"workflow": WORKFLOW, "surprise": 1}).encode(), "application/json", 400,
-     "surprise", "unknown_field"),
-    (json.dumps({"workflow": WORKFLOW, "priority": "urgent"}).encode(), "application/json",
-     400, "priority", "invalid"),
-    (b'{"workflow": {"1": {"class_type": "\xff"}}}', "application/json", 400, "body",
-     "malformed"),
+    (
+        json.dumps({"workflow": {"nodes": [], "links": []}}).encode(),
+        "application/json",
+        422,
+        "workflow",
+        "ui_format",
+    ),
+    (
+        json.dumps({"workflow": {"1": {"class_type": "A", "inputs": {"x": ["7", 0]}}}}).encode(),
+        "application/json",
+        400,
+        "workflow.1.inputs.x",
+        "bad_link",
+    ),
+    (
+        json.dumps({"workflow": {"1": {"inputs": {}}}}).encode(),
+        "application/json",
+        400,
+        "workflow.1.class_type",
+        "missing",
+    ),
+    (
+        json.dumps({"workflow": WORKFLOW, "resources": {"vram_mb": -5}}).encode(),
+        "application/json",
+        400,
+        "resources.vram_mb",
+        "invalid",
+    ),
+    (
+        json.dumps({"workflow": WORKFLOW, "resources": {"gpus": 4}}).encode(),
+        "application/json",
+        400,
+        "resources.gpus",
+        "invalid",
+    ),
+    (
+        json.dumps({"workflow": WORKFLOW, "resources": {"gpus": 0, "vram_mb": 10}}).encode(),
+        "application/json",
+        400,
+        "resources.vram_mb",
+        "invalid",
+    ),
+    (
+        json.dumps({"workflow": WORKFLOW, "surprise": 1}).encode(),
+        "application/json",
+        400,
+        "surprise",
+        "unknown_field",
+    ),
+    (
+        json.dumps({"workflow": WORKFLOW, "priority": "urgent"}).encode(),
+        "application/json",
+        400,
+        "priority",
+        "invalid",
+    ),
+    (b'{"workflow": {"1": {"class_type": "\xff"}}}', "application/json", 400, "body", "malformed"),
 ]
 
 
@@ -117,8 +157,12 @@ async def test_list_filters_and_pages(harness: MakeHarness) -> None:
     assert sorted(seen) == sorted(ids) and len(seen) == 7
     resp = await h.client.get("/v1/jobs", params={"status": "cancelled"})
     assert [j["id"] for j in (await resp.json())["jobs"]] == [cancelled]
-    for params, field in [({"status": "NOPE"}, "status"), ({"limit": "0"}, "limit"),
-                          ({"limit": "x"}, "limit"), ({"cursor": "!!garbage"}, "cursor")]:
+    for params, field in [
+        ({"status": "NOPE"}, "status"),
+        ({"limit": "0"}, "limit"),
+        ({"limit": "x"}, "limit"),
+        ({"cursor": "!!garbage"}, "cursor"),
+    ]:
         resp = await h.client.get("/v1/jobs", params=params)
         assert resp.status == 400, params
         assert (await resp.json())["error"]["field"] == field

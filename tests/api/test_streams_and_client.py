@@ -47,11 +47,27 @@ async def test_job_stream_follows_a_job_to_its_end(harness: MakeHarness, tmp_pat
         stream = asyncio.create_task(collect(fleet.events(job.id)))
         leased = (await agent.lease(2.0)).jobs[0]
         await agent.started(leased)
-        await agent.call("events", p.Events(agent_id="a1", job_id=job.id, attempt=1, events=[
-            p.JobEvent(kind="progress", t=1.0, node="3", node_type="KSampler", value=2, max=4,
-                       fraction=0.5),
-            p.JobEvent(kind="preview", t=1.1, image=b"\xff\xd8jpeg", mime="image/jpeg"),
-        ]), p.Ack)
+        await agent.call(
+            "events",
+            p.Events(
+                agent_id="a1",
+                job_id=job.id,
+                attempt=1,
+                events=[
+                    p.JobEvent(
+                        kind="progress",
+                        t=1.0,
+                        node="3",
+                        node_type="KSampler",
+                        value=2,
+                        max=4,
+                        fraction=0.5,
+                    ),
+                    p.JobEvent(kind="preview", t=1.1, image=b"\xff\xd8jpeg", mime="image/jpeg"),
+                ],
+            ),
+            p.Ack,
+        )
         assert await fleet.fetch(f"/v1/jobs/{job.id}/preview") == b"\xff\xd8jpeg"
         out = await agent.upload(leased, "out_00001_.png", b"png")
         await agent.finish(leased, outputs=[out])
@@ -96,7 +112,10 @@ async def test_fleet_stream_shows_agents_and_jobs(harness: MakeHarness) -> None:
         await agent.register()
         event = await asyncio.wait_for(first, 5)
         assert (event.kind, event.data["agent_id"], event.data["event"]) == (
-            "agent", "a1", "registered")
+            "agent",
+            "a1",
+            "registered",
+        )
         job = await fleet.submit(WORKFLOW)
         seen = []
         while len(seen) < 2:
@@ -136,8 +155,9 @@ async def test_metrics_show_jobs_agents_and_vram(harness: MakeHarness) -> None:
     oom = p.ErrorInfo(code="oom", message="CUDA out of memory", retryable=True)
     assert (await agent.finish(leased, outcome="failed", error=oom)).status == "QUEUED"
     leased = (await agent.lease(2.0)).jobs[0]
-    await agent.finish(leased, outcome="failed",
-                       error=p.ErrorInfo(code="node_errors", message="bad"))
+    await agent.finish(
+        leased, outcome="failed", error=p.ErrorInfo(code="node_errors", message="bad")
+    )
     resp = await h.client.get("/metrics")
     assert resp.status == 200 and resp.content_type == "text/plain"
     text = await resp.text()

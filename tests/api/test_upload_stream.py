@@ -41,8 +41,13 @@ async def test_chunked_body_is_stored_and_verified(harness: MakeHarness) -> None
     h = await harness()
     job, url = await _leased(h)
     data = bytes(range(256)) * 4000
-    params = {"agent_id": "a1", "attempt": "1", "size": str(len(data)), "offset": "0",
-              "sha256": hashlib.sha256(data).hexdigest()}
+    params = {
+        "agent_id": "a1",
+        "attempt": "1",
+        "size": str(len(data)),
+        "offset": "0",
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
     resp = await h.client.put(url, params=params, data=_pieces(data, 7777))
     assert resp.status == 200, await resp.text()
     assert h.coord.outputs.final_path(job.job_id, 1, "o.png").read_bytes() == data
@@ -54,8 +59,9 @@ async def test_chunked_body_past_size_or_cap_is_refused(harness: MakeHarness) ->
     base = {"agent_id": "a1", "attempt": "1", "offset": "0", "sha256": "a" * 64}
     resp = await h.client.put(url, params={**base, "size": "100"}, data=_pieces(b"x" * 500, 60))
     assert resp.status == 400 and (await resp.json())["error"]["field"] == "offset"
-    resp = await h.client.put(url, params={**base, "size": "50000"},
-                              data=_pieces(b"x" * 20_000, 1000))
+    resp = await h.client.put(
+        url, params={**base, "size": "50000"}, data=_pieces(b"x" * 20_000, 1000)
+    )
     assert resp.status == 413 and (await resp.json())["error"]["field"] == "body"
     resp = await h.client.put(url, params={**base, "size": "50000"}, data=b"x" * 20_000)
     assert resp.status == 413
@@ -65,12 +71,15 @@ async def test_second_put_of_a_chunk_waits_for_the_first(harness: MakeHarness) -
     h = await harness()
     job, url = await _leased(h)
     data = b"0123456789" * 1000
-    params = {"agent_id": "a1", "attempt": "1", "size": str(len(data)), "offset": "0",
-              "sha256": hashlib.sha256(data).hexdigest()}
+    params = {
+        "agent_id": "a1",
+        "attempt": "1",
+        "size": str(len(data)),
+        "offset": "0",
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
     gate = asyncio.Event()
-    first = asyncio.ensure_future(
-        h.client.put(url, params=params, data=_pieces(data, 1000, gate))
-    )
+    first = asyncio.ensure_future(h.client.put(url, params=params, data=_pieces(data, 1000, gate)))
     for _ in range(500):  # until the first PUT holds the file's lock
         if _locked(h):
             break
@@ -93,8 +102,13 @@ async def test_stalled_chunk_gets_408_and_frees_the_file(harness: MakeHarness) -
     h = await harness(body_read_timeout_s=0.3)
     job, url = await _leased(h)
     data = b"0123456789" * 1000
-    params = {"agent_id": "a1", "attempt": "1", "size": str(len(data)), "offset": "0",
-              "sha256": hashlib.sha256(data).hexdigest()}
+    params = {
+        "agent_id": "a1",
+        "attempt": "1",
+        "size": str(len(data)),
+        "offset": "0",
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
     never = asyncio.Event()
     stalled = await h.client.put(url, params=params, data=_pieces(data, 1000, never))
     assert stalled.status == 408, await stalled.text()

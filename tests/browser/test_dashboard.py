@@ -24,8 +24,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
     "--disable-dev-shm-usage",
 ]
 
@@ -42,12 +47,17 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
 def page(tmp_path: Path) -> Iterator[Page]:
     assert shutil.which(CHROMIUM), (
         f"{CHROMIUM} is missing: `make test` installs Debian's chromium when run as root; "
-        "otherwise run `apt-get install chromium`")
+        "otherwise run `apt-get install chromium`"
+    )
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True,
-            args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 900})
+            str(tmp_path / "chromium-profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 900},
+        )
         try:
             page = context.new_page()
             page.set_default_timeout(60_000)
@@ -63,8 +73,7 @@ def shot(page: Page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
-def test_dashboard_follows_a_job_and_cancels_one(fleet: Fleet, page: Page,
-                                                 tmp_path: Path) -> None:
+def test_dashboard_follows_a_job_and_cancels_one(fleet: Fleet, page: Page, tmp_path: Path) -> None:
     page.goto(fleet.url + "/")
     agent = page.locator('.agent[data-agent="b1"]')
     expect(agent).to_have_attribute("data-status", "ONLINE")
@@ -90,14 +99,17 @@ def test_dashboard_follows_a_job_and_cancels_one(fleet: Fleet, page: Page,
     expect(row).to_have_attribute("data-status", "COMPLETED", timeout=90_000)
     thumb = row.locator("img.output-thumb")
     expect(thumb).to_be_visible()
-    page.wait_for_function("img => img.complete && img.naturalWidth > 0",
-                           arg=thumb.element_handle())
+    page.wait_for_function(
+        "img => img.complete && img.naturalWidth > 0", arg=thumb.element_handle()
+    )
     row.click()
     image = page.locator("#detail img.output")
     expect(image).to_be_visible()
-    size = image.evaluate("img => new Promise(ok => img.complete ? ok([img.naturalWidth, "
-                          "img.naturalHeight]) : img.onload = () => ok([img.naturalWidth, "
-                          "img.naturalHeight]))")
+    size = image.evaluate(
+        "img => new Promise(ok => img.complete ? ok([img.naturalWidth, "
+        "img.naturalHeight]) : img.onload = () => ok([img.naturalWidth, "
+        "img.naturalHeight]))"
+    )
     assert size == [384, 256]
     expect(page.locator("#detail .history")).to_contain_text("COMPLETED")
     shot(page, "02-completed")
@@ -110,8 +122,9 @@ def test_dashboard_follows_a_job_and_cancels_one(fleet: Fleet, page: Page,
         expect(row.locator(".step")).to_contain_text("KSampler")
         preview = row.locator("img.preview")
         expect(preview).to_be_visible()
-        page.wait_for_function("img => img.complete && img.naturalWidth > 0",
-                               arg=preview.element_handle())
+        page.wait_for_function(
+            "img => img.complete && img.naturalWidth > 0", arg=preview.element_handle()
+        )
         expect(agent).to_contain_text("jobs 1")  # the fleet view follows: the job's reservation
         expect(agent.locator(".gpu")).to_contain_text("reserved 3.9 GB")
         shot(page, "03-running")
@@ -134,8 +147,7 @@ def test_dashboard_follows_a_job_and_cancels_one(fleet: Fleet, page: Page,
     expect(page.locator("#live")).to_have_text("live")
     page.locator(f"#job-{job_id}").click()
     keyed = page.locator("#detail img.output")
-    page.wait_for_function("img => img.complete && img.naturalWidth === 384",
-                           arg=keyed.element_handle())
+    page.wait_for_function(
+        "img => img.complete && img.naturalWidth === 384", arg=keyed.element_handle()
+    )
     assert seen_auth.count("Bearer key-123") >= 3, seen_auth
-
-

@@ -18,22 +18,37 @@ import aiohttp
 from tests.helpers import procs
 
 
-def txt2img(width: int, height: int, steps: int = 4, prefix: str = "t",
-            seed: int = -1) -> dict[str, Any]:
+def txt2img(
+    width: int, height: int, steps: int = 4, prefix: str = "t", seed: int = -1
+) -> dict[str, Any]:
     return {
-        "4": {"class_type": "CheckpointLoaderSimple",
-              "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}},
-        "5": {"class_type": "EmptyLatentImage",
-              "inputs": {"width": width, "height": height, "batch_size": 1}},
+        "4": {
+            "class_type": "CheckpointLoaderSimple",
+            "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"},
+        },
+        "5": {
+            "class_type": "EmptyLatentImage",
+            "inputs": {"width": width, "height": height, "batch_size": 1},
+        },
         "6": {"class_type": "CLIPTextEncode", "inputs": {"text": prefix, "clip": ["4", 1]}},
         "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
-        "3": {"class_type": "KSampler",
-              "inputs": {"seed": seed, "steps": steps, "cfg": 7.0, "sampler_name": "euler",
-                         "scheduler": "normal", "denoise": 1.0, "model": ["4", 0],
-                         "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
+        "3": {
+            "class_type": "KSampler",
+            "inputs": {
+                "seed": seed,
+                "steps": steps,
+                "cfg": 7.0,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "denoise": 1.0,
+                "model": ["4", 0],
+                "positive": ["6", 0],
+                "negative": ["7", 0],
+                "latent_image": ["5", 0],
+            },
+        },
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0],
-                                                    "filename_prefix": prefix}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": prefix}},
     }
 
 
@@ -42,8 +57,12 @@ class Fleet:
         self.tmp = tmp
         self.port = procs.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.coord_args = coordinator_args or ["--heartbeat-interval", "0.5",
-                                               "--restart-grace", "3"]
+        self.coord_args = coordinator_args or [
+            "--heartbeat-interval",
+            "0.5",
+            "--restart-grace",
+            "3",
+        ]
         self.coord = self._coordinator()
         self.sims: dict[str, procs.Proc] = {}
         self.sim_urls: dict[str, str] = {}
@@ -55,24 +74,49 @@ class Fleet:
     def start_coordinator(self) -> None:
         self.coord = self._coordinator().start()
 
-    def add_sim(self, name: str, vram_mb: int = 24576, *extra: str,
-                port: int | None = None) -> str:
+    def add_sim(self, name: str, vram_mb: int = 24576, *extra: str, port: int | None = None) -> str:
         port = port or procs.free_port()
         url = f"http://127.0.0.1:{port}"
         self.sims[name] = procs.Proc(
-            f"sim-{name}", ["comfyui-sim", "--listen", f"127.0.0.1:{port}", "--vram-mb",
-                            str(vram_mb), "--data-dir", str(self.tmp / f"sim-{name}"),
-                            *extra], self.tmp, f"{url}/system_stats").start()
+            f"sim-{name}",
+            [
+                "comfyui-sim",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--vram-mb",
+                str(vram_mb),
+                "--data-dir",
+                str(self.tmp / f"sim-{name}"),
+                *extra,
+            ],
+            self.tmp,
+            f"{url}/system_stats",
+        ).start()
         self.sim_urls[name] = url
         return url
 
     def add_agent(self, name: str, sim: str, *extra: str) -> procs.Proc:
         self.agents[name] = procs.Proc(
-            f"agent-{name}", ["agent", "--coordinator", self.url, "--comfyui",
-                              self.sim_urls[sim], "--agent-id", name, "--data-dir",
-                              str(self.tmp / f"agent-{name}"), "--stall", "1",
-                              "--drain-grace", "5", *extra],
-            self.tmp, f"{self.url}/v1/agents/{name}").start(wait=False)
+            f"agent-{name}",
+            [
+                "agent",
+                "--coordinator",
+                self.url,
+                "--comfyui",
+                self.sim_urls[sim],
+                "--agent-id",
+                name,
+                "--data-dir",
+                str(self.tmp / f"agent-{name}"),
+                "--stall",
+                "1",
+                "--drain-grace",
+                "5",
+                *extra,
+            ],
+            self.tmp,
+            f"{self.url}/v1/agents/{name}",
+        ).start(wait=False)
         return self.agents[name]
 
     def stop(self) -> None:
@@ -92,8 +136,12 @@ def sim_stats(url: str) -> dict[str, Any]:
 
 
 def sim_faults(url: str, **faults: Any) -> dict[str, Any]:
-    req = urllib.request.Request(f"{url}/sim/faults", data=json.dumps(faults).encode(),
-                                 headers={"Content-Type": "application/json"}, method="POST")
+    req = urllib.request.Request(
+        f"{url}/sim/faults",
+        data=json.dumps(faults).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
     with urllib.request.urlopen(req, timeout=5) as resp:
         return json.loads(resp.read())
 
@@ -128,8 +176,13 @@ class Api:
         while True:
             async with self.s.get(f"{self.url}/v1/agents") as r:
                 data = await r.json()
-            online = {a["id"] for a in data["agents"] if a["status"] == "ONLINE"
-                      and a["instances"] and all(i["healthy"] for i in a["instances"])}
+            online = {
+                a["id"]
+                for a in data["agents"]
+                if a["status"] == "ONLINE"
+                and a["instances"]
+                and all(i["healthy"] for i in a["instances"])
+            }
             if names <= online:
                 return
             if time.monotonic() > deadline:

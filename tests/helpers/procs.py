@@ -49,7 +49,10 @@ class Proc:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "comfyfleet", *self.args],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
         log.close()
         if wait:
@@ -78,12 +81,23 @@ class Proc:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def coordinator(data_dir: Path, log_dir: Path, port: int | None = None,
-                extra: list[str] | None = None) -> Proc:
+def coordinator(
+    data_dir: Path, log_dir: Path, port: int | None = None, extra: list[str] | None = None
+) -> Proc:
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = Proc("coordinator", ["coordinator", "--listen", f"127.0.0.1:{port}",
-                                "--data-dir", str(data_dir), *(extra or [])],
-                log_dir, f"{url}/healthz")
+    proc = Proc(
+        "coordinator",
+        [
+            "coordinator",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            str(data_dir),
+            *(extra or []),
+        ],
+        log_dir,
+        f"{url}/healthz",
+    )
     proc.url = url  # type: ignore[attr-defined]
     return proc

@@ -22,26 +22,38 @@ class ProtocolError(Exception):
 
 
 class ProtocolAgent:
-    def __init__(self, session: aiohttp.ClientSession | Any, base: str, agent_id: str, *,
-                 gpus: list[tuple[str, int]] = (("Sim GPU", 24576),),  # type: ignore[assignment]
-                 labels: dict[str, str] | None = None, models: list[str] | None = None,
-                 node_classes: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession | Any,
+        base: str,
+        agent_id: str,
+        *,
+        gpus: list[tuple[str, int]] = (("Sim GPU", 24576),),  # type: ignore[assignment]
+        labels: dict[str, str] | None = None,
+        models: list[str] | None = None,
+        node_classes: list[str] | None = None,
+    ) -> None:
         self.session = session
         self.base = base.rstrip("/")
         self.agent_id = agent_id
         self.labels = labels or {}
         self.models = models or []
         self.node_classes = node_classes
-        self.gpus = [p.GpuInfo(index=i, name=n, vram_total_mb=v, vram_free_mb=v)
-                     for i, (n, v) in enumerate(gpus)]
-        self.instances = [p.InstanceInfo(instance_id=str(i), gpu_index=i)
-                          for i in range(len(self.gpus))]
-        self.host = p.HostInfo(hostname=agent_id, cpu_count=8, ram_total_mb=64000,
-                               ram_available_mb=60000)
+        self.gpus = [
+            p.GpuInfo(index=i, name=n, vram_total_mb=v, vram_free_mb=v)
+            for i, (n, v) in enumerate(gpus)
+        ]
+        self.instances = [
+            p.InstanceInfo(instance_id=str(i), gpu_index=i) for i in range(len(self.gpus))
+        ]
+        self.host = p.HostInfo(
+            hostname=agent_id, cpu_count=8, ram_total_mb=64000, ram_available_mb=60000
+        )
 
     async def call(self, path: str, msg: Any, reply: type[T]) -> T:
         async with self.session.post(
-            f"{self.base}/agent/v1/{path}", data=codec.encode(msg),
+            f"{self.base}/agent/v1/{path}",
+            data=codec.encode(msg),
             headers={"Content-Type": codec.MSGPACK, "Accept": codec.MSGPACK},
         ) as resp:
             body = await resp.read()
@@ -50,38 +62,68 @@ class ProtocolAgent:
             return codec.decode(body, reply)
 
     async def register(self, running: list[p.RunningJob] | None = None) -> p.RegisterReply:
-        return await self.call("register", p.Register(
-            agent_id=self.agent_id, version="test", host=self.host, gpus=self.gpus,
-            instances=self.instances, labels=self.labels, running=running or [],
-            models=self.models, node_classes=self.node_classes),
-            p.RegisterReply)
+        return await self.call(
+            "register",
+            p.Register(
+                agent_id=self.agent_id,
+                version="test",
+                host=self.host,
+                gpus=self.gpus,
+                instances=self.instances,
+                labels=self.labels,
+                running=running or [],
+                models=self.models,
+                node_classes=self.node_classes,
+            ),
+            p.RegisterReply,
+        )
 
     async def heartbeat(self, running: list[p.RunningJob] | None = None) -> p.HeartbeatReply:
-        return await self.call("heartbeat", p.Heartbeat(
-            agent_id=self.agent_id, host=self.host, gpus=self.gpus, instances=self.instances,
-            running=running or []), p.HeartbeatReply)
+        return await self.call(
+            "heartbeat",
+            p.Heartbeat(
+                agent_id=self.agent_id,
+                host=self.host,
+                gpus=self.gpus,
+                instances=self.instances,
+                running=running or [],
+            ),
+            p.HeartbeatReply,
+        )
 
     async def lease(self, wait_s: float = 2.0, free: dict[str, int] | None = None) -> p.LeaseReply:
         room = free if free is not None else {i.instance_id: 1 for i in self.instances}
-        return await self.call("lease", p.LeaseRequest(agent_id=self.agent_id, free=room,
-                                                       wait_s=wait_s), p.LeaseReply)
+        return await self.call(
+            "lease", p.LeaseRequest(agent_id=self.agent_id, free=room, wait_s=wait_s), p.LeaseReply
+        )
 
     async def started(self, job: p.Assignment, prompt_id: str = "prompt-1") -> p.Ack:
-        return await self.call("started", p.Started(agent_id=self.agent_id, job_id=job.job_id,
-                                                    attempt=job.attempt, prompt_id=prompt_id),
-                               p.Ack)
+        return await self.call(
+            "started",
+            p.Started(
+                agent_id=self.agent_id, job_id=job.job_id, attempt=job.attempt, prompt_id=prompt_id
+            ),
+            p.Ack,
+        )
 
-    async def upload(self, job: p.Assignment, name: str, data: bytes,
-                     chunk: int = 1 << 20) -> p.OutputFile:
+    async def upload(
+        self, job: p.Assignment, name: str, data: bytes, chunk: int = 1 << 20
+    ) -> p.OutputFile:
         sha = hashlib.sha256(data).hexdigest()
         offset = 0
         while True:
-            part = data[offset:offset + chunk]
+            part = data[offset : offset + chunk]
             async with self.session.put(
                 f"{self.base}/agent/v1/jobs/{job.job_id}/outputs/{name}",
-                params={"agent_id": self.agent_id, "attempt": str(job.attempt),
-                        "offset": str(offset), "size": str(len(data)), "sha256": sha},
-                data=part, headers={"Accept": codec.MSGPACK},
+                params={
+                    "agent_id": self.agent_id,
+                    "attempt": str(job.attempt),
+                    "offset": str(offset),
+                    "size": str(len(data)),
+                    "sha256": sha,
+                },
+                data=part,
+                headers={"Accept": codec.MSGPACK},
             ) as resp:
                 body = await resp.read()
                 if resp.status != 200:
@@ -92,14 +134,29 @@ class ProtocolAgent:
                 break
         return p.OutputFile(name=name, size=len(data), sha256=sha, content_type="image/png")
 
-    async def finish(self, job: p.Assignment, outcome: str = "completed",
-                     outputs: list[p.OutputFile] | None = None,
-                     error: p.ErrorInfo | None = None, spend_retry: bool = True,
-                     **extra: Any) -> p.Ack:
-        return await self.call("finish", p.Finish(
-            agent_id=self.agent_id, job_id=job.job_id, attempt=job.attempt,
-            outcome=outcome, outputs=outputs or [], error=error,  # type: ignore[arg-type]
-            spend_retry=spend_retry, **extra), p.Ack)
+    async def finish(
+        self,
+        job: p.Assignment,
+        outcome: str = "completed",
+        outputs: list[p.OutputFile] | None = None,
+        error: p.ErrorInfo | None = None,
+        spend_retry: bool = True,
+        **extra: Any,
+    ) -> p.Ack:
+        return await self.call(
+            "finish",
+            p.Finish(
+                agent_id=self.agent_id,
+                job_id=job.job_id,
+                attempt=job.attempt,
+                outcome=outcome,
+                outputs=outputs or [],
+                error=error,  # type: ignore[arg-type]
+                spend_retry=spend_retry,
+                **extra,
+            ),
+            p.Ack,
+        )
 
     async def run_one(self, wait_s: float = 5.0, data: bytes = b"png-bytes") -> p.Assignment:
         """Lease one job, start it, upload one output, complete it."""

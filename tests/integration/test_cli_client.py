@@ -29,8 +29,9 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
         yield f
 
 
-def cli(fleet: Fleet, *args: str, env_url: bool = False,
-        **kw: object) -> subprocess.CompletedProcess[str]:
+def cli(
+    fleet: Fleet, *args: str, env_url: bool = False, **kw: object
+) -> subprocess.CompletedProcess[str]:
     import os
 
     env = {**os.environ}
@@ -39,16 +40,26 @@ def cli(fleet: Fleet, *args: str, env_url: bool = False,
         env["COMFYFLEET_COORDINATOR"] = fleet.url
     else:
         argv += ["--coordinator", fleet.url]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env,
-                          **kw)  # type: ignore[call-overload]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, **kw)  # type: ignore[call-overload]
 
 
 def test_submit_wait_downloads_and_listings(fleet: Fleet, tmp_path: Path) -> None:
     wf = tmp_path / "wf.json"
     wf.write_text(json.dumps(txt2img(320, 192, steps=6, prefix="cli")))
     out = tmp_path / "out"
-    done = cli(fleet, "submit", str(wf), "--vram-mb", "3000", "--priority", "3", "--wait",
-               "--out", str(out), env_url=True)
+    done = cli(
+        fleet,
+        "submit",
+        str(wf),
+        "--vram-mb",
+        "3000",
+        "--priority",
+        "3",
+        "--wait",
+        "--out",
+        str(out),
+        env_url=True,
+    )
     assert done.returncode == 0, done.stderr
     assert "submitted " in done.stderr and "KSampler" in done.stderr and "eta" in done.stderr
     files = [Path(line) for line in done.stdout.split()]
@@ -67,9 +78,21 @@ def test_submit_wait_downloads_and_listings(fleet: Fleet, tmp_path: Path) -> Non
     top = cli(fleet, "top", "--once")
     assert top.returncode == 0 and "comfyfleet top" in top.stdout and job_id in top.stdout
 
-    live = subprocess.Popen([sys.executable, "-m", "comfyfleet", "top", "--interval", "0.3",
-                             "--coordinator", fleet.url], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    live = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "comfyfleet",
+            "top",
+            "--interval",
+            "0.3",
+            "--coordinator",
+            fleet.url,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         time.sleep(3)
         live.send_signal(signal.SIGINT)
@@ -86,8 +109,20 @@ def test_cancelled_and_failed_exit_codes(fleet: Fleet, tmp_path: Path) -> None:
     wf = tmp_path / "long.json"
     wf.write_text(json.dumps(txt2img(512, 512, steps=400, prefix="long")))
     follower = subprocess.Popen(
-        [sys.executable, "-m", "comfyfleet", "submit", str(wf), "--wait", "--coordinator",
-         fleet.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "comfyfleet",
+            "submit",
+            str(wf),
+            "--wait",
+            "--coordinator",
+            fleet.url,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         with Client(fleet.url) as client:
             deadline = time.monotonic() + 60
@@ -120,12 +155,15 @@ def test_bad_input_is_a_message_not_a_traceback(fleet: Fleet, tmp_path: Path) ->
     res = cli(fleet, "submit", str(ui))
     assert res.returncode == 2 and "API format" in res.stderr and "Traceback" not in res.stderr
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"1": {"class_type": "SaveImage",
-                                     "inputs": {"images": ["7", 0]}}}))
+    bad.write_text(json.dumps({"1": {"class_type": "SaveImage", "inputs": {"images": ["7", 0]}}}))
     res = cli(fleet, "submit", str(bad))
     assert res.returncode == 2 and "HTTP 400" in res.stderr and "Traceback" not in res.stderr
     res = cli(fleet, "job", "no-such-job")
     assert res.returncode == 2 and "HTTP 404" in res.stderr
-    res = subprocess.run([sys.executable, "-m", "comfyfleet", "jobs", "--coordinator",
-                          "http://127.0.0.1:9"], capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "comfyfleet", "jobs", "--coordinator", "http://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 2 and "cannot reach" in res.stderr and "Traceback" not in res.stderr

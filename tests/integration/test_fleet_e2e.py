@@ -45,8 +45,9 @@ async def test_only_the_big_gpu_takes_the_big_job(fleet: Fleet, api: Api) -> Non
     fleet.add_agent("big", "big")
     fleet.add_agent("small", "small")
     await api.agents_online({"big", "small"})
-    jobs = [await api.submit(txt2img(512, 512, steps=2), resources={"vram_mb": 16000})
-            for _ in range(3)]
+    jobs = [
+        await api.submit(txt2img(512, 512, steps=2), resources={"vram_mb": 16000}) for _ in range(3)
+    ]
     impossible = await api.submit(txt2img(512, 512), resources={"vram_mb": 40000})
     for job in jobs:
         done = await api.wait(job["id"], {"COMPLETED", "FAILED"})
@@ -111,9 +112,7 @@ async def test_cancel_reaches_comfyui(fleet: Fleet, api: Api) -> None:
     assert sim_stats(url)["interrupt_requests"] >= 1
 
 
-async def test_sigterm_drains_and_requeues_without_spending_a_retry(
-    fleet: Fleet, api: Api
-) -> None:
+async def test_sigterm_drains_and_requeues_without_spending_a_retry(fleet: Fleet, api: Api) -> None:
     fleet.add_sim("a", 24576, "--step-ms", "200")
     fleet.add_agent("a", "a", "--drain-grace", "0.5")
     await api.agents_online({"a"})

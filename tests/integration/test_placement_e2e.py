@@ -22,8 +22,16 @@ COOLDOWN_S = 8.0
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    args = ["--heartbeat-interval", "0.5", "--restart-grace", "3",
-            "--block-after-failures", "1", "--block-cooldown", str(COOLDOWN_S)]
+    args = [
+        "--heartbeat-interval",
+        "0.5",
+        "--restart-grace",
+        "3",
+        "--block-after-failures",
+        "1",
+        "--block-cooldown",
+        str(COOLDOWN_S),
+    ]
     with running_fleet(tmp_path, args) as f:
         yield f
 
@@ -133,9 +141,18 @@ async def submit_cli_waits_with_time_left(fleet: Fleet, api: Api) -> None:
     path.write_text(json.dumps(txt2img(512, 512, steps=150, prefix="cli")))
     out_dir = fleet.tmp / "cli-out"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "comfyfleet", "submit", str(path), "--coordinator", api.url,
-        "--wait", "--out", str(out_dir),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "comfyfleet",
+        "submit",
+        str(path),
+        "--coordinator",
+        api.url,
+        "--wait",
+        "--out",
+        str(out_dir),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()

@@ -29,8 +29,12 @@ def test_bar_has_the_width_and_fills_monotonically(fraction: float | None, width
         assert text.count("#") == round(max(0.0, min(1.0, fraction)) * width)
 
 
-@given(st.integers(0, 200_000), st.integers(-10, 200_000), st.integers(-10, 200_000),
-       st.integers(1, 60))
+@given(
+    st.integers(0, 200_000),
+    st.integers(-10, 200_000),
+    st.integers(-10, 200_000),
+    st.integers(1, 60),
+)
 def test_vram_bar_is_always_its_width(total: int, used: int, reserved: int, width: int) -> None:
     text = vram_bar(total, used, reserved, width)
     assert len(text) == width
@@ -66,23 +70,41 @@ def test_eta_uses_the_learned_duration_until_the_rate_says_longer() -> None:
 
 
 def test_progress_line_names_node_step_and_times() -> None:
-    line = progress_line("RUNNING", {"fraction": 0.25, "node_type": "KSampler", "value": 5,
-                                     "max": 20}, running_since=100.0, now=110.0, agent_id="a1")
+    line = progress_line(
+        "RUNNING",
+        {"fraction": 0.25, "node_type": "KSampler", "value": 5, "max": 20},
+        running_since=100.0,
+        now=110.0,
+        agent_id="a1",
+    )
     assert "25%" in line and "KSampler 5/20" in line and "on a1" in line
     assert "elapsed 0:10" in line and "eta 0:30" in line
     assert "100%" in progress_line("COMPLETED", {}, None, 0.0)
 
 
 def test_tables() -> None:
-    job = Job(id="j1", status="QUEUED", created_at=0.0,
-              pending_reason="no agent has a GPU with 40000 MB")
+    job = Job(
+        id="j1", status="QUEUED", created_at=0.0, pending_reason="no agent has a GPU with 40000 MB"
+    )
     text = jobs_table([job], now=30.0)
     assert text.splitlines()[0].split() == ["ID", "STATUS", "PROGRESS", "AGENT", "AGE", "NOTE"]
     assert "j1" in text and "40000 MB" in text and "30s" in text
-    agent = Agent(id="a1", status="ONLINE", jobs=["j2"],
-                  host=Host(cpu_count=8, ram_total_mb=65536, ram_available_mb=32768),
-                  gpus=[Gpu(index=0, name="RTX 4090", vram_total_mb=24576, vram_used_mb=6144,
-                            vram_reserved_mb=12288, vram_free_mb=18432)])
+    agent = Agent(
+        id="a1",
+        status="ONLINE",
+        jobs=["j2"],
+        host=Host(cpu_count=8, ram_total_mb=65536, ram_available_mb=32768),
+        gpus=[
+            Gpu(
+                index=0,
+                name="RTX 4090",
+                vram_total_mb=24576,
+                vram_used_mb=6144,
+                vram_reserved_mb=12288,
+                vram_free_mb=18432,
+            )
+        ],
+    )
     text = agents_table([agent])
     assert "a1" in text and "ONLINE" in text and "[#####=====..........]" in text
     assert "free 18.0 of 24.0G" in text and " ok " in text

@@ -12,8 +12,9 @@ from comfyfleet.shared.errors import InvalidInput
 from comfyfleet.shared.jobspec import JobSpec
 
 REGISTER = p.Register(
-    agent_id="a1", version="0.1", host=p.HostInfo(hostname="h", cpu_count=8, ram_total_mb=32000,
-                                                  ram_available_mb=30000),
+    agent_id="a1",
+    version="0.1",
+    host=p.HostInfo(hostname="h", cpu_count=8, ram_total_mb=32000, ram_available_mb=30000),
     gpus=[p.GpuInfo(index=0, name="RTX", vram_total_mb=24576, vram_free_mb=24000)],
     instances=[p.InstanceInfo(instance_id="0", url="http://127.0.0.1:8188", gpu_index=0)],
     running=[p.RunningJob(job_id="j1", attempt=2, instance_id="0", prompt_id="p")],
@@ -26,8 +27,12 @@ def test_round_trip(ctype: str) -> None:
 
 
 def test_preview_bytes_survive_msgpack() -> None:
-    ev = p.Events(agent_id="a", job_id="j", attempt=1, events=[
-        p.JobEvent(kind="preview", t=1.0, image=b"\x89PNG\x00\xff", mime="image/png")])
+    ev = p.Events(
+        agent_id="a",
+        job_id="j",
+        attempt=1,
+        events=[p.JobEvent(kind="preview", t=1.0, image=b"\x89PNG\x00\xff", mime="image/png")],
+    )
     back = codec.decode(codec.encode(ev), p.Events)
     assert back.events[0].image == b"\x89PNG\x00\xff"
 
@@ -42,8 +47,7 @@ def test_preview_bytes_survive_msgpack() -> None:
         (b'{"resources": {}}', "workflow", "missing"),
         (b'{"workflow": {}, "priority": "high"}', "priority", "invalid"),
         (b'{"workflow": {}, "timeout_s": 0}', "timeout_s", "invalid"),
-        (b'{"workflow": {}, "constraints": {"labels": {"a": 1}}}', "constraints.labels",
-         "invalid"),
+        (b'{"workflow": {}, "constraints": {"labels": {"a": 1}}}', "constraints.labels", "invalid"),
         (b"{not json", "body", "malformed"),
     ],
 )

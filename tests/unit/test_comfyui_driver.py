@@ -940,11 +940,21 @@ def test_ws_url() -> None:
     assert ws_url("ws://h:1/ws", "c") == "ws://h:1/ws?clientId=c"
 
 
-async def _run_as(client: ComfyUIClient, fake: Any, graph: dict[str, Any], pid: str,
-                  col: Collector) -> PromptOutcome:
+async def _run_as(
+    client: ComfyUIClient, fake: Any, graph: dict[str, Any], pid: str, col: Collector
+) -> PromptOutcome:
     async with asyncio.timeout(8):
-        return await run_prompt(client, fake.base, graph, pid, CID, on_update=col,
-                                cancel=asyncio.Event(), timeout_s=5.0, **FAST)
+        return await run_prompt(
+            client,
+            fake.base,
+            graph,
+            pid,
+            CID,
+            on_update=col,
+            cancel=asyncio.Event(),
+            timeout_s=5.0,
+            **FAST,
+        )
 
 
 async def test_socket_is_kept_for_the_next_prompt_of_its_client_id(

@@ -29,7 +29,8 @@ def test_resume_gives_exactly_the_events_after_the_id(
         assert [e.id for e in sub.buffer] == [e.id for e in published if e.id > after]
         per_job = bus.subscribe("j1", after)
         assert [e.id for e in per_job.buffer] == [
-            e.id for e in published if e.id > after and e.job_id == "j1"]
+            e.id for e in published if e.id > after and e.job_id == "j1"
+        ]
     else:
         # the ring no longer holds everything after `after` (or the id is from the future)
         assert after > len(owners) or after < len(owners) - ring

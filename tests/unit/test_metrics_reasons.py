@@ -14,20 +14,24 @@ pytestmark = pytest.mark.timeout(30)
 
 
 def job_with(reason: str, error: dict[str, str] | None = None) -> JobRecord:
-    job = JobRecord(id="j", spec=JobSpec(workflow={}), workflow_hash="h", created_at=0.0,
-                    error=error)
+    job = JobRecord(
+        id="j", spec=JobSpec(workflow={}), workflow_hash="h", created_at=0.0, error=error
+    )
     job.history.append(Transition(1.0, "RUNNING", "QUEUED", "requeue", reason, 1))
     return job
 
 
-@pytest.mark.parametrize(("reason", "error", "category"), [
-    ("agent a1 lost (silent 16 s)", None, "agent_lost"),
-    ("not started within 30 s", None, "assign_timeout"),
-    ("agent restarted without this job", None, "agent_restart"),
-    ("agent did not confirm the cancel", None, "cancel_unconfirmed"),
-    ("CUDA out of memory", {"code": "OOM"}, "oom"),
-    ("something new", None, "other"),
-])
+@pytest.mark.parametrize(
+    ("reason", "error", "category"),
+    [
+        ("agent a1 lost (silent 16 s)", None, "agent_lost"),
+        ("not started within 30 s", None, "assign_timeout"),
+        ("agent restarted without this job", None, "agent_restart"),
+        ("agent did not confirm the cancel", None, "cancel_unconfirmed"),
+        ("CUDA out of memory", {"code": "OOM"}, "oom"),
+        ("something new", None, "other"),
+    ],
+)
 def test_requeue_reason(reason: str, error: dict[str, str] | None, category: str) -> None:
     assert requeue_reason(job_with(reason, error)) == category
 

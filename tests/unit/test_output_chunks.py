@@ -60,8 +60,11 @@ def test_wrong_checksum_is_refused_and_the_part_dropped(tmp_path: Path) -> None:
 
 
 @settings(max_examples=25, deadline=None)
-@given(data=st.binary(min_size=1, max_size=4000),
-       cuts=st.lists(st.integers(0, 4000), max_size=6), broken_at=st.integers(0, 4000))
+@given(
+    data=st.binary(min_size=1, max_size=4000),
+    cuts=st.lists(st.integers(0, 4000), max_size=6),
+    broken_at=st.integers(0, 4000),
+)
 def test_streamed_pieces_and_a_broken_off_body_resume_to_the_same_file(
     tmp_path_factory: pytest.TempPathFactory, data: bytes, cuts: list[int], broken_at: int
 ) -> None:

@@ -24,13 +24,19 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 10**6), agents=st.integers(1, 40), jobs=st.integers(1, 150),
-       busy=st.floats(0.3, 1.0))
+@given(
+    seed=st.integers(0, 10**6),
+    agents=st.integers(1, 40),
+    jobs=st.integers(1, 150),
+    busy=st.floats(0.3, 1.0),
+)
 def test_free_agents_alone_place_the_same(seed: int, agents: int, jobs: int, busy: float) -> None:
     rng = random.Random(seed)
     fleet = sb.make_agents(agents, rng, busy_share=busy)
-    queue = [dataclasses.replace(j, queued_at=sb.NOW - rng.uniform(0, 200))  # none starving
-             for j in sb.make_jobs(jobs, sb.NOW, rng)]
+    queue = [
+        dataclasses.replace(j, queued_at=sb.NOW - rng.uniform(0, 200))  # none starving
+        for j in sb.make_jobs(jobs, sb.NOW, rng)
+    ]
     assert not pacing.any_starving(queue, sb.NOW)
     free = [a for a in fleet if pacing.has_free_slot([a])]
     whole = plan(queue, fleet, sb.NOW, max_placements=50, explain=frozenset())
@@ -39,21 +45,37 @@ def test_free_agents_alone_place_the_same(seed: int, agents: int, jobs: int, bus
 
 
 @settings(max_examples=60, deadline=None)
-@given(caps=st.lists(st.tuples(st.integers(0, 3), st.booleans()), min_size=0, max_size=4),
-       placed=st.lists(st.integers(0, 4), max_size=8), status=st.sampled_from(list(AgentStatus)),
-       draining=st.booleans())
+@given(
+    caps=st.lists(st.tuples(st.integers(0, 3), st.booleans()), min_size=0, max_size=4),
+    placed=st.lists(st.integers(0, 4), max_size=8),
+    status=st.sampled_from(list(AgentStatus)),
+    draining=st.booleans(),
+)
 def test_free_slot_without_a_view_agrees_with_the_view(
     caps: list[tuple[int, bool]], placed: list[int], status: AgentStatus, draining: bool
 ) -> None:
-    agent = AgentState("a", status, 0.0, 0.0, draining=draining,
-                       instances=[InstanceInfo(instance_id=f"i{n}", gpu_index=None,
-                                               healthy=healthy, capacity=cap)
-                                  for n, (cap, healthy) in enumerate(caps)])
+    agent = AgentState(
+        "a",
+        status,
+        0.0,
+        0.0,
+        draining=draining,
+        instances=[
+            InstanceInfo(instance_id=f"i{n}", gpu_index=None, healthy=healthy, capacity=cap)
+            for n, (cap, healthy) in enumerate(caps)
+        ],
+    )
     jobs: dict[str, JobRecord] = {}
     for n, slot in enumerate(placed):  # slot 4 and beyond: an instance the agent no longer has
-        job = JobRecord(id=f"j{n}", spec=JobSpec(workflow={}), workflow_hash="h",
-                        created_at=0.0, status=JobStatus.RUNNING, agent_id="a",
-                        instance_id=f"i{slot}")
+        job = JobRecord(
+            id=f"j{n}",
+            spec=JobSpec(workflow={}),
+            workflow_hash="h",
+            created_at=0.0,
+            status=JobStatus.RUNNING,
+            agent_id="a",
+            instance_id=f"i{slot}",
+        )
         jobs[job.id] = job
         agent.jobs.add(job.id)
     agent.jobs.add("gone")  # an id the job index no longer holds

@@ -82,8 +82,9 @@ def agent_st(draw: st.DrawFn, agent_id: str) -> AgentView:
         models=draw(st.frozensets(st.sampled_from(MODELS))),
         recent_hashes=tuple(draw(st.lists(st.sampled_from(HASHES), unique=True, max_size=2))),
         recent_failures=draw(st.sampled_from([0, 0, 1, 2])),
-        node_classes=draw(st.sampled_from([None, None, frozenset(CLASSES),
-                                           frozenset(CLASSES[:1])])),
+        node_classes=draw(
+            st.sampled_from([None, None, frozenset(CLASSES), frozenset(CLASSES[:1])])
+        ),
     )
 
 

@@ -505,12 +505,13 @@ def test_non_terminal_jobs_oldest_first(store: Store) -> None:
     assert next(iter(store.non_terminal_jobs())) == store.get_job(got[0].id)
 
 
-@given(statuses=st.lists(st.sampled_from(list(JobStatus)), max_size=12),
-       page=st.integers(1, 5))
-@settings(max_examples=25, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_non_terminal_jobs_in_pages_see_each_job_once(store: Store, statuses: list[JobStatus],
-                                                      page: int) -> None:
+@given(statuses=st.lists(st.sampled_from(list(JobStatus)), max_size=12), page=st.integers(1, 5))
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_non_terminal_jobs_in_pages_see_each_job_once(
+    store: Store, statuses: list[JobStatus], page: int
+) -> None:
     """Recovery reads in pages and updates jobs as it goes (SUBMITTED -> QUEUED): every
     non-terminal job comes exactly once, in order, whatever the page size."""
     prefix = f"p{uuid.uuid4().hex[:8]}-"  # the store outlives one example

@@ -13,8 +13,10 @@ from comfyfleet.shared.errors import InvalidInput
 from comfyfleet.shared.workflow import find_cycle, validate_workflow, workflow_hash
 
 GOOD = {
-    "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1,
-                                                 "color": 0}},
+    "1": {
+        "class_type": "EmptyImage",
+        "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0},
+    },
     "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t"}},
 }
 
@@ -35,10 +37,15 @@ def test_good_workflow_passes() -> None:
         ({"1": {"class_type": "", "inputs": {}}}, "workflow.1.class_type", "missing"),
         ({"1": {"class_type": "A", "inputs": []}}, "workflow.1.inputs", "type"),
         ({"1": {"class_type": "A", "inputs": {"x": ["9", 0]}}}, "workflow.1.inputs.x", "bad_link"),
-        ({"1": {"class_type": "A", "inputs": {"x": ["1", -1]}}}, "workflow.1.inputs.x",
-         "bad_link"),
-        ({"1": {"class_type": "A", "inputs": {"x": ["2", 0]}},
-          "2": {"class_type": "B", "inputs": {"y": ["1", 0]}}}, "workflow", "cycle"),
+        ({"1": {"class_type": "A", "inputs": {"x": ["1", -1]}}}, "workflow.1.inputs.x", "bad_link"),
+        (
+            {
+                "1": {"class_type": "A", "inputs": {"x": ["2", 0]}},
+                "2": {"class_type": "B", "inputs": {"y": ["1", 0]}},
+            },
+            "workflow",
+            "cycle",
+        ),
         ({"1": {"class_type": "A", "inputs": {"x": ["1", 0]}}}, "workflow", "cycle"),
     ],
 )
@@ -57,8 +64,10 @@ def test_ui_format_message_says_how_to_export() -> None:
 
 
 def test_long_chain_has_no_cycle_and_no_recursion_limit() -> None:
-    chain = {str(i): {"class_type": "N", "inputs": {"x": [str(i - 1), 0]} if i else {}}
-             for i in range(5000)}
+    chain = {
+        str(i): {"class_type": "N", "inputs": {"x": [str(i - 1), 0]} if i else {}}
+        for i in range(5000)
+    }
     assert find_cycle(chain) is None
     validate_workflow(chain)
 
@@ -67,8 +76,10 @@ def test_hash_ignores_key_order() -> None:
     shuffled = json.loads(json.dumps(GOOD))
     items = list(shuffled.items())
     random.Random(1).shuffle(items)
-    reordered = {k: {"inputs": dict(reversed(list(v["inputs"].items()))),
-                     "class_type": v["class_type"]} for k, v in items}
+    reordered = {
+        k: {"inputs": dict(reversed(list(v["inputs"].items()))), "class_type": v["class_type"]}
+        for k, v in items
+    }
     assert workflow_hash(reordered) == workflow_hash(GOOD)
 
 
@@ -80,8 +91,9 @@ def test_hash_changes_with_values() -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=5),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
-                                                                max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
     max_leaves=10,
 )
 
