@@ -141,6 +141,21 @@ class CoordinatorClient:
     async def finish(self, msg: p.Finish) -> p.Ack:
         return await self.call("finish", msg, p.Ack, retries=8)
 
+    async def _upload_call(
+        self, method: str, url: str, params: dict[str, str], data: bytes | None = None
+    ) -> p.UploadState:
+        """One output request: PUT a chunk, or GET how much of the file the coordinator holds."""
+        async with self.session.request(
+            method,
+            url,
+            params=params,
+            data=data,
+            timeout=self.timeout,
+            headers={"Accept": codec.MSGPACK, **self.auth},
+            ssl=self.ssl,
+        ) as resp:
+            return self._answer(resp.status, resp.content_type, await resp.read(), p.UploadState)
+
     async def upload(
         self, job: p.JobRef, name: str, path: Path, size: int, sha256: str, chunk_size: int
     ) -> None:
@@ -154,16 +169,7 @@ class CoordinatorClient:
             while True:
                 try:
                     if failures:  # after trouble, ask where to resume
-                        async with self.session.get(
-                            url,
-                            params=params,
-                            timeout=self.timeout,
-                            headers={"Accept": codec.MSGPACK, **self.auth},
-                            ssl=self.ssl,
-                        ) as resp:
-                            state = self._answer(
-                                resp.status, resp.content_type, await resp.read(), p.UploadState
-                            )
+                        state = await self._upload_call("GET", url, params)
                         offset = state.received
                         if state.complete:
                             return
@@ -180,17 +186,9 @@ class CoordinatorClient:
                                 asyncio.to_thread(_read_at, path, offset + len(data), chunk_size)
                             ),
                         )
-                    async with self.session.put(
-                        url,
-                        params={**params, "offset": str(offset), "sha256": sha256},
-                        data=data,
-                        timeout=self.timeout,
-                        headers={"Accept": codec.MSGPACK, **self.auth},
-                        ssl=self.ssl,
-                    ) as resp:
-                        state = self._answer(
-                            resp.status, resp.content_type, await resp.read(), p.UploadState
-                        )
+                    state = await self._upload_call(
+                        "PUT", url, {**params, "offset": str(offset), "sha256": sha256}, data
+                    )
                     if state.complete:
                         return
                     offset = state.received

@@ -556,23 +556,6 @@ class Coordinator:
         self.feed.progress(job, live, preview=live.previews != previews)
         return p.Ack(status="cancel" if job.desired != "run" else job.status.value)
 
-    def upload(
-        self,
-        agent_id: str,
-        job_id: str,
-        attempt: int,
-        name: str,
-        offset: int,
-        size: int,
-        sha256: str,
-        data: bytes,
-    ) -> p.UploadState:
-        self._fenced(agent_id, job_id, attempt)
-        result = self.outputs.write_chunk(job_id, attempt, name, offset, size, sha256, data)
-        return p.UploadState(
-            name=name, received=result.received, size=size, complete=result.complete
-        )
-
     def open_upload(
         self,
         agent_id: str,
@@ -584,7 +567,8 @@ class Coordinator:
         sha256: str,
         length: int | None,
     ) -> ChunkSink | p.UploadState:
-        """Streaming form of `upload`: a sink for the chunk's bytes (see api/upload.py)."""
+        """A sink for one output chunk's bytes as they stream in (see api/upload.py), or the
+        file's state when it is already stored."""
         self._fenced(agent_id, job_id, attempt)
         sink = self.outputs.open_chunk(job_id, attempt, name, offset, size, sha256, length)
         if isinstance(sink, ChunkResult):
