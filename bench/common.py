@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import psutil
 
+from comfyfleet.shared import sample_workflows as sample
 from tests.helpers import procs
 from tests.helpers.protocol_agent import ProtocolAgent
 
@@ -66,9 +67,8 @@ def tiny_workflow(tag: int, size: int = 64) -> dict[str, Any]:
 
 def txt2img(tag: int) -> dict[str, Any]:
     """A typical 7-node SDXL text-to-image graph (what most queued jobs look like)."""
-    from tests.helpers.fleet import txt2img as t2i
-
-    return t2i(1024, 1024, steps=30, prefix=f"a cat number {tag}, photorealistic", seed=tag)
+    text = f"a cat number {tag}, photorealistic"
+    return sample.txt2img(1024, 1024, steps=30, seed=tag, ckpt=sample.SDXL, prefix=text, text=text)
 
 
 class Sampler:

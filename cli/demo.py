@@ -24,6 +24,8 @@ import msgspec
 
 from comfyfleet.cache_stats import cache_hit_line
 from comfyfleet.client import APIError, AsyncClient, ClientError, Job
+from comfyfleet.shared import sample_workflows as sample
+from comfyfleet.shared.sample_workflows import SD15, SDXL
 
 SIZES = [(512, 512), (768, 512), (512, 768), (640, 640), (1024, 576), (576, 1024), (1024, 1024)]
 
@@ -34,7 +36,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-SD15, SDXL = "v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors"
 MODEL_MB = {SD15: 2048, SDXL: 6600}
 
 
@@ -46,35 +47,16 @@ def vram_needed(width: int, height: int, ckpt: str) -> int:
 def txt2img(
     width: int, height: int, steps: int = 12, seed: int = -1, ckpt: str = SD15, prefix: str = "demo"
 ) -> dict[str, Any]:
-    return {
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "5": {
-            "class_type": "EmptyLatentImage",
-            "inputs": {"width": width, "height": height, "batch_size": 1},
-        },
-        "6": {
-            "class_type": "CLIPTextEncode",
-            "inputs": {"text": "a lighthouse at dusk", "clip": ["4", 1]},
-        },
-        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
-        "3": {
-            "class_type": "KSampler",
-            "inputs": {
-                "seed": seed,
-                "steps": steps,
-                "cfg": 7.0,
-                "sampler_name": "euler",
-                "scheduler": "normal",
-                "denoise": 1.0,
-                "model": ["4", 0],
-                "positive": ["6", 0],
-                "negative": ["7", 0],
-                "latent_image": ["5", 0],
-            },
-        },
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": prefix}},
-    }
+    return sample.txt2img(
+        width,
+        height,
+        steps=steps,
+        seed=seed,
+        ckpt=ckpt,
+        prefix=prefix,
+        text="a lighthouse at dusk",
+        negative="blurry",
+    )
 
 
 def invert(width: int, height: int) -> dict[str, Any]:
