@@ -21,7 +21,6 @@ from comfyfleet.coordinator.api.errors import Handler, error_response
 from comfyfleet.coordinator.api.keys import COORDINATOR
 from comfyfleet.coordinator.errors import NotFound
 from comfyfleet.coordinator.keyring import OPEN, KeyRing, Principal
-from comfyfleet.coordinator.model import JobRecord
 
 Rule = Literal["public", "client", "admin", "agent"]
 KEYRING = web.AppKey("keyring", KeyRing)
@@ -115,13 +114,6 @@ def tenant_filter(request: web.Request) -> str | None:
     """The tenant whose jobs a listing shows; None (all) for an admin."""
     who = principal(request)
     return None if who.admin else who.tenant
-
-
-def visible(request: web.Request, job: JobRecord) -> JobRecord:
-    """The job, if the caller may see it; another tenant's job answers as if it did not exist."""
-    if not principal(request).sees(job.tenant):
-        raise NotFound(f"no job {job.id}", "job_id")
-    return job
 
 
 def check_agent(request: web.Request, agent_id: str) -> None:

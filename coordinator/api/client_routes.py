@@ -6,7 +6,7 @@ import re
 
 from aiohttp import web
 
-from comfyfleet.coordinator.api.auth import principal, tenant_filter, visible
+from comfyfleet.coordinator.api.auth import principal, tenant_filter
 from comfyfleet.coordinator.api.body import decode_body, reply
 from comfyfleet.coordinator.api.keys import CONFIG, COORDINATOR
 from comfyfleet.coordinator.api.views import agent_json, job_json
@@ -95,14 +95,14 @@ async def list_jobs(request: web.Request) -> web.Response:
 @routes.get("/v1/jobs/{job_id}")
 async def get_job(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR]
-    job = visible(request, coord.get(_id(request, "job_id")))
+    job = coord.get(_id(request, "job_id"))
     return reply(request, job_json(job, coord.progress.get(job.id), coord=coord))
 
 
 @routes.post("/v1/jobs/{job_id}/cancel")
 async def cancel_job(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR]
-    job = coord.cancel(visible(request, coord.get(_id(request, "job_id"))).id)
+    job = coord.cancel(coord.get(_id(request, "job_id")).id)
     status = 200 if job.status == JobStatus.CANCELLED else 202
     return reply(request, job_json(job, coord.progress.get(job.id), coord=coord), status=status)
 
@@ -111,7 +111,7 @@ async def cancel_job(request: web.Request) -> web.Response:
 async def get_output(request: web.Request) -> web.StreamResponse:
     coord = request.app[COORDINATOR]
     name = check_name(request.match_info["name"])  # before anything else touches the name
-    job = visible(request, coord.get(_id(request, "job_id")))
+    job = coord.get(_id(request, "job_id"))
     entry = next((o for o in job.outputs if o["name"] == name), None)
     if entry is None:
         raise NotFound(f"job {job.id} has no output {name!r}", "name")
@@ -128,7 +128,7 @@ async def get_output(request: web.Request) -> web.StreamResponse:
 @routes.get("/v1/jobs/{job_id}/preview")
 async def get_preview(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR]
-    job_id = visible(request, coord.get(_id(request, "job_id"))).id
+    job_id = coord.get(_id(request, "job_id")).id
     live = coord.progress.get(job_id)
     if live is None or live.preview is None:
         raise NotFound(f"job {job_id} has no preview now", "job_id")
