@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import signal
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -98,6 +99,7 @@ class Agent:
         self.inventory: Inventory | None = None  # models and node classes all instances have
         self.inventory_sent: Inventory | None = None
         self.inventory_at = float("-inf")
+        self.instance_id = secrets.token_hex(8)  # this process, in Register (issue 12.7)
 
     # ------------------------------------------------------------------ resources
 
@@ -222,6 +224,7 @@ class Agent:
             instances=[i.info() for i in self.instances.values()],
             labels=self.config.labels,
             running=running,
+            instance_id=self.instance_id,
             **self.inventory_fields(changed_only=False),
         )
         reply = await self.coord.register(msg)

@@ -72,6 +72,9 @@ class Register(Msg, frozen=True, kw_only=True):
     # node classes its ComfyUI offers (/object_info); None: not known, nothing is checked
     node_classes: list[str] | None = None
     running: list[RunningJob] = []
+    # random, fixed when the agent process starts: tells a restart of the agent (or another host
+    # using its token) from the same process registering again; "" from older agents
+    instance_id: Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[A-Za-z0-9_-]*$")] = ""
 
 
 class RegisterReply(Msg, frozen=True, kw_only=True):

@@ -74,10 +74,15 @@ async def fleet(aiohttp_client: Any, tmp_path: Path) -> Fleet:
         ("acme", "client", "acme", None),
         ("beta", "client", "beta", None),
         ("admin", "admin", "ops", None),
-        ("fleet", "agent", None, None),
+        ("fleet", "agent", None, None),  # a fleet token: any_agent below
         ("gpu1", "agent", None, "gpu-1"),
     ):
-        cred, entry = new_credential(kind, tenant=tenant, agent_id=agent_id)  # type: ignore[arg-type]
+        cred, entry = new_credential(
+            kind,
+            tenant=tenant,
+            agent_id=agent_id,
+            any_agent=kind == "agent" and agent_id is None,
+        )  # type: ignore[arg-type]
         creds[who] = cred
         entries[entry.id] = entry
     write_keys(config.keys_path, entries)

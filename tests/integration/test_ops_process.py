@@ -258,6 +258,64 @@ async def test_tls_and_keys_end_to_end(
         assert secret.split("_", 2)[2] not in logs
 
 
+def test_sighup_never_switches_authentication_off(
+    tmp_path: Path, started: list[procs.Proc]
+) -> None:
+    """Deleting the keys file, revoking its last key or breaking it, then SIGHUP: anonymous
+    requests (/metrics included) stay refused and the keys loaded before keep working; each
+    failed reload is logged. A good file afterwards is picked up, revocations included."""
+    import urllib.error
+    import urllib.request
+
+    data = tmp_path / "coord"
+    admin = cli("keys", "create", "--admin", "--data-dir", str(data)).stdout.strip()
+    keys = data / "keys.json"
+    coord = procs.coordinator(data, tmp_path).start()
+    started.append(coord)
+    url = coord.url  # type: ignore[attr-defined]
+
+    def status(path: str, cred: str | None = None) -> int:
+        headers = {"Authorization": f"Bearer {cred}"} if cred else {}
+        try:
+            with urllib.request.urlopen(
+                urllib.request.Request(f"{url}{path}", headers=headers), timeout=5
+            ) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    def hup_and_wait(event: str) -> None:
+        before = coord.log().count(event)
+        coord.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while coord.log().count(event) == before:
+            assert time.monotonic() < deadline, f"no {event} after SIGHUP:\n{coord.log()}"
+            time.sleep(0.05)
+
+    assert status("/metrics") == 401 and status("/metrics", admin) == 200
+    good = keys.read_text()
+    for damage in ("delete", "revoke_last", "malformed"):
+        if damage == "delete":
+            keys.unlink()
+        elif damage == "revoke_last":
+            keys.write_text('{"keys": []}')
+        else:
+            keys.write_text("{not json")
+        hup_and_wait("keys_reload_failed")
+        assert coord.alive
+        for path in ("/metrics", "/v1/jobs", "/v1/agents"):
+            assert status(path) == 401, (damage, path)
+        assert status("/metrics", admin) == 200, damage
+    assert "keeping the 1 loaded before" in coord.log()
+    keys.write_text(good)
+    newer = cli("keys", "create", "--admin", "--data-dir", str(data)).stdout.strip()
+    revoked = cli("keys", "revoke", admin.split("_")[1], "--data-dir", str(data))
+    assert revoked.returncode == 0, revoked.stderr
+    hup_and_wait("keys_reloaded")
+    assert status("/metrics", newer) == 200 and status("/metrics", admin) == 401
+    assert status("/metrics") == 401
+
+
 def test_no_keys_refuses_to_listen_beyond_loopback(tmp_path: Path) -> None:
     done = cli(
         "coordinator",
