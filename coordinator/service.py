@@ -31,7 +31,7 @@ from comfyfleet.coordinator.estimates import Estimate, learned_vram_mb
 from comfyfleet.coordinator.events import EventBus
 from comfyfleet.coordinator.feed import Feed
 from comfyfleet.coordinator.fleet import AgentState, AgentStatus, agent_view, has_free_slot
-from comfyfleet.coordinator.inventory import decode_inputs, fleet_gap
+from comfyfleet.coordinator.inventory import check_fleet_can_run, decode_inputs
 from comfyfleet.coordinator.metrics import Metrics
 from comfyfleet.coordinator.model import AgentRecord, JobRecord, WorkflowFacts
 from comfyfleet.coordinator.outputs import ChunkResult, ChunkSink, OutputFiles
@@ -254,17 +254,7 @@ class Coordinator:
         if spec.inputs:
             decode_inputs(spec.inputs, self.config.max_input_bytes)
         facts = WorkflowFacts.of(spec.workflow)
-        gap = fleet_gap(
-            facts.model_refs,
-            facts.node_classes,
-            [
-                (a.models, a.node_classes)
-                for a in self.agents.values()
-                if a.status != AgentStatus.LOST
-            ],
-        )
-        if gap is not None:
-            raise Unprocessable(f"no agent can run this workflow: {gap}", "workflow")
+        check_fleet_can_run(spec, facts, self.agents.values())
         vram = spec.resources.vram_mb
         if vram is None:
             largest = max(
