@@ -140,11 +140,12 @@ async def get_preview(request: web.Request) -> web.Response:
 async def list_agents(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR]
     now = coord.clock()
+    tenant = tenant_filter(request)
     return reply(
         request,
         {
             "agents": [
-                agent_json(coord, a, now)
+                agent_json(coord, a, now, tenant)
                 for a in sorted(coord.agents.values(), key=lambda a: a.agent_id)
             ]
         },
@@ -155,11 +156,13 @@ async def list_agents(request: web.Request) -> web.Response:
 async def get_agent(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR]
     agent = coord.agent(_id(request, "agent_id"))
-    return reply(request, agent_json(coord, agent, coord.clock()))
+    return reply(request, agent_json(coord, agent, coord.clock(), tenant_filter(request)))
 
 
 @routes.post("/v1/agents/{agent_id}/drain")
 async def drain_agent(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR]
     agent = coord.drain(_id(request, "agent_id"))
-    return reply(request, agent_json(coord, agent, coord.clock()), status=202)
+    return reply(
+        request, agent_json(coord, agent, coord.clock(), tenant_filter(request)), status=202
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -93,7 +94,20 @@ def job_eta(coord: Coordinator, job: JobRecord, live: LiveProgress | None) -> di
     )
 
 
-def agent_json(coord: Coordinator, agent: AgentState, now: float) -> dict[str, Any]:
+def visible_job_ids(coord: Coordinator, job_ids: Iterable[str], tenant: str | None) -> list[str]:
+    """The ids among `job_ids` of jobs the tenant may see (all for None, an admin), sorted: a
+    tenant sees the fleet's agents, GPUs and capacity, but never another tenant's job ids."""
+    if tenant is None:
+        return sorted(job_ids)
+    return sorted(
+        j for j in job_ids if (job := coord.jobs.get(j)) is not None and job.tenant == tenant
+    )
+
+
+def agent_json(
+    coord: Coordinator, agent: AgentState, now: float, tenant: str | None = None
+) -> dict[str, Any]:
+    """An agent as `tenant` sees it (None: an admin, who sees every job id)."""
     view = agent_view(agent, coord.jobs, 600.0, now)
     gpus = []
     for g, v in zip(agent.gpus, view.gpus, strict=True):
@@ -121,6 +135,6 @@ def agent_json(coord: Coordinator, agent: AgentState, now: float) -> dict[str, A
         "node_classes": None if agent.node_classes is None else len(agent.node_classes),
         "recent": {i: list(r) for i, r in agent.recent_by_instance.items()},
         "blocked_workflows": coord.blocks.blocked_on(agent.agent_id, now),
-        "jobs": sorted(agent.jobs),
+        "jobs": visible_job_ids(coord, agent.jobs, tenant),
         "ram_reserved_mb": view.ram_reserved_mb,
     }
