@@ -14,6 +14,7 @@ from comfyfleet.coordinator.errors import NotFound
 from comfyfleet.coordinator.outputs import check_name
 from comfyfleet.shared.errors import InvalidInput
 from comfyfleet.shared.jobspec import JobSpec
+from comfyfleet.shared.media import served_as
 from comfyfleet.shared.status import JobStatus
 
 routes = web.RouteTableDef()
@@ -116,10 +117,13 @@ async def get_output(request: web.Request) -> web.StreamResponse:
     if entry is None:
         raise NotFound(f"job {job.id} has no output {name!r}", "name")
     path = coord.outputs.final_path(job.id, entry["attempt"], name)
+    served = served_as(name)  # never the type the agent declared
     return web.FileResponse(
         path,
         headers={
-            "Content-Type": entry.get("content_type", "application/octet-stream"),
+            "Content-Type": served.content_type,
+            "X-Content-Type-Options": "nosniff",
+            "Content-Disposition": served.disposition,
             "ETag": f'"{entry["sha256"]}"',
         },
     )

@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 
 from comfyfleet.coordinator.estimates import eta, expected_duration_s
+from comfyfleet.coordinator.feed import output_json
 from comfyfleet.coordinator.fleet import AgentState, agent_view
 from comfyfleet.coordinator.model import JobRecord
 from comfyfleet.coordinator.service import Coordinator, LiveProgress
@@ -53,13 +54,7 @@ def job_json(
         "retries_used": job.retries_used,
         "max_retries": spec.max_retries,
         "error": job.error,
-        "outputs": [
-            {
-                **{k: v for k, v in o.items() if k != "attempt"},
-                "url": f"/v1/jobs/{job.id}/outputs/{o['name']}",
-            }
-            for o in job.outputs
-        ],
+        "outputs": [output_json(job, o) for o in job.outputs],
         "workflow_hash": job.workflow_hash,
         "shape_hash": job.workflow_facts.shape,
         "metadata": spec.metadata,
