@@ -127,6 +127,9 @@ async def serve(config: CoordinatorConfig) -> int:
     else:
         log.info("coordinator_stopping", reason="signal")
     stopped.cancel()
+    # the sweeper stops first: while we stop, agents cannot reach us, and must not be declared
+    # lost (and their jobs requeued) for it
+    await app[SUPERVISOR].stop()
     await graceful.stop(runner, [site], app[graceful.INFLIGHT], config.shutdown_grace_s)
     return code
 

@@ -381,3 +381,104 @@ def test_sigterm_finishes_the_request_in_flight_and_commits(
 
     with urllib.request.urlopen(f"{again.url}/v1/jobs/{job_id}", timeout=5) as resp:  # type: ignore[attr-defined]
         assert json.loads(resp.read())["id"] == job_id
+
+
+def test_sigterm_does_not_wait_for_a_lease_long_poll(
+    tmp_path: Path, started: list[procs.Proc]
+) -> None:
+    """An idle coordinator with an agent in its lease long-poll exits at once on SIGTERM: the
+    long poll is answered 503 (retry) when the stop begins instead of holding the stop until its
+    wait (25 s) or the server's shutdown timeout (10 s) runs out, and no agent is declared lost
+    meanwhile."""
+    import threading
+
+    coord = procs.coordinator(tmp_path / "coord", tmp_path, extra=["--heartbeat-interval", "30"])
+    coord.start()
+    started.append(coord)
+    url = coord.url  # type: ignore[attr-defined]
+
+    assert agent_post(url, "register", AGENT_A1, 5)[0] == 200
+    answer: list[tuple[int, dict[str, Any]]] = []
+    poll = threading.Thread(
+        target=lambda: answer.append(
+            agent_post(url, "lease", {"agent_id": "a1", "free": {"0": 1}, "wait_s": 25}, 40)
+        )
+    )
+    poll.start()
+    time.sleep(1.0)  # the lease is now waiting in the coordinator
+    assert not answer
+    t0 = time.monotonic()
+    coord.signal(signal.SIGTERM)
+    assert coord.proc is not None
+    code = coord.proc.wait(30)
+    took = time.monotonic() - t0
+    poll.join(30)
+    assert code == 0, coord.log()
+    assert answer and answer[0][0] == 503, answer
+    assert answer[0][1]["error"]["code"] == "stopping"
+    assert took < 5.0, f"exit took {took:.1f} s: it waited for the long poll"
+    assert "agent_lost" not in coord.log()
+
+
+AGENT_A1 = {
+    "agent_id": "a1",
+    "gpus": [{"index": 0, "name": "g", "vram_total_mb": 8000, "vram_free_mb": 8000}],
+    "instances": [{"instance_id": "0", "gpu_index": 0}],
+}
+
+
+def agent_post(
+    url: str, path: str, body: dict[str, Any], timeout: float
+) -> tuple[int, dict[str, Any]]:
+    """One agent protocol call in JSON: (status, body)."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"{url}/agent/v1/{path}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return int(resp.status), json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_no_agent_is_declared_lost_while_the_coordinator_stops(
+    tmp_path: Path, started: list[procs.Proc]
+) -> None:
+    """While a stop waits for a request in flight, agents cannot reach the coordinator (it no
+    longer accepts connections): the sweeper must not declare them lost and requeue their jobs
+    for that. Lost after 1.5 s of silence here; the stop lasts over 3 s."""
+    coord = procs.coordinator(
+        tmp_path / "coord",
+        tmp_path,
+        extra=["--heartbeat-interval", "0.4", "--set", "lost_grace_s=0.3"],
+    ).start()
+    started.append(coord)
+    url = coord.url  # type: ignore[attr-defined]
+    port = int(url.rsplit(":", 1)[1])
+    body = json.dumps({"workflow": txt2img(64, 64)}).encode()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(
+        b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+        b"\r\nConnection: close\r\nExpect: 100-continue\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+    )
+    interim = b""
+    while b"\r\n\r\n" not in interim:
+        interim += sock.recv(1)
+    assert agent_post(url, "register", AGENT_A1, 5)[0] == 200
+    coord.signal(signal.SIGTERM)  # the agent's last word was just now
+    time.sleep(3.0)  # twice the time after which a silent agent is lost
+    sock.sendall(body)
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 201"), answer[:300]
+    assert coord.proc is not None and coord.proc.wait(20) == 0, coord.log()
+    assert "agent_registered" in coord.log() and "agent_lost" not in coord.log()
