@@ -166,3 +166,14 @@ def test_older_env_names_still_work_and_the_field_name_wins(
         2.0,
         11.0,
     )
+
+
+def test_readme_quotes_the_gpus_help_as_the_cli_has_it() -> None:
+    """The README's first-run path tells how to submit to a CPU-only ComfyUI, quoting `--gpus`."""
+    from comfyfleet.main import build_parser
+
+    submit = build_parser()._subparsers._group_actions[0].choices["submit"]  # type: ignore[union-attr]
+    (gpus,) = [a for a in submit._actions if "--gpus" in a.option_strings]
+    assert gpus.help and "CPU-only" in gpus.help
+    readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
+    assert f'says of `--gpus`: "{gpus.help}"' in readme
