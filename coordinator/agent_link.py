@@ -7,40 +7,24 @@ the one coordinator that places jobs; a registration is also saved to the store 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import structlog
 
 from comfyfleet.coordinator import jobs as moves
-from comfyfleet.coordinator.config import CoordinatorConfig
 from comfyfleet.coordinator.errors import NotFound
 from comfyfleet.coordinator.fleet import AgentState, AgentStatus, register_info
 from comfyfleet.coordinator.inventory import decode_inputs
-from comfyfleet.coordinator.ledger import Change, Ledger
+from comfyfleet.coordinator.ledger import Change
 from comfyfleet.coordinator.model import AgentRecord, JobRecord
-from comfyfleet.coordinator.state import Live, LiveProgress
-from comfyfleet.coordinator.store import Store
+from comfyfleet.coordinator.parts import Part
+from comfyfleet.coordinator.state import LiveProgress
 from comfyfleet.shared import protocol as p
 from comfyfleet.shared.status import ACTIVE, JobEvent, JobStatus
 
 log = structlog.get_logger("coordinator")
 
 
-class AgentLink:
-    def __init__(
-        self,
-        config: CoordinatorConfig,
-        store: Store,
-        live: Live,
-        ledger: Ledger,
-        clock: Callable[[], float],
-    ) -> None:
-        self.config = config
-        self.store = store
-        self.live = live
-        self.ledger = ledger
-        self.clock = clock
-
+class AgentLink(Part):
     def register(self, msg: p.Register) -> p.RegisterReply:
         """(Re)connect an agent: reconcile the jobs it reports with the jobs placed on it."""
         now = self.clock()

@@ -8,22 +8,19 @@ and for admission (queue depth, the fleet's inventory and VRAM, learned estimate
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import structlog
 
 from comfyfleet.coordinator import jobs as moves
 from comfyfleet.coordinator.admission import check_queue
-from comfyfleet.coordinator.config import CoordinatorConfig
 from comfyfleet.coordinator.errors import Conflict, NotFound, Unprocessable
 from comfyfleet.coordinator.estimates import learned_vram_mb
 from comfyfleet.coordinator.fleet import AgentState, AgentStatus
 from comfyfleet.coordinator.inventory import decode_inputs, fleet_gap
-from comfyfleet.coordinator.learning import Learning
-from comfyfleet.coordinator.ledger import Change, Ledger
+from comfyfleet.coordinator.ledger import Change
 from comfyfleet.coordinator.model import JobRecord, WorkflowFacts
-from comfyfleet.coordinator.state import Live
-from comfyfleet.coordinator.store import Store
+from comfyfleet.coordinator.parts import Part
 from comfyfleet.shared.errors import InvalidInput
 from comfyfleet.shared.jobspec import JobSpec
 from comfyfleet.shared.status import TERMINAL, JobEvent, JobStatus
@@ -32,23 +29,7 @@ from comfyfleet.shared.workflow import check_depth, validate_workflow, workflow_
 log = structlog.get_logger("coordinator")
 
 
-class Intake:
-    def __init__(
-        self,
-        config: CoordinatorConfig,
-        store: Store,
-        live: Live,
-        ledger: Ledger,
-        learning: Learning,
-        clock: Callable[[], float],
-    ) -> None:
-        self.config = config
-        self.store = store
-        self.live = live
-        self.ledger = ledger
-        self.learning = learning
-        self.clock = clock
-
+class Intake(Part):
     def submit(
         self, spec: JobSpec, idempotency_key: str | None = None, tenant: str = "default"
     ) -> tuple[JobRecord, bool]:

@@ -108,19 +108,6 @@ class Ledger:
         new = moves.released(job, now, reason, spend_retry=spend_retry, error=error)
         return Change(job, new, released)
 
-    def release(
-        self,
-        job: JobRecord,
-        now: float,
-        reason: str,
-        *,
-        spend_retry: bool,
-        error: dict[str, Any] | None = None,
-    ) -> JobRecord:
-        change = self.release_change(job, now, reason, spend_retry=spend_retry, error=error)
-        self.apply([change])
-        return change.new
-
 
 async def survive_store_faults(step: Callable[[], object]) -> bool:
     """Run one loop step; a full or read-only store pauses the loop instead of killing it."""

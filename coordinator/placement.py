@@ -14,39 +14,20 @@ from collections.abc import Callable
 
 from comfyfleet.coordinator import jobs as moves
 from comfyfleet.coordinator.blocking import apply_blocks
-from comfyfleet.coordinator.config import CoordinatorConfig
 from comfyfleet.coordinator.fleet import AgentStatus, agent_view, has_free_slot
-from comfyfleet.coordinator.learning import Learning
-from comfyfleet.coordinator.ledger import Change, Ledger, survive_store_faults
-from comfyfleet.coordinator.metrics import Metrics
+from comfyfleet.coordinator.ledger import Change, survive_store_faults
 from comfyfleet.coordinator.model import JobRecord
 from comfyfleet.coordinator.pacing import any_starving, plan_call
+from comfyfleet.coordinator.parts import Part
 from comfyfleet.coordinator.scheduler.model import Placement
 from comfyfleet.coordinator.scheduler.plan import plan
-from comfyfleet.coordinator.state import Live
 
 MAX_PLACEMENTS_PER_PLAN = 2000
 RECENT_FAILURE_WINDOW_S = 600.0
 PLAN_REST_MAX_S = 0.1
 
 
-class Placer:
-    def __init__(
-        self,
-        config: CoordinatorConfig,
-        live: Live,
-        ledger: Ledger,
-        learning: Learning,
-        metrics: Metrics,
-        clock: Callable[[], float],
-    ) -> None:
-        self.config = config
-        self.live = live
-        self.ledger = ledger
-        self.learning = learning
-        self.metrics = metrics
-        self.clock = clock
-
+class Placer(Part):
     def schedule_once(self) -> int:
         """Run one placement plan over the queue; returns how many jobs were placed."""
         live = self.live

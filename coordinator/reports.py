@@ -7,7 +7,6 @@ the job's current one (StaleAttempt), so a late or duplicate report never moves 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -17,35 +16,18 @@ from comfyfleet.coordinator import jobs as moves
 from comfyfleet.coordinator.blocking import classify
 from comfyfleet.coordinator.errors import NotFound, StaleAttempt, Unprocessable
 from comfyfleet.coordinator.fleet import AgentState
-from comfyfleet.coordinator.learning import Learning
-from comfyfleet.coordinator.ledger import Change, Ledger
+from comfyfleet.coordinator.ledger import Change
 from comfyfleet.coordinator.model import JobRecord
-from comfyfleet.coordinator.outputs import ChunkResult, ChunkSink, OutputFiles
-from comfyfleet.coordinator.state import Live, LiveProgress
-from comfyfleet.coordinator.store import Store
+from comfyfleet.coordinator.outputs import ChunkResult, ChunkSink
+from comfyfleet.coordinator.parts import Part
+from comfyfleet.coordinator.state import LiveProgress
 from comfyfleet.shared import protocol as p
 from comfyfleet.shared.status import ACTIVE, JobEvent, JobStatus
 
 log = structlog.get_logger("coordinator")
 
 
-class Reports:
-    def __init__(
-        self,
-        store: Store,
-        live: Live,
-        ledger: Ledger,
-        learning: Learning,
-        outputs: OutputFiles,
-        clock: Callable[[], float],
-    ) -> None:
-        self.store = store
-        self.live = live
-        self.ledger = ledger
-        self.learning = learning
-        self.outputs = outputs
-        self.clock = clock
-
+class Reports(Part):
     def fenced(self, agent_id: str, job_id: str, attempt: int) -> JobRecord:
         """The job, if `attempt` on `agent_id` is its current active attempt; else StaleAttempt
         (or NotFound for a job that never existed)."""
@@ -190,12 +172,15 @@ class Reports:
             err = {"code": "timeout", "message": reason}
         else:
             reason = (err or {}).get("message") or f"agent gave the job back ({msg.outcome})"
-        new = self.ledger.release(job, now, reason, spend_retry=msg.spend_retry, error=err)
+        released = self.ledger.release_change(
+            job, now, reason, spend_retry=msg.spend_retry, error=err
+        )
+        self.ledger.apply([released])
         if host_fault:  # this host lacks something: block the pair, try another host
             self.learning.pair_failed(msg.agent_id, job.workflow_facts.shape, now, err)
         if msg.outcome == "failed" and agent is not None:
             agent.recent_failures.append(now)
-        return p.Ack(status=new.status.value)
+        return p.Ack(status=released.new.status.value)
 
     def _completed(
         self, job: JobRecord, msg: p.Finish, agent: AgentState | None, now: float

@@ -31,6 +31,7 @@ from comfyfleet.coordinator.ledger import Ledger
 from comfyfleet.coordinator.metrics import Metrics
 from comfyfleet.coordinator.model import JobRecord
 from comfyfleet.coordinator.outputs import OutputFiles
+from comfyfleet.coordinator.parts import Parts
 from comfyfleet.coordinator.placement import Placer
 from comfyfleet.coordinator.recovery import recover
 from comfyfleet.coordinator.reports import Reports
@@ -63,11 +64,14 @@ class Coordinator:
         self.live = Live(config, self.feed, clock)
         self.learning = Learning(config, self.live.counters, self.emit)
         self.ledger = Ledger(store, self.live, outputs)
-        self.intake = Intake(config, store, self.live, self.ledger, self.learning, clock)
-        self.agent_link = AgentLink(config, store, self.live, self.ledger, clock)
-        self.reports = Reports(store, self.live, self.ledger, self.learning, outputs, clock)
-        self.placer = Placer(config, self.live, self.ledger, self.learning, self.metrics, clock)
-        self.sweeper = Sweeper(config, self.live, self.ledger, self.learning, clock)
+        parts = Parts(
+            config, store, outputs, self.live, self.ledger, self.learning, self.metrics, clock
+        )
+        self.intake = Intake(parts)
+        self.agent_link = AgentLink(parts)
+        self.reports = Reports(parts)
+        self.placer = Placer(parts)
+        self.sweeper = Sweeper(parts)
         self.metrics.watch(self)
         # client calls (any coordinator)
         self.submit = self.intake.submit

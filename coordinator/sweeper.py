@@ -5,36 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable
 
 import structlog
 
-from comfyfleet.coordinator.config import CoordinatorConfig
 from comfyfleet.coordinator.fleet import AgentState, AgentStatus
-from comfyfleet.coordinator.learning import Learning
-from comfyfleet.coordinator.ledger import Change, Ledger, survive_store_faults
+from comfyfleet.coordinator.ledger import Change, survive_store_faults
 from comfyfleet.coordinator.model import JobRecord
-from comfyfleet.coordinator.state import Live
+from comfyfleet.coordinator.parts import Part
 from comfyfleet.shared.status import ACTIVE, JobStatus
 
 log = structlog.get_logger("coordinator")
 
 
-class Sweeper:
-    def __init__(
-        self,
-        config: CoordinatorConfig,
-        live: Live,
-        ledger: Ledger,
-        learning: Learning,
-        clock: Callable[[], float],
-    ) -> None:
-        self.config = config
-        self.live = live
-        self.ledger = ledger
-        self.learning = learning
-        self.clock = clock
-
+class Sweeper(Part):
     def sweep(self) -> None:
         """Lost agents, assign timeouts, job timeouts, unconfirmed cancels, ended blocks."""
         now = self.clock()
@@ -70,11 +53,9 @@ class Sweeper:
         if agent.status != AgentStatus.LOST:
             return
         for job_id in list(agent.jobs):  # again next sweep if the store refused
-            self.ledger.release(
-                self.live.jobs[job_id],
-                now,
-                f"agent {agent.agent_id} lost (silent {silent:.0f} s)",
-                spend_retry=True,
+            reason = f"agent {agent.agent_id} lost (silent {silent:.0f} s)"
+            self.ledger.apply(
+                [self.ledger.release_change(self.live.jobs[job_id], now, reason, spend_retry=True)]
             )
 
     def _check_job(self, job: JobRecord, now: float) -> None:
@@ -87,25 +68,17 @@ class Sweeper:
                 self.live.queued_on_agent.get(job.id, 0.0),
             )
             if now - since > self.config.assign_timeout_s:
-                self.ledger.release(
-                    job,
-                    now,
-                    f"not started within {self.config.assign_timeout_s:g} s",
-                    spend_retry=True,
-                )
+                reason = f"not started within {self.config.assign_timeout_s:g} s"
+                self.ledger.apply([self.ledger.release_change(job, now, reason, spend_retry=True)])
             return
         asked = self.live.cancel_sent.get(job.id)
         if asked is not None:
             if now - asked > self.config.cancel_grace_s:
-                self.ledger.release(
-                    job,
-                    now,
-                    "agent did not confirm the cancel",
-                    spend_retry=True,
-                    error={"code": "timeout", "message": "timed out"}
-                    if job.desired == "timeout"
-                    else None,
-                )
+                timed_out = {"code": "timeout", "message": "timed out"}
+                error = timed_out if job.desired == "timeout" else None
+                reason = "agent did not confirm the cancel"
+                change = self.ledger.release_change(job, now, reason, spend_retry=True, error=error)
+                self.ledger.apply([change])
             return
         running_since = job.timestamps.get(JobStatus.RUNNING.value, now)
         if job.desired == "run" and now - running_since > job.spec.timeout_s:
