@@ -238,22 +238,19 @@ class PromptTracker:
         return updates
 
     def _on_error(self, data: Mapping[str, Any], now: float | None) -> list[Update]:
-        if self.result is not None:
-            return []
-        failed = failed_from_error(data)
-        self.result = failed
-        self._close_timing(now)
-        self.current = None  # it did not finish
-        return [failed]
+        return self._stopped(failed_from_error(data), now)
 
     def _on_interrupted(self, data: Mapping[str, Any], now: float | None) -> list[Update]:
+        return self._stopped(interrupted_from(data), now)
+
+    def _stopped(self, result: Failed | Interrupted, now: float | None) -> list[Update]:
+        """The prompt ended before success; the running node did not finish."""
         if self.result is not None:
             return []
-        interrupted = interrupted_from(data)
-        self.result = interrupted
+        self.result = result
         self._close_timing(now)
-        self.current = None  # it did not finish
-        return [interrupted]
+        self.current = None
+        return [result]
 
     # -- binary frames --------------------------------------------------------------------
 
