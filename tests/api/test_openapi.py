@@ -109,18 +109,12 @@ async def test_answers_have_exactly_the_described_fields(harness: MakeHarness) -
     found = drift(submitted, ref("Job"), comps, "submit")
     leased = (await agent.lease(2.0)).jobs[0]
     await agent.started(leased)
-    await agent.call(
-        "events",
-        p.Events(
-            agent_id="a1",
-            job_id=leased.job_id,
-            attempt=leased.attempt,
-            events=[
-                p.JobEvent(kind="progress", t=1.0, node="1", value=1, max=2, fraction=0.5),
-                p.JobEvent(kind="preview", t=1.1, node="1", image=b"img", mime="image/png"),
-            ],
-        ),
-        p.Ack,
+    await agent.events(
+        leased,
+        [
+            p.JobEvent(kind="progress", t=1.0, node="1", value=1, max=2, fraction=0.5),
+            p.JobEvent(kind="preview", t=1.1, node="1", image=b"img", mime="image/png"),
+        ],
     )
     running = await h.job(submitted["id"])
     found += drift(running, ref("Job"), comps, "running")

@@ -152,6 +152,7 @@ class Verdict:
     lost: int = 0
     duplicated: int = 0
     unexpected: int = 0  # ended FAILED / CANCELLED (or COMPLETED) other than the run asked
+    retries_used: int = 0  # retries spent over all jobs (requeues that charged one)
     violations: list[str] = field(default_factory=list)
 
 
@@ -169,6 +170,7 @@ def check_run(
             status = ev.job["status"]
             v.by_status[status] = v.by_status.get(status, 0) + 1
             v.unexpected += status != ev.expect
+            v.retries_used += int(ev.job.get("retries_used") or 0)
         if any("times" in f and ("COMPLETED" in f or "terminal" in f) for f in found):
             v.duplicated += 1
     for first, again in replays:

@@ -72,7 +72,7 @@ class Figures:
             f"jobs accepted (201): {v.accepted}   by status: {dict(sorted(v.by_status.items()))}",
             f"faults injected: {sum(self.faults.values())}   {dict(sorted(self.faults.items()))}",
             f"lost: {v.lost}   duplicated: {v.duplicated}   ended other than asked: "
-            f"{v.unexpected}   violations: {len(v.violations)}",
+            f"{v.unexpected}   violations: {len(v.violations)}   retries spent: {v.retries_used}",
             f"max time to requeue after an agent death: {req} "
             f"(over {self.requeues_after_death} requeues)",
             f"submit retries (coordinator down/overloaded): {self.submit_retries}",

@@ -107,6 +107,13 @@ class ProtocolAgent:
             p.Ack,
         )
 
+    async def events(self, job: p.Assignment, events: list[p.JobEvent]) -> p.Ack:
+        return await self.call(
+            "events",
+            p.Events(agent_id=self.agent_id, job_id=job.job_id, attempt=job.attempt, events=events),
+            p.Ack,
+        )
+
     async def upload(
         self, job: p.Assignment, name: str, data: bytes, chunk: int = 1 << 20
     ) -> p.OutputFile:

@@ -339,16 +339,10 @@ def test_bad_config_is_refused_at_start_naming_the_key(tmp_path: Path) -> None:
     assert done.returncode == 2 and "port: expected an integer" in done.stderr
 
 
-def test_sigterm_finishes_the_request_in_flight_and_commits(
-    tmp_path: Path, started: list[procs.Proc]
-) -> None:
-    """SIGTERM arrives while a submission's body is still on the wire: the coordinator stops
-    accepting, finishes that request (201 after commit), exits 0, and the job is there after a
-    restart."""
-    data = tmp_path / "coord"
-    coord = procs.coordinator(data, tmp_path).start()
-    started.append(coord)
-    port = int(coord.url.rsplit(":", 1)[1])  # type: ignore[attr-defined]
+def slow_submission(url: str) -> tuple[socket.socket, bytes]:
+    """A job submission whose headers the app has dispatched (it answered 100 Continue) and
+    whose body is still to send: the open socket and the body."""
+    port = int(url.rsplit(":", 1)[1])
     body = json.dumps({"workflow": txt2img(64, 64)}).encode()
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     sock.sendall(
@@ -361,6 +355,19 @@ def test_sigterm_finishes_the_request_in_flight_and_commits(
     while b"\r\n\r\n" not in interim:  # the request has been dispatched to the app
         interim += sock.recv(1)
     assert interim.startswith(b"HTTP/1.1 100"), interim
+    return sock, body
+
+
+def test_sigterm_finishes_the_request_in_flight_and_commits(
+    tmp_path: Path, started: list[procs.Proc]
+) -> None:
+    """SIGTERM arrives while a submission's body is still on the wire: the coordinator stops
+    accepting, finishes that request (201 after commit), exits 0, and the job is there after a
+    restart."""
+    data = tmp_path / "coord"
+    coord = procs.coordinator(data, tmp_path).start()
+    started.append(coord)
+    sock, body = slow_submission(coord.url)  # type: ignore[attr-defined]
     sock.sendall(body[:20])
     time.sleep(0.3)  # the handler is now reading the body
     coord.signal(signal.SIGTERM)
@@ -459,18 +466,7 @@ def test_no_agent_is_declared_lost_while_the_coordinator_stops(
     ).start()
     started.append(coord)
     url = coord.url  # type: ignore[attr-defined]
-    port = int(url.rsplit(":", 1)[1])
-    body = json.dumps({"workflow": txt2img(64, 64)}).encode()
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.sendall(
-        b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
-        b"\r\nConnection: close\r\nExpect: 100-continue\r\nContent-Length: "
-        + str(len(body)).encode()
-        + b"\r\n\r\n"
-    )
-    interim = b""
-    while b"\r\n\r\n" not in interim:
-        interim += sock.recv(1)
+    sock, body = slow_submission(url)
     assert agent_post(url, "register", AGENT_A1, 5)[0] == 200
     coord.signal(signal.SIGTERM)  # the agent's last word was just now
     time.sleep(3.0)  # twice the time after which a silent agent is lost

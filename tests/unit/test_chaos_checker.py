@@ -205,7 +205,7 @@ def test_jobs_that_failed_on_exhausted_retries_are_violations() -> None:
         }
     )
     assert verdict.by_status == {"COMPLETED": 1, "FAILED": 2}
-    assert verdict.unexpected == 2
+    assert verdict.unexpected == 2 and verdict.retries_used == 4
     burnt = [v for v in verdict.violations if "ended FAILED, expected COMPLETED" in v]
     assert len(burnt) == 2 and all("retries_exhausted" in v for v in burnt), verdict.violations
     assert "agent a1 lost" in burnt[0]  # the requeue reasons say what burnt the retries
