@@ -147,6 +147,10 @@ def validate(
     return Verdict(True, None, good, node_errors, work)
 
 
+def _invalid(message: str, node_id: str, work: dict[str, Any]) -> Verdict:
+    return Verdict(False, _error("invalid_prompt", message, f"Node ID '#{node_id}'"), [], {}, work)
+
+
 def _has_inputs(node: Any) -> bool:
     return isinstance(node, dict) and isinstance(node.get("inputs"), dict)
 
