@@ -217,7 +217,8 @@ class _Checker:
         if not isinstance(inputs, dict):
             raise _Raised("KeyError", "'inputs'")
         entry = self.defs[node["class_type"]]
-        declared = entry.get("input") if isinstance(entry.get("input"), Mapping) else {}
+        raw_inputs = entry.get("input")
+        declared: Mapping[str, Any] = raw_inputs if isinstance(raw_inputs, Mapping) else {}
         errors: list[dict[str, Any]] = []
         valid = True
         uploads: list[str] = []
