@@ -20,6 +20,8 @@ __all__ = [
     "merge_object_info",
     "model_folders",
     "system_stats",
+    "upload_choices",
+    "with_uploads",
 ]
 
 COMFYUI_VERSION = "0.3.64"  # the ComfyUI whose API the facade speaks (see COMFYUI.md)
@@ -93,6 +95,47 @@ def _union(a: Sequence[Any], b: Sequence[Any]) -> list[Any]:
 
 def _key(item: Any) -> Any:
     return item if isinstance(item, str | int | float | bool) or item is None else repr(item)
+
+
+def _upload_inputs(defs: Mapping[str, Any]) -> Iterable[tuple[str, str, str, list[Any]]]:
+    """(class, section, input, spec) of every input declared `image_upload` with its choices."""
+    for name, entry in defs.items():
+        inputs = entry.get("input") if isinstance(entry, Mapping) else None
+        if not isinstance(inputs, Mapping):
+            continue
+        for cat, section in inputs.items():
+            if not isinstance(section, Mapping):
+                continue
+            for input_name, spec in section.items():
+                if (
+                    isinstance(spec, list)
+                    and len(spec) > 1
+                    and isinstance(spec[0], list)
+                    and isinstance(spec[1], Mapping)
+                    and spec[1].get("image_upload") is True
+                ):
+                    yield name, cat, input_name, spec
+
+
+def upload_choices(defs: Mapping[str, Any]) -> frozenset[str]:
+    """The input files the agents list themselves (LoadImage's choices)."""
+    return frozenset(
+        str(c) for _, _, _, spec in _upload_inputs(defs) for c in spec[0] if isinstance(c, str)
+    )
+
+
+def with_uploads(defs: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """`/object_info` for one tenant: its uploads among LoadImage's choices (so the web UI
+    keeps a chosen upload valid after a reload). `defs` is left as it is."""
+    out = dict(defs)
+    if not names:
+        return out
+    for cls, cat, input_name, spec in list(_upload_inputs(defs)):
+        entry = out[cls] = dict(out[cls])
+        inputs = entry["input"] = dict(entry["input"])
+        section = inputs[cat] = dict(inputs[cat])
+        section[input_name] = [_union(spec[0], names), *spec[1:]]
+    return out
 
 
 def model_folders(reports: Iterable[Mapping[str, Sequence[str]]]) -> dict[str, list[str]]:

@@ -64,10 +64,11 @@ def split_job_subfolder(subfolder: str) -> tuple[str, str] | None:
     return (head, rest) if _JOB_ID.match(head) else None
 
 
-def parse_annotated(value: str) -> tuple[str, str, str]:
+def parse_annotated(value: str, default: str = "input") -> tuple[str, str, str]:
     """(type, subfolder, name) of a file name as LoadImage takes it: `sub/name.png`, optionally
-    followed by ` [input]` / ` [output]` / ` [temp]` (ComfyUI's annotated file names)."""
-    kind = "input"
+    followed by ` [input]` / ` [output]` / ` [temp]` (ComfyUI's annotated file names); the type
+    is `default` when not annotated."""
+    kind = default
     match = _ANNOTATION.match(value)
     if match:
         value, kind = match.group(1), match.group(2)

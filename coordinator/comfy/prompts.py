@@ -33,6 +33,8 @@ __all__ = [
     "meta_of",
     "parse_prompt",
     "to_spec",
+    "upload_refs",
+    "carry_name",
 ]
 
 COMFY = "comfy"  # the metadata key of a job that came through the facade
@@ -177,3 +179,40 @@ def meta_of(metadata: Mapping[str, Any]) -> ComfyMeta | None:
         extra_data=dict(extra) if isinstance(extra, Mapping) else {},
         outputs=[str(o) for o in outputs] if isinstance(outputs, list) else [],
     )
+
+
+def upload_refs(prompt: Mapping[str, Any], defs: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(node id, input name, file name) of each input declared `image_upload` (LoadImage,
+    LoadImageMask) that holds a file name."""
+    refs = []
+    for node_id, node in prompt.items():
+        if not isinstance(node, Mapping) or not isinstance(node.get("inputs"), Mapping):
+            continue
+        class_type = node.get("class_type")
+        entry = defs.get(class_type) if isinstance(class_type, str) else None
+        declared = entry.get("input") if isinstance(entry, Mapping) else None
+        if not isinstance(declared, Mapping):
+            continue
+        for section in declared.values():
+            if not isinstance(section, Mapping):
+                continue
+            for name, spec in section.items():
+                extra = spec[1] if isinstance(spec, list) and len(spec) > 1 else None
+                value = node["inputs"].get(name)
+                upload = isinstance(extra, Mapping) and extra.get("image_upload") is True
+                if upload and isinstance(value, str):
+                    refs.append((str(node_id), name, value))
+    return refs
+
+
+def carry_name(value: str) -> str:
+    """The plain file name an upload travels under to the agent's ComfyUI (its input folder,
+    no subfolder): `sub/x.png [input]` -> `sub_x.png`; a plain name stays as it is."""
+    if value.endswith(" [input]"):
+        value = value[: -len(" [input]")]
+    flat = value.replace("/", "_").replace("\\", "_")
+    if len(flat) <= 120:
+        return flat
+    _, dot, ext = flat.rpartition(".")
+    digest = hashlib.sha256(value.encode()).hexdigest()[:24]
+    return f"upload-{digest}.{ext[:16]}" if dot else f"upload-{digest}"
