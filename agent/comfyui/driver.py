@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import inspect
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -57,12 +57,43 @@ from comfyfleet.agent.comfyui.events import (
 )
 from comfyfleet.agent.comfyui.sockets import SocketPool
 
-__all__ = ["OutcomeStatus", "PromptOutcome", "UpdateCallback", "attach_prompt", "run_prompt"]
+__all__ = [
+    "Frame",
+    "OutcomeStatus",
+    "PromptOutcome",
+    "UpdateCallback",
+    "attach_prompt",
+    "run_prompt",
+]
 
 log = structlog.get_logger(__name__)
 
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """Relay mode: a ComfyUI text frame about this prompt, exactly as ComfyUI sent it (given to
+    `on_update` before the updates it caused are, so that a `Done` stays last)."""
+
+    msg: Mapping[str, Any]
+
+
+# The frames a relay forwards: ComfyUI's execution events (not `status`, which is per server).
+RELAYED = frozenset(
+    {
+        "execution_start",
+        "execution_cached",
+        "executing",
+        "progress",
+        "progress_state",
+        "executed",
+        "execution_success",
+        "execution_error",
+        "execution_interrupted",
+    }
+)
+
 OutcomeStatus = Literal["succeeded", "failed", "rejected", "cancelled", "timeout", "lost"]
-UpdateCallback = Callable[[Update], Awaitable[None] | None]
+UpdateCallback = Callable[[Update | Frame], Awaitable[None] | None]
 
 _T = TypeVar("_T")
 
@@ -112,6 +143,7 @@ async def run_prompt(
     cancel_wait_s: float = 30.0,
     http_timeout_s: float = 10.0,
     queue_wait_s: float = 0.0,
+    relay: bool = False,
 ) -> PromptOutcome:
     """Submit ``graph`` as ``prompt_id`` and follow it to its end. Never raises ComfyUI errors.
 
@@ -134,6 +166,7 @@ async def run_prompt(
         cancel_wait_s=cancel_wait_s,
         http_timeout_s=http_timeout_s,
         queue_wait_s=queue_wait_s,
+        relay=relay,
     ).run(submit=True, extra_data=extra_data)
 
 
@@ -151,6 +184,7 @@ async def attach_prompt(
     unavailable_grace_s: float = 10.0,
     cancel_wait_s: float = 30.0,
     http_timeout_s: float = 10.0,
+    relay: bool = False,
 ) -> PromptOutcome:
     """Follow a prompt submitted before an agent restart (same outcome contract as run_prompt).
 
@@ -171,6 +205,7 @@ async def attach_prompt(
         unavailable_grace_s=unavailable_grace_s,
         cancel_wait_s=cancel_wait_s,
         http_timeout_s=http_timeout_s,
+        relay=relay,
     ).run(submit=False, extra_data=None)
 
 
@@ -211,8 +246,10 @@ class _Run:
         cancel_wait_s: float,
         http_timeout_s: float,
         queue_wait_s: float = 0.0,
+        relay: bool = False,
     ) -> None:
         self.client = client
+        self.relay = relay
         self.url = ws_url(ws_url_or_base or client.base_url, client_id)
         self.sockets: SocketPool | None = getattr(client, "sockets", None)
         self.prompt_id = prompt_id
@@ -325,9 +362,13 @@ class _Run:
             except TimeoutError:
                 continue
             if kind == _TEXT:
-                updates = self.tracker.feed(payload, self.now())
+                relayed = self.relay and self._relayed(payload)
+                updates: list[Update | Frame] = list(self.tracker.feed(payload, self.now()))
+                if relayed:  # the frame itself, before a closing Done
+                    ends = bool(updates) and isinstance(updates[-1], Done)
+                    updates.insert(len(updates) - 1 if ends else len(updates), Frame(payload))
             elif kind == _BINARY:
-                updates = self.tracker.feed_binary(payload, self.now())
+                updates = list(self.tracker.feed_binary(payload, self.now()))
             elif kind == _WS_DOWN:
                 self.ws_up = False
                 self.log.info("comfyui.ws_down")
@@ -361,6 +402,13 @@ class _Run:
             await self._deliver(updates)
             if any(isinstance(u, Done) for u in updates):
                 return await self._finish()
+
+    def _relayed(self, payload: Any) -> bool:
+        return (
+            isinstance(payload, Mapping)
+            and payload.get("type") in RELAYED
+            and self.tracker.owns(payload)
+        )
 
     def _poll_interval(self) -> float:
         if self.unreachable_since is not None:
@@ -557,7 +605,7 @@ class _Run:
         except TimeoutError as exc:
             raise ComfyUIUnavailable(f"no answer within {self.http_timeout_s}s") from exc
 
-    async def _deliver(self, updates: list[Update]) -> None:
+    async def _deliver(self, updates: Sequence[Update | Frame]) -> None:
         for update in updates:
             try:
                 result = self.on_update(update)

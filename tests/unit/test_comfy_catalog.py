@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from comfyfleet.agent.sim.recording import shape
+from comfyfleet.sim.recording import shape
 from comfyfleet.coordinator.comfy.catalog import (
     FleetGpu,
     merge_object_info,

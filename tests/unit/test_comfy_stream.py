@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from comfyfleet.agent.sim.recording import normalise, shape
+from comfyfleet.sim.recording import normalise, shape
 from comfyfleet.coordinator.comfy.history import history_entry, in_history, queue_lists
 from comfyfleet.coordinator.comfy.prompts import COMFY
 from comfyfleet.coordinator.comfy.stream import STATUS, Binary, PromptStream, Status, Text

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from comfyfleet.agent.sim.nodes import CATALOGUE, CatalogueContext, object_info
-from comfyfleet.agent.sim.recording import normalise, shape
-from comfyfleet.agent.sim.validation import ValidationContext, validate_prompt
+from comfyfleet.sim.nodes import CATALOGUE, CatalogueContext, object_info
+from comfyfleet.sim.recording import normalise, shape
+from comfyfleet.sim.validation import ValidationContext, validate_prompt
 from comfyfleet.coordinator.comfy.validation import no_prompt, types_match, validate
 
 TRACES = Path(__file__).resolve().parents[1] / "fixtures" / "comfyui-traces"
