@@ -10,7 +10,8 @@ import msgspec
 from comfyfleet.coordinator.estimates import eta, expected_duration_s
 from comfyfleet.coordinator.fleet import AgentState, agent_view
 from comfyfleet.coordinator.model import JobRecord
-from comfyfleet.coordinator.service import Coordinator, LiveProgress
+from comfyfleet.coordinator.service import Coordinator
+from comfyfleet.coordinator.state import LiveProgress
 from comfyfleet.shared.status import JobStatus
 
 
