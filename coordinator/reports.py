@@ -86,6 +86,7 @@ class Reports(Part):
             if ev.fraction is not None:
                 live.fraction = max(live.fraction or 0.0, ev.fraction)
         self.live.feed.progress(job, live, preview=live.previews != previews)
+        self.live.feed.comfy_events(job, msg.attempt, msg.events)  # the ComfyUI facade's stream
         return p.Ack(status="cancel" if job.desired != "run" else job.status.value)
 
     def open_upload(
