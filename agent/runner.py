@@ -366,7 +366,7 @@ class JobRunner:
                 error=p.ErrorInfo(code="drain", message="agent draining"),
             )
         elif outcome.status == "cancelled" and self.stop_reason == "cancel":
-            await self._finish(finish, "cancelled")
+            await self._finish(finish, "cancelled", error=self._interrupted_at(outcome))
         elif outcome.status in ("failed", "rejected") and not outcome.retryable:
             err = self._with_comfy_end(error_of(outcome))  # a model or node class missing here
             await self._finish(finish, "requeue" if err.retryable else "failed", error=err)
@@ -374,6 +374,20 @@ class JobRunner:
             if outcome.status == "lost" and self.on_lost is not None:
                 self.on_lost(outcome.reason)
             await self._finish(finish, "requeue", error=error_of(outcome))
+
+    def _interrupted_at(self, outcome: PromptOutcome) -> p.ErrorInfo | None:
+        """Relay: where ComfyUI stopped a cancelled prompt, with its own frame."""
+        if self.comfy_end is None or self.comfy_end.get("type") != "execution_interrupted":
+            return None
+        where = outcome.interrupted
+        return self._with_comfy_end(
+            p.ErrorInfo(
+                code="interrupted",
+                message=outcome.reason or "interrupted",
+                node_id=where.node_id if where else None,
+                node_type=where.node_type if where else None,
+            )
+        )
 
     def _with_comfy_end(self, err: p.ErrorInfo) -> p.ErrorInfo:
         """Relay: ComfyUI's own error frame kept with the error (the facade's /history)."""

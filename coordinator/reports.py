@@ -164,7 +164,10 @@ class Reports(Part):
             )
             return p.Ack(status=new.status.value)
         if msg.outcome == "cancelled" and job.desired == "cancel":
-            new = moves.advance(job, JobEvent.CANCEL, now, "cancelled by user; agent confirmed")
+            # an error here says where ComfyUI stopped (the ComfyUI facade's /history)
+            new = moves.advance(
+                job, JobEvent.CANCEL, now, "cancelled by user; agent confirmed", error=err
+            )
             self.ledger.commit(job, new)
             self.outputs.drop_attempt(job.id, job.attempt)
             return p.Ack(status=new.status.value)

@@ -32,7 +32,14 @@ from aiohttp import web
 
 from comfyfleet.coordinator.comfy.catalog import FEATURES
 from comfyfleet.coordinator.comfy.prompts import meta_of
-from comfyfleet.coordinator.comfy.stream import Binary, Out, PromptStream, Status, Text
+from comfyfleet.coordinator.comfy.stream import (
+    Binary,
+    LegacyOrder,
+    Out,
+    PromptStream,
+    Status,
+    Text,
+)
 from comfyfleet.coordinator.model import JobRecord
 from comfyfleet.shared.protocol import JobEvent
 from comfyfleet.shared.status import TERMINAL, JobStatus
@@ -124,6 +131,7 @@ class Prompt:
     client_id: str | None
     stream: PromptStream
     ran: bool = False  # went RUNNING (once: status is sent on the first start only)
+    legacy: LegacyOrder = field(default_factory=LegacyOrder)  # for a client without metadata
 
 
 class Hub:
@@ -236,6 +244,10 @@ class Hub:
             return
         sock = self.sockets.get((tenant, client))
         if sock is not None and not sock.closed:
+            if not sock.metadata:
+                outs = [o for out in outs for o in prompt.legacy.push(out)]
+                if final:
+                    outs += prompt.legacy.flush()
             for out in outs:
                 sock.put(self._encode(out, prompt, sock))
             return

@@ -36,7 +36,16 @@ from comfyfleet.coordinator.model import JobRecord
 from comfyfleet.shared.protocol import JobEvent
 from comfyfleet.shared.status import JobStatus
 
-__all__ = ["STATUS", "Binary", "Out", "PromptStream", "Status", "Text", "rewrite"]
+__all__ = [
+    "STATUS",
+    "Binary",
+    "LegacyOrder",
+    "Out",
+    "PromptStream",
+    "Status",
+    "Text",
+    "rewrite",
+]
 
 _TERMINAL_TYPES = ("execution_success", "execution_error", "execution_interrupted")
 
@@ -246,6 +255,31 @@ class PromptStream:
             )
             for node, output in by_node.items()
         ]
+
+
+class LegacyOrder:
+    """ComfyUI sends a node's image before its `progress` frame to clients that asked for
+    preview metadata (type 4, sent at once) and after it to the others (type 1, queued). The
+    agent always asks for metadata, so for a legacy client a preview waits for the next frame
+    and goes out after it when that frame is its `progress`."""
+
+    def __init__(self) -> None:
+        self.held: Binary | None = None
+
+    def push(self, out: Out) -> list[Out]:
+        if isinstance(out, Binary) and out.kind == "preview":
+            earlier, self.held = self.held, out
+            return [earlier] if earlier is not None else []
+        held, self.held = self.held, None
+        if held is None:
+            return [out]
+        if isinstance(out, Text) and out.type == "progress":
+            return [out, held]
+        return [held, out]
+
+    def flush(self) -> list[Out]:
+        held, self.held = self.held, None
+        return [held] if held is not None else []
 
 
 def _text(kind: str, data: dict[str, Any]) -> Text:
