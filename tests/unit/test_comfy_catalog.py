@@ -9,13 +9,13 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from comfyfleet.sim.recording import shape
 from comfyfleet.coordinator.comfy.catalog import (
     FleetGpu,
     merge_object_info,
     model_folders,
     system_stats,
 )
+from comfyfleet.sim.recording import shape
 
 TRACES = Path(__file__).resolve().parents[1] / "fixtures" / "comfyui-traces"
 

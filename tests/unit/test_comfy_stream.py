@@ -11,7 +11,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from comfyfleet.sim.recording import normalise, shape
 from comfyfleet.coordinator.comfy.history import history_entry, in_history, queue_lists
 from comfyfleet.coordinator.comfy.prompts import COMFY
 from comfyfleet.coordinator.comfy.stream import STATUS, Binary, PromptStream, Status, Text
@@ -19,6 +18,7 @@ from comfyfleet.coordinator.model import JobRecord
 from comfyfleet.shared.jobspec import JobSpec
 from comfyfleet.shared.protocol import JobEvent
 from comfyfleet.shared.status import JobStatus
+from comfyfleet.sim.recording import normalise, shape
 
 TRACES = Path(__file__).resolve().parents[1] / "fixtures" / "comfyui-traces"
 AGENT_PID = "cf-job-1-0a0b0c0d"
