@@ -249,6 +249,7 @@ class JobRunner:
             queue_wait_s=self.queue_wait_s,
             cancel_wait_s=self.config.cancel_wait_s,
             relay=self.job.relay,
+            extra_data=self.job.extra_data or None,
         )
 
     async def _report_started(self) -> None:

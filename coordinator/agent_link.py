@@ -11,7 +11,7 @@ import asyncio
 import structlog
 
 from comfyfleet.coordinator import jobs as moves
-from comfyfleet.coordinator.comfy.prompts import COMFY
+from comfyfleet.coordinator.comfy.prompts import COMFY, agent_extra_data
 from comfyfleet.coordinator.errors import NotFound
 from comfyfleet.coordinator.fleet import AgentState, AgentStatus, register_info
 from comfyfleet.coordinator.inventory import decode_inputs
@@ -175,6 +175,7 @@ class AgentLink(Part):
                     if stored.spec.inputs
                     else {},
                     relay=COMFY in stored.spec.metadata,  # a ComfyUI facade prompt
+                    extra_data=agent_extra_data(stored.spec.metadata),
                 )
             )
         agent.to_deliver.extend(keep)

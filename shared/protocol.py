@@ -129,6 +129,7 @@ class Assignment(Msg, frozen=True, kw_only=True):
     # a prompt of the ComfyUI facade: forward ComfyUI's own frames (JobEvent kind "comfy") and
     # keep temp files (PreviewImage) as outputs too
     relay: bool = False
+    extra_data: dict[str, Any] = {}  # ComfyUI's extra_data for the prompt (e.g. extra_pnginfo)
 
 
 class LeaseReply(Msg, frozen=True, kw_only=True):

@@ -34,6 +34,7 @@ __all__ = [
     "parse_prompt",
     "to_spec",
     "upload_refs",
+    "agent_extra_data",
     "carry_name",
 ]
 
@@ -179,6 +180,15 @@ def meta_of(metadata: Mapping[str, Any]) -> ComfyMeta | None:
         extra_data=dict(extra) if isinstance(extra, Mapping) else {},
         outputs=[str(o) for o in outputs] if isinstance(outputs, list) else [],
     )
+
+
+def agent_extra_data(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The prompt's extra_data as the agent hands it to its ComfyUI: ComfyUI's own keys only
+    (not the client's id, which the agent replaces by its own, nor the fleet's options)."""
+    meta = meta_of(metadata)
+    if meta is None:
+        return {}
+    return {k: v for k, v in meta.extra_data.items() if k not in ("client_id", "comfyfleet")}
 
 
 def upload_refs(prompt: Mapping[str, Any], defs: Mapping[str, Any]) -> list[tuple[str, str, str]]:

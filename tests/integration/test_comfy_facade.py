@@ -499,3 +499,18 @@ async def test_reconnect_same_client_id(http: aiohttp.ClientSession) -> None:
     again = await SimSocket.connect(http, CLIENT2)
     await again.wait_done(pid, 30)
     assert_same_stream(trace["after_reconnect"], again.frames, ids)
+
+
+async def test_extra_data_reaches_comfyui(http: aiohttp.ClientSession) -> None:
+    """The web UI's extra_pnginfo (its workflow) ends up in the PNG, as on one ComfyUI."""
+    body = json.loads(json.dumps(load("01_normal.json")["post"]["request_json"]))
+    body["prompt"]["1"]["inputs"]["color"] = 4242
+    body["extra_data"] = {"extra_pnginfo": {"workflow": {"nodes": [], "version": 0.4}}}
+    sock = await connect(http, CLIENT)
+    status, answer = await post(http, body)
+    assert status == 200
+    await sock.wait_done(answer["prompt_id"], 30)
+    entry = (await (await http.get(f"/history/{answer['prompt_id']}")).json())[answer["prompt_id"]]
+    assert entry["prompt"][3]["extra_pnginfo"] == body["extra_data"]["extra_pnginfo"]
+    img = await image_at(http, entry["outputs"]["3"]["images"][0])
+    assert json.loads(img.info["workflow"]) == {"nodes": [], "version": 0.4}
