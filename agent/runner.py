@@ -17,7 +17,8 @@ import structlog
 
 from comfyfleet.agent.comfyui import events as ev
 from comfyfleet.agent.comfyui.client import ComfyUIClient, ComfyUIError
-from comfyfleet.agent.comfyui.driver import Frame, PromptOutcome, attach_prompt, run_prompt
+from comfyfleet.agent.comfyui.driver import PromptOutcome, attach_prompt, run_prompt
+from comfyfleet.agent.comfyui.frames import Frame
 from comfyfleet.agent.config import AgentConfig
 from comfyfleet.agent.coordinator_client import (
     AgentError,
@@ -96,7 +97,7 @@ def error_of(outcome: PromptOutcome) -> p.ErrorInfo:
 
 
 _EXECUTION_SIGNS = (ev.Started, ev.Cached, ev.Executing, ev.Progress, ev.Executed, ev.Preview)
-RELAY_PREVIEWS = 8  # previews a relaying runner keeps pending (the rest are the newest only)
+FORWARD_PREVIEWS = 8  # previews kept pending when forwarding frames (else the newest only)
 
 
 class JobRunner:
@@ -139,7 +140,9 @@ class JobRunner:
         self.accepted = held is not None
         self.pending: list[p.JobEvent] = []
         self.vram_peak_mb: int | None = None
-        self.comfy_end: dict[str, Any] | None = None  # relay: ComfyUI's own error/interrupt frame
+        self.comfy_end: dict[str, Any] | None = (
+            None  # forwarded: ComfyUI's error or interrupt frame
+        )
         self.log = structlog.get_logger("agent.job").bind(
             job_id=job.job_id, attempt=job.attempt, instance=job.instance_id
         )
@@ -206,7 +209,7 @@ class JobRunner:
                 stall_s=self.config.stall_s,
                 graph=self.job.workflow or None,
                 cancel_wait_s=self.config.cancel_wait_s,
-                relay=self.job.relay,
+                forward_frames=self.job.forward_frames,
             )
         graph, seeds = ev.apply_seeds(self.job.workflow, random.SystemRandom())
         self.seeds = seeds
@@ -248,7 +251,7 @@ class JobRunner:
             stall_s=self.config.stall_s,
             queue_wait_s=self.queue_wait_s,
             cancel_wait_s=self.config.cancel_wait_s,
-            relay=self.job.relay,
+            forward_frames=self.job.forward_frames,
             extra_data=self.job.extra_data or None,
         )
 
@@ -270,7 +273,7 @@ class JobRunner:
             await self._report_started()
         now = time.time()
         event: p.JobEvent | None = None
-        if isinstance(update, Frame):  # relay: ComfyUI's own frame for the coordinator's facade
+        if isinstance(update, Frame):  # ComfyUI's own frame, for the coordinator's facade
             msg = dict(update.msg)
             if msg.get("type") in ("execution_error", "execution_interrupted"):
                 self.comfy_end = msg
@@ -294,8 +297,8 @@ class JobRunner:
         elif isinstance(update, ev.Executed):
             event = p.JobEvent(kind="executed", t=now, node=update.node)
         elif isinstance(update, ev.Preview):
-            # the newest only; a relay keeps a few, in their place among ComfyUI's frames
-            keep = RELAY_PREVIEWS - 1 if self.job.relay else 0
+            # the newest only; when forwarding frames a few, in their place among them
+            keep = FORWARD_PREVIEWS - 1 if self.job.forward_frames else 0
             previews = [e for e in self.pending if e.kind == "preview"]
             drop = {id(e) for e in previews[: max(0, len(previews) - keep)]}
             if drop:
@@ -377,7 +380,7 @@ class JobRunner:
             await self._finish(finish, "requeue", error=error_of(outcome))
 
     def _interrupted_at(self, outcome: PromptOutcome) -> p.ErrorInfo | None:
-        """Relay: where ComfyUI stopped a cancelled prompt, with its own frame."""
+        """Forwarding frames: where ComfyUI stopped a cancelled prompt, with its own frame."""
         if self.comfy_end is None or self.comfy_end.get("type") != "execution_interrupted":
             return None
         where = outcome.interrupted
@@ -391,7 +394,7 @@ class JobRunner:
         )
 
     def _with_comfy_end(self, err: p.ErrorInfo) -> p.ErrorInfo:
-        """Relay: ComfyUI's own error frame kept with the error (the facade's /history)."""
+        """Forwarding frames: ComfyUI's own error frame kept with the error (the facade's /history)."""
         if self.comfy_end is None:
             return err
         return msgspec.structs.replace(err, details={**err.details, "comfy": self.comfy_end})
@@ -429,7 +432,7 @@ class JobRunner:
         taken: set[str] = set()
         files: list[p.OutputFile] = []
         for ref in outcome.outputs:
-            if ref.type != "output" and not self.job.relay:
+            if ref.type != "output" and not self.job.forward_frames:
                 continue  # previews (temp) are not results (the ComfyUI facade shows them)
             name = output_name(ref, taken)
             path = spool / name
@@ -446,7 +449,7 @@ class JobRunner:
                     comfy_ref=p.ComfyRef(
                         filename=ref.filename, subfolder=ref.subfolder, type=ref.type
                     )
-                    if self.job.relay
+                    if self.job.forward_frames
                     else None,
                 )
             )

@@ -174,7 +174,7 @@ class AgentLink(Part):
                     inputs=decode_inputs(stored.spec.inputs, self.config.max_input_bytes)
                     if stored.spec.inputs
                     else {},
-                    relay=COMFY in stored.spec.metadata,  # a ComfyUI facade prompt
+                    forward_frames=COMFY in stored.spec.metadata,  # a ComfyUI facade prompt
                     extra_data=agent_extra_data(stored.spec.metadata),
                 )
             )

@@ -128,7 +128,7 @@ class Assignment(Msg, frozen=True, kw_only=True):
     inputs: dict[str, bytes] = {}  # input files: upload to ComfyUI's input folder first
     # a prompt of the ComfyUI facade: forward ComfyUI's own frames (JobEvent kind "comfy") and
     # keep temp files (PreviewImage) as outputs too
-    relay: bool = False
+    forward_frames: bool = False
     extra_data: dict[str, Any] = {}  # ComfyUI's extra_data for the prompt (e.g. extra_pnginfo)
 
 

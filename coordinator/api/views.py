@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import msgspec
@@ -71,7 +70,7 @@ def job_json(
         out["constraints"] = msgspec.to_builtins(spec.constraints)
         out["timeout_s"] = spec.timeout_s
         out["timings"] = job.timings
-        out["history"] = [dataclasses.asdict(t) for t in job.history]
+        out["history"] = msgspec.to_builtins(job.history)
         out["gpu_name"] = job.gpu_name
         out["vram_peak_mb"] = job.vram_peak_mb
         out["profile"] = job.profile

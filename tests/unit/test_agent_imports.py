@@ -1,8 +1,9 @@
-"""The agent never imports the ComfyUI simulator: `sim/` is a test and demo tool, not agent code.
+"""Import boundaries of the agent, read with `ast` (nothing is imported; relative imports are
+resolved against the module's own package):
 
-Reads every module under agent/ with `ast` (nothing is imported), resolves relative imports
-against the module's own package, and fails naming the file and line of any import of
-comfyfleet.sim.
+- the agent never imports the ComfyUI simulator: `sim/` is a test and demo tool, not agent code;
+- the pure core of the ComfyUI driver (event types, tracker, /history, seeds, outcome rule)
+  imports nothing that does I/O, only pure stdlib modules and each other.
 """
 
 from __future__ import annotations
@@ -70,3 +71,25 @@ def test_the_check_sees_every_spelling(tmp_path: Path) -> None:
         fake.write_text(source + "\n")
         hits = [m for _, m in imported_modules(fake, tmp_path / "agent") if _is_forbidden(m)]
         assert bool(hits) is forbidden, (source, hits)
+
+
+PURE_COMFYUI = ("events", "tracker", "history", "seeds", "outcome")
+PURE_STDLIB = {"__future__", "collections.abc", "copy", "dataclasses", "json", "random"}
+PURE_STDLIB |= {"struct", "typing"}
+
+
+def _impure_imports(path: Path) -> list[str]:
+    allowed = PURE_STDLIB | {f"comfyfleet.agent.comfyui.{name}" for name in PURE_COMFYUI}
+    bad: dict[int, str] = {}  # one report per import statement
+    for line, module in imported_modules(path):
+        # `from X import name` also yields X.name: the names of an allowed X are allowed
+        if module not in allowed and module.rsplit(".", 1)[0] not in allowed:
+            bad.setdefault(line, f"{path.relative_to(ROOT)}:{line} imports {module}")
+    return list(bad.values())
+
+
+def test_the_pure_comfyui_core_imports_no_io() -> None:
+    offenders = [
+        bad for name in PURE_COMFYUI for bad in _impure_imports(AGENT / "comfyui" / f"{name}.py")
+    ]
+    assert offenders == [], "pure modules must not import I/O:\n" + "\n".join(offenders)
