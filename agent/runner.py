@@ -394,7 +394,7 @@ class JobRunner:
         )
 
     def _with_comfy_end(self, err: p.ErrorInfo) -> p.ErrorInfo:
-        """Forwarding frames: ComfyUI's own error frame kept with the error (the facade's /history)."""
+        """ComfyUI's own error frame, kept with the error (the facade's /history)."""
         if self.comfy_end is None:
             return err
         return msgspec.structs.replace(err, details={**err.details, "comfy": self.comfy_end})
