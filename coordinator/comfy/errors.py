@@ -42,16 +42,8 @@ def comfy_error(
     details: str = "",
     headers: dict[str, str] | None = None,
 ) -> web.Response:
-    body = {
-        "error": {"type": kind, "message": message, "details": details, "extra_info": {}},
-        "node_errors": {},
-    }
-    return web.Response(
-        status=status,
-        body=msgspec.json.encode(body),
-        content_type="application/json",
-        headers=headers,
-    )
+    error = {"type": kind, "message": message, "details": details, "extra_info": {}}
+    return web.json_response({"error": error, "node_errors": {}}, status=status, headers=headers)
 
 
 @web.middleware

@@ -336,15 +336,7 @@ class _Checker:
             try:
                 value = inputs[name] = convert(value)
             except (TypeError, ValueError, OverflowError) as exc:
-                return _error(
-                    "invalid_input_type",
-                    f"Failed to convert an input value to a {input_type} value",
-                    f"{name}, {value}, {exc}",
-                    input_name=name,
-                    input_config=info,
-                    received_value=value,
-                    exception_message=str(exc),
-                )
+                return _not_converted(name, input_type, info, value, exc)
         if custom:
             return None
         try:
@@ -367,15 +359,7 @@ class _Checker:
                     received_value=value,
                 )
         except TypeError as exc:
-            return _error(
-                "invalid_input_type",
-                f"Failed to convert an input value to a {input_type} value",
-                f"{name}, {value}, {exc}",
-                input_name=name,
-                input_config=info,
-                received_value=value,
-                exception_message=str(exc),
-            )
+            return _not_converted(name, input_type, info, value, exc)
         options = _combo(input_type, extra)
         if options is not None and not _contains(options, value):
             too_long = len(options) > 20
@@ -389,6 +373,20 @@ class _Checker:
                 received_value=value,
             )
         return None
+
+
+def _not_converted(
+    name: str, input_type: Any, info: list[Any], value: Any, exc: Exception
+) -> dict[str, Any]:
+    return _error(
+        "invalid_input_type",
+        f"Failed to convert an input value to a {input_type} value",
+        f"{name}, {value}, {exc}",
+        input_name=name,
+        input_config=info,
+        received_value=value,
+        exception_message=str(exc),
+    )
 
 
 def _spec(spec: Any) -> tuple[Any, dict[str, Any]]:

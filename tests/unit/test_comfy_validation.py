@@ -31,17 +31,12 @@ def recorded(case: str) -> dict[str, Any]:
     return data
 
 
-CASES = [
-    "unknown_class",
-    "missing_input",
-    "value_out_of_range",
-    "bad_combo_value",
-    "link_to_missing_node",
-    "no_output_node",
-    "missing_class_type",
-    "bad_output_index",
-    "loadimage_missing_file",
-]
+# every recorded case that posts a prompt (`no_prompt_key` has none: see test_no_prompt_body)
+CASES = sorted(
+    case
+    for case, trace in json.loads((TRACES / "06_validation_errors.json").read_text()).items()
+    if isinstance(trace, dict) and "prompt" in trace.get("request_json", {})
+)
 
 
 @pytest.mark.parametrize("case", CASES)
