@@ -50,6 +50,7 @@ log = structlog.get_logger("coordinator.comfy")
 
 SEND_QUEUE = 2048  # frames a socket may fall behind before it is closed
 MISSED_PER_CLIENT = 64  # prompt ends kept for a client with no socket
+MISSED_CLIENTS = 10_000  # clients with ends kept (the oldest go first)
 MISSED_TTL_S = 3600.0
 _PREVIEW_FORMAT = {"image/jpeg": 1, "image/png": 2}
 
@@ -253,8 +254,17 @@ class Hub:
             return
         if final:  # keep the end for the client's next socket
             frames = [self._encode(o, prompt, None) for o in outs if not isinstance(o, Binary)]
-            kept = self.missed.setdefault((tenant, client), deque(maxlen=MISSED_PER_CLIENT))
-            kept.append((self.clock(), frames))
+            self._keep_missed((tenant, client), frames)
+
+    def _keep_missed(self, key: tuple[str, str], frames: list[str | bytes]) -> None:
+        now = self.clock()
+        kept = self.missed.pop(key, None) or deque(maxlen=MISSED_PER_CLIENT)
+        kept.append((now, frames))
+        self.missed[key] = kept  # most recent last: the dict's order is the age order
+        for old in list(self.missed):
+            if len(self.missed) <= MISSED_CLIENTS and now - self.missed[old][-1][0] <= MISSED_TTL_S:
+                break
+            del self.missed[old]
 
     def _encode(self, out: Out, prompt: Prompt, sock: Socket | None) -> str | bytes:
         if isinstance(out, Status):

@@ -177,9 +177,18 @@ class PromptStream:
             self.started = True  # joined mid-run (after a coordinator restart)
         if self.holding or kind in _TERMINAL_TYPES or _is_end(out.msg) or _names_files(out.msg):
             self.holding = True
-            self.held.append(out)
+            self._hold(out)
             return []
         return [out]
+
+    def _hold(self, out: Text) -> None:
+        """Held frames stay few: a `progress` is dropped (the next state says more) and a
+        `progress_state` (cumulative) replaces the one held before it."""
+        if out.type == "progress":
+            return
+        if out.type == "progress_state":
+            self.held = [f for f in self.held if not (isinstance(f, Text) and f.type == out.type)]
+        self.held.append(out)
 
     def _frame(self, event: JobEvent) -> Text | Binary | None:
         if event.kind == "comfy":

@@ -195,6 +195,8 @@ async def test_upload_naming_overwrite_and_mask(open_facade: Facade) -> None:
     assert other["name"] == "x (1).png"
     again = await c.post("/upload/image", data=upload_form(png((5, 5, 5)), overwrite="true"))
     assert (await again.json())["name"] == "x.png"
+    part = await c.get("/view?filename=x.png&type=input", headers={"Range": "bytes=1-3"})
+    assert part.status == 206 and await part.read() == png((5, 5, 5))[1:4]
     mask = io.BytesIO()
     Image.new("RGBA", (8, 8), (0, 0, 0, 128)).save(mask, format="PNG")
     ref = json.dumps({"filename": "x.png", "subfolder": "", "type": "input"})

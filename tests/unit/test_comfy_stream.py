@@ -284,3 +284,12 @@ def test_queue_lists_running_and_pending_by_number() -> None:
         job.spec.metadata[COMFY]["outputs"] = ["99"] if i == 0 else ["3"]
         jobs.append(job)
     assert queue_lists(reversed(jobs)) == trace["queue_running"]["json"]
+
+
+def test_held_frames_stay_few() -> None:
+    stream = PromptStream(JOB, "p", started=True)
+    stream.feed(1, make_event("executed_files", "a"))  # holding from here
+    for _ in range(1000):
+        stream.feed(1, make_event("progress", "a"))
+        stream.feed(1, make_event("progress_state", "a"))
+    assert len(stream.held) == 2
