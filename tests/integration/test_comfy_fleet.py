@@ -193,3 +193,42 @@ async def test_coordinator_sigkill_mid_run_keeps_history_and_the_end(comfy: Comf
             assert r.status == 200
             assert Image.open(io.BytesIO(await r.read())).size == (512, 512)
         await ws.close()
+
+
+async def test_a_retry_on_another_gpu_looks_like_one_run(comfy: ComfyFleet) -> None:
+    """The first GPU runs out of memory in the sampler; the prompt is retried on another one.
+    The client sees one run: one execution_start, no execution_error, then success."""
+    comfy.fleet.add_sim("oom", 24576, "--step-ms", "5", "--oom-node-class", "KSampler")
+    comfy.fleet.add_agent("oom", "oom")
+    async with aiohttp.ClientSession() as session:
+        await comfy.ready(session, gpus=1)
+        url = comfy.url
+        ws = await session.ws_connect(f"{url}/ws?clientId=r")
+        await ws.receive_json()
+        workflow = txt2img(512, 384, steps=3, prefix="retry", seed=3)
+        async with session.post(f"{url}/prompt", json={"prompt": workflow, "client_id": "r"}) as r:
+            pid = (await r.json())["prompt_id"]
+        seen: list[dict[str, Any]] = []
+        while not any(f["type"] == "executing" and f["data"].get("node") for f in seen):
+            seen.append(await next_text(ws))
+        comfy.fleet.add_sim("ok", 24576, "--step-ms", "5")
+        comfy.fleet.add_agent("ok", "ok")
+        while True:
+            frame = await next_text(ws)
+            seen.append(frame)
+            if frame["type"] == "executing" and frame["data"].get("node") is None:
+                break
+        types = [f["type"] for f in seen]
+        assert types.count("execution_start") == 1, types
+        assert "execution_error" not in types and types[-3:] == [
+            "execution_success", "status", "executing"]  # fmt: skip
+        async with session.get(f"{url}/history/{pid}") as r:
+            entry = (await r.json())[pid]
+        assert entry["status"]["status_str"] == "success"
+        image = next(iter(entry["outputs"].values()))["images"][0]
+        async with session.get(f"{url}/view", params=image) as r:
+            assert Image.open(io.BytesIO(await r.read())).size == (512, 384)
+        async with session.get(f"{comfy.fleet.url}/v1/jobs") as r:
+            (job,) = (await r.json())["jobs"]
+        assert job["attempt"] >= 2 and job["agent_id"] == "ok"  # the failed tries are hidden
+        await ws.close()
