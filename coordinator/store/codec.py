@@ -59,7 +59,17 @@ def encode_state(job: JobRecord) -> str:
     return _encoder.encode({name: getattr(job, name) for name in STATE_FIELDS}).decode()
 
 
+def check_key_text(field: str, value: str | None) -> None:
+    """Ids, tenants and idempotency keys are text without NUL (PostgreSQL's text cannot hold it;
+    the API never lets one through): InvalidInput naming the field otherwise."""
+    if value is not None and "\x00" in value:
+        raise InvalidInput(field, "must not contain the NUL character")
+
+
 def encode_job(job: JobRecord) -> JobRow:
+    check_key_text("id", job.id)
+    check_key_text("tenant", job.tenant)
+    check_key_text("idempotency_key", job.idempotency_key)
     return JobRow(
         id=job.id,
         tenant=job.tenant,
@@ -71,6 +81,36 @@ def encode_job(job: JobRecord) -> JobRow:
         idempotency_key=job.idempotency_key,
         spec=_encoder.encode(job.spec),
         state=encode_state(job),
+    )
+
+
+def row_values(row: JobRow) -> tuple[object, ...]:
+    """The row's values in column order (for an INSERT of every column)."""
+    return (
+        row.id,
+        row.tenant,
+        row.status,
+        row.attempt,
+        row.created_at,
+        row.updated_at,
+        row.priority,
+        row.idempotency_key,
+        row.spec,
+        row.state,
+    )
+
+
+def update_values(job: JobRecord, expect_status: str, expect_attempt: int) -> tuple[object, ...]:
+    """The parameters of a guarded UPDATE: status, attempt, updated_at, state, then the guard
+    (id, expected status, expected attempt)."""
+    return (
+        JobStatus(job.status).value,
+        job.attempt,
+        float(job.updated_at),
+        encode_state(job),
+        job.id,
+        JobStatus(expect_status).value,
+        expect_attempt,
     )
 
 
@@ -102,6 +142,7 @@ def decode_job(row: JobRow) -> JobRecord:
 
 
 def encode_agent_info(agent: AgentRecord) -> str:
+    check_key_text("agent_id", agent.agent_id)
     return _encoder.encode(agent.info).decode()
 
 
@@ -127,7 +168,7 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
         created_at, job_id = _cursor_decoder.decode(raw)
     except (ValueError, binascii.Error, msgspec.DecodeError):
         raise bad from None
-    if not math.isfinite(created_at):
+    if not math.isfinite(created_at) or "\x00" in job_id:
         raise bad
     return created_at, job_id
 

@@ -17,7 +17,7 @@ from comfyfleet.coordinator.store.base import (
     SchemaTooNew,
 )
 from comfyfleet.coordinator.store.codec import JobRow
-from comfyfleet.coordinator.store.migrations import MIGRATIONS
+from comfyfleet.coordinator.store.migrations import SQLITE as MIGRATIONS
 from comfyfleet.shared.errors import InvalidInput
 from comfyfleet.shared.status import TERMINAL, JobStatus
 
@@ -138,7 +138,7 @@ class SqliteStore:
                 if found is not None:
                     return codec.decode_job(JobRow(*found)), False
             try:
-                conn.execute(_INSERT, _astuple(row))
+                conn.execute(_INSERT, codec.row_values(row))
             except sqlite3.IntegrityError as exc:
                 if "jobs.id" in str(exc):
                     raise Conflict(f"job {job.id} already exists", field="id") from None
@@ -152,18 +152,7 @@ class SqliteStore:
         return self.update_jobs([(job, expect_status, expect_attempt)])[0]
 
     def update_jobs(self, items: Sequence[GuardedUpdate]) -> list[bool]:
-        params = [
-            (
-                JobStatus(job.status).value,
-                job.attempt,
-                float(job.updated_at),
-                codec.encode_state(job),
-                job.id,
-                JobStatus(status).value,
-                attempt,
-            )
-            for job, status, attempt in items
-        ]
+        params = [codec.update_values(*item) for item in items]
         if not params:
             return []
         with self._write() as conn:
@@ -260,18 +249,3 @@ def _rollback(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
         except sqlite3.Error:
             pass  # SQLite has already rolled back (it does on some I/O and full errors)
-
-
-def _astuple(row: JobRow) -> tuple[object, ...]:
-    return (
-        row.id,
-        row.tenant,
-        row.status,
-        row.attempt,
-        row.created_at,
-        row.updated_at,
-        row.priority,
-        row.idempotency_key,
-        row.spec,
-        row.state,
-    )
