@@ -230,9 +230,12 @@ class PostgresStore:
         params = [codec.update_values(*item) for item in items]
         if not params:
             return []
+        if len(params) == 1:  # one statement is atomic on its own: no BEGIN/COMMIT round trips
+            with self._conn() as conn:
+                return [conn.execute(_UPDATE, params[0]).fetchone() is not None]
         results: list[bool] = []
-        with self._conn() as conn, conn.transaction(), conn.cursor() as cur:
-            # One pipelined round trip for the batch; each UPDATE sees the ones before it.
+        with self._conn() as conn, conn.pipeline(), conn.transaction(), conn.cursor() as cur:
+            # BEGIN, the UPDATEs and COMMIT in one pipeline; each UPDATE sees the ones before it.
             cur.executemany(_UPDATE, params, returning=True)
             while True:
                 results.append(cur.fetchone() is not None)
