@@ -55,7 +55,7 @@ bench-store: $(STAMP) postgres
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy cli shared coordinator agent client
+	$(BIN)/mypy cli shared coordinator agent client sim
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -27,10 +27,11 @@ from typing import Any
 
 import psycopg
 
-from comfyfleet.coordinator.model import JobRecord, Transition
+from comfyfleet.coordinator.model import JobRecord
 from comfyfleet.coordinator.store import SqliteStore, Store, codec
 from comfyfleet.coordinator.store.postgres import PostgresStore
 from comfyfleet.shared import sample_workflows as sample
+from comfyfleet.shared.history import Transition
 from comfyfleet.shared.jobspec import JobSpec
 from comfyfleet.shared.status import TERMINAL, JobStatus
 

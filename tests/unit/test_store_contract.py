@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from comfyfleet.coordinator.errors import Conflict, StoreUnavailable
-from comfyfleet.coordinator.model import AgentRecord, JobRecord, Transition
+from comfyfleet.coordinator.model import AgentRecord, JobRecord
 from comfyfleet.coordinator.store import (
     DB_FILE,
     MemoryStore,
@@ -28,6 +28,7 @@ from comfyfleet.coordinator.store.codec import STATE_FIELDS, decode_job, encode_
 from comfyfleet.coordinator.store.migrations import LATEST
 from comfyfleet.coordinator.store.postgres import PostgresStore
 from comfyfleet.shared.errors import InvalidInput
+from comfyfleet.shared.history import Transition
 from comfyfleet.shared.jobspec import (
     MAX_RAM_MB,
     MAX_TIMEOUT_S,
