@@ -13,6 +13,7 @@ import base64
 import binascii
 import dataclasses
 import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,6 +173,36 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
     if not math.isfinite(created_at) or "\x00" in job_id:
         raise bad
     return created_at, job_id
+
+
+def page_of(rows: Sequence[JobRow], limit: int) -> tuple[list[JobRecord], str | None]:
+    """A list_jobs answer from up to `limit + 1` rows in order: the records of the first `limit`,
+    and the cursor after the last of them when another row follows."""
+    page = rows[:limit]
+    next_cursor = encode_cursor(page[-1]) if len(rows) > limit else None
+    return [decode_job(r) for r in page], next_cursor
+
+
+def keyset_pages(
+    first: Callable[[], list[JobRow]], after: Callable[[JobRow], list[JobRow]], page: int
+) -> Iterator[JobRecord]:
+    """Recovery read `page` rows at a time in (created_at, id) order: `first()` reads the first
+    page, `after(row)` the page after `row`; each row is decoded only when the caller gets to it."""
+    rows = first()
+    while rows:
+        for row in rows:
+            yield decode_job(row)
+        if len(rows) < page:
+            return
+        rows = after(rows[-1])
+
+
+def status_counts(pairs: Iterable[tuple[str, int]]) -> dict[JobStatus, int]:
+    """count_by_status from (status, count) pairs: every status present, zero included."""
+    counts = dict.fromkeys(JobStatus, 0)
+    for status, n in pairs:
+        counts[JobStatus(status)] = n
+    return counts
 
 
 def before_cursor(row: JobRow, position: tuple[float, str]) -> bool:

@@ -260,27 +260,20 @@ class PostgresStore:
         query, params = list_query(statuses, tenant, limit, cursor)
         if tenant is not None and "\x00" in tenant:  # no job has such a tenant
             return [], None
-        rows = self._rows(query, params)
-        page = rows[:limit]
-        next_cursor = codec.encode_cursor(page[-1]) if len(rows) > limit else None
-        return [codec.decode_job(r) for r in page], next_cursor
+        return codec.page_of(self._rows(query, params), limit)
 
     def non_terminal_jobs(self, page: int = RECOVERY_PAGE) -> Iterator[JobRecord]:
-        rows = self._rows(OPEN_FIRST, (page,))
-        while rows:
-            for row in rows:
-                yield codec.decode_job(row)
-            if len(rows) < page:
-                return
-            last = rows[-1]
-            rows = self._rows(OPEN_AFTER, (last.created_at, last.id, page))
+        return codec.keyset_pages(
+            lambda: self._rows(OPEN_FIRST, (page,)),
+            lambda last: self._rows(OPEN_AFTER, (last.created_at, last.id, page)),
+            page,
+        )
 
     def count_by_status(self) -> dict[JobStatus, int]:
-        counts = dict.fromkeys(JobStatus, 0)
         with self._conn() as conn:
-            for status, n in conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status"):
-                counts[JobStatus(status)] = n
-        return counts
+            return codec.status_counts(
+                conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
+            )
 
     def save_agent(self, agent: AgentRecord) -> None:
         info = codec.encode_agent_info(agent)

@@ -186,10 +186,7 @@ class SqliteStore:
             params.append(tenant)
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         sql = f"{_SELECT}{clause} ORDER BY created_at DESC, id DESC LIMIT ?"
-        rows = self._rows(sql, [*params, limit + 1])
-        page = rows[:limit]
-        next_cursor = codec.encode_cursor(page[-1]) if len(rows) > limit else None
-        return [codec.decode_job(r) for r in page], next_cursor
+        return codec.page_of(self._rows(sql, [*params, limit + 1]), limit)
 
     def non_terminal_jobs(self, page: int = RECOVERY_PAGE) -> Iterator[JobRecord]:
         marks = ", ".join("?" * len(_NON_TERMINAL))
@@ -198,22 +195,18 @@ class SqliteStore:
             f"{_SELECT} WHERE status IN ({marks}) AND (created_at, id) > (?, ?) "
             "ORDER BY created_at, id LIMIT ?"
         )
-        rows = self._rows(first, [*_NON_TERMINAL, page])
-        while rows:
-            for row in rows:
-                yield codec.decode_job(row)
-            if len(rows) < page:
-                return
-            last = rows[-1]
-            rows = self._rows(after, [*_NON_TERMINAL, last.created_at, last.id, page])
+        return codec.keyset_pages(
+            lambda: self._rows(first, [*_NON_TERMINAL, page]),
+            lambda last: self._rows(after, [*_NON_TERMINAL, last.created_at, last.id, page]),
+            page,
+        )
 
     def count_by_status(self) -> dict[JobStatus, int]:
         conn = self._live()
-        counts = dict.fromkeys(JobStatus, 0)
         with _translated(self._path):
-            for status, n in conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status"):
-                counts[JobStatus(status)] = n
-        return counts
+            return codec.status_counts(
+                conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
+            )
 
     def save_agent(self, agent: AgentRecord) -> None:
         info = codec.encode_agent_info(agent)
