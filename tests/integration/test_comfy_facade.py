@@ -17,7 +17,6 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -26,19 +25,15 @@ from PIL import Image
 
 from comfyfleet.sim.recording import collapse_node_runs, event_types, normalise, shape, text_types
 from comfyfleet.sim.testing import SimSocket
-from tests.helpers import procs
+from tests.helpers import procs, replay
 from tests.helpers.fleet import Fleet, running_fleet
+from tests.helpers.replay import labels, load, post, reconnect_prompt
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-TRACES = Path(__file__).resolve().parents[1] / "fixtures" / "comfyui-traces"
 CLIENT = "probe-c4cb5ea7"
 CLIENT2 = "probe2-01e5c542"
 _JOB_SUB = re.compile(r'"subfolder": "comfy-[0-9a-f]{32}/?')
-
-
-def load(name: str) -> Any:
-    return json.loads((TRACES / name).read_text())
 
 
 @dataclass
@@ -78,31 +73,14 @@ def unjob(value: Any) -> Any:
     return json.loads(_JOB_SUB.sub('"subfolder": "', json.dumps(value)))
 
 
-def labels(*pairs: tuple[str, str]) -> tuple[dict[str, str], dict[str, str]]:
-    rec = {r: f"<P{i}>" for i, (r, _) in enumerate(pairs)}
-    got = {s: f"<P{i}>" for i, (_, s) in enumerate(pairs)}
-    return rec, got
-
-
 def assert_same_stream(
     recorded: list[dict[str, Any]], got: list[dict[str, Any]], ids: tuple[dict[str, str], ...]
 ) -> None:
-    assert event_types(got) == event_types(recorded)
-    for rec, frame in zip(recorded, got, strict=True):
-        assert shape(frame["msg"]) == shape(rec["msg"]), rec["msg"]
-        assert normalise(unjob(frame["msg"]), ids[1]) == normalise(rec["msg"], ids[0])
+    replay.assert_same_stream(recorded, got, (ids[0], ids[1]), unjob)
 
 
 def history_view(body: dict[str, Any], ids: dict[str, str]) -> Any:
-    out = normalise(unjob(body), ids)
-    for entry in out.values():
-        entry["prompt"][0] = 0
-    return out
-
-
-async def post(http: aiohttp.ClientSession, body: Any) -> tuple[int, Any]:
-    resp = await http.post("/prompt", json=body)
-    return resp.status, await resp.json()
+    return replay.history_view(body, ids, unjob)
 
 
 async def connect(http: aiohttp.ClientSession, client_id: str) -> SimSocket:
@@ -114,22 +92,13 @@ async def connect(http: aiohttp.ClientSession, client_id: str) -> SimSocket:
 async def run_recorded(
     http: aiohttp.ClientSession, sock: SimSocket, trace: dict[str, Any]
 ) -> tuple[str, list[dict[str, Any]]]:
-    status, body = await post(http, trace["post"]["request_json"])
-    assert status == trace["post"]["status"] == 200, body
-    assert shape(body) == shape(trace["post"]["json"])
-    return body["prompt_id"], await sock.wait_done(body["prompt_id"], 30)
+    return await replay.run_recorded(http, sock, trace, 30)
 
 
 async def compare_history(
     http: aiohttp.ClientSession, trace: dict[str, Any], pid: str
 ) -> dict[str, Any]:
-    got = await (await http.get(f"/history/{pid}")).json()
-    rec_pid = trace["post"]["json"]["prompt_id"]
-    ids = labels((rec_pid, pid))
-    assert shape(got[pid]) == shape(trace["history"]["json"][rec_pid])
-    assert history_view(got, ids[1]) == history_view(trace["history"]["json"], ids[0])
-    entry: dict[str, Any] = got[pid]
-    return entry
+    return await replay.compare_history(http, trace, pid, unjob)
 
 
 async def image_at(http: aiohttp.ClientSession, ref: dict[str, str]) -> Image.Image:
@@ -480,15 +449,7 @@ async def test_client_prompt_id_no_client_and_history_delete(http: aiohttp.Clien
 async def test_reconnect_same_client_id(http: aiohttp.ClientSession) -> None:
     trace = load("24_reconnect_same_clientid.json")
     rec_pid = trace["before_disconnect"][2]["msg"]["data"]["prompt_id"]
-    prompt = {
-        "1": {"class_type": "EmptyImage",
-              "inputs": {"width": 2048, "height": 2048, "batch_size": 1, "color": 77}},
-        "10": {"class_type": "ImageBlur",
-               "inputs": {"image": ["1", 0], "blur_radius": 31, "sigma": 10.0}},
-        "11": {"class_type": "ImageBlur",
-               "inputs": {"image": ["10", 0], "blur_radius": 31, "sigma": 10.0}},
-        "99": {"class_type": "PreviewImage", "inputs": {"images": ["11", 0]}},
-    }  # fmt: skip
+    prompt = reconnect_prompt(77)
     first = await connect(http, CLIENT2)
     _, body = await post(http, {"prompt": prompt, "client_id": CLIENT2})
     pid = body["prompt_id"]
