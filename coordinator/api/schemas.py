@@ -39,6 +39,17 @@ OUTPUT = obj(
         "content_type": "the type it is served with (derived from the name, not declared)",
         "node_id": "the node that wrote it",
         "kind": "ComfyUI's folder type: output or temp",
+        "comfy_ref": nullable(
+            obj(
+                {
+                    "filename": "as ComfyUI named it",
+                    "subfolder": "",
+                    "type": "output or temp",
+                    "key": "the ui key that listed it (images, gifs, …)",
+                },
+                required=False,
+            )
+        ),
         "url": "where to download it",
     },
     required=False,
