@@ -8,23 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from comfyfleet.coordinator.errors import Conflict, StoreUnavailable
+from comfyfleet.shared import names
 from comfyfleet.shared.errors import InvalidInput
-
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ ()-]{0,254}$")
 
 
 def check_name(name: str, field: str = "name") -> str:
-    """An output file name must be one plain path segment (no '/', no '..', no leading dot)."""
-    if not _SAFE_NAME.match(name) or ".." in name:
-        raise InvalidInput(field, f"invalid output file name {name!r}", "bad_name")
-    return name
+    """An output file name must be a safe stored name (shared/names.py holds the rule)."""
+    return names.check_stored(name, field)
 
 
 @dataclass(frozen=True, slots=True)
