@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 from comfyfleet.agent.comfyui.client import ComfyUIClient
 
@@ -19,12 +20,31 @@ class Inventory:
     node_classes: frozenset[str]
 
 
+# ComfyUI's `folder_paths.supported_pt_extensions`: the files its model loaders accept.
+MODEL_EXTENSIONS = frozenset(
+    {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
+)
+# Folders that GET /models lists but that hold no models: YAML configs and custom node code
+# (GET /models/custom_nodes lists every file there, e.g. websocket_image_save.py).
+NOT_MODEL_FOLDERS = frozenset({"configs", "custom_nodes"})
+
+
+def model_files(folder: str, files: Iterable[str]) -> set[str]:
+    """The model files among what GET /models/{folder} listed (pure)."""
+    if folder in NOT_MODEL_FOLDERS:
+        return set()
+    return {
+        f for f in files if PurePosixPath(f.replace("\\", "/")).suffix.lower() in MODEL_EXTENSIONS
+    }
+
+
 async def read_inventory(client: ComfyUIClient) -> Inventory:
     """Raises ComfyUIError when the instance does not answer."""
     classes = frozenset(await client.object_info())
     models: set[str] = set()
     for folder in await client.model_folders():
-        models.update(await client.models(folder))
+        if folder not in NOT_MODEL_FOLDERS:
+            models.update(model_files(folder, await client.models(folder)))
     return Inventory(frozenset(models), classes)
 
 
