@@ -42,7 +42,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy cli shared coordinator agent client
+	$(BIN)/mypy cli shared coordinator agent client sim
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

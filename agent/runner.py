@@ -15,6 +15,7 @@ import structlog
 from comfyfleet.agent.comfyui import events as ev
 from comfyfleet.agent.comfyui.client import ComfyUIClient, ComfyUIError, OutputMissing
 from comfyfleet.agent.comfyui.driver import PromptOutcome, attach_prompt, run_prompt
+from comfyfleet.agent.comfyui.seeds import apply_seeds
 from comfyfleet.agent.config import AgentConfig
 from comfyfleet.agent.coordinator_client import AgentError, CoordinatorClient, Refused
 from comfyfleet.agent.inputs import rename_inputs, upload_inputs
@@ -192,7 +193,7 @@ class JobRunner:
                 graph=self.job.workflow or None,
                 cancel_wait_s=self.config.cancel_wait_s,
             )
-        graph, seeds = ev.apply_seeds(self.job.workflow, random.SystemRandom())
+        graph, seeds = apply_seeds(self.job.workflow, random.SystemRandom())
         self.seeds = seeds
         if self.job.inputs:
             try:

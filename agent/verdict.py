@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from comfyfleet.agent.comfyui.driver import PromptOutcome
+from comfyfleet.agent.comfyui.outcome import PromptOutcome
 from comfyfleet.agent.rejections import host_specific
 from comfyfleet.shared import protocol as p
 

@@ -248,7 +248,7 @@ def run_agent(args: argparse.Namespace) -> int:
 
 
 def add_comfyui_sim(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from comfyfleet.agent.sim.cli import add_arguments
+    from comfyfleet.sim.cli import add_arguments
 
     cmd = sub.add_parser("comfyui-sim", help="run a simulated ComfyUI server")
     add_arguments(cmd)
@@ -256,9 +256,9 @@ def add_comfyui_sim(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def run_comfyui_sim(args: argparse.Namespace) -> int:
-    from comfyfleet.agent.sim.cli import config_from_args
-    from comfyfleet.agent.sim.server import run
     from comfyfleet.shared.logs import configure
+    from comfyfleet.sim.cli import config_from_args
+    from comfyfleet.sim.server import run
 
     configure(args.log_level)
     run(config_from_args(args))

@@ -16,7 +16,7 @@ from comfyfleet.shared.status import TERMINAL, JobStatus
 
 if TYPE_CHECKING:
     from comfyfleet.coordinator.fleet import AgentState
-    from comfyfleet.coordinator.service import LiveProgress
+    from comfyfleet.coordinator.state import LiveProgress
 
 
 def output_json(job: JobRecord, entry: dict[str, Any]) -> dict[str, Any]:

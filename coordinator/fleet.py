@@ -6,6 +6,9 @@ import asyncio
 from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
+
+import msgspec
 
 from comfyfleet.coordinator.model import JobRecord
 from comfyfleet.coordinator.scheduler.model import AgentView, GpuView, SlotView
@@ -85,6 +88,21 @@ class AgentState:
 
 
 RECENT_PER_SLOT = 16
+
+
+def register_info(msg: Register) -> dict[str, Any]:
+    """The registration as the store keeps it (`AgentRecord.info`): without the running jobs."""
+    info: dict[str, Any] = msgspec.to_builtins(msg)
+    info.pop("running", None)
+    return info
+
+
+def register_from_info(info: dict[str, Any]) -> Register | None:
+    """The stored registration back as a message; None if it no longer decodes."""
+    try:
+        return msgspec.convert(info, Register)
+    except msgspec.ValidationError:
+        return None
 
 
 def has_free_slot(agent: AgentState, jobs: dict[str, JobRecord]) -> bool:

@@ -18,8 +18,9 @@ from typing import Any
 
 import msgspec
 
-from comfyfleet.coordinator.model import AgentRecord, JobRecord, Transition
+from comfyfleet.coordinator.model import AgentRecord, JobRecord
 from comfyfleet.shared.errors import InvalidInput
+from comfyfleet.shared.history import Transition
 from comfyfleet.shared.jobspec import JobSpec
 from comfyfleet.shared.status import JobStatus
 

@@ -25,9 +25,9 @@ from comfyfleet.agent.daemon import Agent
 from comfyfleet.agent.outbox import REPORT_FILE
 from comfyfleet.agent.probe import ResourceProbe
 from comfyfleet.agent.runner import JobRunner
-from comfyfleet.agent.sim.config import SimConfig
-from comfyfleet.agent.sim.server import create_app as create_sim
 from comfyfleet.agent.state import StateFile
+from comfyfleet.sim.config import SimConfig
+from comfyfleet.sim.server import create_app as create_sim
 from tests.api.conftest import Harness, MakeHarness
 from tests.helpers.fleet import txt2img
 from tests.helpers.outage_proxy import create_app as create_proxy

@@ -2,7 +2,7 @@
 
 For every recording: the same requests, then the same HTTP statuses and bodies, the same
 WebSocket event types in the same order, the same key sets (recursively) and the same values once
-ids, timestamps, temp-file suffixes and host paths are normalised (agent/sim/recording.py).
+ids, timestamps, temp-file suffixes and host paths are normalised (sim/recording.py).
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from comfyfleet.agent.sim.config import SimConfig
-from comfyfleet.agent.sim.recording import (
+from comfyfleet.sim.config import SimConfig
+from comfyfleet.sim.recording import (
     collapse_node_runs,
     event_types,
     normalise,
     shape,
     text_types,
 )
-from comfyfleet.agent.sim.server import create_app
-from comfyfleet.agent.sim.testing import SimSocket
+from comfyfleet.sim.server import create_app
+from comfyfleet.sim.testing import SimSocket
 
 TRACES = Path(__file__).resolve().parents[1] / "fixtures" / "comfyui-traces"
 CLIENT = "probe-c4cb5ea7"

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from comfyfleet.coordinator.errors import Conflict, StoreUnavailable
-from comfyfleet.coordinator.model import AgentRecord, JobRecord, Transition
+from comfyfleet.coordinator.model import AgentRecord, JobRecord
 from comfyfleet.coordinator.store import (
     DB_FILE,
     MemoryStore,
@@ -27,6 +27,7 @@ from comfyfleet.coordinator.store import (
 from comfyfleet.coordinator.store.codec import STATE_FIELDS, decode_job, encode_job
 from comfyfleet.coordinator.store.migrations import LATEST
 from comfyfleet.shared.errors import InvalidInput
+from comfyfleet.shared.history import Transition
 from comfyfleet.shared.jobspec import (
     MAX_RAM_MB,
     MAX_TIMEOUT_S,

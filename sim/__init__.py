@@ -5,8 +5,8 @@ tests/fixtures/comfyui-traces; simulated nodes with configurable timings and VRA
 outputs; fault knobs (`POST /sim/faults`) and counters (`GET /sim/stats`).
 """
 
-from comfyfleet.agent.sim.config import FaultSettings, ModelSpec, SimConfig
-from comfyfleet.agent.sim.server import create_app, run, serve
-from comfyfleet.agent.sim.state import SIM_STATE
+from comfyfleet.sim.config import FaultSettings, ModelSpec, SimConfig
+from comfyfleet.sim.server import create_app, run, serve
+from comfyfleet.sim.state import SIM_STATE
 
 __all__ = ["SIM_STATE", "FaultSettings", "ModelSpec", "SimConfig", "create_app", "run", "serve"]

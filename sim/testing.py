@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-from comfyfleet.agent.sim.recording import frame_record
+from comfyfleet.sim.recording import frame_record
 
 __all__ = ["SimSocket", "is_done"]
 

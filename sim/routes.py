@@ -22,14 +22,14 @@ import structlog
 from aiohttp import WSMsgType, web
 from PIL import Image
 
-from comfyfleet.agent.sim import events
-from comfyfleet.agent.sim.faults import FaultError
-from comfyfleet.agent.sim.files import dir_for_type, inside, upload_folder
-from comfyfleet.agent.sim.nodes import object_info
-from comfyfleet.agent.sim.prompt_queue import QueueItem
-from comfyfleet.agent.sim.state import SIM_STATE, SimState
-from comfyfleet.agent.sim.validation import no_prompt_error, validate_prompt
-from comfyfleet.agent.sim.vram import MB
+from comfyfleet.sim import events
+from comfyfleet.sim.faults import FaultError
+from comfyfleet.sim.files import dir_for_type, inside, upload_folder
+from comfyfleet.sim.nodes import object_info
+from comfyfleet.sim.prompt_queue import QueueItem
+from comfyfleet.sim.state import SIM_STATE, SimState
+from comfyfleet.sim.validation import no_prompt_error, validate_prompt
+from comfyfleet.sim.vram import MB
 
 __all__ = ["add_routes"]
 

@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 from aiohttp import web
 
-from comfyfleet.agent.sim.config import SimConfig
-from comfyfleet.agent.sim.http_faults import faulty_http_middleware
-from comfyfleet.agent.sim.routes import add_routes
-from comfyfleet.agent.sim.state import SIM_STATE, build_state
+from comfyfleet.sim.config import SimConfig
+from comfyfleet.sim.http_faults import faulty_http_middleware
+from comfyfleet.sim.routes import add_routes
+from comfyfleet.sim.state import SIM_STATE, build_state
 
 __all__ = ["create_app", "listening_line", "run", "serve"]
 

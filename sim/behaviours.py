@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from comfyfleet.agent.sim.config import SimConfig
-from comfyfleet.agent.sim.images import (
+from comfyfleet.sim.config import SimConfig
+from comfyfleet.sim.images import (
     SimClip,
     SimConditioning,
     SimImage,
@@ -26,7 +26,7 @@ from comfyfleet.agent.sim.images import (
     preview_bytes,
     write_png,
 )
-from comfyfleet.agent.sim.naming import save_image_path
+from comfyfleet.sim.naming import save_image_path
 
 __all__ = ["BEHAVIOURS", "NodeContext", "NodeFailure", "NodeResult", "pixel_factor"]
 

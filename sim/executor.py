@@ -18,19 +18,19 @@ from typing import Any
 
 import structlog
 
-from comfyfleet.agent.sim import events
-from comfyfleet.agent.sim.behaviours import BEHAVIOURS, NodeFailure, NodeResult
-from comfyfleet.agent.sim.config import SimConfig
-from comfyfleet.agent.sim.faults import Faults
-from comfyfleet.agent.sim.files import annotated_input_path
-from comfyfleet.agent.sim.graph import cache_keys, execution_order, is_link
-from comfyfleet.agent.sim.images import SimModel
-from comfyfleet.agent.sim.naming import UnsafePath
-from comfyfleet.agent.sim.nodes import CATALOGUE
-from comfyfleet.agent.sim.prompt_queue import PromptQueue, QueueItem
-from comfyfleet.agent.sim.stats import SimStats
-from comfyfleet.agent.sim.vram import OOM_TIPS, OutOfVram, Vram
-from comfyfleet.agent.sim.ws import Hub, encode_preview, encode_preview_meta, encode_text
+from comfyfleet.sim import events
+from comfyfleet.sim.behaviours import BEHAVIOURS, NodeFailure, NodeResult
+from comfyfleet.sim.config import SimConfig
+from comfyfleet.sim.faults import Faults
+from comfyfleet.sim.files import annotated_input_path
+from comfyfleet.sim.graph import cache_keys, execution_order, is_link
+from comfyfleet.sim.images import SimModel
+from comfyfleet.sim.naming import UnsafePath
+from comfyfleet.sim.nodes import CATALOGUE
+from comfyfleet.sim.prompt_queue import PromptQueue, QueueItem
+from comfyfleet.sim.stats import SimStats
+from comfyfleet.sim.vram import OOM_TIPS, OutOfVram, Vram
+from comfyfleet.sim.ws import Hub, encode_preview, encode_preview_meta, encode_text
 
 __all__ = ["Crashed", "Executor", "Interrupted"]
 

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
-from comfyfleet.agent.sim.state import SIM_STATE
+from comfyfleet.sim.state import SIM_STATE
 
 log = structlog.get_logger(__name__)
 

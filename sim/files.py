@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from comfyfleet.agent.sim.config import SimConfig
+from comfyfleet.sim.config import SimConfig
 
 __all__ = ["annotated_input_path", "dir_for_type", "inside", "upload_folder"]
 

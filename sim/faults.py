@@ -6,7 +6,7 @@ import dataclasses
 import random
 from typing import Any
 
-from comfyfleet.agent.sim.config import FaultSettings
+from comfyfleet.sim.config import FaultSettings
 
 __all__ = ["FaultError", "Faults"]
 

@@ -9,17 +9,17 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from comfyfleet.agent.sim import events
-from comfyfleet.agent.sim.config import SimConfig
-from comfyfleet.agent.sim.executor import Executor
-from comfyfleet.agent.sim.faults import Faults
-from comfyfleet.agent.sim.files import annotated_input_path
-from comfyfleet.agent.sim.nodes import CATALOGUE, CatalogueContext, NodeSpec
-from comfyfleet.agent.sim.prompt_queue import PromptQueue
-from comfyfleet.agent.sim.stats import SimStats
-from comfyfleet.agent.sim.validation import ValidationContext
-from comfyfleet.agent.sim.vram import Vram
-from comfyfleet.agent.sim.ws import Hub
+from comfyfleet.sim import events
+from comfyfleet.sim.config import SimConfig
+from comfyfleet.sim.executor import Executor
+from comfyfleet.sim.faults import Faults
+from comfyfleet.sim.files import annotated_input_path
+from comfyfleet.sim.nodes import CATALOGUE, CatalogueContext, NodeSpec
+from comfyfleet.sim.prompt_queue import PromptQueue
+from comfyfleet.sim.stats import SimStats
+from comfyfleet.sim.validation import ValidationContext
+from comfyfleet.sim.vram import Vram
+from comfyfleet.sim.ws import Hub
 
 __all__ = ["SIM_STATE", "SimState", "build_state"]
 

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from comfyfleet.agent.sim.nodes import NodeSpec
+from comfyfleet.sim.nodes import NodeSpec
 
 __all__ = ["cache_keys", "execution_order", "is_link", "upstream"]
 

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from comfyfleet.agent.sim.ws import decode_binary
+from comfyfleet.sim.ws import decode_binary
 
 __all__ = [
     "collapse_node_runs",

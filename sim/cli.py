@@ -11,8 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from comfyfleet.agent.sim.config import FaultSettings, ModelSpec, SimConfig
-from comfyfleet.agent.sim.server import run
+from comfyfleet.sim.config import FaultSettings, ModelSpec, SimConfig
+from comfyfleet.sim.server import run
 
 __all__ = ["add_arguments", "add_subcommand", "config_from_args", "main", "parse_listen"]
 

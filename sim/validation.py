@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from comfyfleet.agent.sim.nodes import CatalogueContext, NodeSpec
+from comfyfleet.sim.nodes import CatalogueContext, NodeSpec
 
 __all__ = ["Validation", "ValidationContext", "no_prompt_error", "validate_prompt"]
 

@@ -1,13 +1,14 @@
-"""Store speed check: `python -m comfyfleet.coordinator.store.bench [N] [DIR]`.
+"""Store speed check: `.venv/bin/python -m bench.store [N] [DIR]`.
 
 Inserts N jobs (one commit each), applies N guarded updates (one commit each), then N more in
 batches of 100 (one commit per batch), and reads them back; prints operations per second.
-A script for people, not a test: nothing here asserts a speed.
+Every job moves through the transition table (`coordinator/jobs.py`: created, assigned,
+started), as the coordinator moves them. A script for people, not a test: nothing here asserts
+a speed.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import tempfile
 import time
@@ -15,10 +16,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from comfyfleet.coordinator.model import JobRecord, Transition
+from comfyfleet.coordinator import jobs as moves
+from comfyfleet.coordinator.model import JobRecord
 from comfyfleet.coordinator.store import MemoryStore, Store, open_store
 from comfyfleet.shared.jobspec import JobSpec
-from comfyfleet.shared.status import JobStatus
+from comfyfleet.shared.status import JobEvent, JobStatus
 
 BATCH = 100
 T = TypeVar("T")
@@ -35,25 +37,20 @@ def _jobs(n: int) -> list[JobRecord]:
     spec = JobSpec(workflow=_workflow())
     now = time.time()
     return [
-        JobRecord(
-            id=f"job-{i:08}",
-            spec=spec,
-            workflow_hash="h",
-            created_at=now + i * 1e-3,
-            status=JobStatus.QUEUED,
-            updated_at=now,
+        moves.created(
+            JobRecord(id=f"job-{i:08}", spec=spec, workflow_hash="h", created_at=now + i * 1e-3),
+            now,
         )
         for i in range(n)
     ]
 
 
-def _advance(job: JobRecord, status: JobStatus) -> JobRecord:
-    at = time.time()
-    new = dataclasses.replace(
-        job, status=status, attempt=job.attempt + 1, updated_at=at, agent_id="agent-1", gpu_index=0
-    )
-    new.history = [*job.history, Transition(at, job.status, status, "assign", "bench", new.attempt)]
-    return new
+def _assigned(job: JobRecord) -> JobRecord:
+    return moves.assigned(job, time.time(), "agent-1", "agent-1:0", 0)
+
+
+def _started(job: JobRecord) -> JobRecord:
+    return moves.advance(job, JobEvent.START, time.time(), "bench: prompt accepted")
 
 
 def _each(fn: Callable[[T], object], items: Sequence[T]) -> Callable[[], None]:
@@ -76,13 +73,13 @@ def _timed(label: str, n: int, fn: Callable[[], object]) -> None:
 def bench(store: Store, n: int) -> None:
     jobs = _jobs(n)
     _timed("insert_job (commit each)", n, _each(store.insert_job, jobs))
-    assigned = [_advance(j, JobStatus.ASSIGNED) for j in jobs]
+    assigned = [_assigned(j) for j in jobs]
     _timed(
         "update_job (commit each)",
         n,
         _each(lambda j: store.update_job(j, JobStatus.QUEUED, 0), assigned),
     )
-    running = [(_advance(j, JobStatus.RUNNING), JobStatus.ASSIGNED, 1) for j in assigned]
+    running = [(_started(j), JobStatus.ASSIGNED, 1) for j in assigned]
     batches = [running[i : i + BATCH] for i in range(0, n, BATCH)]
     _timed(f"update_jobs (batches of {BATCH})", n, _each(store.update_jobs, batches))
     _timed("get_job", n, _each(store.get_job, [j.id for j in jobs]))
@@ -93,6 +90,9 @@ def bench(store: Store, n: int) -> None:
         _each(lambda _: store.list_jobs(tenant="default", limit=100), range(pages)),
     )
     _timed("non_terminal_jobs (all N)", 1, store.non_terminal_jobs)
+    stored = [store.get_job(j.id) for j in jobs]
+    if any(j is None or j.status is not JobStatus.RUNNING for j in stored):
+        raise SystemExit("a guarded update did not apply: the numbers above are not comparable")
 
 
 def main(argv: list[str]) -> None:
