@@ -3,6 +3,7 @@ simulated ComfyUI, and the agent's own JobRunner / Agent speaking HTTP to both.
 
 - Output names ComfyUI writes (a leading `_` or `-`, parentheses, non-ASCII, subfolders)
   complete, and the original name is kept for the outputs list and the download.
+- A report the coordinator refuses hands the attempt back at once.
 - A coordinator answering 503 + Retry-After to the finish report does not lose the result.
 - A report kept in the outbox by an agent that died is sent by the next one.
 """
@@ -113,13 +114,42 @@ async def test_any_name_comfyui_writes_completes_and_downloads_as_written(
     assert not list((tmp_path / "agent" / "spool").iterdir())  # acknowledged: spool emptied
 
 
+async def behind_proxy(
+    harness: MakeHarness, aiohttp_client: Any, tmp_path: Path
+) -> tuple[Harness, Any, AgentConfig]:
+    """A coordinator, the outage proxy in front of it, and an agent config that goes through
+    the proxy. No heartbeats are sent here, so the agent must not be declared lost."""
+    h = await harness(lost_grace_s=60.0)
+    proxy = await aiohttp_client(create_proxy(str(h.client.make_url("/")).rstrip("/")))
+    comfyui = await sim_url(aiohttp_client, tmp_path)
+    return h, proxy, agent_config(str(proxy.make_url("/")), comfyui, tmp_path)
+
+
+async def test_refused_upload_gives_the_job_back(
+    harness: MakeHarness, aiohttp_client: Any, tmp_path: Path
+) -> None:
+    """A report the coordinator refuses (4xx, not stale: here outputs over 100 bytes) hands
+    the attempt back at once; the job must not sit RUNNING until its timeout."""
+    h = await harness(max_output_bytes=100)
+    comfyui = await sim_url(aiohttp_client, tmp_path)
+    config = agent_config(str(h.client.make_url("/")), comfyui, tmp_path)
+    async with aiohttp.ClientSession() as session:
+        job, runner = await leased_runner(
+            h, session, config, workflow=txt2img(64, 64, steps=2, prefix="big"), max_retries=0
+        )
+        await runner.run()
+    done = await h.job(job["id"])
+    assert done["status"] == "FAILED", done  # max_retries=0: the give-back ends it now
+    assert done["error"]["code"] == "report_refused", done["error"]
+    assert "size" in done["error"]["message"], done["error"]
+    assert h.coord.jobs.get(job["id"]) is None
+    assert not list((tmp_path / "agent" / "spool").iterdir())
+
+
 async def test_finish_answered_503_with_retry_after_is_sent_again_not_dropped(
     harness: MakeHarness, aiohttp_client: Any, tmp_path: Path
 ) -> None:
-    h = await harness(lost_grace_s=60.0)  # no heartbeats here: the agent must not be lost
-    proxy = await aiohttp_client(create_proxy(str(h.client.make_url("/")).rstrip("/")))
-    comfyui = await sim_url(aiohttp_client, tmp_path)
-    config = agent_config(str(proxy.make_url("/")), comfyui, tmp_path)
+    h, proxy, config = await behind_proxy(harness, aiohttp_client, tmp_path)
     async with aiohttp.ClientSession() as session:
         job, runner = await leased_runner(
             h, session, config, workflow=txt2img(64, 64, steps=2), max_retries=0
@@ -136,10 +166,7 @@ async def test_finish_answered_503_with_retry_after_is_sent_again_not_dropped(
 async def test_a_kept_report_is_sent_by_the_next_agent_run(
     harness: MakeHarness, aiohttp_client: Any, tmp_path: Path
 ) -> None:
-    h = await harness(lost_grace_s=60.0)
-    proxy = await aiohttp_client(create_proxy(str(h.client.make_url("/")).rstrip("/")))
-    comfyui = await sim_url(aiohttp_client, tmp_path)
-    config = agent_config(str(proxy.make_url("/")), comfyui, tmp_path)
+    h, proxy, config = await behind_proxy(harness, aiohttp_client, tmp_path)
     async with aiohttp.ClientSession() as session:
         job, runner = await leased_runner(
             h, session, config, workflow=txt2img(64, 64, steps=2), max_retries=0

@@ -42,11 +42,7 @@ async def test_stored_and_part_files_are_hashed_off_the_event_loop(
     harness: MakeHarness, hash_threads: list[bool]
 ) -> None:
     h = await harness()
-    agent = h.agent("a1")
-    await agent.register()
-    await h.submit()
-    job = (await agent.lease(2.0)).jobs[0]
-    await agent.started(job)
+    agent, job = await h.running_job()
     data = bytes(range(256)) * 8192  # 2 MiB
     sha = hashlib.sha256(data).hexdigest()
     url = f"/agent/v1/jobs/{job.job_id}/outputs/o.png"
