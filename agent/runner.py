@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 import uuid
@@ -15,6 +16,7 @@ import structlog
 from comfyfleet.agent.comfyui import events as ev
 from comfyfleet.agent.comfyui.client import ComfyUIClient, ComfyUIError, OutputMissing
 from comfyfleet.agent.comfyui.driver import PromptOutcome, attach_prompt, run_prompt
+from comfyfleet.agent.comfyui.frames import Frame
 from comfyfleet.agent.comfyui.seeds import apply_seeds
 from comfyfleet.agent.config import AgentConfig
 from comfyfleet.agent.coordinator_client import AgentError, CoordinatorClient, Refused
@@ -46,6 +48,7 @@ class SubmitHook(ComfyUIClient):
 
 
 _EXECUTION_SIGNS = (ev.Started, ev.Cached, ev.Executing, ev.Progress, ev.Executed, ev.Preview)
+FORWARD_PREVIEWS = 8  # previews kept pending when forwarding frames (else the newest only)
 
 
 class JobRunner:
@@ -102,6 +105,7 @@ class JobRunner:
         self.pending: list[p.JobEvent] = []
         self.vram_peak_mb: int | None = None
         self.delivery: asyncio.Future[None] | None = None
+        self.comfy_end: dict[str, Any] | None = None  # forwarded: ComfyUI's error/interrupt frame
         self.log = structlog.get_logger("agent.job").bind(
             job_id=job.job_id, attempt=job.attempt, instance=job.instance_id
         )
@@ -192,6 +196,7 @@ class JobRunner:
                 stall_s=self.config.stall_s,
                 graph=self.job.workflow or None,
                 cancel_wait_s=self.config.cancel_wait_s,
+                forward_frames=self.job.forward_frames,
             )
         graph, seeds = apply_seeds(self.job.workflow, random.SystemRandom())
         self.seeds = seeds
@@ -236,6 +241,8 @@ class JobRunner:
             stall_s=self.config.stall_s,
             queue_wait_s=self.queue_wait_s,
             cancel_wait_s=self.config.cancel_wait_s,
+            forward_frames=self.job.forward_frames,
+            extra_data=self.job.extra_data or None,
         )
 
     async def _report_started(self) -> None:
@@ -251,12 +258,17 @@ class JobRunner:
         if ack.status == "cancel":
             self.stop("cancel")
 
-    async def _on_update(self, update: ev.Update) -> None:
+    async def _on_update(self, update: ev.Update | Frame) -> None:
         if not self.started_sent and isinstance(update, _EXECUTION_SIGNS):
             await self._report_started()
         now = time.time()
         event: p.JobEvent | None = None
-        if isinstance(update, ev.Cached):
+        if isinstance(update, Frame):  # ComfyUI's own frame, for the coordinator's facade
+            msg = dict(update.msg)
+            if msg.get("type") in ("execution_error", "execution_interrupted"):
+                self.comfy_end = msg
+            event = p.JobEvent(kind="comfy", t=now, data=msg)
+        elif isinstance(update, ev.Cached):
             event = p.JobEvent(kind="cached", t=now, nodes=list(update.nodes))
         elif isinstance(update, ev.Executing):
             event = p.JobEvent(
@@ -275,7 +287,12 @@ class JobRunner:
         elif isinstance(update, ev.Executed):
             event = p.JobEvent(kind="executed", t=now, node=update.node)
         elif isinstance(update, ev.Preview):
-            self.pending = [e for e in self.pending if e.kind != "preview"]  # newest only
+            # the newest only; when forwarding frames a few, in their place among them
+            keep = FORWARD_PREVIEWS - 1 if self.job.forward_frames else 0
+            previews = [e for e in self.pending if e.kind == "preview"]
+            drop = {id(e) for e in previews[: max(0, len(previews) - keep)]}
+            if drop:
+                self.pending = [e for e in self.pending if id(e) not in drop]
             event = p.JobEvent(
                 kind="preview", t=now, node=update.node, image=update.image, mime=update.mime
             )
@@ -326,6 +343,7 @@ class JobRunner:
         self.log.info(
             "job_outcome", status=outcome.status, reason=outcome.reason, outputs=len(files)
         )
+        verdict = self._with_comfy_frames(verdict, outcome)
         report = Report(
             instance_id=self.job.instance_id,
             prompt_id=self.prompt_id,
@@ -345,6 +363,34 @@ class JobRunner:
         if await self._keep(report):
             self.state.remove(*self.key)  # the outbox holds the attempt now, not ComfyUI
         return report
+
+    def _with_comfy_frames(self, verdict: Verdict, outcome: PromptOutcome) -> Verdict:
+        """Forwarding frames: ComfyUI's own error or interrupt frame goes with the error."""
+        if verdict.outcome == "cancelled":
+            return dataclasses.replace(verdict, error=self._interrupted_at(outcome))
+        if outcome.status in ("failed", "rejected") and not outcome.retryable and verdict.error:
+            return dataclasses.replace(verdict, error=self._with_comfy_end(verdict.error))
+        return verdict
+
+    def _interrupted_at(self, outcome: PromptOutcome) -> p.ErrorInfo | None:
+        """Forwarding frames: where ComfyUI stopped a cancelled prompt, with its own frame."""
+        if self.comfy_end is None or self.comfy_end.get("type") != "execution_interrupted":
+            return None
+        where = outcome.interrupted
+        return self._with_comfy_end(
+            p.ErrorInfo(
+                code="interrupted",
+                message=outcome.reason or "interrupted",
+                node_id=where.node_id if where else None,
+                node_type=where.node_type if where else None,
+            )
+        )
+
+    def _with_comfy_end(self, err: p.ErrorInfo) -> p.ErrorInfo:
+        """ComfyUI's own error frame, kept with the error (the facade's /history)."""
+        if self.comfy_end is None:
+            return err
+        return msgspec.structs.replace(err, details={**err.details, "comfy": self.comfy_end})
 
     async def _keep(self, report: Report) -> bool:
         try:
@@ -397,11 +443,11 @@ class JobRunner:
         seen: set[str] = set()
         files: list[p.OutputFile] = []
         for ref in outcome.outputs:
-            if ref.type != "output":
-                continue  # previews (temp) are not results
+            if ref.type != "output" and not self.job.forward_frames:
+                continue  # previews (temp) are not results (the ComfyUI facade shows them)
             if not ref.filename:
                 raise OutputMissing(f"node {ref.node_id} reported an output without a name")
-            original = names.original_name(ref.subfolder, ref.filename)
+            original = names.original_name(ref.subfolder, ref.filename, ref.type)
             if original in seen:
                 continue  # one file reported twice
             seen.add(original)
@@ -420,6 +466,12 @@ class JobRunner:
                     sha256=got.sha256,
                     content_type=got.content_type,
                     node_id=ref.node_id,
+                    kind=ref.type,
+                    comfy_ref=p.ComfyRef(
+                        filename=ref.filename, subfolder=ref.subfolder, type=ref.type
+                    )
+                    if self.job.forward_frames
+                    else None,
                 )
             )
         return files

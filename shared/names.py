@@ -1,10 +1,11 @@
 """Output file names: the one rule the agent (what it uploads) and the coordinator (what it
 stores and serves) both follow.
 
-ComfyUI reports an output as (subfolder, filename). Its *original* name is `subfolder/filename`
-(just `filename` at the top of ComfyUI's output folder), exactly as ComfyUI wrote it: any
-characters, a leading `_`, `-` or `(`, non-ASCII, subfolders. That is what people see and what a
-download is called.
+ComfyUI reports an output as (subfolder, filename, type). Its *original* name is
+`subfolder/filename` (just `filename` at the top of ComfyUI's output folder), exactly as ComfyUI
+wrote it: any characters, a leading `_`, `-` or `(`, non-ASCII, subfolders; a file of another
+type (a preview in `temp`) carries ComfyUI's annotation, `name [temp]`. That is what people see
+and what a download is called.
 
 On disk and in URLs the coordinator keeps the *stored name*: the original with every UTF-8 byte
 outside `[A-Za-z0-9_.-]` (and a leading `.`) written as `~XX`, two upper-case hex digits. So a
@@ -34,9 +35,11 @@ _STORED = re.compile(rf"[A-Za-z0-9_.~() -]{{1,{MAX_STORED}}}")
 _EXT = re.compile(r"\.[A-Za-z0-9]{1,10}$")
 
 
-def original_name(subfolder: str, filename: str) -> str:
-    """The name ComfyUI gave an output: `subfolder/filename`, or `filename` at the top."""
-    return f"{subfolder}/{filename}" if subfolder else filename
+def original_name(subfolder: str, filename: str, kind: str = "output") -> str:
+    """The name ComfyUI gave an output: `subfolder/filename`, or `filename` at the top; a file
+    of another folder type (a `temp` preview) is annotated as ComfyUI annotates it: `x [temp]`."""
+    name = f"{subfolder}/{filename}" if subfolder else filename
+    return name if kind == "output" else f"{name} [{kind}]"
 
 
 def _escape(text: str, first: bool) -> str:

@@ -63,6 +63,14 @@ class RunningJob(Msg, frozen=True, kw_only=True):
     progress: float | None = None
 
 
+class ComfyCatalog(Msg, frozen=True, kw_only=True):
+    """What the agent's ComfyUI offers, in ComfyUI's own words (for the coordinator's ComfyUI
+    facade): the `/object_info` document and the model files by folder (`/models/{folder}`)."""
+
+    object_info: dict[str, Any] = {}
+    models: dict[str, list[str]] = {}
+
+
 class Register(Msg, frozen=True, kw_only=True):
     agent_id: Id
     version: str = ""
@@ -74,6 +82,7 @@ class Register(Msg, frozen=True, kw_only=True):
     # node classes its ComfyUI offers (/object_info); None: not known, nothing is checked
     node_classes: list[str] | None = None
     running: list[RunningJob] = []
+    comfyui: ComfyCatalog | None = None  # None: not read (yet)
 
 
 class RegisterReply(Msg, frozen=True, kw_only=True):
@@ -94,6 +103,7 @@ class Heartbeat(Msg, frozen=True, kw_only=True):
     # refreshed inventory (sent now and then, when it changed); None: unchanged
     models: list[str] | None = None
     node_classes: list[str] | None = None
+    comfyui: ComfyCatalog | None = None  # sent when it changed; None: unchanged
 
 
 class HeartbeatReply(Msg, frozen=True, kw_only=True):
@@ -118,6 +128,10 @@ class Assignment(Msg, frozen=True, kw_only=True):
     timeout_s: float
     vram_mb: int = 0
     inputs: dict[str, bytes] = {}  # input files: upload to ComfyUI's input folder first
+    # a prompt of the ComfyUI facade: forward ComfyUI's own frames (JobEvent kind "comfy") and
+    # keep temp files (PreviewImage) as outputs too
+    forward_frames: bool = False
+    extra_data: dict[str, Any] = {}  # ComfyUI's extra_data for the prompt (e.g. extra_pnginfo)
 
 
 class LeaseReply(Msg, frozen=True, kw_only=True):
@@ -136,7 +150,7 @@ class Started(Msg, frozen=True, kw_only=True):
 
 class JobEvent(Msg, frozen=True, kw_only=True):
     kind: Literal[
-        "started", "cached", "executing", "progress", "executed", "preview", "text", "log"
+        "started", "cached", "executing", "progress", "executed", "preview", "text", "log", "comfy"
     ]
     t: float
     node: str | None = None
@@ -148,6 +162,7 @@ class JobEvent(Msg, frozen=True, kw_only=True):
     text: str | None = None
     image: bytes | None = None  # preview frames (msgpack bin)
     mime: str | None = None
+    data: dict[str, Any] | None = None  # kind "comfy": a ComfyUI text frame exactly as it came
 
 
 class Events(Msg, frozen=True, kw_only=True):
@@ -155,6 +170,15 @@ class Events(Msg, frozen=True, kw_only=True):
     job_id: Id
     attempt: Attempt
     events: Annotated[list[JobEvent], msgspec.Meta(max_length=1000)]
+
+
+class ComfyRef(Msg, frozen=True, kw_only=True):
+    """How ComfyUI named an output file (`executed` and `/history`), before the agent renamed it."""
+
+    filename: Annotated[str, msgspec.Meta(max_length=1024)]
+    subfolder: Annotated[str, msgspec.Meta(max_length=1024)] = ""
+    type: Annotated[str, msgspec.Meta(max_length=32)] = "output"
+    key: Annotated[str, msgspec.Meta(max_length=64)] = "images"  # the ui key that listed it
 
 
 class OutputFile(Msg, frozen=True, kw_only=True):
@@ -166,10 +190,18 @@ class OutputFile(Msg, frozen=True, kw_only=True):
     node_id: str | None = None
     kind: str = "output"  # ComfyUI's folder type: output or temp
     original: Annotated[str, msgspec.Meta(max_length=4096)] = ""  # "" from older agents
+    comfy_ref: ComfyRef | None = None
 
     def __post_init__(self) -> None:
-        if self.original and names.stored_name(self.original) != self.name:
+        if not self.original:
+            return
+        if names.stored_name(self.original) != self.name:
             raise ValueError(f"name {self.name!r} is not the stored form of original")
+        ref = self.comfy_ref
+        if ref is not None and names.original_name(ref.subfolder, ref.filename, ref.type) != (
+            self.original
+        ):
+            raise ValueError("original is not the name comfy_ref gives")
 
 
 class ErrorInfo(Msg, frozen=True, kw_only=True):
