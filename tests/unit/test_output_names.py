@@ -102,3 +102,18 @@ def test_download_is_named_after_the_original() -> None:
     assert header.startswith("inline; ")
     assert "filename*=UTF-8''%E7%8C%AB%20%28v2%29_00001_.png" in header
     assert 'filename="_ (v2)_00001_.png"' in header
+
+
+def test_a_preview_and_an_output_of_the_same_name_stay_apart() -> None:
+    shown = names.original_name("", "ComfyUI_00001_.png", "temp")
+    assert shown == "ComfyUI_00001_.png [temp]"
+    assert names.stored_name(shown) != names.stored_name(names.original_name("", shown[:-7]))
+    ref = p.ComfyRef(filename="ComfyUI_00001_.png", subfolder="", type="temp")
+    ok = p.OutputFile(
+        name=names.stored_name(shown), original=shown, size=1, sha256="0" * 64, comfy_ref=ref
+    )
+    assert ok.comfy_ref == ref
+    with pytest.raises(msgspec.ValidationError):  # the two names of one file must agree
+        msgspec.convert(
+            {**msgspec.to_builtins(ok), "comfy_ref": {"filename": "other.png"}}, p.OutputFile
+        )
