@@ -29,6 +29,7 @@ def job_request(job: JobRecord) -> JobRequest:
     return JobRequest(
         job_id=job.id,
         priority=spec.priority,
+        submitted_at=job.created_at,
         queued_at=job.queued_at,
         gpus=spec.resources.gpus,
         vram_mb=job.vram_mb,
