@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from comfyfleet.coordinator import eta
 from comfyfleet.coordinator import jobs as moves
 from comfyfleet.coordinator.blocking import classify
 from comfyfleet.coordinator.errors import NotFound, StaleAttempt, Unprocessable
@@ -72,19 +73,34 @@ class Reports(Part):
         job = self.fenced(msg.agent_id, msg.job_id, msg.attempt)
         live = self.live.progress.setdefault(job.id, LiveProgress())
         previews = live.previews
+        now = self.clock()
+        # The agent stamps events with its own clock: keep their spacing, on this clock.
+        latest = max(ev.t for ev in msg.events) if msg.events else now
+        expected = self.learning.expected(job, self.live.agents.get(msg.agent_id))
+        learned = expected.node_s if expected is not None else {}
+        pos = live.position
         for ev in msg.events:
             live.updated_at = ev.t
+            at = max(pos.node_since, now - max(0.0, latest - ev.t))
             if ev.kind == "cached":
                 live.cached = list(ev.nodes)
+                pos = eta.served_from_cache(pos, ev.nodes)
             elif ev.kind in ("executing", "progress"):
                 live.node = ev.node or live.node
                 live.node_type = ev.node_type or live.node_type
                 live.value, live.max = ev.value, ev.max
+                if ev.node and ev.value is not None and ev.max is not None:
+                    pos = eta.stepped(pos, ev.node, ev.value, ev.max, at, learned)
+                elif ev.node:
+                    pos = eta.executing(pos, ev.node, at, learned)
+            elif ev.kind == "executed" and ev.node:
+                pos = eta.executed(pos, ev.node, at, learned)
             elif ev.kind == "preview" and ev.image is not None:
                 live.preview = (ev.image, ev.mime or "image/jpeg")
                 live.previews += 1
             if ev.fraction is not None:
                 live.fraction = max(live.fraction or 0.0, ev.fraction)
+        live.position = pos
         self.live.feed.progress(job, live, preview=live.previews != previews)
         return p.Ack(status="cancel" if job.desired != "run" else job.status.value)
 

@@ -15,6 +15,7 @@ import msgspec
 
 from comfyfleet.coordinator.config import CoordinatorConfig
 from comfyfleet.coordinator.errors import NotFound
+from comfyfleet.coordinator.eta import Position
 from comfyfleet.coordinator.feed import Feed
 from comfyfleet.coordinator.fleet import AgentState, AgentStatus
 from comfyfleet.coordinator.model import JobRecord
@@ -73,6 +74,7 @@ class LiveProgress:
     preview: tuple[bytes, str] | None = None
     previews: int = 0  # how many preview frames arrived (cache-busting for preview URLs)
     updated_at: float = 0.0
+    position: Position = dataclasses.field(default_factory=Position)  # for the time left
 
 
 class Live:
