@@ -183,9 +183,9 @@ class Reports(Part):
             self.ledger.commit(job, new)
             self.outputs.drop_attempt(job.id, job.attempt)
             return p.Ack(status=new.status.value)
-        if job.desired == "timeout":
-            reason = f"timed out after {job.spec.timeout_s:g} s"
-            err = {"code": "timeout", "message": reason}
+        stopped = moves.stop_error(job)
+        if stopped is not None:
+            err, reason = stopped, stopped["message"]
         else:
             reason = (err or {}).get("message") or f"agent gave the job back ({msg.outcome})"
         released = self.ledger.release_change(
