@@ -57,8 +57,11 @@ class RunningJob(Msg, frozen=True, kw_only=True):
     job_id: Id
     attempt: Attempt
     instance_id: Id
-    prompt_id: str | None = None
+    prompt_id: str | None = None  # set once ComfyUI accepted the prompt (it may wait queued)
     progress: float | None = None
+    # ComfyUI has begun executing the prompt; False while it waits in ComfyUI's queue (or the
+    # agent, re-attaching after its restart, has not seen it execute yet)
+    started: bool = False
 
 
 class Register(Msg, frozen=True, kw_only=True):
@@ -72,6 +75,9 @@ class Register(Msg, frozen=True, kw_only=True):
     # node classes its ComfyUI offers (/object_info); None: not known, nothing is checked
     node_classes: list[str] | None = None
     running: list[RunningJob] = []
+    # random, fixed when the agent process starts: tells a restart of the agent (or another host
+    # using its token) from the same process registering again; "" from older agents
+    instance_id: Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[A-Za-z0-9_-]*$")] = ""
 
 
 class RegisterReply(Msg, frozen=True, kw_only=True):
