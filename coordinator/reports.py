@@ -46,9 +46,11 @@ class Reports(Part):
                 f"{job.attempt}, {job.status.value}); drop it",
                 "attempt",
             )
+        now = self.clock()
+        self.live.acknowledged(job_id, now)  # the agent holds this attempt
         agent = self.live.agents.get(agent_id)
         if agent is not None:
-            agent.last_seen = max(agent.last_seen, self.clock())
+            agent.last_seen = max(agent.last_seen, now)
         return job
 
     def started(self, msg: p.Started) -> p.Ack:

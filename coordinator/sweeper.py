@@ -66,7 +66,7 @@ class Sweeper(Part):
         if job.status == JobStatus.ASSIGNED:
             since = max(
                 job.timestamps.get(JobStatus.ASSIGNED.value, now),
-                self.live.queued_on_agent.get(job.id, 0.0),
+                self.live.awaiting_since.get(job.id, 0.0),
             )
             if now - since > self.config.assign_timeout_s:
                 reason = f"not started within {self.config.assign_timeout_s:g} s"
