@@ -40,6 +40,21 @@ def heartbeat(
     return coord.heartbeat(beat, host_proven=proven)
 
 
+def beats(
+    coord: Coordinator,
+    clock: Clock,
+    n: int,
+    running: list[p.RunningJob],
+    proven: bool = True,
+    step_s: float = 1.0,
+) -> None:
+    """`n` heartbeats `step_s` apart, each followed by a sweep."""
+    for _ in range(n):
+        clock.now += step_s
+        heartbeat(coord, running, proven)
+        coord.sweep()
+
+
 def register(
     coord: Coordinator, running: list[p.RunningJob], instance: str = "i-1", proven: bool = False
 ) -> p.RegisterReply:
@@ -89,10 +104,7 @@ async def test_a_job_the_agent_reports_holding_is_never_requeued(fleet) -> None:
     coord, clock = fleet
     register(coord, [])
     job = await running(coord, clock)
-    for _ in range(20):
-        clock.now += 5
-        heartbeat(coord, [report(job, "pr-1", started=True)])
-        coord.sweep()
+    beats(coord, clock, 20, [report(job, "pr-1", started=True)], step_s=5)
     assert coord.jobs[job.id].status == JobStatus.RUNNING and coord.jobs[job.id].attempt == 1
 
 
@@ -120,9 +132,7 @@ async def test_a_heartbeat_that_proves_no_host_takes_no_job(fleet) -> None:
     coord, clock = fleet
     register(coord, [])
     job = await running(coord, clock)
-    for _ in range(3):
-        clock.now += 1
-        heartbeat(coord, [], proven=False)
+    beats(coord, clock, 3, [], proven=False)
     assert coord.jobs[job.id].status == JobStatus.RUNNING
 
 
