@@ -78,8 +78,10 @@ class Reports(Part):
         now = self.clock()
         # The agent stamps events with its own clock: keep their spacing, on this clock.
         latest = max(ev.t for ev in msg.events) if msg.events else now
-        expected = self.learning.expected(job, self.live.agents.get(msg.agent_id))
-        learned = expected.node_s if expected is not None else {}
+        if live.learned is None:  # once per attempt: the table changes little meanwhile
+            expected = self.learning.expected(job, self.live.agents.get(msg.agent_id))
+            live.learned = expected.node_s if expected is not None else {}
+        learned = live.learned
         pos = live.position
         for ev in msg.events:
             live.updated_at = ev.t

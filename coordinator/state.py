@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -75,6 +75,7 @@ class LiveProgress:
     previews: int = 0  # how many preview frames arrived (cache-busting for preview URLs)
     updated_at: float = 0.0
     position: Position = dataclasses.field(default_factory=Position)  # for the time left
+    learned: Mapping[str, float] | None = None  # the shape's per-node seconds on this slot
 
 
 class Live:
