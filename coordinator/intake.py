@@ -31,7 +31,11 @@ log = structlog.get_logger("coordinator")
 
 class Intake(Part):
     def submit(
-        self, spec: JobSpec, idempotency_key: str | None = None, tenant: str = "default"
+        self,
+        spec: JobSpec,
+        idempotency_key: str | None = None,
+        tenant: str = "default",
+        job_id: str | None = None,  # chosen by the caller (the ComfyUI facade); else a new one
     ) -> tuple[JobRecord, bool]:
         validate_workflow(spec.workflow)
         check_depth(spec.metadata, "metadata")
@@ -59,7 +63,7 @@ class Intake(Part):
         if spec.resources.gpus == 0 and vram and spec.resources.vram_mb:
             raise InvalidInput("resources.vram_mb", "a CPU job (gpus: 0) cannot ask for VRAM")
         job = JobRecord(
-            id=moves.new_job_id(now),
+            id=job_id or moves.new_job_id(now),
             spec=spec,
             workflow_hash=workflow_hash(spec.workflow),
             created_at=now,
