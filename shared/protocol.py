@@ -59,8 +59,11 @@ class RunningJob(Msg, frozen=True, kw_only=True):
     job_id: Id
     attempt: Attempt
     instance_id: Id
-    prompt_id: str | None = None
+    prompt_id: str | None = None  # set once ComfyUI accepted the prompt (it may wait queued)
     progress: float | None = None
+    # ComfyUI has begun executing the prompt; False while it waits in ComfyUI's queue (or the
+    # agent, re-attaching after its restart, has not seen it execute yet)
+    started: bool = False
 
 
 class ComfyCatalog(Msg, frozen=True, kw_only=True):
@@ -86,6 +89,9 @@ class Register(Msg, frozen=True, kw_only=True):
     # using its token) from the same process registering again; "" from older agents
     instance_id: Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[A-Za-z0-9_-]*$")] = ""
     comfyui: ComfyCatalog | None = None  # None: not read (yet)
+    # random, fixed when the agent process starts: tells a restart of the agent (or another host
+    # using its token) from the same process registering again; "" from older agents
+    instance_id: Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[A-Za-z0-9_-]*$")] = ""
 
 
 class RegisterReply(Msg, frozen=True, kw_only=True):
