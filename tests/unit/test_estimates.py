@@ -44,5 +44,3 @@ def test_largest_gpu_model_estimate_wins_and_unknown_gpu_takes_the_slowest() -> 
     assert learned_vram_mb(table, "s", 1.25, largest_gpu_mb=6000) == 6000
     assert learned_vram_mb(table, "s", 1.25, largest_gpu_mb=4000) == 5000
     assert learned_vram_mb(table, "s", 1.25, largest_gpu_mb=80000) == 6250
-
-
