@@ -1,0 +1,219 @@
+"""9. One ComfyUI driven directly against the same ComfyUI through comfyfleet, alternating in one
+run (`make bench` runs it when COMFY_URL names a reachable ComfyUI; the simulator otherwise).
+
+Workload: `jobs` model-free prompts (EmptyImage -> ImageInvert -> SaveImage, six sizes, a colour
+each so nothing is cached), all submitted at once.
+
+- direct: one client, one WebSocket, every prompt POSTed at once, one /view per output.
+- fleet: a coordinator and one agent (real processes) in front of the same ComfyUI; every job
+  submitted at once to /v1/jobs; the time until the last is COMPLETED (seen on /v1/events).
+
+Every output is checked (PNG of the right size), the fleet's after the clock stops. The ratio is
+fleet jobs/s over direct jobs/s, the median of each side's rounds. CPU seconds per job of the
+ComfyUI process (found by its port, or COMFY_PID), the coordinator and the agent come with it.
+
+    COMFY_URL=http://127.0.0.1:8188 .venv/bin/python -m bench.real_comfy [JOBS] [ROUNDS]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench import common
+from bench.comfy_direct import (
+    SIZES,
+    CpuMeter,
+    comfy_pid,
+    png_size,
+    run_direct,
+    workflow,
+)
+from tests.helpers.fleet import Fleet
+
+
+def reachable(url: str | None) -> bool:
+    if not url:
+        return False
+    try:
+        with urllib.request.urlopen(f"{url}/system_stats", timeout=3) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+class Completions:
+    """Follows /v1/events from before the submission: which jobs reached COMPLETED (a FAILED or
+    CANCELLED one is kept to fail the round)."""
+
+    def __init__(self) -> None:
+        self.completed: set[str] = set()
+        self.failed: dict[str, Any] = {}
+        self.changed = asyncio.Event()
+        self.open = asyncio.Event()
+
+    async def follow(self, s: aiohttp.ClientSession, url: str) -> None:
+        async with s.get(f"{url}/v1/events", timeout=aiohttp.ClientTimeout(total=None)) as r:
+            self.open.set()
+            event = ""
+            async for raw in r.content:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:") and event == "job":
+                    data = json.loads(line[5:])
+                    if data.get("status") == "COMPLETED":
+                        self.completed.add(data["job_id"])
+                    elif data.get("status") in ("FAILED", "CANCELLED"):
+                        self.failed[data["job_id"]] = data.get("error")
+                    self.changed.set()
+
+    async def wait(self, ids: set[str], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not ids <= self.completed:
+            if ids & self.failed.keys():
+                raise RuntimeError(
+                    f"jobs failed: {[self.failed[i] for i in ids & self.failed.keys()]}"
+                )
+            self.changed.clear()
+            await asyncio.wait_for(self.changed.wait(), max(0.01, deadline - time.monotonic()))
+
+
+async def run_fleet(url: str, tags: list[int], prefix: str) -> dict[str, Any]:
+    bodies = [{"workflow": workflow(t, prefix), "resources": {"gpus": 0}} for t in tags]
+    async with common.session() as s:
+        seen = Completions()
+        follower = asyncio.create_task(seen.follow(s, url))
+        await asyncio.wait_for(seen.open.wait(), 30)
+        t0 = time.perf_counter()
+        ids, _ = await common.submit_many(s, url, bodies, concurrency=len(bodies))
+        try:
+            await seen.wait(set(ids), 600)
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await follower
+        elapsed = time.perf_counter() - t0
+        checked = 0
+        for job_id, tag in zip(ids, tags, strict=True):
+            async with s.get(f"{url}/v1/jobs/{job_id}") as r:
+                job = await r.json()
+            size = SIZES[tag % len(SIZES)]
+            for out in job.get("outputs", []):
+                async with s.get(f"{url}/v1/jobs/{job_id}/outputs/{out['name']}") as r:
+                    if png_size(await r.read()) != (size, size):
+                        raise RuntimeError(f"job {job_id}: output {out['name']} is not {size}px")
+                checked += 1
+        if checked != len(tags):
+            raise RuntimeError(f"{checked} outputs for {len(tags)} jobs")
+    return {"jobs": len(tags), "seconds": elapsed, "jobs_per_s": len(tags) / elapsed}
+
+
+async def _ready(url: str) -> None:
+    async with common.session() as s:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            async with s.get(f"{url}/v1/agents") as r:
+                agents = (await r.json()).get("agents", [])
+            if any(
+                a.get("status") == "ONLINE"
+                and any(i.get("healthy") for i in a.get("instances", []))
+                for a in agents
+            ):
+                return
+            await asyncio.sleep(0.2)
+    raise RuntimeError("the agent did not come online")
+
+
+def compare(
+    tmp: Path,
+    comfy_url: str,
+    jobs: int = 100,
+    rounds: int = 3,
+    agent_args: tuple[str, ...] = (),
+    warm_jobs: int = 20,
+) -> dict[str, Any]:
+    """Alternate direct and fleet rounds against one ComfyUI (or simulator) at `comfy_url`."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    pid = comfy_pid(comfy_url)
+    fleet = Fleet(tmp, ["--heartbeat-interval", "5", "--log-level", "warning"])
+    fleet.sim_urls["comfy"] = comfy_url
+    rows: list[dict[str, Any]] = []
+    try:
+        fleet.start_coordinator()
+        agent = fleet.add_agent("a0", "comfy", "--log-level", "warning", *agent_args)
+        asyncio.run(_ready(fleet.url))
+        coord_pid = fleet.coord.proc.pid if fleet.coord.proc else None
+        agent_pid = agent.proc.pid if agent.proc else None
+        tag = int(time.time()) % 100_000 * 1000
+        asyncio.run(run_direct(comfy_url, list(range(tag, tag + warm_jobs)), "warm_direct"))
+        tag += warm_jobs
+        asyncio.run(run_fleet(fleet.url, list(range(tag, tag + warm_jobs)), "warm_fleet"))
+        tag += warm_jobs
+        for r in range(rounds):
+            for how in ("direct", "fleet"):
+                tags = list(range(tag, tag + jobs))
+                tag += jobs
+                meters = {
+                    "comfyui": CpuMeter(pid),
+                    "coordinator": CpuMeter(coord_pid if how == "fleet" else None),
+                    "agent": CpuMeter(agent_pid if how == "fleet" else None),
+                }
+                for m in meters.values():
+                    m.start()
+                if how == "direct":
+                    res = asyncio.run(run_direct(comfy_url, tags, "bench_direct"))
+                else:
+                    res = asyncio.run(run_fleet(fleet.url, tags, "bench_fleet"))
+                for name, m in meters.items():
+                    cpu = m.stop()
+                    if cpu is not None:
+                        res[f"{name}_cpu_ms_per_job"] = round(1000 * cpu / jobs, 2)
+                res.update(how=how, round=r)
+                res["jobs_per_s"] = round(res["jobs_per_s"], 1)
+                res["seconds"] = round(res["seconds"], 3)
+                rows.append(res)
+    finally:
+        fleet.stop()
+    return summary(rows, jobs)
+
+
+def summary(rows: list[dict[str, Any]], jobs: int) -> dict[str, Any]:
+    def med(how: str, key: str) -> float | None:
+        vals = [r[key] for r in rows if r["how"] == how and r.get(key) is not None]
+        return statistics.median(vals) if vals else None
+
+    direct, fleet = med("direct", "jobs_per_s"), med("fleet", "jobs_per_s")
+    out: dict[str, Any] = {
+        "jobs": jobs,
+        "rounds": rows,
+        "direct_jobs_per_s": direct,
+        "fleet_jobs_per_s": fleet,
+        "ratio": round(fleet / direct, 3) if direct and fleet else None,
+    }
+    cd, cf = med("direct", "comfyui_cpu_ms_per_job"), med("fleet", "comfyui_cpu_ms_per_job")
+    if cd and cf:
+        out["comfyui_cpu_ms_per_job"] = {"direct": cd, "fleet": cf, "ratio": round(cf / cd, 3)}
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+    import tempfile
+
+    url = os.environ.get("COMFY_URL", "")
+    if not reachable(url):
+        sys.exit(f"COMFY_URL={url!r} does not answer /system_stats")
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 100
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    with tempfile.TemporaryDirectory() as d:
+        print(json.dumps(compare(Path(d), url, n, rounds, tuple(sys.argv[3:])), indent=1))
