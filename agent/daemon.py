@@ -27,7 +27,7 @@ from comfyfleet.agent.probe import (
     gpus_from_system_stats,
     instance_gpu,
 )
-from comfyfleet.agent.profile import comfyui_held_mb
+from comfyfleet.agent.profile import VramWatch, comfyui_held_mb
 from comfyfleet.agent.runner import JobRunner
 from comfyfleet.agent.state import HeldJob, StateFile
 from comfyfleet.shared import protocol as p
@@ -68,6 +68,8 @@ class Agent:
             )
             for i, url in enumerate(config.comfyui_urls)
         }
+        for inst in self.instances.values():
+            inst.vram = VramWatch(lambda inst=inst: self.held_vram_mb(inst), config.vram_sample_s)
         self.state = StateFile(config.state_file)
         self.outbox = Outbox(config.spool_dir)
         self.reports: dict[tuple[str, int], Report] = {}  # found at start, not yet resent
@@ -145,6 +147,17 @@ class Agent:
             inst.healthy, inst.error = False, reason
             log.warning("instance_unhealthy", instance=instance_id, reason=reason)
             self.changed.set()
+
+    async def held_vram_mb(self, inst: Instance) -> int | None:
+        """What a job's VRAM peak is read from: NVML's used memory of the instance's GPU when
+        NVML sees it (nothing asked of ComfyUI), else ComfyUI's own /system_stats; None, with
+        no I/O, for a CPU-only instance."""
+        if inst.gpu_index is None:
+            return None
+        if self.probe.source == "nvml":
+            snaps = await asyncio.to_thread(self.probe.gpus, {})
+            return next((s.vram_used_mb for s in snaps if s.index == inst.gpu_index), None)
+        return comfyui_held_mb(await inst.client.system_stats())
 
     async def gpus(self) -> list[p.GpuInfo]:
         """Per-GPU snapshot; free VRAM counts what our own ComfyUI holds as reclaimable.
@@ -307,6 +320,7 @@ class Agent:
             ),
             report=report,
             outbox=self.outbox,
+            vram=inst.vram,
         )
         self.runners[key] = runner
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from comfyfleet.agent.comfyui.client import ComfyUIClient
 from comfyfleet.agent.outbox import Report
 from comfyfleet.agent.probe import GpuSnapshot
+from comfyfleet.agent.profile import VramWatch
 from comfyfleet.agent.state import HeldJob
 from comfyfleet.shared import protocol as p
 
@@ -30,6 +31,7 @@ class Instance:
     error: str | None = "not checked yet"
     stats: dict[str, Any] = field(default_factory=dict)
     capacity: int = 1
+    vram: VramWatch | None = None  # one VRAM reading shared by the jobs running here
 
     def info(self) -> p.InstanceInfo:
         return p.InstanceInfo(

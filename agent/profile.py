@@ -48,37 +48,53 @@ def comfyui_held_mb(stats: Mapping[str, Any]) -> int:
     return 0
 
 
-class VramSampler:
-    """Polls `read_mb` (VRAM the ComfyUI holds) every `interval_s` while running; keeps the peak.
-    Errors of one sample are ignored: the peak is best effort."""
+class VramWatch:
+    """The VRAM one ComfyUI instance holds, read by one loop shared by every job running there.
+
+    `open(key)` starts a job's window and `close(key)` ends it with the peak seen meanwhile (the
+    reading in force when the window opened counts: a job shorter than the interval still gets
+    one). The loop reads every `interval_s` while any window is open and not at all otherwise, so
+    ComfyUI answers at most one reading per interval whatever the number of jobs (its
+    /system_stats costs it ~2.5 ms of CPU; bench/notes.md). `read_mb` returns None when there is
+    nothing to read now (a CPU-only instance; it must answer without I/O then): the loop ends
+    until the next window opens. A failed reading is skipped.
+    """
 
     def __init__(self, read_mb: Callable[[], Awaitable[int | None]], interval_s: float) -> None:
         self._read = read_mb
         self._interval = interval_s
-        self.peak_mb: int | None = None
+        self.last_mb: int | None = None
+        self.readings = 0
+        self._windows: dict[object, int | None] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="vram-sampler")
+    def open(self, key: object) -> None:
+        self._windows[key] = self.last_mb
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._loop(), name="vram-watch")
 
-    async def _sample(self) -> None:
+    def close(self, key: object) -> int | None:
+        """The window's peak. The loop ends by itself at its next turn if no window is open
+        (not at once: the next job's window, a moment later, needs no extra reading)."""
+        return self._windows.pop(key, None)
+
+    async def _sample(self) -> bool:
+        """One reading; False when there is nothing to read."""
         try:
             value = await self._read()
-        except Exception:  # noqa: BLE001 - a failed sample must not fail the job
-            return
-        if value is not None and (self.peak_mb is None or value > self.peak_mb):
-            self.peak_mb = value
+        except Exception:  # noqa: BLE001 - a failed reading must not fail a job
+            return True
+        if value is None:
+            return False
+        self.readings += 1
+        self.last_mb = value
+        for key, peak in self._windows.items():
+            if peak is None or value > peak:
+                self._windows[key] = value
+        return True
 
     async def _loop(self) -> None:
         while True:
-            await self._sample()
+            if not self._windows or not await self._sample():
+                return
             await asyncio.sleep(self._interval)
-
-    async def stop(self) -> int | None:
-        """Stop sampling; one last sample; the peak seen."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        await self._sample()
-        return self.peak_mb

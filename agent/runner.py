@@ -22,7 +22,7 @@ from comfyfleet.agent.config import AgentConfig
 from comfyfleet.agent.coordinator_client import AgentError, CoordinatorClient, Refused
 from comfyfleet.agent.inputs import rename_inputs, upload_inputs
 from comfyfleet.agent.outbox import Outbox, Report
-from comfyfleet.agent.profile import VramSampler, comfyui_held_mb, profile_of
+from comfyfleet.agent.profile import VramWatch, profile_of
 from comfyfleet.agent.state import HeldJob, StateFile
 from comfyfleet.agent.verdict import Verdict, verdict_of
 from comfyfleet.shared import names
@@ -73,8 +73,10 @@ class JobRunner:
         queue_wait_s: float = 0.0,
         report: Report | None = None,
         outbox: Outbox | None = None,
+        vram: VramWatch | None = None,
     ) -> None:
         self.job = job
+        self.vram = vram  # the instance's shared VRAM reading (no per-job /system_stats)
         self.ref = p.JobRef(job_id=job.job_id, attempt=job.attempt)
         self.client = client
         self.client_id = client_id
@@ -165,13 +167,13 @@ class JobRunner:
     async def _run_prompt(self) -> Report | None:
         """Run the prompt to its end and keep its report in the outbox (None: dropped)."""
         flusher = asyncio.create_task(self._flush_loop())
-        sampler = VramSampler(self._held_mb, self.config.vram_sample_s)
-        sampler.start()
+        if self.vram is not None:
+            self.vram.open(self.key)
         try:
             try:
                 outcome = await self._drive()
             finally:
-                self.vram_peak_mb = await sampler.stop()
+                self.vram_peak_mb = self.vram.close(self.key) if self.vram is not None else None
             if self.stop_reason == "drop":
                 return None
             await self._flush()
@@ -179,9 +181,6 @@ class JobRunner:
             flusher.cancel()
             await asyncio.gather(flusher, return_exceptions=True)
         return await self._settle(outcome)
-
-    async def _held_mb(self) -> int | None:
-        return comfyui_held_mb(await self.client.system_stats())
 
     async def _drive(self) -> PromptOutcome:
         if self.held is not None:

@@ -141,6 +141,7 @@ def compare(
     rounds: int = 3,
     agent_args: tuple[str, ...] = (),
     warm_jobs: int = 20,
+    sides: tuple[str, ...] = ("direct", "fleet"),
 ) -> dict[str, Any]:
     """Alternate direct and fleet rounds against one ComfyUI (or simulator) at `comfy_url`."""
     tmp.mkdir(parents=True, exist_ok=True)
@@ -160,7 +161,7 @@ def compare(
         asyncio.run(run_fleet(fleet.url, list(range(tag, tag + warm_jobs)), "warm_fleet"))
         tag += warm_jobs
         for r in range(rounds):
-            for how in ("direct", "fleet"):
+            for how in sides:
                 tags = list(range(tag, tag + jobs))
                 tag += jobs
                 meters = {
@@ -216,4 +217,7 @@ if __name__ == "__main__":
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 100
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     with tempfile.TemporaryDirectory() as d:
-        print(json.dumps(compare(Path(d), url, n, rounds, tuple(sys.argv[3:])), indent=1))
+        sides = tuple(os.environ.get("BENCH_SIDES", "direct,fleet").split(","))  # for profiling
+        print(
+            json.dumps(compare(Path(d), url, n, rounds, tuple(sys.argv[3:]), sides=sides), indent=1)
+        )

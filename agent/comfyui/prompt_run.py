@@ -104,6 +104,7 @@ class PromptRun:
         self.queue_wait_s = max(0.0, queue_wait_s)
         self.deadline = self.now() + timeout_s
         self.clock_restarted = False
+        self.ws_gap = False  # the socket went down during this run
 
     def now(self) -> float:
         return self.loop.time()
@@ -196,6 +197,7 @@ class PromptRun:
                 updates = list(self.tracker.feed_binary(payload, self.now()))
             elif kind == WS_DOWN:
                 self.ws_up = False
+                self.ws_gap = True  # frames may be missing: the end asks /history
                 self.log.info("comfyui.ws_down")
                 next_poll = min(next_poll, self.now() + self._poll_interval())
                 continue
@@ -331,7 +333,11 @@ class PromptRun:
     # -- endings ------------------------------------------------------------------------------
 
     async def _finish(self) -> PromptOutcome:
-        """The socket said Done: cross-check outputs with /history and build the outcome."""
+        """The socket said Done. When it carried the whole prompt (its terminal frame seen, no
+        gap in the connection) that is the outcome, as for a direct client; otherwise /history
+        fills in what the socket may have missed."""
+        if self.tracker.terminal and not self.ws_gap and self.number is not None:
+            return self._from_result()
         hist: HistoryResult | None = None
         try:
             hist = interpret_history(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from comfyfleet.agent.inputs import rename_inputs
 from comfyfleet.agent.inventory import Inventory, common
-from comfyfleet.agent.profile import VramSampler, profile_of
+from comfyfleet.agent.profile import VramWatch, profile_of
 from comfyfleet.agent.rejections import host_specific
 
 TRACES = Path(__file__).parent.parent / "fixtures" / "comfyui-traces"
@@ -61,22 +61,65 @@ def test_profile_lists_cached_then_timed_nodes_with_types() -> None:
     ]
 
 
-async def test_vram_sampler_keeps_the_peak_and_ignores_failed_samples() -> None:
+async def test_vram_watch_keeps_each_windows_peak_and_ignores_failed_readings() -> None:
     values = iter([100, None, 900, 300])
+    calls = 0
+    hold = asyncio.Event()  # after the values: a reading that never returns
 
     async def read() -> int | None:
-        v = next(values, 50)
+        nonlocal calls
+        calls += 1
+        v = next(values, 0)
         if v is None:
             raise OSError("ComfyUI did not answer")
+        if v == 0:
+            await hold.wait()
         return v
 
-    sampler = VramSampler(read, 0.001)
-    sampler.start()
-    for _ in range(20):
-        if sampler.peak_mb == 900:
+    watch = VramWatch(read, 0.001)
+    watch.open("a")
+    for _ in range(200):
+        if calls == 5:
             break
+        await asyncio.sleep(0.002)
+    assert watch.last_mb == 300 and watch.readings == 3
+    watch.open("b")  # a job that starts now has the reading in force
+    assert watch.close("a") == 900
+    assert watch.close("b") == 300
+    assert watch.close("never opened") is None
+
+
+async def test_vram_watch_reads_once_per_interval_whatever_the_number_of_jobs() -> None:
+    calls = 0
+
+    async def read() -> int | None:
+        nonlocal calls
+        calls += 1
+        return 10 * calls
+
+    watch = VramWatch(read, 0.05)
+    for job in range(20):  # 20 short jobs back to back, two at a time
+        watch.open(job)
         await asyncio.sleep(0.005)
-    assert await sampler.stop() == 900
+        if job:
+            assert watch.close(job - 1) is not None
+    watch.close(19)
+    assert calls <= 3  # ~0.1 s of jobs at one reading per 0.05 s (the old sampler: 40+)
+
+
+async def test_vram_watch_of_a_cpu_instance_asks_nothing() -> None:
+    calls = 0
+
+    async def read() -> int | None:
+        nonlocal calls
+        calls += 1
+        return None  # no CUDA device: nothing to read
+
+    watch = VramWatch(read, 0.001)
+    watch.open("job")
+    await asyncio.sleep(0.01)
+    assert watch.close("job") is None
+    assert calls == 1 and watch.readings == 0
 
 
 def test_rename_inputs_rewrites_only_matching_strings() -> None:

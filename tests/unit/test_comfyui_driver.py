@@ -405,8 +405,9 @@ async def test_success_with_outputs(fake: Any, client: ComfyUIClient) -> None:
     ]
     fractions = [u.fraction for u in col.updates if isinstance(u, Progress)]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
-    # outputs were cross-checked against /history at the end
-    assert ("GET", f"/history/{PID}", None) in fake.requests
+    # the socket carried the whole prompt: like a direct client, the driver asked ComfyUI for
+    # nothing else (no /history, no /queue, no /system_stats): POST /prompt only
+    assert [r[:2] for r in fake.requests] == [("POST", "/prompt")]
 
 
 async def test_cached_rerun_completes(fake: Any, client: ComfyUIClient) -> None:
