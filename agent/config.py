@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from comfyfleet.agent.comfy_files import ComfyFolders
 from comfyfleet.shared.settings import ConfigError
 
 
@@ -36,18 +37,36 @@ class AgentConfig:
     # The GPU (NVML index) of each ComfyUI, in the order of comfyui_urls; empty: each instance's
     # `--cuda-device N` as its /system_stats argv shows, else its position in the list.
     comfyui_gpus: tuple[int, ...] = ()
+    # ComfyUI's own output and input folders, one per URL in the same order (as this host sees
+    # them): the agent removes from them what its jobs created once the coordinator has the
+    # results (agent/comfy_files.py). Empty: nothing is removed.
+    comfyui_output_dirs: tuple[Path, ...] = ()
+    comfyui_input_dirs: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.comfyui_gpus and len(self.comfyui_gpus) != len(self.comfyui_urls):
-            raise ConfigError(
-                "comfyui_gpus",
-                f"gives {len(self.comfyui_gpus)} GPU indexes for {len(self.comfyui_urls)} "
-                "ComfyUI URLs: one per URL, in the same order",
-            )
+        for key, what in (
+            ("comfyui_gpus", "GPU indexes"),
+            ("comfyui_output_dirs", "output folders"),
+            ("comfyui_input_dirs", "input folders"),
+        ):
+            given = getattr(self, key)
+            if given and len(given) != len(self.comfyui_urls):
+                raise ConfigError(
+                    key,
+                    f"gives {len(given)} {what} for {len(self.comfyui_urls)} "
+                    "ComfyUI URLs: one per URL, in the same order",
+                )
 
     def gpu_of(self, ordinal: int) -> int | None:
         """The GPU configured for the ComfyUI at position `ordinal` (None: find out)."""
         return self.comfyui_gpus[ordinal] if self.comfyui_gpus else None
+
+    def folders_of(self, ordinal: int) -> ComfyFolders:
+        """The output and input folders of the ComfyUI at position `ordinal` (None: unknown)."""
+        return ComfyFolders(
+            output=self.comfyui_output_dirs[ordinal] if self.comfyui_output_dirs else None,
+            input=self.comfyui_input_dirs[ordinal] if self.comfyui_input_dirs else None,
+        )
 
     @property
     def state_file(self) -> Path:
@@ -56,3 +75,6 @@ class AgentConfig:
     @property
     def spool_dir(self) -> Path:
         return self.data_dir / "spool"
+
+    def comfy_ledger_dir(self, instance_id: str) -> Path:
+        return self.data_dir / "comfy-files" / instance_id

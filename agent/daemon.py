@@ -11,6 +11,7 @@ import aiohttp
 import structlog
 
 from comfyfleet import __version__
+from comfyfleet.agent.comfy_files import ComfyFiles, sweep
 from comfyfleet.agent.comfyui.client import ComfyUIClient, ComfyUIError
 from comfyfleet.agent.config import AgentConfig
 from comfyfleet.agent.coordinator_client import (
@@ -68,7 +69,10 @@ class Agent:
             )
             for i, url in enumerate(config.comfyui_urls)
         }
-        for inst in self.instances.values():
+        for ordinal, inst in enumerate(self.instances.values()):
+            folders = config.folders_of(ordinal)
+            if folders.any:
+                inst.files = ComfyFiles(folders, config.comfy_ledger_dir(inst.instance_id))
             inst.vram = VramWatch(lambda inst=inst: self.held_vram_mb(inst), config.vram_sample_s)
         self.state = StateFile(config.state_file)
         self.outbox = Outbox(config.spool_dir)
@@ -211,9 +215,13 @@ class Agent:
         """At start: the reports a previous run kept but never got acknowledged (sent again
         after registering), and away with spool folders nothing refers to."""
         self.reports = {r.key: r for r in self.outbox.load()}
-        swept = self.outbox.sweep(set(self.state.jobs) | set(self.reports))
+        keep = set(self.state.jobs) | set(self.reports)
+        swept = self.outbox.sweep(keep)
         if self.reports or swept:
             log.info("outbox_loaded", reports=len(self.reports), swept=swept)
+        for inst in self.instances.values():  # what earlier runs left in ComfyUI's folders
+            if inst.files is not None and (removed := sweep(inst.files, keep)):
+                log.info("comfy_files_swept", instance=inst.instance_id, removed=removed)
 
     async def register(self) -> None:
         held = {k: j for k, j in self.state.jobs.items() if k not in self.reports}
@@ -321,6 +329,7 @@ class Agent:
             report=report,
             outbox=self.outbox,
             vram=inst.vram,
+            files=inst.files,
         )
         self.runners[key] = runner
 

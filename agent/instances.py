@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from comfyfleet.agent.comfy_files import ComfyFiles
 from comfyfleet.agent.comfyui.client import ComfyUIClient
 from comfyfleet.agent.outbox import Report
 from comfyfleet.agent.probe import GpuSnapshot
@@ -32,6 +33,7 @@ class Instance:
     stats: dict[str, Any] = field(default_factory=dict)
     capacity: int = 1
     vram: VramWatch | None = None  # one VRAM reading shared by the jobs running here
+    files: ComfyFiles | None = None  # its folders, when known: jobs' files removed from them
 
     def info(self) -> p.InstanceInfo:
         return p.InstanceInfo(

@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from comfyfleet.agent import comfy_files as cf
 from comfyfleet.agent.comfyui import events as ev
 from comfyfleet.agent.comfyui.client import ComfyUIClient, ComfyUIError, OutputMissing
 from comfyfleet.agent.comfyui.driver import PromptOutcome, attach_prompt, run_prompt
@@ -74,8 +75,10 @@ class JobRunner:
         report: Report | None = None,
         outbox: Outbox | None = None,
         vram: VramWatch | None = None,
+        files: cf.ComfyFiles | None = None,
     ) -> None:
         self.job = job
+        self.files = files  # the instance's folders: what this attempt creates there goes after
         self.vram = vram  # the instance's shared VRAM reading (no per-job /system_stats)
         self.ref = p.JobRef(job_id=job.job_id, attempt=job.attempt)
         self.client = client
@@ -149,6 +152,10 @@ class JobRunner:
                 if settled:
                     self.state.remove(*self.key)
                     await asyncio.to_thread(self.outbox.remove, self.job.job_id, self.job.attempt)
+                    if self.files is not None:  # the coordinator has them: out of ComfyUI's folders
+                        await asyncio.to_thread(
+                            self.files.release, self.job.job_id, self.job.attempt
+                        )
 
     async def _run(self) -> bool:
         report = self.report if self.report is not None else await self._run_prompt()
@@ -201,11 +208,12 @@ class JobRunner:
             )
         graph, seeds = apply_seeds(self.job.workflow, random.SystemRandom())
         self.seeds = seeds
+        folders = self.files.folders if self.files is not None else cf.ComfyFolders()
+        if folders.output is not None:
+            graph = cf.uncached_outputs(graph, self.prompt_id)
         if self.job.inputs:
             try:
-                uploaded = await COMFYUI_FETCH.call(
-                    lambda: upload_inputs(self.client, self.job.inputs), "comfyui upload inputs"
-                )
+                uploaded = await self._upload_inputs(folders.input is not None)
                 graph = rename_inputs(graph, uploaded)
             except ComfyUIError as exc:
                 return PromptOutcome(
@@ -245,6 +253,23 @@ class JobRunner:
             forward_frames=self.job.forward_frames,
             extra_data=self.job.extra_data or None,
         )
+
+    async def _upload_inputs(self, own_names: bool) -> dict[str, str]:
+        """Upload the job's input files; {name in the workflow: name ComfyUI stored}. With the
+        input folder known, under the agent's own names (recorded first) so they can go after."""
+        if not own_names:
+            return await COMFYUI_FETCH.call(
+                lambda: upload_inputs(self.client, self.job.inputs), "comfyui upload inputs"
+            )
+        assert self.files is not None
+        own = {n: cf.input_name(self.job.job_id, self.job.attempt, n) for n in self.job.inputs}
+        created = cf.Created(inputs=tuple(own.values()))
+        await asyncio.to_thread(self.files.record, self.job.job_id, self.job.attempt, created)
+        data = {own[n]: self.job.inputs[n] for n in self.job.inputs}
+        stored = await COMFYUI_FETCH.call(
+            lambda: upload_inputs(self.client, data), "comfyui upload inputs"
+        )
+        return {n: stored.get(own[n], own[n]) for n in self.job.inputs}
 
     async def _report_started(self) -> None:
         """Tell the coordinator the prompt runs (once, at the first sign of execution)."""
@@ -327,6 +352,12 @@ class JobRunner:
     async def _settle(self, outcome: PromptOutcome) -> Report:
         """Fetch the outputs into the spool and keep the finish report in the outbox."""
         verdict = verdict_of(outcome, self.stop_reason)
+        if self.files is not None and self.files.folders.output is not None:
+            made = cf.Created(outputs=cf.created_outputs(outcome.outputs, outcome.cached))
+            try:
+                await asyncio.to_thread(self.files.record, self.job.job_id, self.job.attempt, made)
+            except OSError as exc:  # the files stay in ComfyUI's folder; the job goes on
+                self.log.warning("comfy_files_record_failed", error=str(exc))
         files: list[p.OutputFile] = []
         if verdict.outcome == "completed":
             try:

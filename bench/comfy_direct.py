@@ -10,6 +10,7 @@ import json
 import os
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -71,8 +72,12 @@ class CpuMeter:
         return None if self.proc is None else self._now() - self.t0
 
 
-async def run_direct(url: str, tags: list[int], prefix: str) -> dict[str, Any]:
-    """POST every prompt at once, follow the socket, /view each output; check every image."""
+async def run_direct(
+    url: str, tags: list[int], prefix: str, output_dir: Path | None = None
+) -> dict[str, Any]:
+    """POST every prompt at once, follow the socket, /view each output; check every image.
+    With ComfyUI's `output_dir`, the outputs are then removed (after the clock stops), as the
+    agent does, so both sides meet a folder of the same size."""
     client_id = uuid.uuid4().hex
     expected: dict[str, int] = {}
     outputs: dict[str, list[dict[str, Any]]] = {}
@@ -120,4 +125,9 @@ async def run_direct(url: str, tags: list[int], prefix: str) -> dict[str, Any]:
         await ws.close()
     if checked != len(tags):
         raise RuntimeError(f"{checked} outputs for {len(tags)} prompts")
+    if output_dir is not None:
+        for images in outputs.values():
+            for img in images:
+                sub = img.get("subfolder") or ""
+                (output_dir / sub / img["filename"]).unlink(missing_ok=True)
     return {"jobs": len(tags), "seconds": elapsed, "jobs_per_s": len(tags) / elapsed}

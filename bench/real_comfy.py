@@ -142,9 +142,14 @@ def compare(
     agent_args: tuple[str, ...] = (),
     warm_jobs: int = 20,
     sides: tuple[str, ...] = ("direct", "fleet"),
+    output_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Alternate direct and fleet rounds against one ComfyUI (or simulator) at `comfy_url`."""
+    """Alternate direct and fleet rounds against one ComfyUI (or simulator) at `comfy_url`.
+    With its `output_dir` known, the agent is told it (and removes its jobs' outputs) and the
+    direct side removes its own after each round."""
     tmp.mkdir(parents=True, exist_ok=True)
+    if output_dir is not None:
+        agent_args = (*agent_args, "--comfyui-output-dir", str(output_dir))
     pid = comfy_pid(comfy_url)
     fleet = Fleet(tmp, ["--heartbeat-interval", "5", "--log-level", "warning"])
     fleet.sim_urls["comfy"] = comfy_url
@@ -156,7 +161,8 @@ def compare(
         coord_pid = fleet.coord.proc.pid if fleet.coord.proc else None
         agent_pid = agent.proc.pid if agent.proc else None
         tag = int(time.time()) % 100_000 * 1000
-        asyncio.run(run_direct(comfy_url, list(range(tag, tag + warm_jobs)), "warm_direct"))
+        warm = list(range(tag, tag + warm_jobs))
+        asyncio.run(run_direct(comfy_url, warm, "warm_direct", output_dir))
         tag += warm_jobs
         asyncio.run(run_fleet(fleet.url, list(range(tag, tag + warm_jobs)), "warm_fleet"))
         tag += warm_jobs
@@ -172,7 +178,7 @@ def compare(
                 for m in meters.values():
                     m.start()
                 if how == "direct":
-                    res = asyncio.run(run_direct(comfy_url, tags, "bench_direct"))
+                    res = asyncio.run(run_direct(comfy_url, tags, "bench_direct", output_dir))
                 else:
                     res = asyncio.run(run_fleet(fleet.url, tags, "bench_fleet"))
                 for name, m in meters.items():
@@ -218,6 +224,14 @@ if __name__ == "__main__":
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     with tempfile.TemporaryDirectory() as d:
         sides = tuple(os.environ.get("BENCH_SIDES", "direct,fleet").split(","))  # for profiling
-        print(
-            json.dumps(compare(Path(d), url, n, rounds, tuple(sys.argv[3:]), sides=sides), indent=1)
+        out = os.environ.get("COMFY_OUTPUT_DIR")
+        result = compare(
+            Path(d),
+            url,
+            n,
+            rounds,
+            tuple(sys.argv[3:]),
+            sides=sides,
+            output_dir=Path(out) if out else None,
         )
+        print(json.dumps(result, indent=1))

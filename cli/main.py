@@ -191,6 +191,16 @@ def add_agent(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
         help="prompts each ComfyUI holds at once (2: the next waits queued inside "
         "ComfyUI while one runs; 1: no pipeline)",
     )
+    for kind in ("output", "input"):
+        cmd.add_argument(
+            f"--comfyui-{kind}-dir",
+            type=Path,
+            action="append",
+            dest=f"comfyui_{kind}_dirs",
+            metavar="DIR",
+            help=f"ComfyUI's {kind} folder, once per --comfyui in the same order: the agent "
+            f"removes the {kind} files its jobs created there once the coordinator has them",
+        )
     cmd.add_argument("--log-level")
     cmd.set_defaults(run=run_agent)
 
@@ -236,6 +246,9 @@ def run_agent(args: argparse.Namespace) -> int:
         flags["comfyui_urls"] = tuple(args.comfyui_urls)
     if args.label:
         flags["labels"] = dict(args.label)
+    for key in ("comfyui_output_dirs", "comfyui_input_dirs"):
+        if getattr(args, key):
+            flags[key] = tuple(getattr(args, key))
     values = layered_values("agent", args, process_env(), flags)
     if not values.get("coordinator_url"):
         raise CliError(
