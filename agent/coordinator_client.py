@@ -151,8 +151,12 @@ class CoordinatorClient:
     async def heartbeat(self, msg: p.Heartbeat) -> p.HeartbeatReply:
         return await self.call("heartbeat", msg, p.HeartbeatReply, ONCE)
 
-    async def lease(self, free: dict[str, int], wait_s: float) -> p.LeaseReply:
-        msg = p.LeaseRequest(agent_id=self.agent_id, free=free, wait_s=wait_s)
+    async def lease(
+        self, free: dict[str, int], wait_s: float, finishing: list[p.JobRef] | None = None
+    ) -> p.LeaseReply:
+        msg = p.LeaseRequest(
+            agent_id=self.agent_id, free=free, wait_s=wait_s, finishing=finishing or []
+        )
         timeout = aiohttp.ClientTimeout(total=wait_s + 15, sock_connect=5)
         return await self.call("lease", msg, p.LeaseReply, ONCE, timeout)
 

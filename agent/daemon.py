@@ -33,6 +33,7 @@ from comfyfleet.agent.runner import JobRunner
 from comfyfleet.agent.state import HeldJob, StateFile
 from comfyfleet.shared import protocol as p
 from comfyfleet.shared.retry import RetryPolicy
+from comfyfleet.shared.slots import slot_load
 from comfyfleet.shared.supervisor import Supervisor
 from comfyfleet.shared.tls import client_context
 
@@ -200,14 +201,27 @@ class Agent:
     def free(self) -> dict[str, int]:
         if self.draining:
             return {}
-        busy: dict[str, int] = {}
+        held: dict[str, int] = {}
+        finishing: dict[str, int] = {}
         for r in self.runners.values():
-            busy[r.job.instance_id] = busy.get(r.job.instance_id, 0) + 1
+            iid = r.job.instance_id
+            held[iid] = held.get(iid, 0) + 1
+            finishing[iid] = finishing.get(iid, 0) + r.prompt_done
         return {
-            i.instance_id: max(0, i.capacity - busy.get(i.instance_id, 0))
+            i.instance_id: max(
+                0,
+                i.capacity
+                - slot_load(
+                    held.get(i.instance_id, 0), finishing.get(i.instance_id, 0), i.capacity
+                ),
+            )
             for i in self.instances.values()
             if i.healthy
         }
+
+    def finishing(self) -> list[p.JobRef]:
+        """Attempts whose prompt ComfyUI has finished (their places in its queue are free)."""
+        return [r.ref for r in self.runners.values() if r.prompt_done]
 
     # ------------------------------------------------------------------ protocol
 
@@ -321,6 +335,7 @@ class Agent:
             self.chunk_size,
             held=held,
             on_lost=lambda reason, i=inst.instance_id: self.mark_lost(i, reason),
+            on_done=self.changed.set,  # its place in ComfyUI's queue is free: lease now
             queue_wait_s=sum(
                 r.job.timeout_s
                 for r in self.runners.values()
@@ -393,7 +408,7 @@ class Agent:
                     pass
                 continue
             try:
-                reply = await self.coord.lease(free, self.lease_wait)
+                reply = await self.coord.lease(free, self.lease_wait, self.finishing())
             except Refused as exc:
                 if exc.status == 404:
                     await self.register_until_done()

@@ -76,6 +76,7 @@ class JobRunner:
         outbox: Outbox | None = None,
         vram: VramWatch | None = None,
         files: cf.ComfyFiles | None = None,
+        on_done: Callable[[], None] | None = None,
     ) -> None:
         self.job = job
         self.files = files  # the instance's folders: what this attempt creates there goes after
@@ -91,6 +92,10 @@ class JobRunner:
         self.report = report
         self.outbox = outbox or Outbox(config.spool_dir)
         self.on_lost = on_lost
+        self.on_done = on_done
+        # ComfyUI is done with the prompt (or it never reached ComfyUI): the attempt no longer
+        # holds a place in ComfyUI's queue (shared/slots.py)
+        self.prompt_done = report is not None
         self.queue_wait_s = queue_wait_s  # what the prompts ahead in ComfyUI may take at most
         self.prompt_id = (
             held.prompt_id
@@ -181,6 +186,9 @@ class JobRunner:
                 outcome = await self._drive()
             finally:
                 self.vram_peak_mb = self.vram.close(self.key) if self.vram is not None else None
+                self.prompt_done = True
+                if self.on_done is not None:
+                    self.on_done()
             if self.stop_reason == "drop":
                 return None
             await self._flush()

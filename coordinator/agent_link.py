@@ -198,6 +198,7 @@ class AgentLink(Part):
         agent = self.live.agent(msg.agent_id)
         if agent.status in (AgentStatus.LOST, AgentStatus.RECONNECTING):
             raise NotFound(f"agent {msg.agent_id} must register again", "agent_id")
+        self._note_finishing(agent, msg.finishing)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(msg.wait_s, self.config.lease_wait_s)
         while True:
@@ -211,6 +212,19 @@ class AgentLink(Part):
                 await asyncio.wait_for(agent.wake.wait(), remaining)
             except TimeoutError:
                 pass
+
+    def _note_finishing(self, agent: AgentState, refs: list[p.JobRef]) -> None:
+        """Jobs ComfyUI is done with free their places in its queue: wake the scheduler when
+        that opens room for queued jobs."""
+        jobs = self.live.jobs
+        now = {
+            r.job_id
+            for r in refs
+            if r.job_id in agent.jobs and (job := jobs.get(r.job_id)) and job.attempt == r.attempt
+        }
+        before, agent.finishing = agent.finishing, now
+        if now - before and self.live.queued:
+            self.live.wake.set()
 
     def _take(self, agent: AgentState, free: dict[str, int]) -> p.LeaseReply:
         room = dict(free)

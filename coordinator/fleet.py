@@ -21,6 +21,7 @@ from comfyfleet.shared.protocol import (
     JobRef,
     Register,
 )
+from comfyfleet.shared.slots import slot_load
 from comfyfleet.shared.status import JobStatus
 
 
@@ -51,6 +52,9 @@ class AgentState:
     # its next report after reading that answer (reconcile.py)
     answered_at: float = -math.inf
     jobs: set[str] = field(default_factory=set)  # ASSIGNED / RUNNING job ids placed here
+    # of those, the ones whose prompt ComfyUI has finished (the agent's lease says so): they
+    # hold no place in ComfyUI's queue any more (shared/slots.py)
+    finishing: set[str] = field(default_factory=set)
     to_deliver: deque[str] = field(default_factory=deque)  # assigned, not yet sent by a lease
     to_cancel: dict[str, JobRef] = field(default_factory=dict)  # cancels to send
     recent_hashes: deque[str] = field(default_factory=lambda: deque(maxlen=16))
@@ -133,16 +137,27 @@ def has_free_slot(agent: AgentState, jobs: dict[str, JobRecord]) -> bool:
     schedulable agent with a healthy slot whose active jobs are fewer than its capacity."""
     if not agent.schedulable:
         return False
-    open_slots = {
-        i.instance_id: i.capacity for i in agent.instances if i.healthy and i.capacity > 0
-    }
-    if not open_slots:
+    if not any(i.healthy and i.capacity > 0 for i in agent.instances):
         return False
+    load = slot_loads(agent, jobs)
+    return any(i.healthy and i.capacity - load.get(i.instance_id, 0) > 0 for i in agent.instances)
+
+
+def slot_loads(agent: AgentState, jobs: dict[str, JobRecord]) -> dict[str, int]:
+    """Places taken on each of the agent's instances by its jobs (shared/slots.py)."""
+    held: dict[str, int] = {}
+    finishing: dict[str, int] = {}
     for job_id in agent.jobs:
         job = jobs.get(job_id)
-        if job is not None and job.instance_id in open_slots:
-            open_slots[job.instance_id] -= 1
-    return any(left > 0 for left in open_slots.values())
+        if job is None or job.instance_id is None:
+            continue
+        held[job.instance_id] = held.get(job.instance_id, 0) + 1
+        if job_id in agent.finishing:
+            finishing[job.instance_id] = finishing.get(job.instance_id, 0) + 1
+    capacity = {i.instance_id: i.capacity for i in agent.instances}
+    return {
+        iid: slot_load(n, finishing.get(iid, 0), capacity.get(iid, 0)) for iid, n in held.items()
+    }
 
 
 def agent_view(
@@ -151,7 +166,7 @@ def agent_view(
     """Scheduler input for one agent: capacity minus the reservations of its active jobs."""
     reserved: dict[int, int] = {}
     unallocated: dict[int, int] = {}
-    active: dict[str, int] = {}
+    active = slot_loads(agent, jobs)
     ram_reserved = 0
     ram_unallocated = 0
     cpu_reserved = 0.0
@@ -159,8 +174,6 @@ def agent_view(
         job = jobs.get(job_id)
         if job is None:
             continue
-        if job.instance_id is not None:
-            active[job.instance_id] = active.get(job.instance_id, 0) + 1
         res = job.spec.resources
         ram_reserved += res.ram_mb
         cpu_reserved += res.cpu

@@ -127,6 +127,9 @@ class LeaseRequest(Msg, frozen=True, kw_only=True):
     agent_id: Id
     free: dict[Id, Annotated[int, msgspec.Meta(ge=0, le=64)]] = {}  # instance_id -> free places
     wait_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 25.0
+    # attempts whose prompt ComfyUI has finished (outputs and report on their way): they no
+    # longer hold a place in ComfyUI's queue, so the next job may take it now
+    finishing: Annotated[list[JobRef], msgspec.Meta(max_length=1024)] = []
 
 
 class Assignment(Msg, frozen=True, kw_only=True):

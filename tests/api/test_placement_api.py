@@ -190,3 +190,32 @@ async def test_input_files_reach_the_agent(harness: MakeHarness) -> None:
     assert bad["error"]["field"] == "inputs.in.png"
     bad = await h.submit(status=400, inputs={"../x.png": "AAAA"})
     assert bad["error"]["field"] == "inputs.../x.png"
+
+
+async def test_a_job_comfyui_finished_frees_its_place_before_the_report(
+    harness: MakeHarness,
+) -> None:
+    """ComfyUI's queue must not run dry while a finished job's outputs travel: once the agent's
+    lease says a prompt is finishing, the next job is placed in its place (shared/slots.py),
+    and never more than the capacity again beyond the places."""
+    h = await harness()
+    agent = h.agent("a1")
+    await agent.register()  # one instance of capacity 1
+    first = await h.submit(workflow=variant(1))
+    (job,) = (await agent.lease(wait_s=2.0)).jobs
+    assert job.job_id == first["id"]
+    await agent.started(job)
+    second = await h.submit(workflow=variant(2))
+    third = await h.submit(workflow=variant(3))
+    assert (await agent.lease(wait_s=0.3)).jobs == []  # the place is taken: nothing placed
+    ref = p.JobRef(job_id=job.job_id, attempt=job.attempt)
+    (nxt,) = (await agent.lease(wait_s=2.0, finishing=[ref])).jobs
+    assert nxt.job_id == second["id"]
+    # the first still finishing, the second in ComfyUI: capacity 1 + 1 finishing is the most
+    assert (await agent.lease(wait_s=0.3, finishing=[ref])).jobs == []
+    assert (await h.job(third["id"]))["status"] == "QUEUED"
+    await agent.finish(job)
+    assert (await agent.lease(wait_s=0.3, finishing=[])).jobs == []  # the second holds it
+    ref2 = p.JobRef(job_id=nxt.job_id, attempt=nxt.attempt)
+    (last,) = (await agent.lease(wait_s=2.0, finishing=[ref2])).jobs
+    assert last.job_id == third["id"]

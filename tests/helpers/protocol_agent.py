@@ -111,11 +111,17 @@ class ProtocolAgent:
             if held is not None and held.attempt == ref.attempt:
                 del self.held[ref.job_id]
 
-    async def lease(self, wait_s: float = 2.0, free: dict[str, int] | None = None) -> p.LeaseReply:
+    async def lease(
+        self,
+        wait_s: float = 2.0,
+        free: dict[str, int] | None = None,
+        finishing: list[p.JobRef] | None = None,
+    ) -> p.LeaseReply:
         room = free if free is not None else {i.instance_id: 1 for i in self.instances}
-        reply = await self.call(
-            "lease", p.LeaseRequest(agent_id=self.agent_id, free=room, wait_s=wait_s), p.LeaseReply
+        msg = p.LeaseRequest(
+            agent_id=self.agent_id, free=room, wait_s=wait_s, finishing=finishing or []
         )
+        reply = await self.call("lease", msg, p.LeaseReply)
         for job in reply.jobs:
             self.held[job.job_id] = p.RunningJob(
                 job_id=job.job_id, attempt=job.attempt, instance_id=job.instance_id

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from comfyfleet.agent.instances import Instance, pipeline_client_id
 from comfyfleet.agent.state import HeldJob
+from comfyfleet.shared.slots import slot_load
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -57,3 +58,21 @@ def test_ids_in_flight_on_one_instance_are_distinct(order: list[str]) -> None:
     for iid in ("0", "1"):
         ids = [r.client_id for r in runners if r.job.instance_id == iid]
         assert len(ids) == len(set(ids))
+
+
+@given(
+    st.integers(min_value=0, max_value=20),
+    st.integers(min_value=0, max_value=20),
+    st.integers(min_value=1, max_value=8),
+)
+def test_slot_load_frees_finished_prompts_places_within_bounds(
+    held: int, finishing: int, capacity: int
+) -> None:
+    finishing = min(finishing, held)
+    load = slot_load(held, finishing, capacity)
+    in_comfy = held - finishing
+    assert load >= in_comfy  # a prompt still in ComfyUI always takes its place
+    # room is left exactly when ComfyUI's queue has a free place and the finishing ones
+    # stay within one capacity's worth beyond the places
+    room = capacity - load > 0
+    assert room == (in_comfy < capacity and held < 2 * capacity)
