@@ -106,6 +106,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="act as if this node class were not installed (repeatable)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulator's randomness")
+    parser.add_argument(
+        "--no-request-costs",
+        dest="request_costs",
+        action="store_false",
+        help="answer for free instead of spending a real ComfyUI's measured CPU per request "
+        "(/system_stats 1.5 ms, /view 0.35 ms, ...: sim/costs.py)",
+    )
     parser.add_argument("--log-level", default="info")
     faults = parser.add_argument_group("faults (also POST /sim/faults at runtime)")
     faults.add_argument(
@@ -171,6 +178,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         load_ms_per_gb=args.load_ms_per_gb,
         preview_every=args.preview_every,
         seed=args.seed,
+        request_costs=args.request_costs,
         faults=faults,
         hidden_node_classes=tuple(args.hide_node_class),
         **({"models": args.models} if args.models is not None else {}),

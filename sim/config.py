@@ -60,6 +60,8 @@ class SimConfig:
     hidden_node_classes: tuple[str, ...] = ()  # node classes this "install" lacks
     max_upload_size: int = 100 * 1024 * 1024
     faults: FaultSettings = field(default_factory=FaultSettings)
+    # spend a real ComfyUI's measured CPU per request (sim/costs.py); off: answer for free
+    request_costs: bool = True
 
     @classmethod
     def for_data_dir(cls, data_dir: Path | str, **kwargs: object) -> SimConfig:

@@ -12,6 +12,7 @@ import structlog
 from aiohttp import web
 
 from comfyfleet.sim.config import SimConfig
+from comfyfleet.sim.costs import COMFYUI_CPU_MS, cost_middleware
 from comfyfleet.sim.http_faults import faulty_http_middleware
 from comfyfleet.sim.routes import add_routes
 from comfyfleet.sim.state import SIM_STATE, build_state
@@ -27,9 +28,10 @@ def create_app(
     config: SimConfig, *, exit_fn: Callable[[int], None] | None = None
 ) -> web.Application:
     """A ComfyUI-compatible app. `exit_fn` replaces os._exit for the crash fault (tests)."""
-    app = web.Application(
-        client_max_size=config.max_upload_size, middlewares=[faulty_http_middleware]
-    )
+    middlewares = [faulty_http_middleware]
+    if config.request_costs:
+        middlewares.append(cost_middleware(COMFYUI_CPU_MS))
+    app = web.Application(client_max_size=config.max_upload_size, middlewares=middlewares)
     app[SIM_STATE] = build_state(config, exit_fn if exit_fn is not None else os._exit)
     add_routes(app)
     app.cleanup_ctx.append(_folders)
