@@ -45,6 +45,8 @@ demo: $(STAMP)
 	$(BIN)/comfyfleet demo --data-dir var/demo $(ARGS)
 
 # Benchmarks (bench/, not installed): rewrites BENCHMARKS.md; `make bench ARGS=--quick` is small.
+# COMFY_URL=http://HOST:PORT (and COMFY_OUTPUT_DIR=its output folder) adds a real ComfyUI, driven
+# directly and through comfyfleet in turn (bench/real_comfy.py); without it, the simulator.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(ARGS)
 

@@ -12,7 +12,8 @@ Every output is checked (PNG of the right size), the fleet's after the clock sto
 fleet jobs/s over direct jobs/s, the median of each side's rounds. CPU seconds per job of the
 ComfyUI process (found by its port, or COMFY_PID), the coordinator and the agent come with it.
 
-    COMFY_URL=http://127.0.0.1:8188 .venv/bin/python -m bench.real_comfy [JOBS] [ROUNDS]
+    COMFY_URL=http://127.0.0.1:8188 COMFY_OUTPUT_DIR=... .venv/bin/python -m bench.real_comfy \
+        [JOBS] [ROUNDS] [--after N] [--sim] [AGENT FLAGS...]
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class Completions:
             await asyncio.wait_for(self.changed.wait(), max(0.01, deadline - time.monotonic()))
 
 
-async def run_fleet(url: str, tags: list[int], prefix: str) -> dict[str, Any]:
+async def run_fleet(url: str, tags: list[int], prefix: str, check: bool = True) -> dict[str, Any]:
     bodies = [{"workflow": workflow(t, prefix), "resources": {"gpus": 0}} for t in tags]
     async with common.session() as s:
         seen = Completions()
@@ -103,6 +104,8 @@ async def run_fleet(url: str, tags: list[int], prefix: str) -> dict[str, Any]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await follower
         elapsed = time.perf_counter() - t0
+        if not check:
+            return {"jobs": len(tags), "seconds": elapsed, "jobs_per_s": len(tags) / elapsed}
         checked = 0
         for job_id, tag in zip(ids, tags, strict=True):
             async with s.get(f"{url}/v1/jobs/{job_id}") as r:
@@ -136,23 +139,33 @@ async def _ready(url: str) -> None:
 
 def compare(
     tmp: Path,
-    comfy_url: str,
+    comfy_url: str | None,
     jobs: int = 100,
     rounds: int = 3,
     agent_args: tuple[str, ...] = (),
     warm_jobs: int = 20,
     sides: tuple[str, ...] = ("direct", "fleet"),
     output_dir: Path | None = None,
+    after: int = 0,
 ) -> dict[str, Any]:
-    """Alternate direct and fleet rounds against one ComfyUI (or simulator) at `comfy_url`.
-    With its `output_dir` known, the agent is told it (and removes its jobs' outputs) and the
-    direct side removes its own after each round."""
+    """Alternate direct and fleet rounds against one ComfyUI at `comfy_url` (None: a simulator
+    with ComfyUI's request costs, started here). With its `output_dir` known, the agent is told
+    it (and removes its jobs' outputs) and the direct side removes its own after each round.
+    `after`: then that many more jobs through the fleet, and the rounds again."""
     tmp.mkdir(parents=True, exist_ok=True)
+    fleet = Fleet(tmp, ["--heartbeat-interval", "5", "--log-level", "warning"])
+    if comfy_url is None:
+        comfy_url = fleet.add_sim("comfy", 24576, "--device", "cpu", "--log-level", "warning")
+        output_dir = tmp / "sim-comfy" / "output"
+        sim = fleet.sims["comfy"].proc
+        pid = sim.pid if sim is not None else None
+        target = "simulator (ComfyUI's request costs)"
+    else:
+        target = f"ComfyUI at {comfy_url}"
+        fleet.sim_urls["comfy"] = comfy_url
+        pid = comfy_pid(comfy_url)
     if output_dir is not None:
         agent_args = (*agent_args, "--comfyui-output-dir", str(output_dir))
-    pid = comfy_pid(comfy_url)
-    fleet = Fleet(tmp, ["--heartbeat-interval", "5", "--log-level", "warning"])
-    fleet.sim_urls["comfy"] = comfy_url
     rows: list[dict[str, Any]] = []
     try:
         fleet.start_coordinator()
@@ -166,7 +179,15 @@ def compare(
         tag += warm_jobs
         asyncio.run(run_fleet(fleet.url, list(range(tag, tag + warm_jobs)), "warm_fleet"))
         tag += warm_jobs
-        for r in range(rounds):
+        stages = [(0, r) for r in range(rounds)]
+        if after:
+            stages += [(after, r) for r in range(rounds)]
+        for done_before, r in stages:
+            if done_before and r == 0:
+                for start in range(0, after, 500):  # through the fleet, 500 at a time
+                    batch = list(range(tag, tag + min(500, after - start)))
+                    tag += len(batch)
+                    asyncio.run(run_fleet(fleet.url, batch, "bench_after", check=False))
             for how in sides:
                 tags = list(range(tag, tag + jobs))
                 tag += jobs
@@ -185,13 +206,19 @@ def compare(
                     cpu = m.stop()
                     if cpu is not None:
                         res[f"{name}_cpu_ms_per_job"] = round(1000 * cpu / jobs, 2)
-                res.update(how=how, round=r)
+                res.update(how=how, round=r, after_jobs=done_before)
                 res["jobs_per_s"] = round(res["jobs_per_s"], 1)
                 res["seconds"] = round(res["seconds"], 3)
                 rows.append(res)
     finally:
         fleet.stop()
-    return summary(rows, jobs)
+    out = summary([r for r in rows if not r["after_jobs"]], jobs)
+    out["target"] = target
+    out["rounds"] = rows
+    if after:
+        out["after"] = {"jobs_before": after, **summary([r for r in rows if r["after_jobs"]], jobs)}
+        del out["after"]["rounds"]
+    return out
 
 
 def summary(rows: list[dict[str, Any]], jobs: int) -> dict[str, Any]:
@@ -209,29 +236,52 @@ def summary(rows: list[dict[str, Any]], jobs: int) -> dict[str, Any]:
     }
     cd, cf = med("direct", "comfyui_cpu_ms_per_job"), med("fleet", "comfyui_cpu_ms_per_job")
     if cd and cf:
-        out["comfyui_cpu_ms_per_job"] = {"direct": cd, "fleet": cf, "ratio": round(cf / cd, 3)}
+        out["comfyui_cpu_ms_per_job"] = {
+            "direct": round(cd, 2),
+            "fleet": round(cf, 2),
+            "ratio": round(cf / cd, 3),
+        }
     return out
 
 
+def run(tmp: Path, jobs: int, rounds: int, after: int = 0) -> dict[str, Any]:
+    """`make bench`: the real ComfyUI at COMFY_URL when it answers (its output folder from
+    COMFY_OUTPUT_DIR), else the simulator."""
+    url = os.environ.get("COMFY_URL")
+    out = os.environ.get("COMFY_OUTPUT_DIR")
+    return compare(
+        tmp,
+        url if reachable(url) else None,
+        jobs,
+        rounds,
+        output_dir=Path(out) if out and reachable(url) else None,
+        after=after,
+    )
+
+
 if __name__ == "__main__":
-    import sys
+    import argparse
     import tempfile
 
-    url = os.environ.get("COMFY_URL", "")
-    if not reachable(url):
-        sys.exit(f"COMFY_URL={url!r} does not answer /system_stats")
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 100
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("jobs", type=int, nargs="?", default=100)
+    ap.add_argument("rounds", type=int, nargs="?", default=3)
+    ap.add_argument("--after", type=int, default=0, help="then N jobs, and the rounds again")
+    ap.add_argument("--sim", action="store_true", help="the simulator even if COMFY_URL answers")
+    a, agent_args = ap.parse_known_args()  # what it does not know goes to the agent
+    url = None if a.sim else os.environ.get("COMFY_URL")
+    if url and not reachable(url):
+        raise SystemExit(f"COMFY_URL={url!r} does not answer /system_stats")
+    out = os.environ.get("COMFY_OUTPUT_DIR")
     with tempfile.TemporaryDirectory() as d:
-        sides = tuple(os.environ.get("BENCH_SIDES", "direct,fleet").split(","))  # for profiling
-        out = os.environ.get("COMFY_OUTPUT_DIR")
         result = compare(
             Path(d),
             url,
-            n,
-            rounds,
-            tuple(sys.argv[3:]),
-            sides=sides,
-            output_dir=Path(out) if out else None,
+            a.jobs,
+            a.rounds,
+            tuple(agent_args),
+            sides=tuple(os.environ.get("BENCH_SIDES", "direct,fleet").split(",")),
+            output_dir=Path(out) if out and url else None,
+            after=a.after,
         )
         print(json.dumps(result, indent=1))
