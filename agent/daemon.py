@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import structlog
@@ -20,6 +20,7 @@ from comfyfleet.agent.coordinator_client import (
     CoordinatorUnavailable,
     Refused,
 )
+from comfyfleet.agent.instances.supervision import LimitedProbe, Supervision, host_limits, plan_for
 from comfyfleet.agent.inventory import Inventory, common, read_inventory
 from comfyfleet.agent.probe import GpuSnapshot, ResourceProbe, gpus_from_system_stats
 from comfyfleet.agent.profile import comfyui_held_mb
@@ -45,6 +46,10 @@ class Instance:
     error: str | None = "not checked yet"
     stats: dict[str, Any] = field(default_factory=dict)
     capacity: int = 1
+    # managed instances (agent/instances): why it may not take jobs now (None: it may), and
+    # the kind/state/uptime/restart fields its heartbeat entry carries
+    gate: Callable[[], str | None] | None = None
+    status: dict[str, Any] = field(default_factory=dict)
 
     def info(self) -> p.InstanceInfo:
         return p.InstanceInfo(
@@ -54,6 +59,7 @@ class Instance:
             healthy=self.healthy,
             capacity=self.capacity,
             error=self.error,
+            **self.status,
         )
 
 
@@ -116,6 +122,9 @@ class Agent:
                 )
             except ComfyUIError as exc:
                 healthy, error = False, str(exc)
+            closed = inst.gate() if healthy and inst.gate is not None else None
+            if closed is not None:  # a managed instance restarting, warming up, ...
+                healthy, error = False, closed
             if healthy != inst.healthy:
                 changed = True
                 log.info(
@@ -447,11 +456,23 @@ async def serve(config: AgentConfig) -> int:
     loop.add_signal_handler(signal.SIGTERM, drain.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     async with aiohttp.ClientSession() as session:
-        agent = Agent(config, session, probe)
-        agent.state.load()
+        try:  # managed ComfyUIs: where they listen, the host limits of containers
+            config, specs = plan_for(config, probe)
+            agent = Agent(
+                config, session, cast(ResourceProbe, LimitedProbe(probe, host_limits(specs)))
+            )
+            agent.state.load()
+            supervision = Supervision(config, specs, agent, session)
+        except (AgentError, OSError, ValueError) as exc:
+            log.error("agent_config_error", error=str(exc))
+            probe.close()
+            return 2
+        await supervision.begin()  # adopt what an earlier agent left running
         await agent.check_instances()
         await agent.refresh_inventory()
         supervisor = Supervisor("agent")
+        if supervision.healers:
+            supervisor.start("instances", supervision.run)
         supervisor.start("heartbeat", agent.heartbeat_loop)
         supervisor.start("lease", agent.lease_loop)
         supervisor.start("health", agent.health_loop)
@@ -475,6 +496,7 @@ async def serve(config: AgentConfig) -> int:
             w.cancel()
         await supervisor.stop()
         await agent.shutdown()
+        await supervision.close(stop_instances=True)
         probe.close()
     log.info("agent_stopped", code=code)
     return code

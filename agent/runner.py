@@ -24,6 +24,7 @@ from comfyfleet.agent.coordinator_client import (
     Refused,
 )
 from comfyfleet.agent.inputs import rename_inputs, upload_inputs
+from comfyfleet.agent.instances.caught import Caught
 from comfyfleet.agent.profile import VramSampler, comfyui_held_mb, profile_of
 from comfyfleet.agent.rejections import host_specific
 from comfyfleet.agent.state import HeldJob, StateFile
@@ -137,6 +138,8 @@ class JobRunner:
         self.accepted = held is not None
         self.pending: list[p.JobEvent] = []
         self.vram_peak_mb: int | None = None
+        self.last_event_at = time.monotonic()  # the instance healer spots hung prompts by it
+        self.caught: Caught | None = None  # set when a restart of the ComfyUI caught this job
         self.log = structlog.get_logger("agent.job").bind(
             job_id=job.job_id, attempt=job.attempt, instance=job.instance_id
         )
@@ -260,6 +263,7 @@ class JobRunner:
             self.stop("cancel")
 
     async def _on_update(self, update: ev.Update) -> None:
+        self.last_event_at = time.monotonic()
         if not self.started_sent and isinstance(update, _EXECUTION_SIGNS):
             await self._report_started()
         now = time.time()
@@ -343,6 +347,9 @@ class JobRunner:
                 )
                 return
             await self._finish(finish, "completed", outputs=files)
+        elif self.caught is not None and self.stop_reason != "cancel":
+            c = self.caught  # its ComfyUI was restarted under it: requeued free, or failed
+            await self._finish(finish, c.outcome, error=c.error, spend_retry=c.spend_retry)
         elif outcome.status in ("cancelled", "timeout") and self.stop_reason == "drain":
             await self._finish(
                 finish,

@@ -5,12 +5,15 @@ Driven by the fields of a frozen config dataclass and their types, so a field ad
 from reading the TOML file: the environment is passed in as a mapping.
 
 Supported field types: str, int, float, bool, Path, `X | None` of those, `tuple[str, ...]`
-(a TOML array, or comma-separated text) and `dict[str, str]` (a TOML table, or `k=v,k=v` text).
+(a TOML array, or comma-separated text), `dict[str, str]` (a TOML table, or `k=v,k=v` text) and
+`tuple[D, ...]` of a frozen dataclass D (a TOML array of tables, or JSON text), each table checked
+the same way against D's fields.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tomllib
 import types
@@ -165,6 +168,13 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        pairs = [
+            f"{f.name} = {_toml_value(getattr(value, f.name))}"
+            for f in dataclasses.fields(value)
+            if getattr(value, f.name) is not None
+        ]
+        return "{" + ", ".join(pairs) + "}"
     text = str(value).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{text}"'
 
@@ -187,6 +197,8 @@ def coerce(tp: Any, raw: Any, text: bool) -> Any:
         return coerce(args[0], raw, text)
     if origin is tuple:
         item = typing.get_args(tp)[0]
+        if isinstance(item, type) and dataclasses.is_dataclass(item):
+            return _tables(item, raw, text)
         if text and isinstance(raw, str):
             parts = [p.strip() for p in raw.split(",") if p.strip()]
         elif isinstance(raw, list | tuple):
@@ -228,6 +240,24 @@ def coerce(tp: Any, raw: Any, text: bool) -> Any:
             raise ValueError(f"expected a path, got {_show(raw)}")
         return Path(raw).expanduser()
     raise TypeError(f"unsupported config type {tp}")
+
+
+def _tables(item: type, raw: Any, text: bool) -> tuple[Any, ...]:
+    """A TOML array of tables (text: the same as JSON), each checked as `item`'s fields."""
+    if text and isinstance(raw, str):
+        try:
+            raw = json.loads(raw) if raw.strip() else []
+        except ValueError:
+            raise ValueError(f"expected a JSON list of objects, got {raw!r}") from None
+    if not isinstance(raw, list | tuple) or not all(isinstance(t, dict) for t in raw):
+        raise ValueError(f"expected a list of tables, got {_show(raw)}")
+    out = []
+    for i, table in enumerate(raw):
+        try:
+            out.append(build(item, resolve(item, [Layer(f"entry {i}", table, text=False)])))
+        except ConfigError as exc:
+            raise ValueError(f"[{i}].{exc.key}: {exc.message}") from None
+    return tuple(out)
 
 
 def _number(tp: type, raw: Any, text: bool) -> int | float:

@@ -1,0 +1,1 @@
+"""Managed ComfyUI instances: how they run (process, docker) and how they are healed."""
