@@ -336,6 +336,9 @@ class JobRunner:
                 files = await self._collect(outcome, spool)
             except (ComfyUIError, OSError) as exc:
                 self.log.warning("outputs_fetch_failed", error=str(exc))
+                if self.caught is not None:  # its ComfyUI was restarted before we had them
+                    await self._finish_caught(finish, self.caught)
+                    return
                 await self._finish(
                     finish,
                     "requeue",
@@ -348,8 +351,7 @@ class JobRunner:
                 return
             await self._finish(finish, "completed", outputs=files)
         elif self.caught is not None and self.stop_reason != "cancel":
-            c = self.caught  # its ComfyUI was restarted under it: requeued free, or failed
-            await self._finish(finish, c.outcome, error=c.error, spend_retry=c.spend_retry)
+            await self._finish_caught(finish, self.caught)  # its ComfyUI restarted under it
         elif outcome.status in ("cancelled", "timeout") and self.stop_reason == "drain":
             await self._finish(
                 finish,
@@ -366,6 +368,10 @@ class JobRunner:
             if outcome.status == "lost" and self.on_lost is not None:
                 self.on_lost(outcome.reason)
             await self._finish(finish, "requeue", error=error_of(outcome))
+
+    async def _finish_caught(self, base: Mapping[str, Any], c: Caught) -> None:
+        """Requeued without spending a retry, or failed: it broke its ComfyUI twice."""
+        await self._finish(base, c.outcome, error=c.error, spend_retry=c.spend_retry)
 
     async def _give_back(self, refused: Refused) -> None:
         """The coordinator refused a report (4xx, not stale): hand the attempt back with the

@@ -197,7 +197,8 @@ class DockerRuntime:
             return None  # the engine is busy or restarting: not a verdict on the container
         return exit_detail(c.attrs.get("State") or {})
 
-    async def stop(self) -> None:
+    async def stop(self, hard: bool = False) -> None:
+        """Stop (SIGTERM, SIGKILL after the grace; `hard`: SIGKILL at once) and remove."""
         from docker.errors import DockerException
 
         c = self.container
@@ -207,9 +208,12 @@ class DockerRuntime:
         def stop() -> None:
             try:
                 c.reload()
-                if (c.attrs.get("State") or {}).get("Paused"):
-                    c.unpause()
-                c.stop(timeout=int(self.stop_grace_s))
+                if hard:
+                    c.kill()
+                else:
+                    if (c.attrs.get("State") or {}).get("Paused"):
+                        c.unpause()
+                    c.stop(timeout=int(self.stop_grace_s))
             except DockerException:
                 pass
             try:

@@ -28,7 +28,14 @@ from comfyfleet.agent.comfyui.client import ComfyUIClient, ComfyUIError, parse_q
 from comfyfleet.agent.comfyui.driver import run_prompt
 from comfyfleet.agent.instances import caught
 from comfyfleet.agent.instances.monitor import SocketWatch
-from comfyfleet.agent.instances.policy import Action, HealPolicy, Health, Observation, step
+from comfyfleet.agent.instances.policy import (
+    BREAKING,
+    Action,
+    HealPolicy,
+    Health,
+    Observation,
+    step,
+)
 from comfyfleet.agent.instances.records import RestartLog
 from comfyfleet.agent.instances.spec import InstanceSpec
 from comfyfleet.agent.inventory import read_inventory
@@ -51,7 +58,7 @@ class Runtime(Protocol):
     async def adopt(self) -> bool: ...
     async def start(self) -> None: ...
     async def poll(self) -> str | None: ...
-    async def stop(self) -> None: ...
+    async def stop(self, hard: bool = False) -> None: ...
     async def ram_mb(self) -> int | None: ...
     async def log_tail(self) -> str: ...
     async def housekeeping(self) -> None: ...
@@ -243,11 +250,11 @@ class Healer:
         elif action.kind == "restart":
             await self.catch_jobs(action.reason, action.detail, action.culprit)
             self._record(action.reason, action.detail, action.culprit)
-            await self.runtime.stop()
+            await self.runtime.stop(hard=action.reason in BREAKING)
             await self.runtime.start()
         elif action.kind == "kill":
             await self.catch_jobs(action.reason, action.detail, None)
-            await self.runtime.stop()
+            await self.runtime.stop(hard=True)
         elif action.kind == "warm_up":
             self.warm_task = asyncio.create_task(self._warm_up(), name="comfyui-warm-up")
         elif action.kind == "free":

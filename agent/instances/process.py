@@ -121,18 +121,20 @@ class ProcessRuntime:
             pass
         return "exited (adopted process; exit code unknown)"
 
-    async def stop(self) -> None:
-        """SIGTERM the group (SIGCONT too: a stopped process must see it), SIGKILL later."""
+    async def stop(self, hard: bool = False) -> None:
+        """SIGTERM the group (SIGCONT too: a stopped process must see it), SIGKILL after the
+        grace; `hard` (a crashed or hung ComfyUI): SIGKILL at once."""
         proc = self.proc
         if proc is None:
             return
         pgid = proc.pid
-        for sig in (signal.SIGTERM, signal.SIGCONT):
-            _killpg(pgid, sig)
-        for _ in range(max(1, int(self.stop_grace_s / 0.05))):
-            if await self.poll() is not None:
-                break
-            await asyncio.sleep(0.05)
+        if not hard:
+            for sig in (signal.SIGTERM, signal.SIGCONT):
+                _killpg(pgid, sig)
+            for _ in range(max(1, int(self.stop_grace_s / 0.05))):
+                if await self.poll() is not None:
+                    break
+                await asyncio.sleep(0.05)
         _killpg(pgid, signal.SIGKILL)  # whatever is left of the group
         if self.child is not None:
             await asyncio.to_thread(self.child.wait)

@@ -68,7 +68,7 @@ class Supervision:
         *,
         timing: Timing | None = None,
     ) -> None:
-        timing = timing or Timing()
+        timing = timing or Timing(probe_timeout_s=min(5.0, max(0.5, config.heal_http_silent_s / 3)))
         self.config = config
         self.policy = HealPolicy.from_config(config)
         self.breaks = BreakBook()

@@ -36,9 +36,7 @@ P = HealPolicy(
 
 
 def ready_at(t: float, **kw: object) -> Health:
-    return dataclasses.replace(
-        Health(phase="ready", since=t, http_ok_at=t, up_since=t), **kw
-    )
+    return dataclasses.replace(Health(phase="ready", since=t, http_ok_at=t, up_since=t), **kw)
 
 
 def run(h: Health, *obs: Observation, p: HealPolicy = P) -> tuple[Health, list[Action]]:
