@@ -42,8 +42,6 @@ def terms(
     details: dict[str, object] = {"instance_id": instance_id, "restart_reason": reason}
     if log_tail:
         details["log_tail"] = log_tail[-4000:]
-    last_line = next((ln for ln in reversed(log_tail.splitlines()) if ln.strip()), "")
-    tail_note = f"; its log ends: {last_line.strip()[:300]}" if last_line else ""
     if blamed and reason in BREAKING and breaks >= breaks_to_fail:
         details["breaks"] = breaks
         return Caught(
@@ -52,7 +50,7 @@ def terms(
                 code=p.INSTANCE_BROKEN,
                 message=(
                     f"this job {_VERB.get(reason, 'broke')} ComfyUI {breaks} times "
-                    f"({reason}: {detail}){tail_note}"
+                    f"({reason}: {detail})"
                 ),
                 retryable=False,
                 details=details,
@@ -63,7 +61,7 @@ def terms(
         "requeue",
         p.ErrorInfo(
             code=p.INSTANCE_RESTARTED,
-            message=f"ComfyUI restarted ({reason}: {detail}) while the job was on it{tail_note}",
+            message=f"ComfyUI restarted ({reason}: {detail}) while the job was on it",
             retryable=True,
             details=details,
         ),

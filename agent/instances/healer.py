@@ -70,6 +70,12 @@ class Timing:
     probe_timeout_s: float = 5.0
 
 
+def last_line(log_tail: str) -> str:
+    """`; log: <its last non-empty line>` (or nothing), to say why an instance ended."""
+    line = next((ln.strip() for ln in reversed(log_tail.splitlines()) if ln.strip()), "")
+    return f"; log: {line[:300]}" if line else ""
+
+
 def load_warmup(path: Path | None) -> dict[str, Any] | None:
     if path is None:
         return None
@@ -161,6 +167,8 @@ class Healer:
         if phase in ("stopped", "backoff"):
             return Observation(now=now, jitter=self.rng())
         exited = await self.runtime.poll()
+        if exited is not None:
+            exited += last_line(await self.runtime.log_tail())
         http_ok = self.http_ok = False
         if exited is None:
             try:
