@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 ARGS ?=
 
-.PHONY: test demo lint bench clean browser chaos bench-memory
+.PHONY: test demo lint bench clean browser docker chaos bench-memory
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,15 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
 		>/dev/null; } || echo "warning: /usr/bin/chromium missing; the dashboard browser test will fail"
 
-test: $(STAMP) browser
+# The docker-mode tests start their own dockerd (Debian's docker.io: dockerd, containerd, runc);
+# install it when missing and we may. Without it those tests fail and say why.
+docker:
+	@test -x /usr/sbin/dockerd || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends docker.io >/dev/null; } || \
+		echo "warning: /usr/sbin/dockerd missing; the docker-mode tests will fail"
+
+test: $(STAMP) browser docker
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # A long chaos run (thousands of jobs, dozens of faults); e.g. make chaos ARGS="--jobs 500 --seed 3"
