@@ -67,6 +67,7 @@ class Runtime(Protocol):
 @dataclass(frozen=True, slots=True)
 class Timing:
     tick_s: float = 0.5
+    start_tick_s: float = 0.1  # while (re)starting: is it up yet?
     probe_timeout_s: float = 5.0
 
 
@@ -134,7 +135,8 @@ class Healer:
     async def run(self) -> None:
         while True:
             await self.tick()
-            await asyncio.sleep(self.timing.tick_s)
+            starting = self.health.phase in ("starting", "warming")  # ready sooner: look often
+            await asyncio.sleep(self.timing.start_tick_s if starting else self.timing.tick_s)
 
     async def tick(self) -> None:
         obs = await self.observe()
