@@ -155,8 +155,14 @@ class Agent:
         inv = self.inventory
         if inv is None or (changed_only and inv == self.inventory_sent):
             return {}
-        self.inventory_sent = inv
-        return {"models": sorted(inv.models), "node_classes": sorted(inv.node_classes)}
+        sent, self.inventory_sent = self.inventory_sent, inv
+        fields: dict[str, Any] = {
+            "models": sorted(inv.models),
+            "node_classes": sorted(inv.node_classes),
+        }
+        if not changed_only or sent is None or sent.object_info != inv.object_info:
+            fields["comfyui"] = inv.catalog()  # ~0.5 MB for a full ComfyUI: only when changed
+        return fields
 
     def mark_lost(self, instance_id: str, reason: str) -> None:
         inst = self.instances.get(instance_id)

@@ -46,6 +46,17 @@ def add_coordinator(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="HOST:PORT to serve on (env COMFYFLEET_LISTEN; default 127.0.0.1:8787)",
     )
     cmd.add_argument("--data-dir", type=Path, help="state directory: SQLite store and outputs")
+    cmd.add_argument(
+        "--comfy-listen",
+        metavar="HOST:PORT",
+        help="also serve ComfyUI's own API (and /api/...) on HOST:PORT (config comfy_listen)",
+    )
+    cmd.add_argument(
+        "--store",
+        metavar="URL",
+        help="job store: postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE (env COMFYFLEET_STORE;"
+        " default: the SQLite file in the data dir)",
+    )
     cmd.add_argument("--heartbeat-interval", type=float, dest="heartbeat_interval_s")
     cmd.add_argument("--restart-grace", type=float, dest="restart_grace_s")
     cmd.add_argument("--assign-timeout", type=float, dest="assign_timeout_s")
@@ -74,6 +85,7 @@ def add_coordinator(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 COORDINATOR_FLAGS = (
     "data_dir",
+    "store",
     "heartbeat_interval_s",
     "restart_grace_s",
     "assign_timeout_s",
@@ -84,6 +96,7 @@ COORDINATOR_FLAGS = (
     "log_level",
     "block_after_failures",
     "block_cooldown_s",
+    "comfy_listen",
 )
 
 
@@ -290,7 +303,7 @@ def run_agent(args: argparse.Namespace) -> int:
 
 
 def add_comfyui_sim(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from comfyfleet.agent.sim.cli import add_arguments
+    from comfyfleet.sim.cli import add_arguments
 
     cmd = sub.add_parser("comfyui-sim", help="run a simulated ComfyUI server")
     add_arguments(cmd)
@@ -298,9 +311,9 @@ def add_comfyui_sim(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def run_comfyui_sim(args: argparse.Namespace) -> int:
-    from comfyfleet.agent.sim.cli import config_from_args
-    from comfyfleet.agent.sim.server import run
     from comfyfleet.shared.logs import configure
+    from comfyfleet.sim.cli import config_from_args
+    from comfyfleet.sim.server import run
 
     configure(args.log_level)
     run(config_from_args(args))

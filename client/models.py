@@ -6,6 +6,8 @@ from typing import Any
 
 import msgspec
 
+from comfyfleet.shared.history import Transition
+
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 
 
@@ -26,16 +28,6 @@ class Output(msgspec.Struct, kw_only=True):
     sha256: str = ""
     content_type: str = "application/octet-stream"
     node_id: str | None = None
-
-
-class Transition(msgspec.Struct, kw_only=True):
-    at: float
-    from_status: str | None
-    to_status: str
-    event: str
-    reason: str
-    attempt: int
-    agent_id: str | None = None
 
 
 class Job(msgspec.Struct, kw_only=True):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
 from collections.abc import AsyncIterator
 
 import structlog
@@ -27,6 +28,7 @@ from comfyfleet.coordinator.keyring import KeyRing
 from comfyfleet.coordinator.outputs import OutputFiles
 from comfyfleet.coordinator.service import Coordinator
 from comfyfleet.coordinator.store import open_store
+from comfyfleet.coordinator.store.dsn import mask_url
 from comfyfleet.coordinator.web import routes as web_routes
 from comfyfleet.shared.settings import ConfigError
 from comfyfleet.shared.supervisor import Supervisor
@@ -62,7 +64,7 @@ def create_app(config: CoordinatorConfig, *, loops: bool = True) -> web.Applicat
     app.add_routes(openapi.routes)
 
     async def coordinator_ctx(app: web.Application) -> AsyncIterator[None]:
-        store = open_store(config.data_dir)
+        store = open_store(config.data_dir, config.store)
         coord = Coordinator(config, store, OutputFiles(config.outputs_dir, config.max_output_bytes))
         coord.recover()
         app[COORDINATOR] = coord
@@ -98,6 +100,12 @@ async def serve(config: CoordinatorConfig) -> int:
     problem = exposure_problem(config.host, app[KEYRING])
     if problem:
         raise ConfigError("host", problem)
+    if config.comfy_listen:
+        from comfyfleet.coordinator.comfy.app import listen_address
+
+        problem = exposure_problem(listen_address(config.comfy_listen)[0], app[KEYRING])
+        if problem:
+            raise ConfigError("comfy_listen", problem)
     ssl_context = server_context(config.tls_cert, config.tls_key)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=10)
     await runner.setup()
@@ -105,11 +113,13 @@ async def serve(config: CoordinatorConfig) -> int:
         runner, config.host, config.port, reuse_address=True, ssl_context=ssl_context
     )
     await site.start()
+    comfy_runner = await _start_comfy(config, app, ssl_context)
     scheme = "https" if ssl_context else "http"
     log.info(
         "coordinator_listening",
         url=f"{scheme}://{config.host}:{config.port}",
         data_dir=str(config.data_dir),
+        store=mask_url(config.store) if config.store else "sqlite",
         auth=app[KEYRING].enabled,
     )
     stop = asyncio.Event()
@@ -127,8 +137,21 @@ async def serve(config: CoordinatorConfig) -> int:
     else:
         log.info("coordinator_stopping", reason="signal")
     stopped.cancel()
+    if comfy_runner is not None:
+        await comfy_runner.cleanup()
     await graceful.stop(runner, [site], app[graceful.INFLIGHT], config.shutdown_grace_s)
     return code
+
+
+async def _start_comfy(
+    config: CoordinatorConfig, app: web.Application, ssl_context: ssl.SSLContext | None
+) -> web.AppRunner | None:
+    """The ComfyUI facade's listener (`comfy_listen`), or None when it is off."""
+    if not config.comfy_listen:
+        return None
+    from comfyfleet.coordinator.comfy.app import start_comfy_site
+
+    return await start_comfy_site(config, app[COORDINATOR], app[KEYRING], ssl_context)
 
 
 def _reload_keys(ring: KeyRing) -> None:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from comfyfleet.coordinator.store.dsn import mask_url
 
 
 @dataclass(frozen=True, slots=True)
 class CoordinatorConfig:
     data_dir: Path
+    # The job store: unset for the SQLite file data_dir/coordinator.db, or a postgresql:// URL
+    # (`config show` and the logs mask its password).
+    store: str | None = field(default=None, metadata={"mask": mask_url})
     host: str = "127.0.0.1"
     port: int = 8188
     heartbeat_interval_s: float = 5.0
@@ -43,6 +48,9 @@ class CoordinatorConfig:
     tls_cert: Path | None = None  # serve HTTPS when this and tls_key are set
     tls_key: Path | None = None
     shutdown_grace_s: float = 20.0  # on SIGTERM, requests in flight get this long to finish
+    # HOST:PORT of a second listener that speaks ComfyUI's own API (coordinator/comfy/); off
+    comfy_listen: str | None = None
+    comfy_max_upload_bytes: int = 100 << 20  # /upload/image and /upload/mask bodies
 
     @property
     def lost_after_s(self) -> float:
@@ -59,3 +67,8 @@ class CoordinatorConfig:
     @property
     def outputs_dir(self) -> Path:
         return self.data_dir / "outputs"
+
+    @property
+    def comfy_dir(self) -> Path:
+        """The ComfyUI facade's own files: uploads, history deletions."""
+        return self.data_dir / "comfy"

@@ -6,11 +6,15 @@ import asyncio
 from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
+
+import msgspec
 
 from comfyfleet.coordinator import restarts
 from comfyfleet.coordinator.model import JobRecord
 from comfyfleet.coordinator.scheduler.model import AgentView, GpuView, SlotView
 from comfyfleet.shared.protocol import (
+    ComfyCatalog,
     GpuInfo,
     HostInfo,
     InstanceInfo,
@@ -49,6 +53,7 @@ class AgentState:
     recent_hashes: deque[str] = field(default_factory=lambda: deque(maxlen=16))
     recent_failures: deque[float] = field(default_factory=lambda: deque(maxlen=32))
     node_classes: frozenset[str] | None = None  # None: the agent reported no inventory
+    comfyui: ComfyCatalog | None = None  # its ComfyUI's /object_info and models (the facade)
     # per ComfyUI instance: shape hashes and model files it ran recently (warm cache)
     recent_by_instance: dict[str, deque[str]] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -65,6 +70,8 @@ class AgentState:
         self.labels = dict(msg.labels)
         self.models = frozenset(msg.models)
         self.node_classes = None if msg.node_classes is None else frozenset(msg.node_classes)
+        if msg.comfyui is not None:
+            self.comfyui = msg.comfyui
         self.registered_at = now
         self.apply_snapshot(msg.host, msg.gpus, msg.instances, now)
 
@@ -82,11 +89,18 @@ class AgentState:
         if self.status in (AgentStatus.LOST, AgentStatus.RECONNECTING):
             self.status = AgentStatus.DRAINING if self.draining else AgentStatus.ONLINE
 
-    def apply_inventory(self, models: list[str] | None, node_classes: list[str] | None) -> None:
+    def apply_inventory(
+        self,
+        models: list[str] | None,
+        node_classes: list[str] | None,
+        comfyui: ComfyCatalog | None = None,
+    ) -> None:
         if models is not None:
             self.models = frozenset(models)
         if node_classes is not None:
             self.node_classes = frozenset(node_classes)
+        if comfyui is not None:
+            self.comfyui = comfyui
 
     def take_restarts(self) -> list[tuple[str, RestartEvent]]:
         """The restarts learnt since the last call: (instance_id, event), oldest first."""
@@ -103,6 +117,21 @@ class AgentState:
 
 
 RECENT_PER_SLOT = 16
+
+
+def register_info(msg: Register) -> dict[str, Any]:
+    """The registration as the store keeps it (`AgentRecord.info`): without the running jobs."""
+    info: dict[str, Any] = msgspec.to_builtins(msg)
+    info.pop("running", None)
+    return info
+
+
+def register_from_info(info: dict[str, Any]) -> Register | None:
+    """The stored registration back as a message; None if it no longer decodes."""
+    try:
+        return msgspec.convert(info, Register)
+    except msgspec.ValidationError:
+        return None
 
 
 def has_free_slot(agent: AgentState, jobs: dict[str, JobRecord]) -> bool:

@@ -6,7 +6,8 @@ import dataclasses
 import secrets
 from typing import Any
 
-from comfyfleet.coordinator.model import JobRecord, Transition
+from comfyfleet.coordinator.model import JobRecord
+from comfyfleet.shared.history import Transition
 from comfyfleet.shared.protocol import INSTANCE_BROKEN
 from comfyfleet.shared.status import JobEvent, JobStatus, transition
 

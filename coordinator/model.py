@@ -7,21 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from comfyfleet.shared.history import Transition
 from comfyfleet.shared.jobspec import JobSpec
 from comfyfleet.shared.status import JobStatus
-
-
-@dataclass(slots=True)
-class Transition:
-    """One line of a job's history."""
-
-    at: float
-    from_status: str | None
-    to_status: str
-    event: str
-    reason: str
-    attempt: int
-    agent_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
+import tomli_w
+
 from comfyfleet.shared.errors import SharedError
 
 ENV_PREFIX = "COMFYFLEET_"
@@ -52,9 +55,23 @@ def field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
 
 
+def _metadata(cls: type, name: str) -> Mapping[str, Any]:
+    return next((f.metadata for f in dataclasses.fields(cls) if f.name == name), {})
+
+
 def is_secret(cls: type, name: str) -> bool:
-    meta = next((f.metadata for f in dataclasses.fields(cls) if f.name == name), None)
-    return bool(meta and meta.get("secret")) or any(word in name for word in SECRET_WORDS)
+    """Shown masked: a field marked `secret`, named like one, or with its own `mask` (a function
+    that hides only the secret part of the value, such as the password in a database URL)."""
+    meta = _metadata(cls, name)
+    return bool(meta.get("secret") or meta.get("mask")) or any(w in name for w in SECRET_WORDS)
+
+
+def masked(cls: type, name: str, value: Any) -> Any:
+    """`value` as `config show` prints it: through the field's `mask`, or MASK for a secret."""
+    mask = _metadata(cls, name).get("mask")
+    if value is None or not is_secret(cls, name):
+        return value
+    return mask(value) if callable(mask) else MASK
 
 
 def env_name(name: str) -> str:
@@ -136,110 +153,71 @@ def effective(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
             value = f.default_factory()
         else:
             value = None
-        if value is not None and is_secret(cls, f.name):
-            value = MASK
-        shown[f.name] = value
+        shown[f.name] = masked(cls, f.name, value)
     return shown
 
 
 def to_toml(shown: Mapping[str, Any]) -> str:
-    """Render `effective()` output; unset values appear as comments."""
-    lines = []
-    tables = []
-    for key, value in shown.items():
-        if value is None:
-            lines.append(f"# {key} = (unset)")
-        elif isinstance(value, dict):
-            tables.append(f"\n[{key}]")
-            tables.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
-        else:
-            lines.append(f"{key} = {_toml_value(value)}")
-    return "\n".join(lines + tables) + "\n"
+    """Render `effective()` output (tomli-w); unset values appear as comments, TOML has no null."""
+    unset = [f"# {key} = (unset)\n" for key, value in shown.items() if value is None]
+    present = {key: _set_only(value) for key, value in shown.items() if value is not None}
+    return "".join(unset) + tomli_w.dumps(msgspec.to_builtins(present, enc_hook=str))
 
 
-def _toml_key(key: str) -> str:
-    return key if key.replace("_", "").replace("-", "").isalnum() else _toml_value(key)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+def _set_only(value: Any) -> Any:
+    """Tables (dataclasses) with their unset (None) keys left out, as TOML has no null."""
+    if isinstance(value, tuple | list):
+        return [_set_only(v) for v in value]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        pairs = [
-            f"{f.name} = {_toml_value(getattr(value, f.name))}"
+        return {
+            f.name: getattr(value, f.name)
             for f in dataclasses.fields(value)
             if getattr(value, f.name) is not None
-        ]
-        return "{" + ", ".join(pairs) + "}"
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'
+        }
+    return value
 
 
-# --- coercion ---------------------------------------------------------------------------------
+# --- conversion -------------------------------------------------------------------------------
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+# Text words for booleans beyond msgspec's lax `true`/`false`/`1`/`0`.
+_BOOL_WORDS = {"yes": True, "on": True, "no": False, "off": False}
+_EXPECTED = {
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    str: "a string",
+    Path: "a path",
+    tuple: "a list",
+    dict: "a table of KEY = VALUE",
+}
 
 
 def coerce(tp: Any, raw: Any, text: bool) -> Any:
-    """`raw` as type `tp`, or ValueError saying what was expected."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if text and isinstance(raw, str) and raw.strip().lower() in ("", "none"):
+    """`raw` as type `tp`, or ValueError saying what was expected.
+
+    msgspec converts: strictly for typed layers (a TOML string is not a port), leniently
+    (`strict=False`) for text layers, after text lists and tables are split here. Numbers must
+    be finite and not negative.
+    """
+    inner = _optional(tp)
+    item = typing.get_args(inner)[0] if typing.get_origin(inner) is tuple else None
+    if isinstance(item, type) and dataclasses.is_dataclass(item):
+        return _tables(item, raw, text)
+    if text and isinstance(raw, str):
+        raw = raw.strip()
+        if inner is not tp and raw.lower() in ("", "none"):
             return None
-        if len(args) != 1:
-            raise TypeError(f"unsupported config type {tp}")
-        return coerce(args[0], raw, text)
-    if origin is tuple:
-        item = typing.get_args(tp)[0]
-        if isinstance(item, type) and dataclasses.is_dataclass(item):
-            return _tables(item, raw, text)
-        if text and isinstance(raw, str):
-            parts = [p.strip() for p in raw.split(",") if p.strip()]
-        elif isinstance(raw, list | tuple):
-            parts = list(raw)
-        else:
-            raise ValueError(f"expected a list, got {_show(raw)}")
-        return tuple(coerce(item, p, text) for p in parts)
-    if origin is dict:
-        if text and isinstance(raw, str):
-            pairs: dict[str, Any] = {}
-            for part in (p.strip() for p in raw.split(",") if p.strip()):
-                k, sep, v = part.partition("=")
-                if not sep or not k.strip():
-                    raise ValueError(f"expected KEY=VALUE pairs, got {part!r}")
-                pairs[k.strip()] = v.strip()
-            raw = pairs
-        if not isinstance(raw, dict):
-            raise ValueError(f"expected a table of KEY = VALUE, got {_show(raw)}")
-        bad = [k for k, v in raw.items() if not isinstance(v, str)]
-        if bad:
-            raise ValueError(f"value of {bad[0]!r} must be a string")
-        return dict(raw)
-    if tp is bool:
-        if isinstance(raw, bool):
-            return raw
-        if text and isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
-            return raw.strip().lower() in _TRUE
-        raise ValueError(f"expected true or false, got {_show(raw)}")
-    if tp is int or tp is float:
-        return _number(tp, raw, text)
-    if tp is str:
-        if not isinstance(raw, str):
-            raise ValueError(f"expected a string, got {_show(raw)}")
-        return raw
-    if tp is Path:
-        if isinstance(raw, Path):
-            return raw
-        if not isinstance(raw, str) or not raw.strip():
-            raise ValueError(f"expected a path, got {_show(raw)}")
-        return Path(raw).expanduser()
-    raise TypeError(f"unsupported config type {tp}")
+        raw = _split_text(inner, raw)
+    try:
+        value = msgspec.convert(raw, tp, strict=not text, dec_hook=_path)
+    except msgspec.ValidationError as exc:
+        raise ValueError(_explain(inner, raw, exc)) from None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ValueError(f"must be finite, got {raw!r}")
+        if value < 0:
+            raise ValueError(f"must not be negative, got {raw!r}")
+    return value
 
 
 def _tables(item: type, raw: Any, text: bool) -> tuple[Any, ...]:
@@ -260,25 +238,53 @@ def _tables(item: type, raw: Any, text: bool) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def _number(tp: type, raw: Any, text: bool) -> int | float:
-    what = "an integer" if tp is int else "a number"
-    value: int | float
-    if isinstance(raw, bool):
-        raise ValueError(f"expected {what}, got {_show(raw)}")
-    if text and isinstance(raw, str):
-        try:
-            value = tp(raw.strip())
-        except ValueError:
-            raise ValueError(f"expected {what}, got {raw!r}") from None
-    elif isinstance(raw, int) or (tp is float and isinstance(raw, float)):
-        value = tp(raw)
-    else:
-        raise ValueError(f"expected {what}, got {_show(raw)}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"must be finite, got {raw!r}")
-    if value < 0:
-        raise ValueError(f"must not be negative, got {raw!r}")
-    return value
+def _optional(tp: Any) -> Any:
+    """`X` for `X | None`; `tp` itself otherwise."""
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType):
+        return tp
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if len(args) != 1:
+        raise TypeError(f"unsupported config type {tp}")
+    return args[0]
+
+
+def _split_text(tp: Any, raw: str) -> Any:
+    """Text forms: `a, b` for a list, `k=v,k=v` for a table, yes/no/on/off for a boolean."""
+    origin = typing.get_origin(tp)
+    parts = [p.strip() for p in raw.split(",") if p.strip()]
+    if origin is tuple:
+        return parts
+    if origin is dict:
+        pairs = [part.partition("=") for part in parts]
+        bad = next((k + sep + v for k, sep, v in pairs if not sep or not k.strip()), None)
+        if bad is not None:
+            raise ValueError(f"expected KEY=VALUE pairs, got {bad!r}")
+        return {k.strip(): v.strip() for k, _, v in pairs}
+    if tp is bool:
+        return _BOOL_WORDS.get(raw.lower(), raw)
+    return raw
+
+
+def _path(tp: type, obj: Any) -> Any:
+    """msgspec hook for `Path`: a non-blank string, `~` expanded."""
+    if tp is not Path:
+        raise NotImplementedError(f"unsupported config type {tp}")
+    if isinstance(obj, Path):
+        return obj
+    if not isinstance(obj, str) or not obj.strip():
+        raise ValueError(f"got {_show(obj)}")
+    return Path(obj).expanduser()
+
+
+def _explain(tp: Any, raw: Any, exc: msgspec.ValidationError) -> str:
+    what = _EXPECTED.get(typing.get_origin(tp) or tp, str(tp))
+    if isinstance(raw, dict) and typing.get_origin(tp) is dict:
+        bad = next((k for k, v in raw.items() if not isinstance(v, str)), None)
+        if bad is not None:
+            return f"value of {bad!r} must be a string"
+    if "- at `$" in str(exc):  # an item inside a list: msgspec says which and why
+        return f"expected {what}: {exc}"
+    return f"expected {what}, got {_show(raw)}"
 
 
 def _show(raw: Any) -> str:

@@ -11,10 +11,10 @@ import asyncio
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -34,12 +34,14 @@ __all__ = [
     "ViewResult",
     "parse_queue",
     "queue_graph",
+    "within",
     "ws_url",
 ]
 
 log = structlog.get_logger(__name__)
 
 _CHUNK = 256 * 1024
+_T = TypeVar("_T")
 
 
 class ComfyUIError(Exception):
@@ -86,6 +88,15 @@ class ViewResult:
     size: int
     sha256: str
     content_type: str
+
+
+async def within(timeout_s: float, answer: Awaitable[_T]) -> _T:
+    """`answer`, or ComfyUIUnavailable when it does not come within `timeout_s`."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await answer
+    except TimeoutError as exc:
+        raise ComfyUIUnavailable(f"no answer within {timeout_s}s") from exc
 
 
 def ws_url(base_or_ws: str, client_id: str) -> str:

@@ -16,7 +16,7 @@ import contextlib
 
 import aiohttp
 
-_CLOSED = (
+CLOSED = (  # frame types that mean the socket is gone
     aiohttp.WSMsgType.CLOSE,
     aiohttp.WSMsgType.CLOSING,
     aiohttp.WSMsgType.CLOSED,
@@ -54,7 +54,7 @@ class SocketPool:
     async def _drain(self, url: str, ws: aiohttp.ClientWebSocketResponse) -> None:
         while True:
             msg = await ws.receive()
-            if msg.type in _CLOSED:
+            if msg.type in CLOSED:
                 if url in self.parked and self.parked[url][0] is ws:
                     del self.parked[url]
                 await _close(ws)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import msgspec
@@ -10,7 +9,8 @@ import msgspec
 from comfyfleet.coordinator.estimates import eta, expected_duration_s
 from comfyfleet.coordinator.fleet import AgentState, agent_view
 from comfyfleet.coordinator.model import JobRecord
-from comfyfleet.coordinator.service import Coordinator, LiveProgress
+from comfyfleet.coordinator.service import Coordinator
+from comfyfleet.coordinator.state import LiveProgress
 from comfyfleet.shared.status import JobStatus
 
 
@@ -70,7 +70,7 @@ def job_json(
         out["constraints"] = msgspec.to_builtins(spec.constraints)
         out["timeout_s"] = spec.timeout_s
         out["timings"] = job.timings
-        out["history"] = [dataclasses.asdict(t) for t in job.history]
+        out["history"] = msgspec.to_builtins(job.history)
         out["gpu_name"] = job.gpu_name
         out["vram_peak_mb"] = job.vram_peak_mb
         out["profile"] = job.profile

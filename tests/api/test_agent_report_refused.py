@@ -17,9 +17,9 @@ from comfyfleet.agent.comfyui.client import ComfyUIClient
 from comfyfleet.agent.config import AgentConfig
 from comfyfleet.agent.coordinator_client import CoordinatorClient
 from comfyfleet.agent.runner import JobRunner
-from comfyfleet.agent.sim.config import SimConfig
-from comfyfleet.agent.sim.server import create_app as create_sim
 from comfyfleet.agent.state import StateFile
+from comfyfleet.sim.config import SimConfig
+from comfyfleet.sim.server import create_app as create_sim
 from tests.api.conftest import MakeHarness
 from tests.helpers.fleet import txt2img
 

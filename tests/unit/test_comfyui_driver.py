@@ -24,7 +24,7 @@ from comfyfleet.agent.comfyui.client import (
     PromptRejected,
     ws_url,
 )
-from comfyfleet.agent.comfyui.driver import PromptOutcome, attach_prompt, run_prompt
+from comfyfleet.agent.comfyui.driver import attach_prompt, run_prompt
 from comfyfleet.agent.comfyui.events import (
     Done,
     Executed,
@@ -35,6 +35,7 @@ from comfyfleet.agent.comfyui.events import (
     Succeeded,
     Update,
 )
+from comfyfleet.agent.comfyui.outcome import PromptOutcome
 
 TRACES = Path(__file__).resolve().parents[1] / "fixtures" / "comfyui-traces"
 

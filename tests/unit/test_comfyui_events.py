@@ -14,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from comfyfleet.agent.comfyui.events import (
-    SEED_MAX,
     Cached,
     Done,
     Executed,
@@ -24,15 +23,15 @@ from comfyfleet.agent.comfyui.events import (
     OutputRef,
     Preview,
     Progress,
-    PromptTracker,
     Started,
     Succeeded,
     Text,
     Update,
-    apply_seeds,
-    interpret_history,
     is_oom,
 )
+from comfyfleet.agent.comfyui.history import interpret_history
+from comfyfleet.agent.comfyui.seeds import SEED_MAX, apply_seeds
+from comfyfleet.agent.comfyui.tracker import PromptTracker
 
 TRACES = Path(__file__).resolve().parents[1] / "fixtures" / "comfyui-traces"
 

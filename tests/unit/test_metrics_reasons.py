@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from comfyfleet.coordinator.metrics import label_value, requeue_reason
-from comfyfleet.coordinator.model import JobRecord, Transition
+from comfyfleet.coordinator.model import JobRecord
+from comfyfleet.shared.history import Transition
 from comfyfleet.shared.jobspec import JobSpec
 
 pytestmark = pytest.mark.timeout(30)

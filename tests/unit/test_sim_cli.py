@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from comfyfleet.agent.sim.cli import add_subcommand, config_from_args, main, parse_listen
+from comfyfleet.sim.cli import add_subcommand, config_from_args, main, parse_listen
 
 LINE = re.compile(r"^comfyui-sim listening on http://127\.0\.0\.1:(\d+)$")
 PROMPT = {
@@ -69,7 +69,7 @@ def test_bad_flags_exit_with_usage() -> None:
 async def start(tmp_path: Path, *flags: str) -> tuple[asyncio.subprocess.Process, str, float]:
     began = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "comfyfleet.agent.sim.cli", "--listen", "127.0.0.1:0",
+        sys.executable, "-m", "comfyfleet.sim.cli", "--listen", "127.0.0.1:0",
         "--data-dir", str(tmp_path), "--step-ms", "2", "--node-ms", "0.5", *flags,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from comfyfleet.agent.sim.config import FaultSettings, SimConfig
-from comfyfleet.agent.sim.recording import event_types
-from comfyfleet.agent.sim.server import create_app
-from comfyfleet.agent.sim.testing import SimSocket
+from comfyfleet.sim.config import FaultSettings, SimConfig
+from comfyfleet.sim.recording import event_types
+from comfyfleet.sim.server import create_app
+from comfyfleet.sim.testing import SimSocket
 
 
 def make_config(tmp_path: Path, **kwargs: Any) -> SimConfig:

@@ -10,16 +10,16 @@ from typing import Any
 
 import pytest
 
-from comfyfleet.agent.sim import events
-from comfyfleet.agent.sim.config import FaultSettings
-from comfyfleet.agent.sim.faults import FaultError, Faults
-from comfyfleet.agent.sim.graph import cache_keys, execution_order
-from comfyfleet.agent.sim.naming import UnsafePath, save_image_path
-from comfyfleet.agent.sim.nodes import CATALOGUE, CatalogueContext, object_info
-from comfyfleet.agent.sim.prompt_queue import PromptQueue, QueueItem
-from comfyfleet.agent.sim.recording import collapse_node_runs, normalise, shape
-from comfyfleet.agent.sim.vram import OutOfVram, Vram
-from comfyfleet.agent.sim.ws import decode_binary, encode_preview, encode_preview_meta, encode_text
+from comfyfleet.sim import events
+from comfyfleet.sim.config import FaultSettings
+from comfyfleet.sim.faults import FaultError, Faults
+from comfyfleet.sim.graph import cache_keys, execution_order
+from comfyfleet.sim.naming import UnsafePath, save_image_path
+from comfyfleet.sim.nodes import CATALOGUE, CatalogueContext, object_info
+from comfyfleet.sim.prompt_queue import PromptQueue, QueueItem
+from comfyfleet.sim.recording import collapse_node_runs, normalise, shape
+from comfyfleet.sim.vram import OutOfVram, Vram
+from comfyfleet.sim.ws import decode_binary, encode_preview, encode_preview_meta, encode_text
 
 
 def graph(color: int = 0, prefix: str = "x") -> dict[str, Any]:

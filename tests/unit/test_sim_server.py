@@ -10,10 +10,10 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from comfyfleet.agent.sim.config import SimConfig
-from comfyfleet.agent.sim.recording import event_types
-from comfyfleet.agent.sim.server import create_app
-from comfyfleet.agent.sim.testing import SimSocket
+from comfyfleet.sim.config import SimConfig
+from comfyfleet.sim.recording import event_types
+from comfyfleet.sim.server import create_app
+from comfyfleet.sim.testing import SimSocket
 
 MB = 1024 * 1024
 

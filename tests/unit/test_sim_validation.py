@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from comfyfleet.agent.sim.nodes import CATALOGUE, SAMPLERS, CatalogueContext
-from comfyfleet.agent.sim.recording import normalise
-from comfyfleet.agent.sim.validation import ValidationContext, validate_prompt
+from comfyfleet.sim.nodes import CATALOGUE, SAMPLERS, CatalogueContext
+from comfyfleet.sim.recording import normalise
+from comfyfleet.sim.validation import ValidationContext, validate_prompt
 
 TRACES = Path(__file__).resolve().parents[1] / "fixtures" / "comfyui-traces"
 CTX = ValidationContext(

@@ -1,0 +1,121 @@
+"""The one write path of the coordinator: pure move, guarded store write, then memory.
+
+Callers compute the new record with a pure move (`jobs.py`) and hand the pair to `apply`. The
+store writes the changes in one transaction, each guarded by the status and attempt the row must
+still have; only the writes that went through reach the in-memory indexes (`state.Live.index`),
+followed by each change's own memory effects (`Change.then`). A store fault (StoreUnavailable)
+raises before memory is touched, so memory never holds what the store does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from comfyfleet.coordinator import jobs as moves
+from comfyfleet.coordinator.errors import Conflict, StoreUnavailable
+from comfyfleet.coordinator.model import AgentRecord, JobRecord
+from comfyfleet.coordinator.outputs import OutputFiles
+from comfyfleet.coordinator.state import Live
+from comfyfleet.coordinator.store import Store
+from comfyfleet.shared.status import JobStatus
+
+log = structlog.get_logger("coordinator")
+
+STORE_RETRY_S = 1.0  # a loop step the store refused is retried after this
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One job moved from `old` to `new` (a pure move's result), and what memory does after."""
+
+    old: JobRecord
+    new: JobRecord
+    then: Callable[[JobRecord], None] | None = None
+
+
+class Ledger:
+    def __init__(self, store: Store, live: Live, outputs: OutputFiles) -> None:
+        self.store = store
+        self.live = live
+        self.outputs = outputs
+
+    def apply(self, changes: Sequence[Change], *, strict: bool = True) -> list[bool]:
+        """Write `changes` (guarded, one transaction), then apply the ones written to memory.
+
+        Returns one result per change. With `strict`, a change whose guard no longer matched
+        raises Conflict (after the others were applied); otherwise it is skipped.
+        """
+        if not changes:
+            return []
+        oks = self.store.update_jobs([(c.new, c.old.status, c.old.attempt) for c in changes])
+        for change, ok in zip(changes, oks, strict=True):
+            if ok:
+                self.live.index(change.old, change.new)
+                if change.then is not None:
+                    change.then(change.new)
+        if strict and not all(oks):
+            stale = next(c.old.id for c, ok in zip(changes, oks, strict=True) if not ok)
+            raise Conflict(f"job {stale} changed concurrently; try again")
+        return oks
+
+    def commit(self, old: JobRecord, new: JobRecord) -> JobRecord:
+        """`apply` of one change that must go through; returns the new record."""
+        self.apply([Change(old, new)])
+        return new
+
+    def insert(self, job: JobRecord) -> tuple[JobRecord, bool]:
+        """Store a new job (or find the one its idempotency key names), then index it."""
+        stored, created = self.store.insert_job(job)
+        if created:
+            self.live.index(None, stored)
+        return stored, created
+
+    def save_agent(self, record: AgentRecord, then: Callable[[], None]) -> None:
+        """Store an agent's registration, then apply it to memory."""
+        self.store.save_agent(record)
+        then()
+
+    def release_change(
+        self,
+        job: JobRecord,
+        now: float,
+        reason: str,
+        *,
+        spend_retry: bool,
+        error: dict[str, Any] | None = None,
+    ) -> Change:
+        """End the job's attempt outside the workflow (requeue, fail or cancel): the change, and
+        after it the attempt's files dropped (a stale attempt's files never stay)."""
+
+        def released(new: JobRecord) -> None:
+            self.outputs.drop_attempt(job.id, job.attempt)
+            if new.status == JobStatus.QUEUED:
+                self.live.counters["requeues"] += 1
+            log.info(
+                "job_released",
+                job_id=job.id,
+                agent_id=job.agent_id,
+                attempt=job.attempt,
+                reason=reason,
+                now_status=new.status.value,
+            )
+
+        new = moves.released(job, now, reason, spend_retry=spend_retry, error=error)
+        return Change(job, new, released)
+
+
+async def survive_store_faults(step: Callable[[], object]) -> bool:
+    """Run one loop step; a full or read-only store pauses the loop instead of killing it."""
+    try:
+        step()
+    except StoreUnavailable as exc:
+        log.warning("store_unavailable", step=getattr(step, "__name__", "?"), error=exc.message)
+        await asyncio.sleep(STORE_RETRY_S)
+        return False
+    await asyncio.sleep(0)
+    return True

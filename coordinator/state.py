@@ -1,0 +1,171 @@
+"""The placing coordinator's live memory: its indexes over the store's active jobs, and its agents.
+
+Only the one coordinator that places jobs holds this. Nothing here writes to the store: every
+change to a job reaches `Live.index` through `ledger.Ledger.apply`, after its guarded write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from comfyfleet.coordinator.config import CoordinatorConfig
+from comfyfleet.coordinator.errors import NotFound
+from comfyfleet.coordinator.feed import Feed
+from comfyfleet.coordinator.fleet import AgentState, AgentStatus
+from comfyfleet.coordinator.model import JobRecord
+from comfyfleet.coordinator.scheduler.model import JobRequest
+from comfyfleet.shared import protocol as p
+from comfyfleet.shared.status import ACTIVE, TERMINAL, JobStatus
+
+
+def job_request(job: JobRecord) -> JobRequest:
+    spec = job.spec
+    facts = job.workflow_facts
+    return JobRequest(
+        job_id=job.id,
+        priority=spec.priority,
+        queued_at=job.queued_at,
+        gpus=spec.resources.gpus,
+        vram_mb=job.vram_mb,
+        ram_mb=spec.resources.ram_mb,
+        cpu=spec.resources.cpu,
+        labels=spec.constraints.labels,
+        gpu_name=spec.constraints.gpu_name,
+        models=tuple(spec.constraints.models),
+        workflow_hash=facts.shape,  # placement affinity and blocking go by shape
+        avoid_agents=frozenset(job.failed_agents),
+        blocked_agents=frozenset(),
+        model_refs=facts.model_refs,
+        node_classes=facts.node_classes,
+    )
+
+
+_NO_WORKFLOW: dict[str, Any] = {}
+
+
+def without_workflow(job: JobRecord) -> JobRecord:
+    """The job as the in-memory index keeps it: the workflow and input files (most of a job's
+    bytes) stay in the store and are read when a lease hands the job out; placement needs only
+    the request and the workflow's facts."""
+    if job.spec.workflow is _NO_WORKFLOW:
+        return job
+    names_only = {name: "" for name in job.spec.inputs}  # the view still lists the inputs
+    spec = msgspec.structs.replace(job.spec, workflow=_NO_WORKFLOW, inputs=names_only)
+    return dataclasses.replace(job, facts=job.workflow_facts, spec=spec)
+
+
+@dataclasses.dataclass(slots=True)
+class LiveProgress:
+    """What the agent last reported about a running job (memory only, not durable)."""
+
+    fraction: float | None = None
+    node: str | None = None
+    node_type: str | None = None
+    value: float | None = None
+    max: float | None = None
+    cached: list[str] = dataclasses.field(default_factory=list)
+    preview: tuple[bytes, str] | None = None
+    previews: int = 0  # how many preview frames arrived (cache-busting for preview URLs)
+    updated_at: float = 0.0
+
+
+class Live:
+    """The in-memory indexes. `index(old, new)` is the one place a job change enters them."""
+
+    def __init__(self, config: CoordinatorConfig, feed: Feed, clock: Callable[[], float]) -> None:
+        self.config = config
+        self.feed = feed
+        self.clock = clock
+        self.jobs: dict[str, JobRecord] = {}  # every non-terminal job
+        self.queued: dict[str, JobRequest] = {}
+        self.agents: dict[str, AgentState] = {}
+        self.delivered: set[str] = set()  # ASSIGNED jobs a lease has handed out
+        self.cancel_sent: dict[str, float] = {}  # job_id -> when a cancel/timeout was asked
+        # ASSIGNED job_id -> when its agent last said ComfyUI holds it queued (pipelined: it waits
+        # behind the running prompt, so the assign timeout counts from this report)
+        self.queued_on_agent: dict[str, float] = {}
+        self.unexplained: set[str] = set()  # QUEUED jobs no plan has given a pending reason yet
+        self.explained_at = float("-inf")  # when a plan last explained every pending job
+        self.progress: dict[str, LiveProgress] = {}
+        self.wake = asyncio.Event()  # the scheduler loop's: something may be placeable
+        self.counters: dict[str, int] = {
+            "placements": 0,
+            "requeues": 0,
+            "lost_agents": 0,
+            "placements_warm": 0,
+            "workflow_blocked": 0,
+            "workflow_unblocked": 0,
+        }
+
+    def agent(self, agent_id: str) -> AgentState:
+        agent = self.agents.get(agent_id)
+        if agent is None:
+            raise NotFound(f"no agent {agent_id}", "agent_id")
+        return agent
+
+    def index(self, old: JobRecord | None, new: JobRecord) -> None:
+        """Memory after a job moved from `old` (None: newly known) to `new` in the store."""
+        job_id = new.id
+        self.feed.job_changed(old, new, self.clock())
+        if (
+            old is not None
+            and old.agent_id
+            and (new.status not in ACTIVE or new.agent_id != old.agent_id)
+        ):
+            agent = self.agents.get(old.agent_id)
+            if agent is not None:
+                agent.jobs.discard(job_id)
+                agent.to_cancel.pop(job_id, None)
+            self.delivered.discard(job_id)
+            self.cancel_sent.pop(job_id, None)
+        if new.status != JobStatus.ASSIGNED:
+            self.queued_on_agent.pop(job_id, None)
+        if new.status in TERMINAL:
+            self.unexplained.discard(job_id)
+            self.jobs.pop(job_id, None)
+            self.queued.pop(job_id, None)
+            self.progress.pop(job_id, None)
+            self.wake.set()
+            return
+        self.jobs[job_id] = without_workflow(new)
+        if new.status != JobStatus.QUEUED:
+            self.unexplained.discard(job_id)
+        if new.status == JobStatus.QUEUED:
+            self.unexplained.add(job_id)
+            self.queued[job_id] = job_request(new)
+            self.progress.pop(job_id, None)
+            self.wake.set()
+        else:
+            self.queued.pop(job_id, None)
+        if new.status in ACTIVE and new.agent_id:
+            agent = self.agents.get(new.agent_id)
+            if agent is None:  # recovered job whose agent the store did not know
+                now = self.clock()
+                agent = AgentState(
+                    new.agent_id,
+                    AgentStatus.RECONNECTING,
+                    now,
+                    now,
+                    lost_deadline=now + self.config.restart_grace_s,
+                )
+                self.agents[new.agent_id] = agent
+            agent.jobs.add(job_id)
+
+    def send_cancel(self, job: JobRecord, now: float) -> None:
+        """Ask the job's agent (on its next lease) to stop the attempt; memory only."""
+        self.cancel_sent[job.id] = now
+        agent = self.agents.get(job.agent_id or "")
+        if agent is not None:
+            agent.to_cancel[job.id] = p.JobRef(job_id=job.id, attempt=job.attempt)
+            agent.wake.set()
+
+    def forget_delivery(self, job_id: str, agent_id: str | None) -> None:
+        """A job no longer waits to be handed out by its agent's next lease."""
+        agent = self.agents.get(agent_id or "")
+        if agent is not None and job_id in agent.to_deliver:
+            agent.to_deliver.remove(job_id)
