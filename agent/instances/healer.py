@@ -118,6 +118,7 @@ class Healer:
         )
         self.jobs: dict[str, float | None] = {}  # job on the instance -> when ComfyUI took it
         self.warm_task: asyncio.Task[str] | None = None
+        self.recheck: asyncio.Task[None] | None = None
         self.stats: dict[str, Any] = {}
         self.http_ok = False  # the last probe answered
         self.log = log.bind(instance=spec.instance_id, kind=spec.kind)
@@ -147,12 +148,25 @@ class Healer:
             await self.catch_jobs("start_failed", obs.exited, None)
         await self.runtime.housekeeping()
         self.publish()
+        inst = self.agent.instances.get(self.spec.instance_id)
+        opening = self.health.accepting and inst is not None and not inst.healthy
+        if opening and self.http_ok and (self.recheck is None or self.recheck.done()):
+            # (re)started and ready: the agent checks it now (health, GPU, stats) instead of at
+            # its next health round, and reads its inventory again. In the background: another
+            # instance that hangs must not hold this loop.
+            self.recheck = asyncio.create_task(self._recheck(), name="comfyui-recheck")
+
+    async def _recheck(self) -> None:
+        if await self.agent.check_instances():
+            self.agent.inventory_at = float("-inf")
+            self.agent.changed.set()
 
     async def close(self, stop_instance: bool) -> None:
-        if self.warm_task is not None:
-            self.warm_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.warm_task
+        for task in (self.warm_task, self.recheck):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         await self.watch.stop()
         if stop_instance:
             await self.runtime.stop()
@@ -348,10 +362,6 @@ class Healer:
         inst.gate = self.gate
         if not h.accepting and inst.healthy:
             inst.healthy, inst.error = False, self.gate()
-            self.agent.changed.set()
-        elif h.accepting and not inst.healthy and self.http_ok:
-            inst.healthy, inst.error, inst.stats = True, None, self.stats
-            self.agent.inventory_at = float("-inf")  # (re)started: read its inventory again
             self.agent.changed.set()
 
     def gate(self) -> str | None:
