@@ -58,15 +58,14 @@ class ProcessRuntime:
         try:
             rec = json.loads(self.record_path.read_text())
             proc = psutil.Process(int(rec["pid"]))
-            same = (
-                abs(proc.create_time() - float(rec["create_time"])) < 0.01
-                and rec.get("fingerprint") == self.spec.fingerprint()
-                and proc.status() != psutil.STATUS_ZOMBIE
-            )
+            ours = abs(proc.create_time() - float(rec["create_time"])) < 0.01
+            alive = proc.status() != psutil.STATUS_ZOMBIE
         except (OSError, ValueError, KeyError, TypeError, psutil.Error):
             return False
-        if not same:
-            log.info("instance_not_adopted", instance=self.spec.instance_id, pid=rec.get("pid"))
+        if not (ours and alive and rec.get("fingerprint") == self.spec.fingerprint()):
+            log.info("instance_not_adopted", instance=self.spec.instance_id, pid=proc.pid)
+            if ours and alive:
+                _killpg(proc.pid, signal.SIGKILL)  # ours, started with other settings: replaced
             return False
         self.proc = proc
         log.info("instance_adopted", instance=self.spec.instance_id, pid=proc.pid)

@@ -21,8 +21,11 @@ class Harness(Protocol):
     def start_agent(self, name: str, *agent_args: str, sim_args: tuple[str, ...] = ()) -> None:
         """An agent `name` whose one managed instance runs the simulator with `sim_args`."""
 
+    def script_dir(self) -> Path:
+        """Where a start script must be for the instance to run it."""
+
     def start_agent_with_script(self, name: str, script: Path, *agent_args: str) -> None:
-        """An agent whose instance's command is `sh script PORT` (script in a host folder)."""
+        """An agent whose instance's command is `sh script PORT` (script in script_dir())."""
 
     def sim_line(self, *sim_args: str) -> str:
         """The shell line that runs the simulator on port $1 (for scripts)."""

@@ -108,17 +108,17 @@ def test_unit_command_exists_and_its_arguments_parse(role: str) -> None:
 )
 @pytest.mark.parametrize("role", sorted(UNITS))
 def test_systemd_analyze_verify_accepts_the_unit(role: str, tmp_path: Path) -> None:
-    """Rewritten only to run this venv's comfyfleet, so the check that the command exists
-    looks at a real file."""
-    text = (
-        UNITS[role]
-        .read_text()
-        .replace(
+    verify(UNITS[role].read_text(), tmp_path / UNITS[role].name)
+
+
+def verify(text: str, unit: Path) -> None:
+    """`systemd-analyze verify` on the unit, rewritten only to run this venv's comfyfleet, so
+    the check that the command exists looks at a real file."""
+    unit.write_text(
+        text.replace(
             "/opt/comfyfleet/.venv/bin/comfyfleet", str(Path(sys.prefix) / "bin" / "comfyfleet")
         )
     )
-    unit = tmp_path / UNITS[role].name
-    unit.write_text(text)
     done = subprocess.run(
         ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
     )
@@ -214,14 +214,4 @@ def test_systemd_analyze_verify_accepts_the_unit_with_its_drop_in(
 ) -> None:
     """A drop-in is read after the unit: verify the two as one file."""
     text = UNITS["agent"].read_text() + "\n" + DROP_INS[mode].read_text()
-    text = text.replace(
-        "/opt/comfyfleet/.venv/bin/comfyfleet", str(Path(sys.prefix) / "bin" / "comfyfleet")
-    )
-    unit = tmp_path / "comfyfleet-agent.service"
-    unit.write_text(text)
-    done = subprocess.run(
-        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
-    )
-    report = done.stdout + done.stderr
-    assert done.returncode == 0, report
-    assert "Unknown" not in report and "not executable" not in report, report
+    verify(text, tmp_path / "comfyfleet-agent.service")
