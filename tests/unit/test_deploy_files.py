@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from comfyfleet.agent.config import AgentConfig
-from comfyfleet.agent.instances.spec import plan
+from comfyfleet.agent.supervise.spec import plan
 from comfyfleet.daemon_config import layered_values
 from comfyfleet.main import build_parser
 from comfyfleet.shared.settings import build

@@ -8,7 +8,7 @@ import dataclasses
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from comfyfleet.agent.instances.policy import (
+from comfyfleet.agent.supervise.policy import (
     BETWEEN_JOBS,
     BREAKING,
     REASONS,

@@ -9,9 +9,9 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from comfyfleet.agent.instances.caught import BreakBook, terms
-from comfyfleet.agent.instances.logfile import LogFile
-from comfyfleet.agent.instances.records import RestartLog
+from comfyfleet.agent.supervise.caught import BreakBook, terms
+from comfyfleet.agent.supervise.logfile import LogFile
+from comfyfleet.agent.supervise.records import RestartLog
 from comfyfleet.coordinator import jobs as moves
 from comfyfleet.coordinator import restarts
 from comfyfleet.coordinator.blocking import classify

@@ -11,9 +11,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from comfyfleet.agent.instances.logfile import LogFile
-from comfyfleet.agent.instances.process import ProcessRuntime, exit_detail
-from comfyfleet.agent.instances.spec import InstanceSpec
+from comfyfleet.agent.supervise.logfile import LogFile
+from comfyfleet.agent.supervise.process import ProcessRuntime, exit_detail
+from comfyfleet.agent.supervise.spec import InstanceSpec
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from comfyfleet.agent.config import AgentConfig, InstanceConfig
-from comfyfleet.agent.instances.docker_mode import (
+from comfyfleet.agent.probe import HostSnapshot
+from comfyfleet.agent.supervise.docker_mode import (
     LABEL_AGENT,
     LABEL_FINGERPRINT,
     LABEL_INSTANCE,
@@ -20,9 +21,8 @@ from comfyfleet.agent.instances.docker_mode import (
     memory_mb,
     run_kwargs,
 )
-from comfyfleet.agent.instances.spec import InstanceConfigError, plan, render_command
-from comfyfleet.agent.instances.supervision import host_limits, limit_host
-from comfyfleet.agent.probe import HostSnapshot
+from comfyfleet.agent.supervise.spec import InstanceConfigError, plan, render_command
+from comfyfleet.agent.supervise.supervision import host_limits, limit_host
 from comfyfleet.daemon_config import layered_values
 from comfyfleet.shared.settings import ConfigError
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from comfyfleet.agent.instances.spec import InstanceSpec
+from comfyfleet.agent.supervise.spec import InstanceSpec
 
 log = structlog.get_logger("agent.instances")
 

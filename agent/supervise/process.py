@@ -18,8 +18,8 @@ from pathlib import Path
 import psutil
 import structlog
 
-from comfyfleet.agent.instances.logfile import LogFile
-from comfyfleet.agent.instances.spec import InstanceSpec
+from comfyfleet.agent.supervise.logfile import LogFile
+from comfyfleet.agent.supervise.spec import InstanceSpec
 
 log = structlog.get_logger("agent.instances")
 

@@ -19,14 +19,14 @@ import structlog
 
 from comfyfleet.agent.comfyui.client import ComfyUIClient
 from comfyfleet.agent.config import AgentConfig
-from comfyfleet.agent.instances.caught import BreakBook
-from comfyfleet.agent.instances.docker_mode import DockerRuntime
-from comfyfleet.agent.instances.healer import Healer, Runtime, Timing, load_warmup
-from comfyfleet.agent.instances.logfile import LogFile
-from comfyfleet.agent.instances.policy import HealPolicy
-from comfyfleet.agent.instances.process import ProcessRuntime
-from comfyfleet.agent.instances.spec import InstanceConfigError, InstanceSpec, plan
 from comfyfleet.agent.probe import HostSnapshot, ResourceProbe
+from comfyfleet.agent.supervise.caught import BreakBook
+from comfyfleet.agent.supervise.docker_mode import DockerRuntime
+from comfyfleet.agent.supervise.healer import Healer, Runtime, Timing, load_warmup
+from comfyfleet.agent.supervise.logfile import LogFile
+from comfyfleet.agent.supervise.policy import HealPolicy
+from comfyfleet.agent.supervise.process import ProcessRuntime
+from comfyfleet.agent.supervise.spec import InstanceConfigError, InstanceSpec, plan
 
 if TYPE_CHECKING:
     from comfyfleet.agent.daemon import Agent
@@ -43,7 +43,12 @@ def plan_for(
 ) -> tuple[AgentConfig, tuple[InstanceSpec, ...]]:
     """The instances to drive and the config pointing at them (comfyui_urls in order)."""
     specs = plan(config, gpu_count(probe))
-    return dataclasses.replace(config, comfyui_urls=tuple(s.url for s in specs)), specs
+    gpus = config.comfyui_gpus  # external only: as configured
+    if any(s.managed for s in specs):  # each managed instance drives its planned GPU
+        gpus = tuple(s.gpu for s in specs if s.gpu is not None)
+        gpus = gpus if len(gpus) == len(specs) else ()
+    urls = tuple(s.url for s in specs)
+    return dataclasses.replace(config, comfyui_urls=urls, comfyui_gpus=gpus), specs
 
 
 def docker_client(config: AgentConfig) -> Any:

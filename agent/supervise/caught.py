@@ -1,4 +1,5 @@
-"""Jobs caught in a restart of their ComfyUI: how each one is handed back (pure).
+"""Jobs caught in a restart of their ComfyUI: how each one is handed back (pure), as the
+`Verdict` its runner reports when the prompt did not succeed.
 
 Every job on an instance that goes down is requeued without spending a retry, except the job
 whose prompt was running when the instance crashed or hung (`policy.BREAKING`): that one is
@@ -10,22 +11,12 @@ the reason (code INSTANCE_BROKEN: the coordinator fails it and counts the failur
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Literal
 
-from comfyfleet.agent.instances.policy import BREAKING
+from comfyfleet.agent.supervise.policy import BREAKING
+from comfyfleet.agent.verdict import Verdict
 from comfyfleet.shared import protocol as p
 
 _VERB = {"exited": "crashed", "hung_http": "hung", "hung_prompt": "hung"}
-
-
-@dataclass(frozen=True, slots=True)
-class Caught:
-    """How the runner reports its attempt when the prompt did not succeed."""
-
-    outcome: Literal["requeue", "failed"]
-    error: p.ErrorInfo
-    spend_retry: bool
 
 
 def terms(
@@ -37,14 +28,14 @@ def terms(
     breaks: int,
     breaks_to_fail: int,
     log_tail: str = "",
-) -> Caught:
+) -> Verdict:
     """`breaks`: how often this job has now broken an instance (this time included)."""
     details: dict[str, object] = {"instance_id": instance_id, "restart_reason": reason}
     if log_tail:
         details["log_tail"] = log_tail[-4000:]
     if blamed and reason in BREAKING and breaks >= breaks_to_fail:
         details["breaks"] = breaks
-        return Caught(
+        return Verdict(
             "failed",
             p.ErrorInfo(
                 code=p.INSTANCE_BROKEN,
@@ -57,7 +48,7 @@ def terms(
             ),
             spend_retry=True,
         )
-    return Caught(
+    return Verdict(
         "requeue",
         p.ErrorInfo(
             code=p.INSTANCE_RESTARTED,

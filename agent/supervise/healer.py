@@ -27,8 +27,10 @@ import structlog
 from comfyfleet.agent.comfyui.client import ComfyUIClient, ComfyUIError, parse_queue
 from comfyfleet.agent.comfyui.driver import run_prompt
 from comfyfleet.agent.instances import caught
-from comfyfleet.agent.instances.monitor import SocketWatch
-from comfyfleet.agent.instances.policy import (
+from comfyfleet.agent.inventory import read_inventory
+from comfyfleet.agent.profile import comfyui_held_mb
+from comfyfleet.agent.supervise.monitor import SocketWatch
+from comfyfleet.agent.supervise.policy import (
     BREAKING,
     Action,
     HealPolicy,
@@ -36,10 +38,8 @@ from comfyfleet.agent.instances.policy import (
     Observation,
     step,
 )
-from comfyfleet.agent.instances.records import RestartLog
-from comfyfleet.agent.instances.spec import InstanceSpec
-from comfyfleet.agent.inventory import read_inventory
-from comfyfleet.agent.profile import comfyui_held_mb
+from comfyfleet.agent.supervise.records import RestartLog
+from comfyfleet.agent.supervise.spec import InstanceSpec
 
 if TYPE_CHECKING:
     from comfyfleet.agent.daemon import Agent
