@@ -26,9 +26,9 @@ import structlog
 
 from comfyfleet.agent.comfyui.client import ComfyUIClient, ComfyUIError, parse_queue
 from comfyfleet.agent.comfyui.driver import run_prompt
-from comfyfleet.agent.instances import caught
 from comfyfleet.agent.inventory import read_inventory
 from comfyfleet.agent.profile import comfyui_held_mb
+from comfyfleet.agent.supervise import caught
 from comfyfleet.agent.supervise.monitor import SocketWatch
 from comfyfleet.agent.supervise.policy import (
     BREAKING,
