@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from comfyfleet.agent.daemon import Agent
 
 log = structlog.get_logger("agent.instances")
+Key = tuple[str, int]  # (job id, attempt)
 
 
 class Runtime(Protocol):
@@ -116,7 +117,7 @@ class Healer:
         self.watch = SocketWatch(
             client.session, client.base_url, f"comfyfleet-watch-{agent.config.agent_id}"
         )
-        self.jobs: dict[str, float | None] = {}  # job on the instance -> when ComfyUI took it
+        self.jobs: dict[Key, float | None] = {}  # attempt on the instance -> when ComfyUI took it
         self.warm_task: asyncio.Task[str] | None = None
         self.recheck: asyncio.Task[None] | None = None
         self.stats: dict[str, Any] = {}
@@ -218,20 +219,20 @@ class Healer:
             jitter=self.rng(),
         )
 
-    def _track_jobs(self, runners: list[Any]) -> list[tuple[str, float | None]]:
-        """Jobs that left the instance since the last tick, with when ComfyUI took each."""
+    def _track_jobs(self, runners: list[Any]) -> list[tuple[Key, float | None]]:
+        """Attempts that left the instance since the last tick, with when ComfyUI took each."""
         held = self.agent.state.jobs
-        current = {r.job.job_id for r in runners}
-        for job_id in current:
-            if self.jobs.get(job_id) is None:
-                entry = held.get(job_id)
-                self.jobs[job_id] = entry.started_at if entry is not None else None
-        ended = [(j, t) for j, t in self.jobs.items() if j not in current]
-        for job_id, _ in ended:
-            del self.jobs[job_id]
+        current = {(r.job.job_id, r.job.attempt) for r in runners}
+        for key in current:
+            if self.jobs.get(key) is None:
+                entry = held.get(key)
+                self.jobs[key] = entry.started_at if entry is not None else None
+        ended = [(k, t) for k, t in self.jobs.items() if k not in current]
+        for key, _ in ended:
+            del self.jobs[key]
         return ended
 
-    def _ws_silent(self, ended: list[tuple[str, float | None]]) -> bool:
+    def _ws_silent(self, ended: list[tuple[Key, float | None]]) -> bool:
         end = time.time()
         return any(t is not None and self.watch.silent_through(t, end) for _, t in ended)
 
@@ -325,6 +326,8 @@ class Healer:
             await read_inventory(self.client)
         except ComfyUIError as exc:
             return f"inventory unreadable: {exc}"
+        if not await self.watch.connect_now(self.timing.probe_timeout_s):  # before any job
+            self.log.warning("ws_watch_not_connected", url=self.watch.url)
         if self.warmup is None:
             return "ok"
         prompt_id = f"cf-warmup-{uuid.uuid4().hex[:12]}"

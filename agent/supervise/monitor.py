@@ -27,6 +27,8 @@ class SocketWatch:
         self.connected_since: float | None = None  # wall-clock; None while not connected
         self.last_frame_at: float | None = None
         self._task: asyncio.Task[None] | None = None
+        self._poke = asyncio.Event()  # try to connect now, not after the backoff
+        self._connected = asyncio.Event()
 
     def start(self) -> None:
         if self._task is None or self._task.done():
@@ -39,6 +41,16 @@ class SocketWatch:
                 await self._task
         self._task = None
         self.connected_since = None
+
+    async def connect_now(self, timeout_s: float) -> bool:
+        """Connect at once (ComfyUI just came up); True once connected within `timeout_s`."""
+        self._poke.set()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._connected.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def silent_through(self, start: float, end: float) -> bool:
         """Connected during all of [start, end] and not one frame heard in it."""
@@ -54,6 +66,7 @@ class SocketWatch:
                     self.url, heartbeat=None, timeout=aiohttp.ClientWSTimeout(ws_close=2.0)
                 ) as ws:
                     self.connected_since = time.time()
+                    self._connected.set()
                     delay = 0.2
                     async for msg in ws:
                         if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
@@ -63,5 +76,9 @@ class SocketWatch:
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 log.debug("ws_watch_failed", url=self.url, error=str(exc))
             self.connected_since = None
-            await asyncio.sleep(delay)
+            self._connected.clear()
+            self._poke.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._poke.wait()
             delay = min(delay * 2, 2.0)

@@ -152,22 +152,30 @@ async def leak(h: Harness, api: Api) -> None:
 
 
 async def crash_loop(h: Harness, api: Api, script: Path) -> None:
-    """A command that exits at once: restarts back off, the instance turns unhealthy (jobs
-    wait), and it is healthy again once the command is fixed."""
-    write(script, "echo 'ComfyUI: cannot import torch' >&2\nexit 3\n")
+    """A command that exits at once: restarts back off, the instance turns unhealthy, and it is
+    healthy again once the command is fixed. Broken again later, jobs wait for it meanwhile."""
+    broken = "echo 'ComfyUI: cannot import torch' >&2\nexit 3\n"
+    write(script, broken)
     h.start_agent_with_script(
         "a", script, "--set", "backoff_base_s=0.3", "--set", "unhealthy_after_starts=3"
     )
     info = await wait_instance(api, "a", "unhealthy", lambda i: i["state"] == "unhealthy", 60)
     assert not info["healthy"] and info["restart_counts"].get("start_failed", 0) >= 2, info
-    assert "exit code 3" in info["restarts"][-1]["detail"], info
+    assert "exit code 3; log: ComfyUI: cannot import torch" in info["restarts"][-1]["detail"]
+    write(script, f"exec {h.sim_line()}\n")
+    info = await wait_instance(api, "a", "healthy again", lambda i: i["healthy"], 60)
+    assert info["state"] == "ready", info
+    first = await api.submit(txt2img(64, 64, steps=2))
+    assert (await api.wait(first["id"], ENDED, wait_s=40))["status"] == "COMPLETED"
+    write(script, broken)  # a bad update, then the instance dies: it cannot come back
+    h.kill_instance("a")
+    await wait_instance(api, "a", "unhealthy again", lambda i: i["state"] == "unhealthy", 60)
     job = await api.submit(txt2img(64, 64, steps=2))
     await asyncio.sleep(1.0)
     waiting = await api.job(job["id"])
     assert waiting["status"] == "QUEUED" and waiting["pending_reason"], waiting
     write(script, f"exec {h.sim_line()}\n")
-    info = await wait_instance(api, "a", "healthy again", lambda i: i["healthy"], 60)
-    assert info["state"] == "ready", info
+    await wait_instance(api, "a", "healthy once more", lambda i: i["healthy"], 60)
     done = await api.wait(job["id"], ENDED, wait_s=40)
     assert done["status"] == "COMPLETED" and done["attempt"] == 1, done
 
