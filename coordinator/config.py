@@ -43,6 +43,17 @@ class CoordinatorConfig:
     tls_cert: Path | None = None  # serve HTTPS when this and tls_key are set
     tls_key: Path | None = None
     shutdown_grace_s: float = 20.0  # on SIGTERM, requests in flight get this long to finish
+    # results that leave the coordinator (issue 17): webhooks and retention
+    webhook_secret: str | None = None  # whsec_...: signs webhooks of tenants without their own
+    webhook_allow_private_addresses: bool = False  # let webhooks reach loopback/private hosts
+    webhook_retry_first_s: float = 1.0  # the wait after a first failed try (then doubling)
+    webhook_retry_cap_s: float = 600.0  # the longest wait between tries
+    webhook_retry_for_s: float = 86_400.0  # a message not delivered within this is given up
+    webhook_timeout_s: float = 10.0  # one try: connect, send, answer
+    webhook_concurrency: int = 32  # tries in flight at once
+    retention_s: float = 7 * 86_400.0  # finished jobs and their outputs are deleted after this
+    retention_sweep_s: float = 60.0  # how often expired jobs are looked for
+    disk_high_water: float = 0.9  # local outputs' filesystem fuller than this: shed oldest
 
     @property
     def lost_after_s(self) -> float:

@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -100,6 +100,35 @@ class Metrics:
             "comfyfleet_failures", "Jobs that failed, by reason", ["reason"], registry=r
         )
         self.agents_lost = Counter("comfyfleet_agents_lost", "Agents declared lost", registry=r)
+        # results that leave the coordinator (issue 17)
+        self.webhook_tries = Counter(
+            "comfyfleet_webhook_tries",
+            "Webhook delivery tries, by result (delivered, failed, gave_up)",
+            ["result"],
+            registry=r,
+        )
+        self.webhook_latency = Histogram(
+            "comfyfleet_webhook_latency_seconds",
+            "Time from the job change to the receiver's 2xx",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.output_bytes_stored = Gauge(
+            "comfyfleet_output_bytes_stored",
+            "Bytes of job outputs the output store holds",
+            registry=r,
+        )
+        self.output_bytes_deleted = Counter(
+            "comfyfleet_output_bytes_deleted",
+            "Bytes of job outputs deleted by retention",
+            registry=r,
+        )
+        self.jobs_expired = Counter(
+            "comfyfleet_jobs_expired",
+            "Finished jobs deleted with their outputs, by reason (ttl, disk)",
+            ["reason"],
+            registry=r,
+        )
 
     def watch(self, coord: Coordinator) -> None:
         self.registry.register(FleetCollector(coord))

@@ -39,6 +39,8 @@ from comfyfleet.coordinator.scheduler.model import JobRequest
 from comfyfleet.coordinator.state import Live, LiveProgress
 from comfyfleet.coordinator.store import Store
 from comfyfleet.coordinator.sweeper import Sweeper
+from comfyfleet.coordinator.tenants import Tenants
+from comfyfleet.coordinator.webhooks.outbox import Outbox
 from comfyfleet.shared import protocol as p
 
 __all__ = ["Coordinator", "LiveProgress"]
@@ -63,9 +65,19 @@ class Coordinator:
         self.feed = Feed(self.bus, self.metrics)
         self.live = Live(config, self.feed, clock)
         self.learning = Learning(config, self.live.counters, self.emit)
-        self.ledger = Ledger(store, self.live, outputs)
+        self.tenants = Tenants(store)
+        self.outbox = Outbox(config, store, self.tenants, self.metrics, clock)
+        self.ledger = Ledger(store, self.live, outputs, self.outbox)
         parts = Parts(
-            config, store, outputs, self.live, self.ledger, self.learning, self.metrics, clock
+            config,
+            store,
+            outputs,
+            self.live,
+            self.ledger,
+            self.learning,
+            self.metrics,
+            clock,
+            self.tenants,
         )
         self.intake = Intake(parts)
         self.agent_link = AgentLink(parts)

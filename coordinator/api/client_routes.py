@@ -9,7 +9,7 @@ from aiohttp import web
 from comfyfleet.coordinator.api.auth import principal, tenant_filter
 from comfyfleet.coordinator.api.body import decode_body, reply
 from comfyfleet.coordinator.api.keys import CONFIG, COORDINATOR
-from comfyfleet.coordinator.api.views import agent_json, job_json
+from comfyfleet.coordinator.api.views import agent_json, job_json, webhooks_json
 from comfyfleet.coordinator.errors import NotFound
 from comfyfleet.coordinator.outputs import check_name
 from comfyfleet.shared.errors import InvalidInput
@@ -96,7 +96,9 @@ async def list_jobs(request: web.Request) -> web.Response:
 async def get_job(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR]
     job = coord.get(_id(request, "job_id"))
-    return reply(request, job_json(job, coord.progress.get(job.id), coord=coord))
+    body = job_json(job, coord.progress.get(job.id), coord=coord)
+    body["webhooks"] = webhooks_json(coord.store.messages_of_job(job.id))
+    return reply(request, body)
 
 
 @routes.post("/v1/jobs/{job_id}/cancel")

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from comfyfleet.coordinator.tenants import TenantSettings
 from comfyfleet.shared import protocol as p
 from comfyfleet.shared.jobspec import JobSpec
 from comfyfleet.shared.status import JobStatus
@@ -20,6 +21,7 @@ routes = web.RouteTableDef()
 REF = "#/components/schemas/{name}"
 BODY_TYPES: tuple[type[Any], ...] = (
     JobSpec,
+    TenantSettings,
     p.Register,
     p.Heartbeat,
     p.LeaseRequest,
@@ -173,6 +175,17 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("get", "/v1/agents"): _op("List agents", errors=()),
     ("get", "/v1/agents/{agent_id}"): _op(
         "One agent", params=[_path("agent_id")], errors=("400", "404")
+    ),
+    ("get", "/v1/tenants/{tenant}"): _op(
+        "A tenant's settings: webhook subscriptions, retention",
+        params=[_path("tenant")],
+        errors=("400", "404"),
+    ),
+    ("put", "/v1/tenants/{tenant}"): _op(
+        "Replace a tenant's settings (retention: admin only)",
+        params=[_path("tenant")],
+        body=_json_body("TenantSettings"),
+        errors=("400", "403", "404", "413", "415"),
     ),
     ("post", "/v1/agents/{agent_id}/drain"): _op(
         "Drain an agent", "202", params=[_path("agent_id")], errors=("400", "404")

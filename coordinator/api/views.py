@@ -8,7 +8,7 @@ import msgspec
 
 from comfyfleet.coordinator.estimates import eta, expected_duration_s
 from comfyfleet.coordinator.fleet import AgentState, agent_view
-from comfyfleet.coordinator.model import JobRecord
+from comfyfleet.coordinator.model import JobRecord, WebhookMessage
 from comfyfleet.coordinator.service import Coordinator
 from comfyfleet.coordinator.state import LiveProgress
 from comfyfleet.shared.status import JobStatus
@@ -124,3 +124,20 @@ def agent_json(coord: Coordinator, agent: AgentState, now: float) -> dict[str, A
         "jobs": sorted(agent.jobs),
         "ram_reserved_mb": view.ram_reserved_mb,
     }
+
+
+def webhooks_json(messages: list[WebhookMessage]) -> list[dict[str, Any]]:
+    """A job's webhook delivery log: each message and its tries."""
+    return [
+        {
+            "id": m.id,
+            "event": m.event,
+            "url": m.url,
+            "state": m.state,
+            "attempts": m.attempts,
+            "created_at": m.created_at,
+            "next_at": m.next_at if m.state == "pending" else None,
+            "tries": [msgspec.to_builtins(t) for t in m.tries],
+        }
+        for m in messages
+    ]

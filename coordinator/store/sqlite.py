@@ -6,9 +6,10 @@ import sqlite3
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from comfyfleet.coordinator.errors import Conflict, StoreUnavailable
-from comfyfleet.coordinator.model import AgentRecord, JobRecord
+from comfyfleet.coordinator.model import AgentRecord, Doomed, JobRecord, WebhookMessage
 from comfyfleet.coordinator.store import codec
 from comfyfleet.coordinator.store.base import (
     DEFAULT_PAGE,
@@ -32,6 +33,12 @@ _UPDATE = (
     "WHERE id = ? AND status = ? AND attempt = ?"
 )
 _NON_TERMINAL = tuple(s.value for s in JobStatus if s not in TERMINAL)
+_TERMINAL = tuple(sorted(s.value for s in TERMINAL))
+_MESSAGES = f"SELECT {codec.MESSAGE_COLUMNS} FROM webhook_outbox"
+_INSERT_MESSAGE = (
+    f"INSERT OR IGNORE INTO webhook_outbox ({codec.MESSAGE_COLUMNS}) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 # Primary result codes that mean the medium failed, not the caller: sqlite3.h.
 _UNAVAILABLE = {
@@ -151,7 +158,11 @@ class SqliteStore:
     def update_job(self, job: JobRecord, expect_status: JobStatus, expect_attempt: int) -> bool:
         return self.update_jobs([(job, expect_status, expect_attempt)])[0]
 
-    def update_jobs(self, items: Sequence[GuardedUpdate]) -> list[bool]:
+    def update_jobs(
+        self,
+        items: Sequence[GuardedUpdate],
+        outbox: Sequence[Sequence[WebhookMessage]] = (),
+    ) -> list[bool]:
         params = [
             (
                 JobStatus(job.status).value,
@@ -167,7 +178,11 @@ class SqliteStore:
         if not params:
             return []
         with self._write() as conn:
-            return [conn.execute(_UPDATE, p).rowcount == 1 for p in params]
+            oks = [conn.execute(_UPDATE, p).rowcount == 1 for p in params]
+            for ok, messages in zip(oks, outbox, strict=False):
+                if ok:
+                    conn.executemany(_INSERT_MESSAGE, [codec.encode_message(m) for m in messages])
+            return oks
 
     def get_job(self, job_id: str) -> JobRecord | None:
         rows = self._rows(f"{_SELECT} WHERE id = ?", (job_id,))
@@ -243,6 +258,102 @@ class SqliteStore:
                 "SELECT agent_id, registered_at, info FROM agents ORDER BY agent_id"
             ).fetchall()
         return [codec.decode_agent(*r) for r in rows]
+
+    def _select(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        conn = self._live()
+        with _translated(self._path):
+            return conn.execute(sql, params).fetchall()
+
+    def due_messages(
+        self, now: float, limit: int, exclude: Collection[str] = ()
+    ) -> list[WebhookMessage]:
+        skip = sorted(exclude)
+        not_in = f" AND id NOT IN ({', '.join('?' * len(skip))})" if skip else ""
+        sql = (
+            f"{_MESSAGES} WHERE state = 'pending' AND next_at <= ?{not_in} ORDER BY next_at LIMIT ?"
+        )
+        return [codec.decode_message(r) for r in self._select(sql, [now, *skip, limit])]
+
+    def next_message_at(self) -> float | None:
+        rows = self._select("SELECT MIN(next_at) FROM webhook_outbox WHERE state = 'pending'")
+        return rows[0][0] if rows and rows[0][0] is not None else None
+
+    def save_message(self, msg: WebhookMessage) -> None:
+        row = codec.encode_message(msg)
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE webhook_outbox SET next_at = ?, attempts = ?, state = ?, tries = ? "
+                "WHERE id = ?",
+                (row[7], row[8], row[9], row[10], msg.id),
+            )
+
+    def messages_of_job(self, job_id: str) -> list[WebhookMessage]:
+        sql = f"{_MESSAGES} WHERE job_id = ? ORDER BY created_at, id"
+        return [codec.decode_message(r) for r in self._select(sql, (job_id,))]
+
+    def load_tenants(self) -> dict[str, str]:
+        return dict(self._select("SELECT tenant, settings FROM tenants ORDER BY tenant"))
+
+    def save_tenant(self, tenant: str, settings: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO tenants (tenant, settings) VALUES (?, ?) "
+                "ON CONFLICT (tenant) DO UPDATE SET settings = excluded.settings",
+                (tenant, settings),
+            )
+
+    def finished_jobs(
+        self,
+        before: float,
+        limit: int,
+        *,
+        tenant: str | None = None,
+        other_than: Collection[str] = (),
+    ) -> list[JobRecord]:
+        where = [
+            f"status IN ({', '.join('?' * len(_TERMINAL))})",
+            "updated_at < ?",
+            "NOT EXISTS (SELECT 1 FROM webhook_outbox w "
+            "WHERE w.job_id = jobs.id AND w.state = 'pending')",
+        ]
+        params: list[object] = [*_TERMINAL, before]
+        if tenant is not None:
+            where.append("tenant = ?")
+            params.append(tenant)
+        others = sorted(other_than)
+        if others:
+            where.append(f"tenant NOT IN ({', '.join('?' * len(others))})")
+            params.extend(others)
+        sql = f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY updated_at, id LIMIT ?"
+        return [codec.decode_job(r) for r in self._rows(sql, [*params, limit])]
+
+    def delete_jobs(self, jobs: Sequence[JobRecord]) -> list[Doomed]:
+        marks = ", ".join("?" * len(_TERMINAL))
+        doomed: list[Doomed] = []
+        with self._write() as conn:
+            for job in jobs:
+                gone = conn.execute(
+                    f"DELETE FROM jobs WHERE id = ? AND status IN ({marks})", (job.id, *_TERMINAL)
+                ).rowcount
+                if gone != 1:
+                    continue
+                conn.execute("DELETE FROM webhook_outbox WHERE job_id = ?", (job.id,))
+                entry = Doomed(job.id, job.tenant, codec.output_bytes(job))
+                conn.execute(
+                    "INSERT OR REPLACE INTO doomed_outputs (job_id, tenant, output_bytes) "
+                    "VALUES (?, ?, ?)",
+                    (entry.job_id, entry.tenant, entry.output_bytes),
+                )
+                doomed.append(entry)
+        return doomed
+
+    def doomed(self, limit: int) -> list[Doomed]:
+        sql = "SELECT job_id, tenant, output_bytes FROM doomed_outputs ORDER BY job_id LIMIT ?"
+        return [Doomed(*r) for r in self._select(sql, (limit,))]
+
+    def forget_doomed(self, job_ids: Sequence[str]) -> None:
+        with self._write() as conn:
+            conn.executemany("DELETE FROM doomed_outputs WHERE job_id = ?", [(j,) for j in job_ids])
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
