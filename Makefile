@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 ARGS ?=
 
-.PHONY: test demo lint bench clean browser chaos bench-memory
+.PHONY: test demo lint bench clean browser postgres chaos bench-memory bench-store
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,16 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
 		>/dev/null; } || echo "warning: /usr/bin/chromium missing; the dashboard browser test will fail"
 
-test: $(STAMP) browser
+# The PostgreSQL store's tests start a throwaway cluster with Debian's postgresql (initdb and
+# pg_ctl under /usr/lib/postgresql/*/bin); install it when missing and we may. Without it those
+# tests fail and say why.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+		command -v apt-get >/dev/null && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
+		echo "warning: PostgreSQL missing; the PostgreSQL store tests will fail"
+
+test: $(STAMP) browser postgres
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # A long chaos run (thousands of jobs, dozens of faults); e.g. make chaos ARGS="--jobs 500 --seed 3"
@@ -38,6 +47,10 @@ demo: $(STAMP)
 # Benchmarks (bench/, not installed): rewrites BENCHMARKS.md; `make bench ARGS=--quick` is small.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(ARGS)
+
+# Open-job reads with 100,000 finished jobs, PostgreSQL against SQLite: make bench-store ARGS="--finished 20000"
+bench-store: $(STAMP) postgres
+	$(BIN)/python -m bench.store_finished $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -109,6 +109,10 @@ def check(role: str, values: Mapping[str, Any]) -> None:
     """Rules beyond the types."""
     if "port" in values and not 0 <= values["port"] <= 65535:
         raise ConfigError("port", f"must be 0..65535, got {values['port']}")
+    if role == "coordinator" and values.get("store") is not None:
+        from comfyfleet.coordinator.store.dsn import check_store_url
+
+        check_store_url(values["store"])
     if role == "agent":
         for key in ("coordinator_url", "comfyui_urls"):
             urls = values.get(key)

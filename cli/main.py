@@ -46,6 +46,12 @@ def add_coordinator(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="HOST:PORT to serve on (env COMFYFLEET_LISTEN; default 127.0.0.1:8787)",
     )
     cmd.add_argument("--data-dir", type=Path, help="state directory: SQLite store and outputs")
+    cmd.add_argument(
+        "--store",
+        metavar="URL",
+        help="job store: postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE (env COMFYFLEET_STORE;"
+        " default: the SQLite file in the data dir)",
+    )
     cmd.add_argument("--heartbeat-interval", type=float, dest="heartbeat_interval_s")
     cmd.add_argument("--restart-grace", type=float, dest="restart_grace_s")
     cmd.add_argument("--assign-timeout", type=float, dest="assign_timeout_s")
@@ -74,6 +80,7 @@ def add_coordinator(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 COORDINATOR_FLAGS = (
     "data_dir",
+    "store",
     "heartbeat_interval_s",
     "restart_grace_s",
     "assign_timeout_s",

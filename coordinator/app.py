@@ -28,6 +28,7 @@ from comfyfleet.coordinator.keyring import KeyRing
 from comfyfleet.coordinator.outputs import OutputFiles
 from comfyfleet.coordinator.service import Coordinator
 from comfyfleet.coordinator.store import open_store
+from comfyfleet.coordinator.store.dsn import mask_url
 from comfyfleet.coordinator.web import routes as web_routes
 from comfyfleet.coordinator.webhooks.signing import secret_key
 from comfyfleet.shared.errors import InvalidInput
@@ -67,7 +68,7 @@ def create_app(config: CoordinatorConfig, *, loops: bool = True) -> web.Applicat
     app.add_routes(tenant_routes.routes)
 
     async def coordinator_ctx(app: web.Application) -> AsyncIterator[None]:
-        store = open_store(config.data_dir)
+        store = open_store(config.data_dir, config.store)
         coord = Coordinator(config, store, OutputFiles(config.outputs_dir, config.max_output_bytes))
         coord.recover()
         app[COORDINATOR] = coord
@@ -129,6 +130,7 @@ async def serve(config: CoordinatorConfig) -> int:
         "coordinator_listening",
         url=f"{scheme}://{config.host}:{config.port}",
         data_dir=str(config.data_dir),
+        store=mask_url(config.store) if config.store else "sqlite",
         auth=app[KEYRING].enabled,
     )
     stop = asyncio.Event()

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from comfyfleet.coordinator.store.dsn import mask_url
 
 
 @dataclass(frozen=True, slots=True)
 class CoordinatorConfig:
     data_dir: Path
+    # The job store: unset for the SQLite file data_dir/coordinator.db, or a postgresql:// URL
+    # (`config show` and the logs mask its password).
+    store: str | None = field(default=None, metadata={"mask": mask_url})
     host: str = "127.0.0.1"
     port: int = 8188
     heartbeat_interval_s: float = 5.0

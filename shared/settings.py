@@ -52,9 +52,23 @@ def field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
 
 
+def _metadata(cls: type, name: str) -> Mapping[str, Any]:
+    return next((f.metadata for f in dataclasses.fields(cls) if f.name == name), {})
+
+
 def is_secret(cls: type, name: str) -> bool:
-    meta = next((f.metadata for f in dataclasses.fields(cls) if f.name == name), None)
-    return bool(meta and meta.get("secret")) or any(word in name for word in SECRET_WORDS)
+    """Shown masked: a field marked `secret`, named like one, or with its own `mask` (a function
+    that hides only the secret part of the value, such as the password in a database URL)."""
+    meta = _metadata(cls, name)
+    return bool(meta.get("secret") or meta.get("mask")) or any(w in name for w in SECRET_WORDS)
+
+
+def masked(cls: type, name: str, value: Any) -> Any:
+    """`value` as `config show` prints it: through the field's `mask`, or MASK for a secret."""
+    mask = _metadata(cls, name).get("mask")
+    if value is None or not is_secret(cls, name):
+        return value
+    return mask(value) if callable(mask) else MASK
 
 
 def env_name(name: str) -> str:
@@ -136,9 +150,7 @@ def effective(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
             value = f.default_factory()
         else:
             value = None
-        if value is not None and is_secret(cls, f.name):
-            value = MASK
-        shown[f.name] = value
+        shown[f.name] = masked(cls, f.name, value)
     return shown
 
 

@@ -13,7 +13,7 @@ import base64
 import binascii
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,7 +62,17 @@ def encode_state(job: JobRecord) -> str:
     return _encoder.encode({name: getattr(job, name) for name in STATE_FIELDS}).decode()
 
 
+def check_key_text(field: str, value: str | None) -> None:
+    """Ids, tenants and idempotency keys are text without NUL (PostgreSQL's text cannot hold it;
+    the API never lets one through): InvalidInput naming the field otherwise."""
+    if value is not None and "\x00" in value:
+        raise InvalidInput(field, "must not contain the NUL character")
+
+
 def encode_job(job: JobRecord) -> JobRow:
+    check_key_text("id", job.id)
+    check_key_text("tenant", job.tenant)
+    check_key_text("idempotency_key", job.idempotency_key)
     return JobRow(
         id=job.id,
         tenant=job.tenant,
@@ -74,6 +84,36 @@ def encode_job(job: JobRecord) -> JobRow:
         idempotency_key=job.idempotency_key,
         spec=_encoder.encode(job.spec),
         state=encode_state(job),
+    )
+
+
+def row_values(row: JobRow) -> tuple[object, ...]:
+    """The row's values in column order (for an INSERT of every column)."""
+    return (
+        row.id,
+        row.tenant,
+        row.status,
+        row.attempt,
+        row.created_at,
+        row.updated_at,
+        row.priority,
+        row.idempotency_key,
+        row.spec,
+        row.state,
+    )
+
+
+def update_values(job: JobRecord, expect_status: str, expect_attempt: int) -> tuple[object, ...]:
+    """The parameters of a guarded UPDATE: status, attempt, updated_at, state, then the guard
+    (id, expected status, expected attempt)."""
+    return (
+        JobStatus(job.status).value,
+        job.attempt,
+        float(job.updated_at),
+        encode_state(job),
+        job.id,
+        JobStatus(expect_status).value,
+        expect_attempt,
     )
 
 
@@ -105,6 +145,7 @@ def decode_job(row: JobRow) -> JobRecord:
 
 
 def encode_agent_info(agent: AgentRecord) -> str:
+    check_key_text("agent_id", agent.agent_id)
     return _encoder.encode(agent.info).decode()
 
 
@@ -130,9 +171,39 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
         created_at, job_id = _cursor_decoder.decode(raw)
     except (ValueError, binascii.Error, msgspec.DecodeError):
         raise bad from None
-    if not math.isfinite(created_at):
+    if not math.isfinite(created_at) or "\x00" in job_id:
         raise bad
     return created_at, job_id
+
+
+def page_of(rows: Sequence[JobRow], limit: int) -> tuple[list[JobRecord], str | None]:
+    """A list_jobs answer from up to `limit + 1` rows in order: the records of the first `limit`,
+    and the cursor after the last of them when another row follows."""
+    page = rows[:limit]
+    next_cursor = encode_cursor(page[-1]) if len(rows) > limit else None
+    return [decode_job(r) for r in page], next_cursor
+
+
+def keyset_pages(
+    first: Callable[[], list[JobRow]], after: Callable[[JobRow], list[JobRow]], page: int
+) -> Iterator[JobRecord]:
+    """Recovery read `page` rows at a time in (created_at, id) order: `first()` reads the first
+    page, `after(row)` the page after `row`; each row is decoded only when the caller gets to it."""
+    rows = first()
+    while rows:
+        for row in rows:
+            yield decode_job(row)
+        if len(rows) < page:
+            return
+        rows = after(rows[-1])
+
+
+def status_counts(pairs: Iterable[tuple[str, int]]) -> dict[JobStatus, int]:
+    """count_by_status from (status, count) pairs: every status present, zero included."""
+    counts = dict.fromkeys(JobStatus, 0)
+    for status, n in pairs:
+        counts[JobStatus(status)] = n
+    return counts
 
 
 def before_cursor(row: JobRow, position: tuple[float, str]) -> bool:

@@ -105,10 +105,7 @@ class MemoryStore:
             and (position is None or codec.before_cursor(row, position))
         ]
         rows.sort(key=lambda r: (r.created_at, r.id), reverse=True)
-        page = rows[:limit]
-        more = len(rows) > limit
-        next_cursor = codec.encode_cursor(page[-1]) if more else None
-        return [codec.decode_job(r) for r in page], next_cursor
+        return codec.page_of(rows, limit)
 
     def non_terminal_jobs(self, page: int = RECOVERY_PAGE) -> Iterator[JobRecord]:
         self._open()

@@ -1,12 +1,15 @@
-"""The SQLite schema, as migrations applied in order on open.
+"""The store's schema, as migrations applied in order on open, one list per SQL dialect.
 
-`MIGRATIONS[n - 1]` takes a database from `PRAGMA user_version` n - 1 to n, in one transaction.
+`SQLITE[n - 1]` and `POSTGRES[n - 1]` take a database from schema version n - 1 to n, each in one
+transaction (SQLite keeps the version in `PRAGMA user_version`, PostgreSQL in the one-row table
+`comfyfleet_schema`). Both lists grow together, so a schema version means the same thing on every
+backend: a migration that one dialect does not need is an empty tuple there.
 Append, never edit: a released migration has already run on someone's data.
 """
 
 from __future__ import annotations
 
-_V1 = (
+_SQLITE_V1 = (
     """
     CREATE TABLE jobs (
         id TEXT PRIMARY KEY,
@@ -35,9 +38,48 @@ _V1 = (
     """,
 )
 
+# The statuses `jobs_open` covers: every non-terminal status when the index was made. A status
+# added later needs a migration that recreates the index (a test compares this with JobStatus).
+POSTGRES_OPEN_STATUSES = ("SUBMITTED", "QUEUED", "ASSIGNED", "RUNNING")
+_OPEN_LIST = ", ".join(f"'{s}'" for s in POSTGRES_OPEN_STATUSES)
+
+# Text columns use the "C" collation: ids order by code point, as in SQLite and in Python.
+# Terminal jobs stay out of the queue's way: recovery and open-job listings read the partial
+# index `jobs_open`, which holds only jobs not yet finished, however many finished ones the
+# table keeps.
+_POSTGRES_V1 = (
+    """
+    CREATE TABLE jobs (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        tenant TEXT COLLATE "C" NOT NULL,
+        status TEXT NOT NULL,
+        attempt BIGINT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        priority INTEGER NOT NULL,
+        idempotency_key TEXT COLLATE "C",
+        spec BYTEA NOT NULL,
+        state TEXT NOT NULL
+    )
+    """,
+    "CREATE UNIQUE INDEX jobs_idempotency ON jobs (tenant, idempotency_key) "
+    "WHERE idempotency_key IS NOT NULL",
+    "CREATE INDEX jobs_status_created_id ON jobs (status, created_at, id)",
+    "CREATE INDEX jobs_created_id ON jobs (created_at, id)",
+    "CREATE INDEX jobs_tenant_created_id ON jobs (tenant, created_at, id)",
+    f"CREATE INDEX jobs_open ON jobs (created_at, id) WHERE status IN ({_OPEN_LIST})",
+    """
+    CREATE TABLE agents (
+        agent_id TEXT COLLATE "C" PRIMARY KEY,
+        registered_at DOUBLE PRECISION NOT NULL,
+        info TEXT NOT NULL
+    )
+    """,
+)
+
 # Results that leave the coordinator (issue 17): the webhook outbox, tenant settings, and the
 # jobs deleted by retention whose outputs are still to remove.
-_V2 = (
+_SQLITE_V2 = (
     """
     CREATE TABLE webhook_outbox (
         id TEXT PRIMARY KEY,
@@ -67,5 +109,36 @@ _V2 = (
     "WHERE status IN ('COMPLETED', 'FAILED', 'CANCELLED')",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
-LATEST = len(MIGRATIONS)
+_POSTGRES_V2 = (
+    """
+    CREATE TABLE webhook_outbox (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        job_id TEXT COLLATE "C" NOT NULL,
+        tenant TEXT COLLATE "C" NOT NULL,
+        url TEXT NOT NULL,
+        event TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        next_at DOUBLE PRECISION NOT NULL,
+        attempts INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        tries TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX webhook_outbox_due ON webhook_outbox (next_at) WHERE state = 'pending'",
+    "CREATE INDEX webhook_outbox_job ON webhook_outbox (job_id, created_at, id)",
+    'CREATE TABLE tenants (tenant TEXT COLLATE "C" PRIMARY KEY, settings TEXT NOT NULL)',
+    """
+    CREATE TABLE doomed_outputs (
+        job_id TEXT COLLATE "C" PRIMARY KEY,
+        tenant TEXT COLLATE "C" NOT NULL,
+        output_bytes BIGINT NOT NULL
+    )
+    """,
+    "CREATE INDEX jobs_finished ON jobs (updated_at, id) "
+    "WHERE status IN ('COMPLETED', 'FAILED', 'CANCELLED')",
+)
+
+SQLITE: tuple[tuple[str, ...], ...] = (_SQLITE_V1, _SQLITE_V2)
+POSTGRES: tuple[tuple[str, ...], ...] = (_POSTGRES_V1, _POSTGRES_V2)
+LATEST = len(SQLITE)  # POSTGRES has as many (a test checks)

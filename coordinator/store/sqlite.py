@@ -18,7 +18,7 @@ from comfyfleet.coordinator.store.base import (
     SchemaTooNew,
 )
 from comfyfleet.coordinator.store.codec import JobRow
-from comfyfleet.coordinator.store.migrations import MIGRATIONS
+from comfyfleet.coordinator.store.migrations import SQLITE as MIGRATIONS
 from comfyfleet.shared.errors import InvalidInput
 from comfyfleet.shared.status import TERMINAL, JobStatus
 
@@ -145,7 +145,7 @@ class SqliteStore:
                 if found is not None:
                     return codec.decode_job(JobRow(*found)), False
             try:
-                conn.execute(_INSERT, _astuple(row))
+                conn.execute(_INSERT, codec.row_values(row))
             except sqlite3.IntegrityError as exc:
                 if "jobs.id" in str(exc):
                     raise Conflict(f"job {job.id} already exists", field="id") from None
@@ -163,18 +163,7 @@ class SqliteStore:
         items: Sequence[GuardedUpdate],
         outbox: Sequence[Sequence[WebhookMessage]] = (),
     ) -> list[bool]:
-        params = [
-            (
-                JobStatus(job.status).value,
-                job.attempt,
-                float(job.updated_at),
-                codec.encode_state(job),
-                job.id,
-                JobStatus(status).value,
-                attempt,
-            )
-            for job, status, attempt in items
-        ]
+        params = [codec.update_values(*item) for item in items]
         if not params:
             return []
         with self._write() as conn:
@@ -212,10 +201,7 @@ class SqliteStore:
             params.append(tenant)
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         sql = f"{_SELECT}{clause} ORDER BY created_at DESC, id DESC LIMIT ?"
-        rows = self._rows(sql, [*params, limit + 1])
-        page = rows[:limit]
-        next_cursor = codec.encode_cursor(page[-1]) if len(rows) > limit else None
-        return [codec.decode_job(r) for r in page], next_cursor
+        return codec.page_of(self._rows(sql, [*params, limit + 1]), limit)
 
     def non_terminal_jobs(self, page: int = RECOVERY_PAGE) -> Iterator[JobRecord]:
         marks = ", ".join("?" * len(_NON_TERMINAL))
@@ -224,22 +210,18 @@ class SqliteStore:
             f"{_SELECT} WHERE status IN ({marks}) AND (created_at, id) > (?, ?) "
             "ORDER BY created_at, id LIMIT ?"
         )
-        rows = self._rows(first, [*_NON_TERMINAL, page])
-        while rows:
-            for row in rows:
-                yield codec.decode_job(row)
-            if len(rows) < page:
-                return
-            last = rows[-1]
-            rows = self._rows(after, [*_NON_TERMINAL, last.created_at, last.id, page])
+        return codec.keyset_pages(
+            lambda: self._rows(first, [*_NON_TERMINAL, page]),
+            lambda last: self._rows(after, [*_NON_TERMINAL, last.created_at, last.id, page]),
+            page,
+        )
 
     def count_by_status(self) -> dict[JobStatus, int]:
         conn = self._live()
-        counts = dict.fromkeys(JobStatus, 0)
         with _translated(self._path):
-            for status, n in conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status"):
-                counts[JobStatus(status)] = n
-        return counts
+            return codec.status_counts(
+                conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
+            )
 
     def save_agent(self, agent: AgentRecord) -> None:
         info = codec.encode_agent_info(agent)
@@ -371,18 +353,3 @@ def _rollback(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
         except sqlite3.Error:
             pass  # SQLite has already rolled back (it does on some I/O and full errors)
-
-
-def _astuple(row: JobRow) -> tuple[object, ...]:
-    return (
-        row.id,
-        row.tenant,
-        row.status,
-        row.attempt,
-        row.created_at,
-        row.updated_at,
-        row.priority,
-        row.idempotency_key,
-        row.spec,
-        row.state,
-    )

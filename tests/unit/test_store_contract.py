@@ -26,6 +26,7 @@ from comfyfleet.coordinator.store import (
 )
 from comfyfleet.coordinator.store.codec import STATE_FIELDS, decode_job, encode_job
 from comfyfleet.coordinator.store.migrations import LATEST
+from comfyfleet.coordinator.store.postgres import PostgresStore
 from comfyfleet.shared.errors import InvalidInput
 from comfyfleet.shared.history import Transition
 from comfyfleet.shared.jobspec import (
@@ -37,6 +38,7 @@ from comfyfleet.shared.jobspec import (
     Resources,
 )
 from comfyfleet.shared.status import TERMINAL, JobStatus
+from tests.helpers.postgres import Cluster
 
 S = JobStatus
 Factory = Callable[[], Store]
@@ -46,24 +48,36 @@ FIXTURE_SETTINGS = settings(
 )
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
-    """A factory of fresh, empty stores of one backend (hypothesis needs one per example)."""
+    """A factory of fresh, empty stores of one backend (hypothesis needs one per example).
+
+    PostgreSQL stores each get a new schema in the session's throwaway cluster (`pg_cluster`,
+    tests/conftest.py): a test fails, never skips, when PostgreSQL cannot be had."""
     made: list[Store] = []
+    schemas: list[str] = []
     numbers = itertools.count()
+    cluster: Cluster | None = (
+        request.getfixturevalue("pg_cluster") if request.param == "postgres" else None
+    )
 
     def make() -> Store:
         store: Store
         if request.param == "memory":
             store = MemoryStore()
-        else:
+        elif cluster is None:
             store = SqliteStore(tmp_path / f"store-{next(numbers)}.db")
+        else:
+            schemas.append(cluster.new_schema())
+            store = PostgresStore(cluster.url(search_path=schemas[-1]))
         made.append(store)
         return store
 
     yield make
     for store in made:
         store.close()
+    if cluster is not None and schemas:
+        cluster.drop_schemas(schemas)
 
 
 @pytest.fixture
@@ -165,14 +179,16 @@ transitions = st.builds(
     attempt=st.integers(0, 100),
     agent_id=st.none() | texts,
 )
+# Ids, tenants and idempotency keys never hold NUL: every store refuses it (see below).
+key_text = st.characters(exclude_characters="\x00")
 records = st.builds(
     JobRecord,
-    id=st.text(min_size=1, max_size=40),
+    id=st.text(key_text, min_size=1, max_size=40),
     spec=specs,
     workflow_hash=texts,
     created_at=finite,
-    idempotency_key=st.none() | st.text(min_size=1, max_size=40),
-    tenant=st.text(min_size=1, max_size=20),
+    idempotency_key=st.none() | st.text(key_text, min_size=1, max_size=40),
+    tenant=st.text(key_text, min_size=1, max_size=20),
     status=st.sampled_from(JobStatus),
     attempt=st.integers(0, 2**31),
     updated_at=finite,
@@ -289,6 +305,20 @@ def test_duplicate_id_is_a_conflict_and_stores_nothing(store: Store) -> None:
     assert store.get_job("a") == job("a", created_at=1.0)
     # the key of the refused insert was not taken
     assert store.insert_job(job("b", idempotency_key="new"))[1]
+
+
+@pytest.mark.parametrize("field", ["id", "tenant", "idempotency_key"])
+def test_nul_in_a_key_is_invalid_input_and_stores_nothing(store: Store, field: str) -> None:
+    bad = dataclasses.replace(job("a", idempotency_key="k"), **{field: "x\x00y"})
+    with pytest.raises(InvalidInput) as info:
+        store.insert_job(bad)
+    assert info.value.field == field
+    assert sum(store.count_by_status().values()) == 0
+    assert store.get_job("x\x00y") is None and store.get_job("a") is None
+    assert store.list_jobs(tenant="x\x00y") == ([], None)
+    with pytest.raises(InvalidInput) as info:
+        store.save_agent(AgentRecord("a\x00", 1.0, {}))
+    assert info.value.field == "agent_id" and store.load_agents() == []
 
 
 # ---- guarded updates ----------------------------------------------------------------------------
@@ -485,7 +515,19 @@ def test_cursor_paging_visits_every_job_once_in_order(
 
 @pytest.mark.parametrize(
     "cursor",
-    ["", "!!!!", "abc", "é", "W10", "eyJhIjoxfQ", "WzFd", "WyJ4IiwieSJd", "x" * 5000, "WzEsMl0"],
+    [
+        "",
+        "!!!!",
+        "abc",
+        "é",
+        "W10",
+        "eyJhIjoxfQ",
+        "WzFd",
+        "WyJ4IiwieSJd",
+        "x" * 5000,
+        "WzEsMl0",
+        "WzEuMCwgImFcdTAwMDAiXQ",  # [1.0, "a\u0000"]: an id no job can have
+    ],
 )
 def test_malformed_cursor_is_invalid_input(store: Store, cursor: str) -> None:
     store.insert_job(job("a"))

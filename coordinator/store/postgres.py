@@ -1,0 +1,453 @@
+"""The PostgreSQL Store (DESIGN.md §8): for when one coordinator host is not enough.
+
+psycopg 3 with psycopg-pool, used synchronously: the Store interface is synchronous and called
+from the event loop, as the SQLite store is. Connections are autocommit; a write is one statement
+or one explicit transaction, so a read costs one round trip. The pool checks a connection before
+lending it (a connection the server dropped is replaced, not handed out) and reconnects in the
+background; a call that still cannot reach the server raises StoreUnavailable within
+`connect_timeout_s`, and the loops of the coordinator retry it.
+
+The schema is versioned (migrations.POSTGRES, applied under an advisory lock, so coordinators
+starting together migrate once). Open jobs have their own partial index, so finished jobs, however
+many, do not slow recovery or the queue's reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from comfyfleet.coordinator.errors import Conflict, StoreUnavailable
+from comfyfleet.coordinator.model import AgentRecord, Doomed, JobRecord, WebhookMessage
+from comfyfleet.coordinator.store import codec
+from comfyfleet.coordinator.store.base import (
+    DEFAULT_PAGE,
+    RECOVERY_PAGE,
+    GuardedUpdate,
+    SchemaTooNew,
+)
+from comfyfleet.coordinator.store.codec import JobRow
+from comfyfleet.coordinator.store.dsn import mask_url
+from comfyfleet.coordinator.store.migrations import POSTGRES, POSTGRES_OPEN_STATUSES
+from comfyfleet.shared.errors import InvalidInput
+from comfyfleet.shared.settings import ConfigError
+from comfyfleet.shared.status import JobStatus
+
+_COLUMNS = (
+    "id, tenant, status, attempt, created_at, updated_at, priority, idempotency_key, spec, state"
+)
+_SELECT = f"SELECT {_COLUMNS} FROM jobs"
+_OPEN = "status IN ({})".format(", ".join(f"'{s}'" for s in POSTGRES_OPEN_STATUSES))
+# Spelled exactly as the predicate of the partial index jobs_open, so the planner uses it.
+OPEN_FIRST = f"{_SELECT} WHERE {_OPEN} ORDER BY created_at, id LIMIT %s"
+OPEN_AFTER = (
+    f"{_SELECT} WHERE {_OPEN} AND (created_at, id) > (%s, %s) ORDER BY created_at, id LIMIT %s"
+)
+_INSERT = (
+    f"INSERT INTO jobs ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
+    "RETURNING id"
+)
+_UPDATE = (
+    "UPDATE jobs SET status = %s, attempt = %s, updated_at = %s, state = %s "
+    "WHERE id = %s AND status = %s AND attempt = %s RETURNING 1"
+)
+# Spelled as the predicate of the partial index jobs_finished.
+_FINISHED = "status IN ('COMPLETED', 'FAILED', 'CANCELLED')"
+_MESSAGES = f"SELECT {codec.MESSAGE_COLUMNS} FROM webhook_outbox"
+_INSERT_MESSAGE = (
+    f"INSERT INTO webhook_outbox ({codec.MESSAGE_COLUMNS}) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING"
+)
+_MIGRATE_LOCK = "SELECT pg_advisory_xact_lock(hashtext('comfyfleet-migrate'), hashtext(%s))"
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresOptions:
+    pool_min: int = 1
+    pool_max: int = 4
+    connect_timeout_s: float = 5.0  # also the longest a call waits for a pooled connection
+    statement_timeout_ms: int = 10_000  # no call blocks the event loop on a lock for longer
+
+
+# What a failure of the server or the network is called in StoreUnavailable; anything else
+# (a bug in a statement) propagates as it is.
+_MEDIUM = (
+    psycopg.OperationalError,  # connection lost or refused, disk full, timeouts, shutdown
+    psycopg.InterfaceError,  # the connection is closed
+    pg_errors.ReadOnlySqlTransaction,
+    pg_errors.InsufficientPrivilege,
+)
+
+
+def _problem(exc: BaseException) -> str:
+    if isinstance(exc, pg_errors.DiskFull):
+        return "disk full"
+    if isinstance(exc, pg_errors.ReadOnlySqlTransaction):
+        return "database is read-only"
+    if isinstance(exc, pg_errors.InsufficientPrivilege):
+        return "permission denied"
+    if isinstance(exc, pg_errors.QueryCanceled):
+        return "statement timed out"
+    if isinstance(exc, PoolTimeout):
+        return "no connection to PostgreSQL in time"
+    return "PostgreSQL unavailable"
+
+
+class PostgresStore:
+    def __init__(self, url: str, options: PostgresOptions | None = None) -> None:
+        self._shown = mask_url(url)
+        self._options = options or PostgresOptions()
+        conninfo = self._conninfo(url)
+        with self._translated():
+            with self._first_connection(conninfo) as conn:
+                self._check_encoding(conn)
+                self._migrate(conn)
+            pool: ConnectionPool = ConnectionPool(
+                conninfo,
+                min_size=self._options.pool_min,
+                max_size=self._options.pool_max,
+                kwargs={"autocommit": True},
+                configure=self._configure,
+                check=ConnectionPool.check_connection,
+                timeout=self._options.connect_timeout_s,
+                name="comfyfleet-store",
+                open=False,
+            )
+            try:
+                pool.open(wait=True, timeout=self._options.connect_timeout_s)
+            except BaseException:
+                pool.close()
+                raise
+        self._pool: ConnectionPool | None = pool
+
+    def _conninfo(self, url: str) -> str:
+        try:
+            given = conninfo_to_dict(url)
+        except psycopg.ProgrammingError as exc:
+            raise ConfigError("store", f"{self._shown} is not a usable URL: {exc}") from None
+        extra: dict[str, Any] = {}
+        if "connect_timeout" not in given:
+            extra["connect_timeout"] = max(1, round(self._options.connect_timeout_s))
+        if "application_name" not in given:
+            extra["application_name"] = "comfyfleet-coordinator"
+        return make_conninfo(url, **extra)
+
+    def _first_connection(self, conninfo: str) -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(conninfo, autocommit=True)
+        except psycopg.ProgrammingError as exc:  # libpq refused a connection parameter
+            problem = mask_url(str(exc).strip().splitlines()[0])
+            raise ConfigError("store", f"{self._shown}: {problem}") from None
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute(f"SET statement_timeout = {int(self._options.statement_timeout_ms)}")
+
+    def _check_encoding(self, conn: psycopg.Connection[Any]) -> None:
+        row = conn.execute("SHOW server_encoding").fetchone()
+        value = row[0] if row else "?"
+        encoding = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+        if encoding.upper() not in ("UTF8", "UTF-8"):
+            raise StoreUnavailable(
+                f"job store {self._shown}: the database's encoding is {encoding}; comfyfleet "
+                "needs UTF8 (CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE template0)"
+            )
+
+    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
+        for target in range(1, len(POSTGRES) + 1):
+            with conn.transaction():
+                schema = conn.execute("SELECT current_schema()").fetchone()
+                if schema is None or schema[0] is None:
+                    raise StoreUnavailable(
+                        f"job store {self._shown}: no schema to create tables in "
+                        "(check search_path in the URL's options)"
+                    )
+                conn.execute(_MIGRATE_LOCK, (schema[0],))
+                version = _version(conn)
+                if version > len(POSTGRES):
+                    raise SchemaTooNew(
+                        f"job store {self._shown} has schema version {version}, but this "
+                        f"comfyfleet knows versions up to {len(POSTGRES)}: upgrade comfyfleet, "
+                        "or use another database"
+                    )
+                if version >= target:  # done already, by us or by another coordinator
+                    continue
+                if version == 0:
+                    conn.execute("CREATE TABLE comfyfleet_schema (version INTEGER NOT NULL)")
+                    conn.execute("INSERT INTO comfyfleet_schema (version) VALUES (0)")
+                for statement in POSTGRES[target - 1]:
+                    conn.execute(statement)  # type: ignore[arg-type]  # our own constant SQL
+                conn.execute("UPDATE comfyfleet_schema SET version = %s", (target,))
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
+        except _MEDIUM as exc:
+            detail = mask_url(str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+            raise StoreUnavailable(
+                f"job store {self._shown}: {_problem(exc)} ({type(exc).__name__}: {detail})"
+            ) from exc
+
+    @contextmanager
+    def _conn(self) -> Iterator[psycopg.Connection[Any]]:
+        pool = self._pool
+        if pool is None:
+            raise StoreUnavailable(f"job store {self._shown} is closed")
+        with self._translated(), pool.connection() as conn:
+            yield conn
+
+    def _rows(self, query: Any, params: Sequence[object] = ()) -> list[JobRow]:
+        with self._conn() as conn:
+            return [JobRow(*r) for r in conn.execute(query, params).fetchall()]
+
+    def schema_version(self) -> int:
+        with self._conn() as conn:
+            return _version(conn)
+
+    def insert_job(self, job: JobRecord) -> tuple[JobRecord, bool]:
+        row = codec.encode_job(job)
+        with self._conn() as conn:
+            try:
+                inserted = conn.execute(_INSERT, codec.row_values(row)).fetchone()
+            except pg_errors.UniqueViolation:
+                raise Conflict(f"job {job.id} already exists", field="id") from None
+            if inserted is not None:
+                return codec.decode_job(row), True
+            found = conn.execute(
+                f"{_SELECT} WHERE tenant = %s AND idempotency_key = %s",
+                (row.tenant, row.idempotency_key),
+            ).fetchone()
+        if found is None:  # the key's job vanished between the two statements: nothing deletes
+            raise Conflict(f"idempotency key {row.idempotency_key!r} is in use; try again")
+        return codec.decode_job(JobRow(*found)), False
+
+    def update_job(self, job: JobRecord, expect_status: JobStatus, expect_attempt: int) -> bool:
+        return self.update_jobs([(job, expect_status, expect_attempt)])[0]
+
+    def update_jobs(
+        self,
+        items: Sequence[GuardedUpdate],
+        outbox: Sequence[Sequence[WebhookMessage]] = (),
+    ) -> list[bool]:
+        params = [codec.update_values(*item) for item in items]
+        if not params:
+            return []
+        if len(params) == 1 and not any(outbox):  # one statement is atomic on its own
+            with self._conn() as conn:
+                return [conn.execute(_UPDATE, params[0]).fetchone() is not None]
+        results: list[bool] = []
+        with self._conn() as conn, conn.transaction():
+            with conn.pipeline(), conn.cursor() as cur:
+                # the UPDATEs in one pipeline; each UPDATE sees the ones before it
+                cur.executemany(_UPDATE, params, returning=True)
+                while True:
+                    results.append(cur.fetchone() is not None)
+                    if not cur.nextset():
+                        break
+            written = [
+                codec.encode_message(m)
+                for ok, messages in zip(results, outbox, strict=False)
+                if ok
+                for m in messages
+            ]
+            if written:  # in the same transaction as the changes that caused them
+                with conn.cursor() as cur:
+                    cur.executemany(_INSERT_MESSAGE, written)
+        return results
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        if "\x00" in job_id:  # no job has such an id (codec.check_key_text)
+            return None
+        rows = self._rows(f"{_SELECT} WHERE id = %s", (job_id,))
+        return codec.decode_job(rows[0]) if rows else None
+
+    def list_jobs(
+        self,
+        *,
+        statuses: Collection[JobStatus] | None = None,
+        tenant: str | None = None,
+        limit: int = DEFAULT_PAGE,
+        cursor: str | None = None,
+    ) -> tuple[list[JobRecord], str | None]:
+        query, params = list_query(statuses, tenant, limit, cursor)
+        if tenant is not None and "\x00" in tenant:  # no job has such a tenant
+            return [], None
+        return codec.page_of(self._rows(query, params), limit)
+
+    def non_terminal_jobs(self, page: int = RECOVERY_PAGE) -> Iterator[JobRecord]:
+        return codec.keyset_pages(
+            lambda: self._rows(OPEN_FIRST, (page,)),
+            lambda last: self._rows(OPEN_AFTER, (last.created_at, last.id, page)),
+            page,
+        )
+
+    def count_by_status(self) -> dict[JobStatus, int]:
+        with self._conn() as conn:
+            return codec.status_counts(
+                conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
+            )
+
+    def save_agent(self, agent: AgentRecord) -> None:
+        info = codec.encode_agent_info(agent)
+        with self._conn() as conn:
+            conn.execute(
+                "INSERT INTO agents (agent_id, registered_at, info) VALUES (%s, %s, %s) "
+                "ON CONFLICT (agent_id) DO UPDATE SET "
+                "registered_at = excluded.registered_at, info = excluded.info",
+                (agent.agent_id, float(agent.registered_at), info),
+            )
+
+    def load_agents(self) -> list[AgentRecord]:
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT agent_id, registered_at, info FROM agents ORDER BY agent_id"
+            ).fetchall()
+        return [codec.decode_agent(*r) for r in rows]
+
+    def _select(self, query: Any, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        with self._conn() as conn:
+            return conn.execute(query, params).fetchall()
+
+    def due_messages(
+        self, now: float, limit: int, exclude: Collection[str] = ()
+    ) -> list[WebhookMessage]:
+        rows = self._select(
+            f"{_MESSAGES} WHERE state = 'pending' AND next_at <= %s AND NOT (id = ANY(%s)) "
+            "ORDER BY next_at LIMIT %s",
+            (now, sorted(exclude), limit),
+        )
+        return [codec.decode_message(r) for r in rows]
+
+    def next_message_at(self) -> float | None:
+        rows = self._select("SELECT MIN(next_at) FROM webhook_outbox WHERE state = 'pending'")
+        return rows[0][0] if rows and rows[0][0] is not None else None
+
+    def save_message(self, msg: WebhookMessage) -> None:
+        row = codec.encode_message(msg)
+        with self._conn() as conn:
+            conn.execute(
+                "UPDATE webhook_outbox SET next_at = %s, attempts = %s, state = %s, tries = %s "
+                "WHERE id = %s",
+                (row[7], row[8], row[9], row[10], msg.id),
+            )
+
+    def messages_of_job(self, job_id: str) -> list[WebhookMessage]:
+        rows = self._select(f"{_MESSAGES} WHERE job_id = %s ORDER BY created_at, id", (job_id,))
+        return [codec.decode_message(r) for r in rows]
+
+    def load_tenants(self) -> dict[str, str]:
+        return dict(self._select("SELECT tenant, settings FROM tenants ORDER BY tenant"))
+
+    def save_tenant(self, tenant: str, settings: str) -> None:
+        with self._conn() as conn:
+            conn.execute(
+                "INSERT INTO tenants (tenant, settings) VALUES (%s, %s) "
+                "ON CONFLICT (tenant) DO UPDATE SET settings = excluded.settings",
+                (tenant, settings),
+            )
+
+    def finished_jobs(
+        self,
+        before: float,
+        limit: int,
+        *,
+        tenant: str | None = None,
+        other_than: Collection[str] = (),
+    ) -> list[JobRecord]:
+        where = [
+            _FINISHED,
+            "updated_at < %s",
+            "NOT EXISTS (SELECT 1 FROM webhook_outbox w "
+            "WHERE w.job_id = jobs.id AND w.state = 'pending')",
+            "NOT (tenant = ANY(%s))",
+        ]
+        params: list[object] = [before, sorted(other_than)]
+        if tenant is not None:
+            where.append("tenant = %s")
+            params.append(tenant)
+        query = f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY updated_at, id LIMIT %s"
+        return [codec.decode_job(r) for r in self._rows(query, [*params, limit])]
+
+    def delete_jobs(self, jobs: Sequence[JobRecord]) -> list[Doomed]:
+        doomed: list[Doomed] = []
+        with self._conn() as conn, conn.transaction():
+            for job in jobs:
+                gone = conn.execute(
+                    f"DELETE FROM jobs WHERE id = %s AND {_FINISHED} RETURNING 1", (job.id,)
+                ).fetchone()
+                if gone is None:
+                    continue
+                conn.execute("DELETE FROM webhook_outbox WHERE job_id = %s", (job.id,))
+                entry = Doomed(job.id, job.tenant, codec.output_bytes(job))
+                conn.execute(
+                    "INSERT INTO doomed_outputs (job_id, tenant, output_bytes) "
+                    "VALUES (%s, %s, %s) ON CONFLICT (job_id) DO UPDATE SET "
+                    "tenant = excluded.tenant, output_bytes = excluded.output_bytes",
+                    (entry.job_id, entry.tenant, entry.output_bytes),
+                )
+                doomed.append(entry)
+        return doomed
+
+    def doomed(self, limit: int) -> list[Doomed]:
+        rows = self._select(
+            "SELECT job_id, tenant, output_bytes FROM doomed_outputs ORDER BY job_id LIMIT %s",
+            (limit,),
+        )
+        return [Doomed(*r) for r in rows]
+
+    def forget_doomed(self, job_ids: Sequence[str]) -> None:
+        with self._conn() as conn:
+            conn.execute("DELETE FROM doomed_outputs WHERE job_id = ANY(%s)", (list(job_ids),))
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+
+def list_query(
+    statuses: Collection[JobStatus] | None, tenant: str | None, limit: int, cursor: str | None
+) -> tuple[sql.Composed, list[object]]:
+    """The query of one list_jobs page (one row more than `limit`, to know if another follows)
+    and its parameters; InvalidInput for a bad limit or cursor."""
+    if limit < 1:
+        raise InvalidInput("limit", "limit must be at least 1")
+    where: list[sql.Composable] = []
+    params: list[object] = []
+    if cursor is not None:
+        where.append(sql.SQL("(created_at, id) < (%s, %s)"))
+        params.extend(codec.decode_cursor(cursor))
+    if statuses is not None:
+        # Literals (JobStatus values), not parameters: the planner then proves that a set of open
+        # statuses implies the predicate of the partial index jobs_open, even in a generic plan.
+        wanted = sorted({JobStatus(s).value for s in statuses})
+        where.append(
+            sql.SQL("status IN ({})").format(sql.SQL(", ").join(map(sql.Literal, wanted)))
+            if wanted
+            else sql.SQL("FALSE")
+        )
+    if tenant is not None:
+        where.append(sql.SQL("tenant = %s"))
+        params.append(tenant)
+    clause = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL("")
+    query = sql.SQL("{}{} ORDER BY created_at DESC, id DESC LIMIT %s").format(
+        sql.SQL(_SELECT), clause
+    )
+    return query, [*params, limit + 1]
+
+
+def _version(conn: psycopg.Connection[Any]) -> int:
+    exists = conn.execute("SELECT to_regclass('comfyfleet_schema')").fetchone()
+    if exists is None or exists[0] is None:
+        return 0
+    row = conn.execute("SELECT version FROM comfyfleet_schema").fetchone()
+    return int(row[0]) if row else 0
