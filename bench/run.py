@@ -23,7 +23,7 @@ from typing import Any
 
 import psutil
 
-from bench import dispatch, heartbeat, placement, streaming, utilisation
+from bench import dispatch, heartbeat, placement, streaming, utilisation, webhooks
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,6 +35,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "heartbeat_window_s": 15.0,
         "utilisation": [(2000.0, 200), (200.0, 1000), (20.0, 1000)],
         "stream_mb": 512,
+        "webhook_jobs": 300,
     },
     "quick": {
         "dispatch_jobs": 200,
@@ -43,6 +44,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "heartbeat_window_s": 6.0,
         "utilisation": [(2000.0, 20), (200.0, 100), (20.0, 200)],
         "stream_mb": 64,
+        "webhook_jobs": 100,
     },
 }
 
@@ -103,6 +105,8 @@ def bench_all(
         )
     if want("streaming"):
         timed("streaming", lambda d: streaming.run(d, size["stream_mb"]))
+    if want("webhooks"):
+        timed("webhooks", lambda d: webhooks.run(d, size["webhook_jobs"]))
     return res
 
 
@@ -334,6 +338,24 @@ def render(
         ]
     elif st:
         out.append(f"failed: {st}")
+    out += ["", "## 8. Webhook delivery (COMPLETED → the receiver holds the signed request)", ""]
+    wh = res.get("webhooks")
+    if wh and "jobs" in wh:
+        a, b = wh["one_at_a_time_ms"], wh["burst_ms"]
+        out += [
+            "| | p50 | p95 | p99 | max |",
+            "|---|---|---|---|---|",
+            f"| {wh['jobs']} jobs one at a time | {a['p50']} ms | {a['p95']} ms | "
+            f"{a['p99']} ms | {a['max']} ms |",
+            f"| {wh['burst_jobs']} jobs finishing together | {b['p50']} ms | {b['p95']} ms | "
+            f"{b['p99']} ms | {b['max']} ms |",
+            "",
+            f"From the coordinator's COMPLETED timestamp to the receiver (loopback, same "
+            f"machine clock); every signature checked with `standardwebhooks` "
+            f"({wh['unverified']} failed).",
+        ]
+    elif wh:
+        out.append(f"failed: {wh}")
     out += [
         "",
         "## 7. Real ComfyUI overhead",
@@ -356,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--only",
         nargs="+",
-        choices=["dispatch", "placement", "heartbeat", "utilisation", "streaming"],
+        choices=["dispatch", "placement", "heartbeat", "utilisation", "streaming", "webhooks"],
     )
     ap.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     args = ap.parse_args(argv)
