@@ -86,6 +86,7 @@ def create_app(config: CoordinatorConfig, *, loops: bool = True) -> web.Applicat
             supervisor.start("scheduler", coord.scheduler_loop)
             supervisor.start("sweeper", coord.sweeper_loop)
             supervisor.start("webhooks", coord.outbox.run)
+            supervisor.start("retention", coord.retention.loop)
         yield
         await supervisor.stop()
 

@@ -15,7 +15,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from comfyfleet.coordinator.fleet import AgentStatus, agent_view
-from comfyfleet.coordinator.model import JobRecord
+from comfyfleet.coordinator.model import JobRecord, output_bytes
 from comfyfleet.shared.status import JobStatus
 
 if TYPE_CHECKING:
@@ -145,6 +145,8 @@ class Metrics:
             self.requeues.labels(requeue_reason(new)).inc()
         elif status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED):
             self.finished.labels(status.value).inc()
+            if status == JobStatus.COMPLETED:
+                self.output_bytes_stored.inc(output_bytes(new))
             started = new.timestamps.get(JobStatus.RUNNING.value)
             if started is not None and old.status == JobStatus.RUNNING:
                 self.job_duration.labels(status.value).observe(max(0.0, now - started))

@@ -75,6 +75,11 @@ class JobRecord:
         return self.timestamps.get(JobStatus.QUEUED.value, self.created_at)
 
 
+def output_bytes(job: JobRecord) -> int:
+    """What a job's stored outputs take, by their declared sizes."""
+    return sum(int(o.get("size", 0)) for o in job.outputs)
+
+
 @dataclass(slots=True)
 class AgentRecord:
     """What the store remembers of an agent: its last registration (hardware, labels)."""

@@ -30,11 +30,13 @@ from comfyfleet.coordinator.learning import Learning
 from comfyfleet.coordinator.ledger import Ledger
 from comfyfleet.coordinator.metrics import Metrics
 from comfyfleet.coordinator.model import JobRecord
+from comfyfleet.coordinator.output_store import LocalOutputs
 from comfyfleet.coordinator.outputs import OutputFiles
 from comfyfleet.coordinator.parts import Parts
 from comfyfleet.coordinator.placement import Placer
 from comfyfleet.coordinator.recovery import recover
 from comfyfleet.coordinator.reports import Reports
+from comfyfleet.coordinator.retention import Retention
 from comfyfleet.coordinator.scheduler.model import JobRequest
 from comfyfleet.coordinator.state import Live, LiveProgress
 from comfyfleet.coordinator.store import Store
@@ -84,6 +86,7 @@ class Coordinator:
         self.reports = Reports(parts)
         self.placer = Placer(parts)
         self.sweeper = Sweeper(parts)
+        self.retention = Retention(parts, LocalOutputs(outputs.root))
         self.metrics.watch(self)
         # client calls (any coordinator)
         self.submit = self.intake.submit

@@ -250,8 +250,3 @@ def decode_message(row: Sequence[Any]) -> WebhookMessage:
         state=state,
         tries=_tries_decoder.decode(tries),
     )
-
-
-def output_bytes(job: JobRecord) -> int:
-    """What a job's stored outputs take, by their declared sizes."""
-    return sum(int(o.get("size", 0)) for o in job.outputs)

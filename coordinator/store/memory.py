@@ -10,7 +10,13 @@ import dataclasses
 from collections.abc import Collection, Iterator, Sequence
 
 from comfyfleet.coordinator.errors import Conflict, StoreUnavailable
-from comfyfleet.coordinator.model import AgentRecord, Doomed, JobRecord, WebhookMessage
+from comfyfleet.coordinator.model import (
+    AgentRecord,
+    Doomed,
+    JobRecord,
+    WebhookMessage,
+    output_bytes,
+)
 from comfyfleet.coordinator.store import codec
 from comfyfleet.coordinator.store.base import DEFAULT_PAGE, RECOVERY_PAGE, GuardedUpdate
 from comfyfleet.coordinator.store.codec import JobRow
@@ -208,7 +214,7 @@ class MemoryStore:
                 self._keys.pop((row.tenant, row.idempotency_key), None)
             for msg_id in [m.id for m in self._messages.values() if m.job_id == job.id]:
                 del self._messages[msg_id]
-            entry = Doomed(job.id, row.tenant, codec.output_bytes(job))
+            entry = Doomed(job.id, row.tenant, output_bytes(job))
             self._doomed[job.id] = entry
             doomed.append(entry)
         return doomed

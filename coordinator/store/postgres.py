@@ -26,7 +26,13 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from comfyfleet.coordinator.errors import Conflict, StoreUnavailable
-from comfyfleet.coordinator.model import AgentRecord, Doomed, JobRecord, WebhookMessage
+from comfyfleet.coordinator.model import (
+    AgentRecord,
+    Doomed,
+    JobRecord,
+    WebhookMessage,
+    output_bytes,
+)
 from comfyfleet.coordinator.store import codec
 from comfyfleet.coordinator.store.base import (
     DEFAULT_PAGE,
@@ -387,7 +393,7 @@ class PostgresStore:
                 if gone is None:
                     continue
                 conn.execute("DELETE FROM webhook_outbox WHERE job_id = %s", (job.id,))
-                entry = Doomed(job.id, job.tenant, codec.output_bytes(job))
+                entry = Doomed(job.id, job.tenant, output_bytes(job))
                 conn.execute(
                     "INSERT INTO doomed_outputs (job_id, tenant, output_bytes) "
                     "VALUES (%s, %s, %s) ON CONFLICT (job_id) DO UPDATE SET "

@@ -9,7 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from comfyfleet.coordinator.errors import Conflict, StoreUnavailable
-from comfyfleet.coordinator.model import AgentRecord, Doomed, JobRecord, WebhookMessage
+from comfyfleet.coordinator.model import (
+    AgentRecord,
+    Doomed,
+    JobRecord,
+    WebhookMessage,
+    output_bytes,
+)
 from comfyfleet.coordinator.store import codec
 from comfyfleet.coordinator.store.base import (
     DEFAULT_PAGE,
@@ -320,7 +326,7 @@ class SqliteStore:
                 if gone != 1:
                     continue
                 conn.execute("DELETE FROM webhook_outbox WHERE job_id = ?", (job.id,))
-                entry = Doomed(job.id, job.tenant, codec.output_bytes(job))
+                entry = Doomed(job.id, job.tenant, output_bytes(job))
                 conn.execute(
                     "INSERT OR REPLACE INTO doomed_outputs (job_id, tenant, output_bytes) "
                     "VALUES (?, ?, ?)",
