@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import signal
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -98,6 +99,7 @@ class Agent:
         self.inventory: Inventory | None = None  # models and node classes all instances have
         self.inventory_sent: Inventory | None = None
         self.inventory_at = float("-inf")
+        self.instance_id = secrets.token_hex(8)  # this process, in Register (issue 12.7)
 
     # ------------------------------------------------------------------ resources
 
@@ -146,8 +148,14 @@ class Agent:
         inv = self.inventory
         if inv is None or (changed_only and inv == self.inventory_sent):
             return {}
-        self.inventory_sent = inv
-        return {"models": sorted(inv.models), "node_classes": sorted(inv.node_classes)}
+        sent, self.inventory_sent = self.inventory_sent, inv
+        fields: dict[str, Any] = {
+            "models": sorted(inv.models),
+            "node_classes": sorted(inv.node_classes),
+        }
+        if not changed_only or sent is None or sent.object_info != inv.object_info:
+            fields["comfyui"] = inv.catalog()  # ~0.5 MB for a full ComfyUI: only when changed
+        return fields
 
     def mark_lost(self, instance_id: str, reason: str) -> None:
         inst = self.instances.get(instance_id)
@@ -222,6 +230,7 @@ class Agent:
             instances=[i.info() for i in self.instances.values()],
             labels=self.config.labels,
             running=running,
+            instance_id=self.instance_id,
             **self.inventory_fields(changed_only=False),
         )
         reply = await self.coord.register(msg)

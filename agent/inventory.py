@@ -7,25 +7,39 @@ on any of its instances).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from comfyfleet.agent.comfyui.client import ComfyUIClient
+from comfyfleet.shared.protocol import ComfyCatalog
 
 
 @dataclass(frozen=True, slots=True)
 class Inventory:
     models: frozenset[str]
     node_classes: frozenset[str]
+    # ComfyUI's own words for the coordinator's ComfyUI facade: /object_info, models by folder
+    object_info: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    folders: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def catalog(self) -> ComfyCatalog:
+        return ComfyCatalog(
+            object_info=dict(self.object_info),
+            models={folder: list(names) for folder, names in self.folders.items()},
+        )
 
 
 async def read_inventory(client: ComfyUIClient) -> Inventory:
     """Raises ComfyUIError when the instance does not answer."""
-    classes = frozenset(await client.object_info())
+    info = await client.object_info()
     models: set[str] = set()
+    folders: dict[str, tuple[str, ...]] = {}
     for folder in await client.model_folders():
-        models.update(await client.models(folder))
-    return Inventory(frozenset(models), classes)
+        names = await client.models(folder)
+        folders[folder] = tuple(names)
+        models.update(names)
+    return Inventory(frozenset(models), frozenset(info), info, folders)
 
 
 def common(inventories: Iterable[Inventory]) -> Inventory | None:
@@ -35,4 +49,9 @@ def common(inventories: Iterable[Inventory]) -> Inventory | None:
         return None
     models = frozenset.intersection(*(i.models for i in items))
     classes = frozenset.intersection(*(i.node_classes for i in items))
-    return Inventory(models, classes)
+    info = {name: entry for name, entry in items[0].object_info.items() if name in classes}
+    folders = {
+        folder: tuple(n for n in names if all(n in i.folders.get(folder, ()) for i in items))
+        for folder, names in items[0].folders.items()
+    }
+    return Inventory(models, classes, info, folders)

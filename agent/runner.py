@@ -12,11 +12,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import structlog
 
 from comfyfleet.agent.comfyui import events as ev
 from comfyfleet.agent.comfyui.client import ComfyUIClient, ComfyUIError
 from comfyfleet.agent.comfyui.driver import PromptOutcome, attach_prompt, run_prompt
+from comfyfleet.agent.comfyui.frames import Frame
 from comfyfleet.agent.config import AgentConfig
 from comfyfleet.agent.coordinator_client import (
     AgentError,
@@ -95,6 +97,7 @@ def error_of(outcome: PromptOutcome) -> p.ErrorInfo:
 
 
 _EXECUTION_SIGNS = (ev.Started, ev.Cached, ev.Executing, ev.Progress, ev.Executed, ev.Preview)
+FORWARD_PREVIEWS = 8  # previews kept pending when forwarding frames (else the newest only)
 
 
 class JobRunner:
@@ -137,6 +140,9 @@ class JobRunner:
         self.accepted = held is not None
         self.pending: list[p.JobEvent] = []
         self.vram_peak_mb: int | None = None
+        self.comfy_end: dict[str, Any] | None = (
+            None  # forwarded: ComfyUI's error or interrupt frame
+        )
         self.log = structlog.get_logger("agent.job").bind(
             job_id=job.job_id, attempt=job.attempt, instance=job.instance_id
         )
@@ -203,6 +209,7 @@ class JobRunner:
                 stall_s=self.config.stall_s,
                 graph=self.job.workflow or None,
                 cancel_wait_s=self.config.cancel_wait_s,
+                forward_frames=self.job.forward_frames,
             )
         graph, seeds = ev.apply_seeds(self.job.workflow, random.SystemRandom())
         self.seeds = seeds
@@ -244,6 +251,8 @@ class JobRunner:
             stall_s=self.config.stall_s,
             queue_wait_s=self.queue_wait_s,
             cancel_wait_s=self.config.cancel_wait_s,
+            forward_frames=self.job.forward_frames,
+            extra_data=self.job.extra_data or None,
         )
 
     async def _report_started(self) -> None:
@@ -259,12 +268,17 @@ class JobRunner:
         if ack.status == "cancel":
             self.stop("cancel")
 
-    async def _on_update(self, update: ev.Update) -> None:
+    async def _on_update(self, update: ev.Update | Frame) -> None:
         if not self.started_sent and isinstance(update, _EXECUTION_SIGNS):
             await self._report_started()
         now = time.time()
         event: p.JobEvent | None = None
-        if isinstance(update, ev.Cached):
+        if isinstance(update, Frame):  # ComfyUI's own frame, for the coordinator's facade
+            msg = dict(update.msg)
+            if msg.get("type") in ("execution_error", "execution_interrupted"):
+                self.comfy_end = msg
+            event = p.JobEvent(kind="comfy", t=now, data=msg)
+        elif isinstance(update, ev.Cached):
             event = p.JobEvent(kind="cached", t=now, nodes=list(update.nodes))
         elif isinstance(update, ev.Executing):
             event = p.JobEvent(
@@ -283,7 +297,12 @@ class JobRunner:
         elif isinstance(update, ev.Executed):
             event = p.JobEvent(kind="executed", t=now, node=update.node)
         elif isinstance(update, ev.Preview):
-            self.pending = [e for e in self.pending if e.kind != "preview"]  # newest only
+            # the newest only; when forwarding frames a few, in their place among them
+            keep = FORWARD_PREVIEWS - 1 if self.job.forward_frames else 0
+            previews = [e for e in self.pending if e.kind == "preview"]
+            drop = {id(e) for e in previews[: max(0, len(previews) - keep)]}
+            if drop:
+                self.pending = [e for e in self.pending if id(e) not in drop]
             event = p.JobEvent(
                 kind="preview", t=now, node=update.node, image=update.image, mime=update.mime
             )
@@ -351,14 +370,34 @@ class JobRunner:
                 error=p.ErrorInfo(code="drain", message="agent draining"),
             )
         elif outcome.status == "cancelled" and self.stop_reason == "cancel":
-            await self._finish(finish, "cancelled")
+            await self._finish(finish, "cancelled", error=self._interrupted_at(outcome))
         elif outcome.status in ("failed", "rejected") and not outcome.retryable:
-            err = error_of(outcome)  # a model or node class missing here: try elsewhere
+            err = self._with_comfy_end(error_of(outcome))  # a model or node class missing here
             await self._finish(finish, "requeue" if err.retryable else "failed", error=err)
         else:
             if outcome.status == "lost" and self.on_lost is not None:
                 self.on_lost(outcome.reason)
             await self._finish(finish, "requeue", error=error_of(outcome))
+
+    def _interrupted_at(self, outcome: PromptOutcome) -> p.ErrorInfo | None:
+        """Forwarding frames: where ComfyUI stopped a cancelled prompt, with its own frame."""
+        if self.comfy_end is None or self.comfy_end.get("type") != "execution_interrupted":
+            return None
+        where = outcome.interrupted
+        return self._with_comfy_end(
+            p.ErrorInfo(
+                code="interrupted",
+                message=outcome.reason or "interrupted",
+                node_id=where.node_id if where else None,
+                node_type=where.node_type if where else None,
+            )
+        )
+
+    def _with_comfy_end(self, err: p.ErrorInfo) -> p.ErrorInfo:
+        """ComfyUI's own error frame, kept with the error (the facade's /history)."""
+        if self.comfy_end is None:
+            return err
+        return msgspec.structs.replace(err, details={**err.details, "comfy": self.comfy_end})
 
     async def _give_back(self, refused: Refused) -> None:
         """The coordinator refused a report (4xx, not stale): hand the attempt back with the
@@ -393,8 +432,8 @@ class JobRunner:
         taken: set[str] = set()
         files: list[p.OutputFile] = []
         for ref in outcome.outputs:
-            if ref.type != "output":
-                continue  # previews (temp) are not results
+            if ref.type != "output" and not self.job.forward_frames:
+                continue  # previews (temp) are not results (the ComfyUI facade shows them)
             name = output_name(ref, taken)
             path = spool / name
             got = await self.client.view(ref, path, self.config.max_output_bytes)
@@ -406,6 +445,12 @@ class JobRunner:
                     sha256=got.sha256,
                     content_type=got.content_type,
                     node_id=ref.node_id,
+                    kind=ref.type,
+                    comfy_ref=p.ComfyRef(
+                        filename=ref.filename, subfolder=ref.subfolder, type=ref.type
+                    )
+                    if self.job.forward_frames
+                    else None,
                 )
             )
         return files

@@ -11,6 +11,7 @@ import asyncio
 import structlog
 
 from comfyfleet.coordinator import jobs as moves
+from comfyfleet.coordinator.comfy.prompts import COMFY, agent_extra_data
 from comfyfleet.coordinator.errors import NotFound
 from comfyfleet.coordinator.fleet import AgentState, AgentStatus, register_info
 from comfyfleet.coordinator.inventory import decode_inputs
@@ -99,7 +100,7 @@ class AgentLink(Part):
         if agent is None or agent.status in (AgentStatus.LOST, AgentStatus.RECONNECTING):
             return p.HeartbeatReply(heartbeat_interval_s=interval, reregister=True)
         agent.apply_snapshot(msg.host, msg.gpus, msg.instances, now)
-        agent.apply_inventory(msg.models, msg.node_classes)
+        agent.apply_inventory(msg.models, msg.node_classes, msg.comfyui)
         if msg.draining and not agent.draining:
             agent.draining = True
             agent.status = AgentStatus.DRAINING
@@ -173,6 +174,8 @@ class AgentLink(Part):
                     inputs=decode_inputs(stored.spec.inputs, self.config.max_input_bytes)
                     if stored.spec.inputs
                     else {},
+                    forward_frames=COMFY in stored.spec.metadata,  # a ComfyUI facade prompt
+                    extra_data=agent_extra_data(stored.spec.metadata),
                 )
             )
         agent.to_deliver.extend(keep)

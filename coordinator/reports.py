@@ -86,6 +86,7 @@ class Reports(Part):
             if ev.fraction is not None:
                 live.fraction = max(live.fraction or 0.0, ev.fraction)
         self.live.feed.progress(job, live, preview=live.previews != previews)
+        self.live.feed.comfy_events(job, msg.attempt, msg.events)  # the ComfyUI facade's stream
         return p.Ack(status="cancel" if job.desired != "run" else job.status.value)
 
     def open_upload(
@@ -163,7 +164,10 @@ class Reports(Part):
             )
             return p.Ack(status=new.status.value)
         if msg.outcome == "cancelled" and job.desired == "cancel":
-            new = moves.advance(job, JobEvent.CANCEL, now, "cancelled by user; agent confirmed")
+            # an error here says where ComfyUI stopped (the ComfyUI facade's /history)
+            new = moves.advance(
+                job, JobEvent.CANCEL, now, "cancelled by user; agent confirmed", error=err
+            )
             self.ledger.commit(job, new)
             self.outputs.drop_attempt(job.id, job.attempt)
             return p.Ack(status=new.status.value)

@@ -61,6 +61,14 @@ class RunningJob(Msg, frozen=True, kw_only=True):
     progress: float | None = None
 
 
+class ComfyCatalog(Msg, frozen=True, kw_only=True):
+    """What the agent's ComfyUI offers, in ComfyUI's own words (for the coordinator's ComfyUI
+    facade): the `/object_info` document and the model files by folder (`/models/{folder}`)."""
+
+    object_info: dict[str, Any] = {}
+    models: dict[str, list[str]] = {}
+
+
 class Register(Msg, frozen=True, kw_only=True):
     agent_id: Id
     version: str = ""
@@ -72,6 +80,10 @@ class Register(Msg, frozen=True, kw_only=True):
     # node classes its ComfyUI offers (/object_info); None: not known, nothing is checked
     node_classes: list[str] | None = None
     running: list[RunningJob] = []
+    # random, fixed when the agent process starts: tells a restart of the agent (or another host
+    # using its token) from the same process registering again; "" from older agents
+    instance_id: Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[A-Za-z0-9_-]*$")] = ""
+    comfyui: ComfyCatalog | None = None  # None: not read (yet)
 
 
 class RegisterReply(Msg, frozen=True, kw_only=True):
@@ -92,6 +104,7 @@ class Heartbeat(Msg, frozen=True, kw_only=True):
     # refreshed inventory (sent now and then, when it changed); None: unchanged
     models: list[str] | None = None
     node_classes: list[str] | None = None
+    comfyui: ComfyCatalog | None = None  # sent when it changed; None: unchanged
 
 
 class HeartbeatReply(Msg, frozen=True, kw_only=True):
@@ -116,6 +129,10 @@ class Assignment(Msg, frozen=True, kw_only=True):
     timeout_s: float
     vram_mb: int = 0
     inputs: dict[str, bytes] = {}  # input files: upload to ComfyUI's input folder first
+    # a prompt of the ComfyUI facade: forward ComfyUI's own frames (JobEvent kind "comfy") and
+    # keep temp files (PreviewImage) as outputs too
+    forward_frames: bool = False
+    extra_data: dict[str, Any] = {}  # ComfyUI's extra_data for the prompt (e.g. extra_pnginfo)
 
 
 class LeaseReply(Msg, frozen=True, kw_only=True):
@@ -134,7 +151,7 @@ class Started(Msg, frozen=True, kw_only=True):
 
 class JobEvent(Msg, frozen=True, kw_only=True):
     kind: Literal[
-        "started", "cached", "executing", "progress", "executed", "preview", "text", "log"
+        "started", "cached", "executing", "progress", "executed", "preview", "text", "log", "comfy"
     ]
     t: float
     node: str | None = None
@@ -146,6 +163,7 @@ class JobEvent(Msg, frozen=True, kw_only=True):
     text: str | None = None
     image: bytes | None = None  # preview frames (msgpack bin)
     mime: str | None = None
+    data: dict[str, Any] | None = None  # kind "comfy": a ComfyUI text frame exactly as it came
 
 
 class Events(Msg, frozen=True, kw_only=True):
@@ -155,6 +173,15 @@ class Events(Msg, frozen=True, kw_only=True):
     events: Annotated[list[JobEvent], msgspec.Meta(max_length=1000)]
 
 
+class ComfyRef(Msg, frozen=True, kw_only=True):
+    """How ComfyUI named an output file (`executed` and `/history`), before the agent renamed it."""
+
+    filename: Annotated[str, msgspec.Meta(max_length=1024)]
+    subfolder: Annotated[str, msgspec.Meta(max_length=1024)] = ""
+    type: Annotated[str, msgspec.Meta(max_length=32)] = "output"
+    key: Annotated[str, msgspec.Meta(max_length=64)] = "images"  # the ui key that listed it
+
+
 class OutputFile(Msg, frozen=True, kw_only=True):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
     size: Annotated[int, msgspec.Meta(ge=0)]
@@ -162,6 +189,7 @@ class OutputFile(Msg, frozen=True, kw_only=True):
     content_type: str = "application/octet-stream"
     node_id: str | None = None
     kind: str = "output"  # ComfyUI's folder type: output or temp
+    comfy_ref: ComfyRef | None = None
 
 
 class ErrorInfo(Msg, frozen=True, kw_only=True):

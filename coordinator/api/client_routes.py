@@ -9,11 +9,12 @@ from aiohttp import web
 from comfyfleet.coordinator.api.auth import principal, tenant_filter
 from comfyfleet.coordinator.api.body import decode_body, reply
 from comfyfleet.coordinator.api.keys import CONFIG, COORDINATOR
-from comfyfleet.coordinator.api.views import agent_json, job_json, webhooks_json
+from comfyfleet.coordinator.api.views import agent_json, job_json
 from comfyfleet.coordinator.errors import NotFound
 from comfyfleet.coordinator.outputs import check_name
 from comfyfleet.shared.errors import InvalidInput
 from comfyfleet.shared.jobspec import JobSpec
+from comfyfleet.shared.media import served_as
 from comfyfleet.shared.status import JobStatus
 
 routes = web.RouteTableDef()
@@ -96,9 +97,7 @@ async def list_jobs(request: web.Request) -> web.Response:
 async def get_job(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR]
     job = coord.get(_id(request, "job_id"))
-    body = job_json(job, coord.progress.get(job.id), coord=coord)
-    body["webhooks"] = webhooks_json(coord.store.messages_of_job(job.id))
-    return reply(request, body)
+    return reply(request, job_json(job, coord.progress.get(job.id), coord=coord))
 
 
 @routes.post("/v1/jobs/{job_id}/cancel")
@@ -118,10 +117,13 @@ async def get_output(request: web.Request) -> web.StreamResponse:
     if entry is None:
         raise NotFound(f"job {job.id} has no output {name!r}", "name")
     path = coord.outputs.final_path(job.id, entry["attempt"], name)
+    served = served_as(name)  # never the type the agent declared
     return web.FileResponse(
         path,
         headers={
-            "Content-Type": entry.get("content_type", "application/octet-stream"),
+            "Content-Type": served.content_type,
+            "X-Content-Type-Options": "nosniff",
+            "Content-Disposition": served.disposition,
             "ETag": f'"{entry["sha256"]}"',
         },
     )
@@ -142,11 +144,12 @@ async def get_preview(request: web.Request) -> web.Response:
 async def list_agents(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR]
     now = coord.clock()
+    tenant = tenant_filter(request)
     return reply(
         request,
         {
             "agents": [
-                agent_json(coord, a, now)
+                agent_json(coord, a, now, tenant)
                 for a in sorted(coord.agents.values(), key=lambda a: a.agent_id)
             ]
         },
@@ -157,11 +160,13 @@ async def list_agents(request: web.Request) -> web.Response:
 async def get_agent(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR]
     agent = coord.agent(_id(request, "agent_id"))
-    return reply(request, agent_json(coord, agent, coord.clock()))
+    return reply(request, agent_json(coord, agent, coord.clock(), tenant_filter(request)))
 
 
 @routes.post("/v1/agents/{agent_id}/drain")
 async def drain_agent(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR]
     agent = coord.drain(_id(request, "agent_id"))
-    return reply(request, agent_json(coord, agent, coord.clock()), status=202)
+    return reply(
+        request, agent_json(coord, agent, coord.clock(), tenant_filter(request)), status=202
+    )

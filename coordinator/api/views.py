@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 
 from comfyfleet.coordinator.estimates import eta, expected_duration_s
+from comfyfleet.coordinator.feed import output_json
 from comfyfleet.coordinator.fleet import AgentState, agent_view
 from comfyfleet.coordinator.model import JobRecord, WebhookMessage
 from comfyfleet.coordinator.service import Coordinator
@@ -52,13 +54,7 @@ def job_json(
         "retries_used": job.retries_used,
         "max_retries": spec.max_retries,
         "error": job.error,
-        "outputs": [
-            {
-                **{k: v for k, v in o.items() if k != "attempt"},
-                "url": f"/v1/jobs/{job.id}/outputs/{o['name']}",
-            }
-            for o in job.outputs
-        ],
+        "outputs": [output_json(job, o) for o in job.outputs],
         "workflow_hash": job.workflow_hash,
         "shape_hash": job.workflow_facts.shape,
         "metadata": spec.metadata,
@@ -75,6 +71,8 @@ def job_json(
         out["vram_peak_mb"] = job.vram_peak_mb
         out["profile"] = job.profile
         out["inputs"] = sorted(spec.inputs)
+        if coord is not None:
+            out["webhooks"] = webhooks_json(coord.store.messages_of_job(job.id))
     return out
 
 
@@ -93,7 +91,20 @@ def job_eta(coord: Coordinator, job: JobRecord, live: LiveProgress | None) -> di
     )
 
 
-def agent_json(coord: Coordinator, agent: AgentState, now: float) -> dict[str, Any]:
+def visible_job_ids(coord: Coordinator, job_ids: Iterable[str], tenant: str | None) -> list[str]:
+    """The ids among `job_ids` of jobs the tenant may see (all for None, an admin), sorted: a
+    tenant sees the fleet's agents, GPUs and capacity, but never another tenant's job ids."""
+    if tenant is None:
+        return sorted(job_ids)
+    return sorted(
+        j for j in job_ids if (job := coord.jobs.get(j)) is not None and job.tenant == tenant
+    )
+
+
+def agent_json(
+    coord: Coordinator, agent: AgentState, now: float, tenant: str | None = None
+) -> dict[str, Any]:
+    """An agent as `tenant` sees it (None: an admin, who sees every job id)."""
     view = agent_view(agent, coord.jobs, 600.0, now)
     gpus = []
     for g, v in zip(agent.gpus, view.gpus, strict=True):
@@ -121,7 +132,7 @@ def agent_json(coord: Coordinator, agent: AgentState, now: float) -> dict[str, A
         "node_classes": None if agent.node_classes is None else len(agent.node_classes),
         "recent": {i: list(r) for i, r in agent.recent_by_instance.items()},
         "blocked_workflows": coord.blocks.blocked_on(agent.agent_id, now),
-        "jobs": sorted(agent.jobs),
+        "jobs": visible_job_ids(coord, agent.jobs, tenant),
         "ram_reserved_mb": view.ram_reserved_mb,
     }
 

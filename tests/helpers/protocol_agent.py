@@ -32,6 +32,7 @@ class ProtocolAgent:
         labels: dict[str, str] | None = None,
         models: list[str] | None = None,
         node_classes: list[str] | None = None,
+        cpu_instances: int = 0,  # CPU-only ComfyUI instances, after one per GPU
     ) -> None:
         self.session = session
         self.base = base.rstrip("/")
@@ -45,7 +46,7 @@ class ProtocolAgent:
         ]
         self.instances = [
             p.InstanceInfo(instance_id=str(i), gpu_index=i) for i in range(len(self.gpus))
-        ]
+        ] + [p.InstanceInfo(instance_id=f"cpu{i}", gpu_index=None) for i in range(cpu_instances)]
         self.host = p.HostInfo(
             hostname=agent_id, cpu_count=8, ram_total_mb=64000, ram_available_mb=60000
         )
@@ -103,6 +104,13 @@ class ProtocolAgent:
             p.Started(
                 agent_id=self.agent_id, job_id=job.job_id, attempt=job.attempt, prompt_id=prompt_id
             ),
+            p.Ack,
+        )
+
+    async def events(self, job: p.Assignment, events: list[p.JobEvent]) -> p.Ack:
+        return await self.call(
+            "events",
+            p.Events(agent_id=self.agent_id, job_id=job.job_id, attempt=job.attempt, events=events),
             p.Ack,
         )
 

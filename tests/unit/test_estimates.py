@@ -12,7 +12,6 @@ from comfyfleet.coordinator.estimates import (
     expected_duration_s,
     learned_vram_mb,
 )
-from comfyfleet.coordinator.inventory import fleet_gap
 
 
 @given(
@@ -54,17 +53,3 @@ def test_eta_for_waiting_running_and_finished_jobs() -> None:
     assert slow is not None and slow["remaining_s"] == 10.0
     assert eta(None, "RUNNING", 90.0, None, 100.0) is None
     assert eta(10.0, "COMPLETED", 90.0, 1.0, 100.0) is None
-
-
-def test_fleet_gap() -> None:
-    a = (frozenset({"m1"}), frozenset({"A"}))
-    b = (frozenset({"m2"}), frozenset({"A", "B"}))
-    assert fleet_gap(["m1"], ["A"], [a, b]) is None
-    assert fleet_gap(["m9"], ["A"], []) is None  # nobody reported yet: accept and wait
-    assert fleet_gap(["m9"], ["A"], [(frozenset(), None)]) is None
-    assert fleet_gap(["m9"], ["Z"], [a, b]) == (
-        "no agent in the fleet has model files m9 and node classes Z"
-    )
-    assert fleet_gap(["m1"], ["B"], [a, b]) == (
-        "no agent in the fleet has all of model files m1 and node classes B"
-    )
