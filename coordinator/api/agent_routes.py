@@ -13,10 +13,10 @@ from comfyfleet.coordinator.api.auth import check_agent
 from comfyfleet.coordinator.api.body import decode_body, reply
 from comfyfleet.coordinator.api.keys import CONFIG, COORDINATOR
 from comfyfleet.coordinator.api.upload import UPLOAD_LOCKS, receive_chunk
-from comfyfleet.coordinator.outputs import check_name
 from comfyfleet.coordinator.service import Coordinator
 from comfyfleet.shared import protocol as p
 from comfyfleet.shared.errors import InvalidInput
+from comfyfleet.shared.names import check_stored
 
 routes = web.RouteTableDef()
 PREFIX = "/agent/v1"
@@ -76,7 +76,7 @@ def _output_target(request: web.Request) -> tuple[str, str, int, str, int]:
     job_id = request.match_info["job_id"]
     if not _ID.match(job_id):
         raise InvalidInput("job_id", f"malformed id {job_id!r}", "bad_id")
-    name = check_name(request.match_info["name"])
+    name = check_stored(request.match_info["name"])
     attempt = _int(request, "attempt")
     size = _int(request, "size")
     return agent_id, job_id, attempt, name, size

@@ -11,7 +11,7 @@ from comfyfleet.coordinator.api.body import decode_body, reply
 from comfyfleet.coordinator.api.keys import CONFIG, COORDINATOR
 from comfyfleet.coordinator.api.views import agent_json, job_json
 from comfyfleet.coordinator.errors import NotFound
-from comfyfleet.coordinator.outputs import check_name
+from comfyfleet.shared import names
 from comfyfleet.shared.errors import InvalidInput
 from comfyfleet.shared.jobspec import JobSpec
 from comfyfleet.shared.media import served_as
@@ -111,7 +111,7 @@ async def cancel_job(request: web.Request) -> web.Response:
 @routes.get("/v1/jobs/{job_id}/outputs/{name}")
 async def get_output(request: web.Request) -> web.StreamResponse:
     coord = request.app[COORDINATOR]
-    name = check_name(request.match_info["name"])  # before anything else touches the name
+    name = names.check_stored(request.match_info["name"])  # before anything else touches it
     job = coord.get(_id(request, "job_id"))
     entry = next((o for o in job.outputs if o["name"] == name), None)
     if entry is None:
@@ -123,8 +123,11 @@ async def get_output(request: web.Request) -> web.StreamResponse:
         headers={
             "Content-Type": served.content_type,
             "X-Content-Type-Options": "nosniff",
-            "Content-Disposition": served.disposition,
             "ETag": f'"{entry["sha256"]}"',
+            # attachment unless image/video; named as ComfyUI named the file, whatever its stored name
+            "Content-Disposition": names.content_disposition(
+                entry.get("original") or names.original_of(name) or name, inline=served.inline
+            ),
         },
     )
 

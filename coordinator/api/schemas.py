@@ -34,6 +34,7 @@ def nullable(schema: Schema) -> Schema:
 OUTPUT = obj(
     {
         "name": "stored name; unique within the job",
+        "original": "the file name ComfyUI wrote (subfolder/filename, any characters)",
         "size": "bytes",
         "sha256": "hex digest, verified before the job completed",
         "content_type": "the type it is served with (derived from the name, not declared)",

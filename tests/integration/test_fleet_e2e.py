@@ -159,3 +159,23 @@ def registered_instance(fleet: Fleet) -> str:
     finally:
         conn.close()
     return str(json.loads(info)["instance_id"])
+
+
+async def test_any_output_name_comfyui_writes_completes(fleet: Fleet, api: Api) -> None:
+    """Prefixes that start with `_`, `-` or `(`, non-ASCII ones and subfolders: ComfyUI (and
+    the simulator, which names files as ComfyUI does) writes them; the job completes and keeps
+    the name ComfyUI gave each file."""
+    url = fleet.add_sim("a", 24576, "--step-ms", "5")
+    fleet.add_agent("a", "a")
+    await api.agents_online({"a"})
+    prefixes = ["_draft", "-x", "(v2)", "猫", "sub dir/(v2) 猫"]
+    jobs = [await api.submit(txt2img(64, 64, steps=2, prefix=pf), max_retries=0) for pf in prefixes]
+    output_dir = fleet.tmp / "sim-a" / "output"
+    for prefix, job in zip(prefixes, jobs, strict=True):
+        done = await api.wait(job["id"], {"COMPLETED", "FAILED"})
+        assert done["status"] == "COMPLETED" and done["attempt"] == 1, done
+        [out] = done["outputs"]
+        assert out["original"] == f"{prefix}_00001_.png"
+        assert (output_dir / out["original"]).is_file()  # the simulator wrote that very name
+        assert await api.image_size(out) == (64, 64)
+    assert sim_stats(url)["prompts_submitted"] == len(prefixes)
