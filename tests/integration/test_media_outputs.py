@@ -1,6 +1,6 @@
-"""Every output kind through the whole fleet: a video (VideoHelperSuite's `gifs`) and an audio
-file (`audio`) written by the simulator reach the coordinator, verified by sha256, and are served
-with their right content types."""
+"""Every output kind through the whole fleet: a video (VideoHelperSuite's `gifs`), an audio file
+(`audio`) and a text result (PreviewAny's `text`) from the simulator reach the coordinator,
+verified by sha256, and are served with their right content types."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ MEDIA = {
     },
     "5": {"class_type": "SaveAudio", "inputs": {"audio": ["4", 0], "filename_prefix": "audio/x"}},
     "6": combine("preview", "image/gif", save=False),  # to temp: a preview, not a result
+    "7": {"class_type": "PreviewAny", "inputs": {"source": "a caption, ünïcode"}},
 }
 
 
@@ -47,8 +48,8 @@ async def test_video_and_audio_outputs_end_to_end(fleet: Fleet, api, tmp_path: P
     done = await api.wait(job["id"], {"COMPLETED", "FAILED"})
     assert done["status"] == "COMPLETED", done["error"]
     by_node = {o["node_id"]: o for o in done["outputs"]}
-    assert set(by_node) == {"2", "3", "5"}, done["outputs"]  # node 6 saved to temp: a preview
-    expected = {"2": "image/webp", "3": "image/gif", "5": "audio/wav"}
+    assert set(by_node) == {"2", "3", "5", "7"}, done["outputs"]  # node 6 saved to temp
+    expected = {"2": "image/webp", "3": "image/gif", "5": "audio/wav", "7": "text/plain"}
     for node, out in by_node.items():
         async with api.s.get(f"{api.url}{out['url']}") as r:
             assert r.status == 200
@@ -58,6 +59,8 @@ async def test_video_and_audio_outputs_end_to_end(fleet: Fleet, api, tmp_path: P
         if node in ("2", "3"):
             video = Image.open(io.BytesIO(body))
             assert video.size == (32, 24) and video.n_frames == 5
+        elif node == "7":
+            assert body.decode() == "a caption, ünïcode"
         else:
             with wave.open(io.BytesIO(body)) as audio:
                 assert audio.getframerate() == 8000 and audio.getnframes() == 2000
