@@ -99,6 +99,7 @@ class JobRunner:
         # RUNNING is reported when ComfyUI starts executing the prompt, not when it queued it:
         # with a pipeline (capacity 2) the next prompt waits in ComfyUI's queue meanwhile.
         self.started_sent = held is not None or report is not None
+        self.executing = False  # seen ComfyUI execute the prompt (else: waiting in its queue)
         self.seeds: dict[str, int] = {}
         self.cancel = asyncio.Event()
         self.stop_reason: str | None = None  # "cancel" | "drain" | "drop"
@@ -130,6 +131,7 @@ class JobRunner:
             instance_id=self.job.instance_id,
             prompt_id=self.prompt_id if self.accepted else None,
             progress=self.progress,
+            started=self.executing,
         )
 
     async def run(self) -> None:
@@ -261,8 +263,10 @@ class JobRunner:
             self.stop("cancel")
 
     async def _on_update(self, update: ev.Update | Frame) -> None:
-        if not self.started_sent and isinstance(update, _EXECUTION_SIGNS):
-            await self._report_started()
+        if isinstance(update, _EXECUTION_SIGNS):
+            self.executing = True
+            if not self.started_sent:
+                await self._report_started()
         now = time.time()
         event: p.JobEvent | None = None
         if isinstance(update, Frame):  # ComfyUI's own frame, for the coordinator's facade

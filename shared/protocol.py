@@ -59,8 +59,11 @@ class RunningJob(Msg, frozen=True, kw_only=True):
     job_id: Id
     attempt: Attempt
     instance_id: Id
-    prompt_id: str | None = None
+    prompt_id: str | None = None  # set once ComfyUI accepted the prompt (it may wait queued)
     progress: float | None = None
+    # ComfyUI has begun executing the prompt; False while it waits in ComfyUI's queue (or the
+    # agent, re-attaching after its restart, has not seen it execute yet)
+    started: bool = False
 
 
 class ComfyCatalog(Msg, frozen=True, kw_only=True):

@@ -124,7 +124,7 @@ async def get_output(request: web.Request) -> web.StreamResponse:
             "Content-Type": served.content_type,
             "X-Content-Type-Options": "nosniff",
             "ETag": f'"{entry["sha256"]}"',
-            # attachment unless image/video; named as ComfyUI named it, whatever its stored name
+            # attachment unless image/video; named as ComfyUI named the file
             "Content-Disposition": names.content_disposition(
                 entry.get("original") or names.original_of(name) or name, inline=served.inline
             ),

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from comfyfleet.coordinator.estimates import eta, expected_duration_s
+from comfyfleet.coordinator.eta import eta
 from comfyfleet.coordinator.feed import output_json
 from comfyfleet.coordinator.fleet import AgentState, agent_view
 from comfyfleet.coordinator.model import JobRecord, WebhookMessage
@@ -77,15 +77,11 @@ def job_json(
 
 
 def job_eta(coord: Coordinator, job: JobRecord, live: LiveProgress | None) -> dict[str, Any] | None:
-    agent = coord.agents.get(job.agent_id or "")
-    gpu_name = None
-    if agent is not None and job.gpu_index is not None:
-        gpu_name = next((g.name for g in agent.gpus if g.index == job.gpu_index), None)
-    expected = expected_duration_s(coord.estimates, job.workflow_facts.shape, gpu_name)
     return eta(
-        expected,
+        coord.learning.expected(job, coord.agents.get(job.agent_id or "")),
         job.status.value,
         job.timestamps.get(JobStatus.RUNNING.value),
+        live.position if live is not None else None,
         live.fraction if live is not None else None,
         coord.clock(),
     )
