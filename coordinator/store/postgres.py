@@ -34,6 +34,7 @@ from comfyfleet.coordinator.model import (
     output_bytes,
 )
 from comfyfleet.coordinator.store import codec
+from comfyfleet.coordinator.store import results_sql as results
 from comfyfleet.coordinator.store.base import (
     DEFAULT_PAGE,
     RECOVERY_PAGE,
@@ -43,6 +44,7 @@ from comfyfleet.coordinator.store.base import (
 from comfyfleet.coordinator.store.codec import JobRow
 from comfyfleet.coordinator.store.dsn import mask_url
 from comfyfleet.coordinator.store.migrations import POSTGRES, POSTGRES_OPEN_STATUSES
+from comfyfleet.coordinator.store.results_sql import postgres as pg
 from comfyfleet.shared.errors import InvalidInput
 from comfyfleet.shared.settings import ConfigError
 from comfyfleet.shared.status import JobStatus
@@ -65,13 +67,6 @@ _INSERT = (
 _UPDATE = (
     "UPDATE jobs SET status = %s, attempt = %s, updated_at = %s, state = %s "
     "WHERE id = %s AND status = %s AND attempt = %s RETURNING 1"
-)
-# Spelled as the predicate of the partial index jobs_finished.
-_FINISHED = "status IN ('COMPLETED', 'FAILED', 'CANCELLED')"
-_MESSAGES = f"SELECT {codec.MESSAGE_COLUMNS} FROM webhook_outbox"
-_INSERT_MESSAGE = (
-    f"INSERT INTO webhook_outbox ({codec.MESSAGE_COLUMNS}) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING"
 )
 _MIGRATE_LOCK = "SELECT pg_advisory_xact_lock(hashtext('comfyfleet-migrate'), hashtext(%s))"
 
@@ -250,25 +245,25 @@ class PostgresStore:
         if len(params) == 1 and not any(outbox):  # one statement is atomic on its own
             with self._conn() as conn:
                 return [conn.execute(_UPDATE, params[0]).fetchone() is not None]
-        results: list[bool] = []
+        oks: list[bool] = []
         with self._conn() as conn, conn.transaction():
             with conn.pipeline(), conn.cursor() as cur:
                 # the UPDATEs in one pipeline; each UPDATE sees the ones before it
                 cur.executemany(_UPDATE, params, returning=True)
                 while True:
-                    results.append(cur.fetchone() is not None)
+                    oks.append(cur.fetchone() is not None)
                     if not cur.nextset():
                         break
             written = [
                 codec.encode_message(m)
-                for ok, messages in zip(results, outbox, strict=False)
+                for ok, messages in zip(oks, outbox, strict=False)
                 if ok
                 for m in messages
             ]
             if written:  # in the same transaction as the changes that caused them
                 with conn.cursor() as cur:
-                    cur.executemany(_INSERT_MESSAGE, written)
-        return results
+                    cur.executemany(pg(results.INSERT_MESSAGE), written)
+        return oks
 
     def get_job(self, job_id: str) -> JobRecord | None:
         if "\x00" in job_id:  # no job has such an id (codec.check_key_text)
@@ -326,40 +321,27 @@ class PostgresStore:
     def due_messages(
         self, now: float, limit: int, exclude: Collection[str] = ()
     ) -> list[WebhookMessage]:
-        rows = self._select(
-            f"{_MESSAGES} WHERE state = 'pending' AND next_at <= %s AND NOT (id = ANY(%s)) "
-            "ORDER BY next_at LIMIT %s",
-            (now, sorted(exclude), limit),
-        )
-        return [codec.decode_message(r) for r in rows]
+        query, params = results.due_messages(now, limit, exclude)
+        return [codec.decode_message(r) for r in self._select(pg(query), params)]
 
     def next_message_at(self) -> float | None:
-        rows = self._select("SELECT MIN(next_at) FROM webhook_outbox WHERE state = 'pending'")
+        rows = self._select(results.NEXT_MESSAGE_AT)
         return rows[0][0] if rows and rows[0][0] is not None else None
 
     def save_message(self, msg: WebhookMessage) -> None:
-        row = codec.encode_message(msg)
         with self._conn() as conn:
-            conn.execute(
-                "UPDATE webhook_outbox SET next_at = %s, attempts = %s, state = %s, tries = %s "
-                "WHERE id = %s",
-                (row[7], row[8], row[9], row[10], msg.id),
-            )
+            conn.execute(pg(results.SAVE_MESSAGE), results.save_message_values(msg))
 
     def messages_of_job(self, job_id: str) -> list[WebhookMessage]:
-        rows = self._select(f"{_MESSAGES} WHERE job_id = %s ORDER BY created_at, id", (job_id,))
+        rows = self._select(pg(results.MESSAGES_OF_JOB), (job_id,))
         return [codec.decode_message(r) for r in rows]
 
     def load_tenants(self) -> dict[str, str]:
-        return dict(self._select("SELECT tenant, settings FROM tenants ORDER BY tenant"))
+        return dict(self._select(results.LOAD_TENANTS))
 
     def save_tenant(self, tenant: str, settings: str) -> None:
         with self._conn() as conn:
-            conn.execute(
-                "INSERT INTO tenants (tenant, settings) VALUES (%s, %s) "
-                "ON CONFLICT (tenant) DO UPDATE SET settings = excluded.settings",
-                (tenant, settings),
-            )
+            conn.execute(pg(results.SAVE_TENANT), (tenant, settings))
 
     def finished_jobs(
         self,
@@ -369,50 +351,28 @@ class PostgresStore:
         tenant: str | None = None,
         other_than: Collection[str] = (),
     ) -> list[JobRecord]:
-        where = [
-            _FINISHED,
-            "updated_at < %s",
-            "NOT EXISTS (SELECT 1 FROM webhook_outbox w "
-            "WHERE w.job_id = jobs.id AND w.state = 'pending')",
-            "NOT (tenant = ANY(%s))",
-        ]
-        params: list[object] = [before, sorted(other_than)]
-        if tenant is not None:
-            where.append("tenant = %s")
-            params.append(tenant)
-        query = f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY updated_at, id LIMIT %s"
-        return [codec.decode_job(r) for r in self._rows(query, [*params, limit])]
+        query, params = results.finished_jobs(_SELECT, before, limit, tenant, other_than)
+        return [codec.decode_job(r) for r in self._rows(pg(query), params)]
 
     def delete_jobs(self, jobs: Sequence[JobRecord]) -> list[Doomed]:
         doomed: list[Doomed] = []
         with self._conn() as conn, conn.transaction():
             for job in jobs:
-                gone = conn.execute(
-                    f"DELETE FROM jobs WHERE id = %s AND {_FINISHED} RETURNING 1", (job.id,)
-                ).fetchone()
-                if gone is None:
+                if conn.execute(pg(results.DELETE_FINISHED_JOB), (job.id,)).rowcount != 1:
                     continue
-                conn.execute("DELETE FROM webhook_outbox WHERE job_id = %s", (job.id,))
+                conn.execute(pg(results.DELETE_MESSAGES_OF_JOB), (job.id,))
                 entry = Doomed(job.id, job.tenant, output_bytes(job))
-                conn.execute(
-                    "INSERT INTO doomed_outputs (job_id, tenant, output_bytes) "
-                    "VALUES (%s, %s, %s) ON CONFLICT (job_id) DO UPDATE SET "
-                    "tenant = excluded.tenant, output_bytes = excluded.output_bytes",
-                    (entry.job_id, entry.tenant, entry.output_bytes),
-                )
+                conn.execute(pg(results.INSERT_DOOMED), results.doomed_values(entry))
                 doomed.append(entry)
         return doomed
 
     def doomed(self, limit: int) -> list[Doomed]:
-        rows = self._select(
-            "SELECT job_id, tenant, output_bytes FROM doomed_outputs ORDER BY job_id LIMIT %s",
-            (limit,),
-        )
-        return [Doomed(*r) for r in rows]
+        return [Doomed(*r) for r in self._select(pg(results.DOOMED), (limit,))]
 
     def forget_doomed(self, job_ids: Sequence[str]) -> None:
-        with self._conn() as conn:
-            conn.execute("DELETE FROM doomed_outputs WHERE job_id = ANY(%s)", (list(job_ids),))
+        with self._conn() as conn, conn.transaction():
+            for job_id in job_ids:
+                conn.execute(pg(results.FORGET_DOOMED), (job_id,))
 
     def close(self) -> None:
         pool, self._pool = self._pool, None

@@ -17,6 +17,7 @@ from comfyfleet.coordinator.model import (
     output_bytes,
 )
 from comfyfleet.coordinator.store import codec
+from comfyfleet.coordinator.store import results_sql as sql
 from comfyfleet.coordinator.store.base import (
     DEFAULT_PAGE,
     RECOVERY_PAGE,
@@ -39,12 +40,6 @@ _UPDATE = (
     "WHERE id = ? AND status = ? AND attempt = ?"
 )
 _NON_TERMINAL = tuple(s.value for s in JobStatus if s not in TERMINAL)
-_TERMINAL = tuple(sorted(s.value for s in TERMINAL))
-_MESSAGES = f"SELECT {codec.MESSAGE_COLUMNS} FROM webhook_outbox"
-_INSERT_MESSAGE = (
-    f"INSERT OR IGNORE INTO webhook_outbox ({codec.MESSAGE_COLUMNS}) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
 
 # Primary result codes that mean the medium failed, not the caller: sqlite3.h.
 _UNAVAILABLE = {
@@ -176,7 +171,9 @@ class SqliteStore:
             oks = [conn.execute(_UPDATE, p).rowcount == 1 for p in params]
             for ok, messages in zip(oks, outbox, strict=False):
                 if ok:
-                    conn.executemany(_INSERT_MESSAGE, [codec.encode_message(m) for m in messages])
+                    conn.executemany(
+                        sql.INSERT_MESSAGE, [codec.encode_message(m) for m in messages]
+                    )
             return oks
 
     def get_job(self, job_id: str) -> JobRecord | None:
@@ -255,40 +252,27 @@ class SqliteStore:
     def due_messages(
         self, now: float, limit: int, exclude: Collection[str] = ()
     ) -> list[WebhookMessage]:
-        skip = sorted(exclude)
-        not_in = f" AND id NOT IN ({', '.join('?' * len(skip))})" if skip else ""
-        sql = (
-            f"{_MESSAGES} WHERE state = 'pending' AND next_at <= ?{not_in} ORDER BY next_at LIMIT ?"
-        )
-        return [codec.decode_message(r) for r in self._select(sql, [now, *skip, limit])]
+        query, params = sql.due_messages(now, limit, exclude)
+        return [codec.decode_message(r) for r in self._select(query, params)]
 
     def next_message_at(self) -> float | None:
-        rows = self._select("SELECT MIN(next_at) FROM webhook_outbox WHERE state = 'pending'")
+        rows = self._select(sql.NEXT_MESSAGE_AT)
         return rows[0][0] if rows and rows[0][0] is not None else None
 
     def save_message(self, msg: WebhookMessage) -> None:
-        row = codec.encode_message(msg)
         with self._write() as conn:
-            conn.execute(
-                "UPDATE webhook_outbox SET next_at = ?, attempts = ?, state = ?, tries = ? "
-                "WHERE id = ?",
-                (row[7], row[8], row[9], row[10], msg.id),
-            )
+            conn.execute(sql.SAVE_MESSAGE, sql.save_message_values(msg))
 
     def messages_of_job(self, job_id: str) -> list[WebhookMessage]:
-        sql = f"{_MESSAGES} WHERE job_id = ? ORDER BY created_at, id"
-        return [codec.decode_message(r) for r in self._select(sql, (job_id,))]
+        rows = self._select(sql.MESSAGES_OF_JOB, (job_id,))
+        return [codec.decode_message(r) for r in rows]
 
     def load_tenants(self) -> dict[str, str]:
-        return dict(self._select("SELECT tenant, settings FROM tenants ORDER BY tenant"))
+        return dict(self._select(sql.LOAD_TENANTS))
 
     def save_tenant(self, tenant: str, settings: str) -> None:
         with self._write() as conn:
-            conn.execute(
-                "INSERT INTO tenants (tenant, settings) VALUES (?, ?) "
-                "ON CONFLICT (tenant) DO UPDATE SET settings = excluded.settings",
-                (tenant, settings),
-            )
+            conn.execute(sql.SAVE_TENANT, (tenant, settings))
 
     def finished_jobs(
         self,
@@ -298,50 +282,28 @@ class SqliteStore:
         tenant: str | None = None,
         other_than: Collection[str] = (),
     ) -> list[JobRecord]:
-        where = [
-            f"status IN ({', '.join('?' * len(_TERMINAL))})",
-            "updated_at < ?",
-            "NOT EXISTS (SELECT 1 FROM webhook_outbox w "
-            "WHERE w.job_id = jobs.id AND w.state = 'pending')",
-        ]
-        params: list[object] = [*_TERMINAL, before]
-        if tenant is not None:
-            where.append("tenant = ?")
-            params.append(tenant)
-        others = sorted(other_than)
-        if others:
-            where.append(f"tenant NOT IN ({', '.join('?' * len(others))})")
-            params.extend(others)
-        sql = f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY updated_at, id LIMIT ?"
-        return [codec.decode_job(r) for r in self._rows(sql, [*params, limit])]
+        query, params = sql.finished_jobs(_SELECT, before, limit, tenant, other_than)
+        return [codec.decode_job(r) for r in self._rows(query, params)]
 
     def delete_jobs(self, jobs: Sequence[JobRecord]) -> list[Doomed]:
-        marks = ", ".join("?" * len(_TERMINAL))
         doomed: list[Doomed] = []
         with self._write() as conn:
             for job in jobs:
-                gone = conn.execute(
-                    f"DELETE FROM jobs WHERE id = ? AND status IN ({marks})", (job.id, *_TERMINAL)
-                ).rowcount
-                if gone != 1:
+                if conn.execute(sql.DELETE_FINISHED_JOB, (job.id,)).rowcount != 1:
                     continue
-                conn.execute("DELETE FROM webhook_outbox WHERE job_id = ?", (job.id,))
+                conn.execute(sql.DELETE_MESSAGES_OF_JOB, (job.id,))
                 entry = Doomed(job.id, job.tenant, output_bytes(job))
-                conn.execute(
-                    "INSERT OR REPLACE INTO doomed_outputs (job_id, tenant, output_bytes) "
-                    "VALUES (?, ?, ?)",
-                    (entry.job_id, entry.tenant, entry.output_bytes),
-                )
+                conn.execute(sql.INSERT_DOOMED, sql.doomed_values(entry))
                 doomed.append(entry)
         return doomed
 
     def doomed(self, limit: int) -> list[Doomed]:
-        sql = "SELECT job_id, tenant, output_bytes FROM doomed_outputs ORDER BY job_id LIMIT ?"
-        return [Doomed(*r) for r in self._select(sql, (limit,))]
+        return [Doomed(*r) for r in self._select(sql.DOOMED, (limit,))]
 
     def forget_doomed(self, job_ids: Sequence[str]) -> None:
         with self._write() as conn:
-            conn.executemany("DELETE FROM doomed_outputs WHERE job_id = ?", [(j,) for j in job_ids])
+            for job_id in job_ids:
+                conn.execute(sql.FORGET_DOOMED, (job_id,))
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
