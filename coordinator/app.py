@@ -14,6 +14,7 @@ from comfyfleet.coordinator.api import (
     agent_routes,
     client_routes,
     graceful,
+    object_routes,
     openapi,
     stream_routes,
     tenant_routes,
@@ -26,6 +27,7 @@ from comfyfleet.coordinator.api.upload import UPLOAD_LOCKS, UploadLocks
 from comfyfleet.coordinator.config import CoordinatorConfig
 from comfyfleet.coordinator.errors import CoordinatorError
 from comfyfleet.coordinator.keyring import KeyRing
+from comfyfleet.coordinator.object_outputs import ObjectOutputs, parse_location
 from comfyfleet.coordinator.outputs import OutputFiles
 from comfyfleet.coordinator.service import Coordinator
 from comfyfleet.coordinator.store import open_store
@@ -67,10 +69,16 @@ def create_app(config: CoordinatorConfig, *, loops: bool = True) -> web.Applicat
     app.add_routes(web_routes.routes)
     app.add_routes(openapi.routes)
     app.add_routes(tenant_routes.routes)
+    app.add_routes(object_routes.routes)
 
     async def coordinator_ctx(app: web.Application) -> AsyncIterator[None]:
         store = open_store(config.data_dir, config.store)
-        coord = Coordinator(config, store, OutputFiles(config.outputs_dir, config.max_output_bytes))
+        outputs = (
+            OutputFiles(config.outputs_dir, config.max_output_bytes)
+            if config.output_store == "local"
+            else ObjectOutputs(config)
+        )
+        coord = Coordinator(config, store, outputs)
         coord.recover()
         app[COORDINATOR] = coord
         yield
@@ -110,6 +118,8 @@ def check_config(config: CoordinatorConfig) -> None:
             raise ConfigError("webhook_secret", exc.message) from None
     if not 0 < config.disk_high_water <= 1:
         raise ConfigError("disk_high_water", "must be a fraction above 0 and at most 1")
+    if config.output_store != "local":
+        parse_location(config.output_store)  # ConfigError naming output_store
     if config.webhook_concurrency < 1:
         raise ConfigError("webhook_concurrency", "must be at least 1")
 

@@ -62,6 +62,13 @@ class CoordinatorConfig:
     retention_s: float = 7 * 86_400.0  # finished jobs and their outputs are deleted after this
     retention_sweep_s: float = 60.0  # how often expired jobs are looked for
     disk_high_water: float = 0.9  # local outputs' filesystem fuller than this: shed oldest
+    # where outputs live: "local" (data_dir/outputs) or "s3://BUCKET/PREFIX" (S3-compatible
+    # object storage; credentials and region from the usual AWS environment variables or files)
+    output_store: str = "local"
+    s3_endpoint_url: str | None = None  # an S3-compatible service other than AWS
+    s3_region: str | None = None  # default: AWS_DEFAULT_REGION / the AWS config file
+    s3_part_size: int = 16 << 20  # outputs larger than this go up in parts of this size
+    s3_url_ttl_s: int = 900  # lifetime of presigned upload and download URLs
 
     @property
     def lost_after_s(self) -> float:

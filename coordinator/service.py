@@ -30,6 +30,7 @@ from comfyfleet.coordinator.learning import Learning
 from comfyfleet.coordinator.ledger import Ledger
 from comfyfleet.coordinator.metrics import Metrics
 from comfyfleet.coordinator.model import JobRecord
+from comfyfleet.coordinator.object_outputs import ObjectOutputs
 from comfyfleet.coordinator.output_store import LocalOutputs
 from comfyfleet.coordinator.outputs import OutputFiles
 from comfyfleet.coordinator.parts import Parts
@@ -86,7 +87,8 @@ class Coordinator:
         self.reports = Reports(parts)
         self.placer = Placer(parts)
         self.sweeper = Sweeper(parts)
-        self.retention = Retention(parts, LocalOutputs(outputs.root))
+        kept = outputs if isinstance(outputs, ObjectOutputs) else LocalOutputs(outputs.root)
+        self.retention = Retention(parts, kept)
         self.metrics.watch(self)
         # client calls (any coordinator)
         self.submit = self.intake.submit
