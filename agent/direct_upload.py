@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from comfyfleet.agent.coordinator_client import CoordinatorClient
 
 AGAIN = 8  # a checksum mismatch or missing parts, this many times running, gives up
+PARALLEL_PARTS = 4  # parts of one file in flight at once
 PART_TIMEOUT = aiohttp.ClientTimeout(total=600, sock_connect=10)
 
 
@@ -55,8 +56,13 @@ async def upload_direct(
         plan = await client._request("POST", f"{url}/plan", p.UploadPlan, params=params)
         if plan.complete:
             return p.UploadState(name=name, received=size, size=size, complete=True)
-        for part in plan.parts:
-            await put(part)
+        gate = asyncio.Semaphore(PARALLEL_PARTS)
+
+        async def gated(part: p.UploadPart) -> None:
+            async with gate:
+                await put(part)
+
+        await asyncio.gather(*(gated(part) for part in plan.parts))
         return await client._request(
             "POST", f"{url}/complete", p.UploadState, params={**params, "sha256": sha256}
         )

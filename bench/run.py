@@ -23,7 +23,16 @@ from typing import Any
 
 import psutil
 
-from bench import comfy_facade, dispatch, heartbeat, placement, streaming, utilisation, webhooks
+from bench import (
+    comfy_facade,
+    dispatch,
+    heartbeat,
+    object_store,
+    placement,
+    streaming,
+    utilisation,
+    webhooks,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,6 +46,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "stream_mb": 512,
         "comfy": {"jobs": 1000, "sockets": 1000, "posts": 30},
         "webhook_jobs": 300,
+        "object_store_mb": 256,
     },
     "quick": {
         "dispatch_jobs": 200,
@@ -47,6 +57,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "stream_mb": 64,
         "comfy": {"jobs": 200, "sockets": 1000, "posts": 10},
         "webhook_jobs": 100,
+        "object_store_mb": 64,
     },
 }
 
@@ -111,6 +122,8 @@ def bench_all(
         timed("comfy", lambda d: comfy_facade.run(d, **size["comfy"]))
     if want("webhooks"):
         timed("webhooks", lambda d: webhooks.run(d, size["webhook_jobs"]))
+    if want("object_store"):
+        timed("object_store", lambda d: object_store.run(d, size["object_store_mb"]))
     return res
 
 
@@ -380,6 +393,23 @@ def render(
         ]
     elif wh:
         out.append(f"failed: {wh}")
+    out += ["", "## 9. Output bytes: agent → object storage vs agent → coordinator disk", ""]
+    ob = res.get("object_store")
+    if ob and "size_mb" in ob:
+        out += [
+            f"One {ob['size_mb']} MB output (random bytes), the agent's own upload code, same run:",
+            "",
+            "- agent → coordinator disk (chunked PUTs): "
+            f"{ob['agent_to_coordinator_disk_mb_s']} MB/s",
+            f"- agent → object storage (presigned PUTs, {ob['part_size_mb']} MB parts, 4 in "
+            f"flight; then the coordinator reads it back for the sha256): "
+            f"{ob['agent_to_object_storage_mb_s']} MB/s",
+            "",
+            "The object store here is moto's server (Python, in memory, on the same cores): it "
+            "measures the path, not what S3 or MinIO would sustain.",
+        ]
+    elif ob:
+        out.append(f"failed: {ob}")
     out += [
         "",
         "## 7. Real ComfyUI overhead",
@@ -410,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
             "streaming",
             "comfy",
             "webhooks",
+            "object_store",
         ],
     )
     ap.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")

@@ -36,6 +36,7 @@ BODY_TYPES: tuple[type[Any], ...] = (
     p.LeaseReply,
     p.Ack,
     p.UploadState,
+    p.UploadPlan,
 )
 
 ERROR_SCHEMA: dict[str, Any] = {
@@ -254,6 +255,23 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         tag="agent",
         params=_AGENT_OUTPUT_PARAMS,
         errors=("400", "404", "409"),
+        answer="UploadState",
+    ),
+    ("post", "/agent/v1/jobs/{job_id}/outputs/{name}/plan"): _op(
+        "Agent protocol, outputs in object storage: the parts still to PUT, presigned",
+        tag="agent",
+        params=_AGENT_OUTPUT_PARAMS,
+        errors=("400", "404", "409", "502", "503"),
+        answer="UploadPlan",
+    ),
+    ("post", "/agent/v1/jobs/{job_id}/outputs/{name}/complete"): _op(
+        "Agent protocol, outputs in object storage: finish and verify one output",
+        tag="agent",
+        params=[
+            *_AGENT_OUTPUT_PARAMS,
+            _query("sha256", {"type": "string", "pattern": "^[0-9a-f]{64}$"}, True),
+        ],
+        errors=("400", "404", "409", "502", "503"),
         answer="UploadState",
     ),
 }
