@@ -22,15 +22,20 @@ from comfyfleet.coordinator.comfy.errors import errors_middleware
 from comfyfleet.coordinator.comfy.files import UploadStore
 from comfyfleet.coordinator.comfy.hub import Hub
 from comfyfleet.coordinator.comfy.keys import (
+    ASSETS,
     COMFY_CONFIG,
     DELETED,
     HUB,
     NUMBERS,
     PORT,
+    STREAMS,
     UPLOADS,
     Numbers,
 )
 from comfyfleet.coordinator.comfy.port import FleetPort
+from comfyfleet.coordinator.comfy.v2 import routes_assets, routes_jobs
+from comfyfleet.coordinator.comfy.v2.assets import AssetIndex
+from comfyfleet.coordinator.comfy.v2.streams import JobStreams
 from comfyfleet.coordinator.config import CoordinatorConfig
 from comfyfleet.coordinator.keyring import KeyRing
 from comfyfleet.coordinator.service import Coordinator
@@ -47,6 +52,8 @@ def _routes() -> Iterable[RouteSpec]:
         yield spec
         method, path, handler = spec
         yield method, f"/api{path}", handler
+    yield from routes_jobs.ROUTES  # Comfy API v2: under /api/v2 only
+    yield from routes_assets.ROUTES
 
 
 def create_comfy_app(
@@ -65,22 +72,30 @@ def create_comfy_app(
     app[KEYRING] = keyring
     port = FleetPort(coordinator)
     hub = Hub()
+    streams = JobStreams()
     app[PORT] = port
     app[HUB] = hub
+    app[STREAMS] = streams
     app[UPLOADS] = UploadStore(config.comfy_dir / "uploads")
     app[DELETED] = DeletedHistory(config.comfy_dir / "history-deleted.jsonl")
     app[NUMBERS] = Numbers()
+    app[ASSETS] = AssetIndex(config.comfy_dir / "v2-assets.sqlite3")
     for method, path, handler in _routes():
         app.router.add_route(method, path, handler)
 
     async def follow(app: web.Application) -> AsyncIterator[None]:
         port.watch(hub)
+        port.watch(streams)
         yield
+        port.unwatch(streams)
         port.unwatch(hub)
         hub.close_all()
+        streams.close_all()
+        app[ASSETS].close()
 
     async def close_sockets(app: web.Application) -> None:
         hub.close_all()
+        streams.close_all()
 
     app.cleanup_ctx.append(follow)
     app.on_shutdown.append(close_sockets)

@@ -40,6 +40,7 @@ from comfyfleet.coordinator.comfy.stream import (
     Status,
     Text,
 )
+from comfyfleet.coordinator.comfy.v2.shapes import V2
 from comfyfleet.coordinator.model import JobRecord
 from comfyfleet.shared.protocol import JobEvent
 from comfyfleet.shared.status import TERMINAL, JobStatus
@@ -132,6 +133,7 @@ class Prompt:
     client_id: str | None
     stream: PromptStream
     ran: bool = False  # went RUNNING (once: status is sent on the first start only)
+    keep_end: bool = True  # keep the end for a client that has no socket (not for v2 jobs)
     legacy: LegacyOrder = field(default_factory=LegacyOrder)  # for a client without metadata
 
 
@@ -156,6 +158,7 @@ class Hub:
         if meta is None:
             return None
         prompt = Prompt(job.tenant, meta.client_id, PromptStream(job.id, meta.prompt_id, started))
+        prompt.keep_end = V2 not in job.spec.metadata  # a v2 client follows its job over SSE
         prompt.ran = started
         self.prompts[job.id] = prompt
         self.open_count[job.tenant] = self.open_count.get(job.tenant, 0) + 1
@@ -252,7 +255,7 @@ class Hub:
             for out in outs:
                 sock.put(self._encode(out, prompt, sock))
             return
-        if final:  # keep the end for the client's next socket
+        if final and prompt.keep_end:  # keep the end for the client's next socket
             frames = [self._encode(o, prompt, None) for o in outs if not isinstance(o, Binary)]
             self._keep_missed((tenant, client), frames)
 
