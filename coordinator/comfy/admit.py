@@ -16,7 +16,7 @@ from comfyfleet.coordinator.comfy.catalog import upload_choices
 from comfyfleet.coordinator.comfy.files import UploadStore
 from comfyfleet.coordinator.comfy.port import FleetView
 from comfyfleet.coordinator.comfy.prompts import carry_name, upload_refs
-from comfyfleet.coordinator.comfy.validation import Verdict, validate
+from comfyfleet.shared.comfy_validation import Verdict, validate
 from comfyfleet.shared.errors import InvalidInput
 
 __all__ = ["Admitted", "admit"]

@@ -18,7 +18,7 @@ from comfyfleet.coordinator.comfy.errors import read_json
 from comfyfleet.coordinator.comfy.history import history_entry, queue_lists
 from comfyfleet.coordinator.comfy.keys import DELETED, HUB, NUMBERS, PORT, UPLOADS
 from comfyfleet.coordinator.comfy.prompts import job_id_for, meta_of, parse_prompt, to_spec
-from comfyfleet.coordinator.comfy.validation import no_prompt
+from comfyfleet.shared.comfy_validation import no_prompt
 from comfyfleet.shared.errors import InvalidInput
 from comfyfleet.shared.status import JobStatus
 
