@@ -15,7 +15,13 @@ from aiohttp import web
 
 from comfyfleet.coordinator.api.auth import KEYRING
 from comfyfleet.coordinator.api.errors import Handler
-from comfyfleet.coordinator.comfy import routes_files, routes_info, routes_prompt, ws
+from comfyfleet.coordinator.comfy import (
+    routes_files,
+    routes_info,
+    routes_jobs_api,
+    routes_prompt,
+    ws,
+)
 from comfyfleet.coordinator.comfy.auth import auth_middleware
 from comfyfleet.coordinator.comfy.deleted import DeletedHistory
 from comfyfleet.coordinator.comfy.errors import errors_middleware
@@ -52,6 +58,7 @@ def _routes() -> Iterable[RouteSpec]:
         yield spec
         method, path, handler = spec
         yield method, f"/api{path}", handler
+    yield from routes_jobs_api.ROUTES  # ComfyUI's Jobs API: under /api only, as ComfyUI has it
     yield from routes_jobs.ROUTES  # Comfy API v2: under /api/v2 only
     yield from routes_assets.ROUTES
 
