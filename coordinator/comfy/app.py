@@ -20,25 +20,30 @@ from comfyfleet.coordinator.comfy import (
     routes_info,
     routes_jobs_api,
     routes_prompt,
+    routes_ui,
     ws,
 )
 from comfyfleet.coordinator.comfy.auth import auth_middleware
 from comfyfleet.coordinator.comfy.deleted import DeletedHistory
 from comfyfleet.coordinator.comfy.errors import errors_middleware
 from comfyfleet.coordinator.comfy.files import UploadStore
+from comfyfleet.coordinator.comfy.frontend import frontend
 from comfyfleet.coordinator.comfy.hub import Hub
 from comfyfleet.coordinator.comfy.keys import (
     ASSETS,
     COMFY_CONFIG,
     DELETED,
+    FRONTEND,
     HUB,
     NUMBERS,
     PORT,
     STREAMS,
     UPLOADS,
+    USERDATA,
     Numbers,
 )
 from comfyfleet.coordinator.comfy.port import FleetPort
+from comfyfleet.coordinator.comfy.userdata import UserData
 from comfyfleet.coordinator.comfy.v2 import routes_assets, routes_jobs
 from comfyfleet.coordinator.comfy.v2.assets import AssetIndex
 from comfyfleet.coordinator.comfy.v2.streams import JobStreams
@@ -54,7 +59,8 @@ RouteSpec = tuple[str, str, Handler]
 
 
 def _routes() -> Iterable[RouteSpec]:
-    for spec in (*routes_prompt.ROUTES, *routes_files.ROUTES, *routes_info.ROUTES, *ws.ROUTES):
+    listed = (routes_prompt, routes_files, routes_info, routes_ui, ws)
+    for spec in (route for module in listed for route in module.ROUTES):
         yield spec
         method, path, handler = spec
         yield method, f"/api{path}", handler
@@ -87,8 +93,14 @@ def create_comfy_app(
     app[DELETED] = DeletedHistory(config.comfy_dir / "history-deleted.jsonl")
     app[NUMBERS] = Numbers()
     app[ASSETS] = AssetIndex(config.comfy_dir / "v2-assets.sqlite3")
+    app[USERDATA] = UserData(config.comfy_dir / "userdata")
+    app[FRONTEND] = ui = frontend()
     for method, path, handler in _routes():
         app.router.add_route(method, path, handler)
+    app.router.add_route("GET", "/", routes_ui.index)
+    app.router.add_route("*", "/api/v2/{tail:.*}", routes_jobs.unknown)  # v2's 404, not a file
+    if ui.root is not None:  # the web UI's files, behind every route (as ComfyUI serves them)
+        app.router.add_static("/", ui.root)
 
     async def follow(app: web.Application) -> AsyncIterator[None]:
         port.watch(hub)

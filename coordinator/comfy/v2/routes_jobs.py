@@ -86,6 +86,10 @@ def view(request: web.Request, job: JobRecord) -> JobView:
     return JobView(base_url(request), port.queue_position(live), streams.progress(job.id))
 
 
+async def unknown(request: web.Request) -> web.Response:
+    raise V2Error(404, "not_found", f"No route {request.method} {request.path[:200]}.")
+
+
 async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "healthy", "upstream": "comfyfleet"})
 
