@@ -1,10 +1,11 @@
-"""The agent's side of the protocol: msgpack over HTTP, retries on connection trouble."""
+"""The agent's side of the protocol: msgpack over HTTP, every call under the one retry policy
+(shared/retry.py) with the limit its call site needs."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import ssl
+import time
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,21 +15,36 @@ import structlog
 
 from comfyfleet.shared import codec
 from comfyfleet.shared import protocol as p
+from comfyfleet.shared.retry import ONCE, RetryPolicy, Transient, retry_after_s, retryable_status
 
 log = structlog.get_logger("agent.coordinator")
 T = TypeVar("T")
+
+# How long each call keeps trying through connection errors, timeouts, 408, 429 and 5xx.
+REGISTER = RetryPolicy(deadline_s=30.0)  # register_until_done goes on with a fresh message
+STARTED = RetryPolicy(deadline_s=30.0)
+EVENTS = RetryPolicy(attempts=2, wait_max_s=1.0)  # progress is best effort
+REPORT = RetryPolicy()  # outputs and finish: until the coordinator answers, however long
+OFFSET_CONFLICTS = 8  # an upload out of step this many times running gives up
 
 
 class AgentError(Exception):
     """Base of every exception raised by comfyfleet.agent."""
 
 
-class CoordinatorUnavailable(AgentError):
-    pass
+class CoordinatorUnavailable(AgentError, Transient):
+    """No usable answer: no connection, a timeout, or a status in `status` (408, 429, 5xx)."""
+
+    def __init__(
+        self, message: str, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after_s = retry_after
 
 
 class Refused(AgentError):
-    """The coordinator answered 4xx: `status` and its error body."""
+    """The coordinator answered 4xx (not 408 or 429): `status` and its error body."""
 
     def __init__(self, status: int, error: dict[str, Any]) -> None:
         super().__init__(f"HTTP {status}: {error.get('message', error)}")
@@ -38,6 +54,28 @@ class Refused(AgentError):
     @property
     def stale(self) -> bool:
         return self.status == 409 and self.error.get("code") == "stale_attempt"
+
+
+def answer(status: int, ctype: str, data: bytes, reply: type[T], retry_after: str | None) -> T:
+    """The reply of a 200; CoordinatorUnavailable for what may be retried; Refused for a 4xx."""
+    if status == 200:
+        return codec.decode(data, reply, codec.MSGPACK if ctype == codec.MSGPACK else codec.JSON)
+    try:
+        decoded = (
+            msgspec.msgpack.decode(data) if ctype == codec.MSGPACK else msgspec.json.decode(data)
+        )
+        error = decoded.get("error", {}) if isinstance(decoded, dict) else {}
+    except msgspec.DecodeError:
+        error = {"message": data[:200].decode(errors="replace")}
+    if not isinstance(error, dict):
+        error = {"message": str(error)}
+    if retryable_status(status) or not 400 <= status < 500:
+        raise CoordinatorUnavailable(
+            f"HTTP {status}: {error.get('message', '')}",
+            status,
+            retry_after_s(retry_after, time.time()),
+        )
+    raise Refused(status, error)
 
 
 class CoordinatorClient:
@@ -58,64 +96,65 @@ class CoordinatorClient:
         self.auth = {"Authorization": f"Bearer {token}"} if token else {}
         self.ssl: ssl.SSLContext | bool = ssl_context or True
 
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        reply: type[T],
+        *,
+        params: dict[str, str] | None = None,
+        data: bytes | None = None,
+        content_type: str | None = None,
+        http_timeout: aiohttp.ClientTimeout | None = None,
+    ) -> T:
+        """One HTTP request, no retry; transport failures become CoordinatorUnavailable."""
+        headers = {"Accept": codec.MSGPACK, **self.auth}
+        if content_type:
+            headers["Content-Type"] = content_type
+        try:
+            async with self.session.request(
+                method,
+                url,
+                params=params,
+                data=data,
+                timeout=http_timeout or self.timeout,
+                headers=headers,
+                ssl=self.ssl,
+            ) as resp:
+                body = await resp.read()
+                return answer(
+                    resp.status, resp.content_type, body, reply, resp.headers.get("Retry-After")
+                )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise CoordinatorUnavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+
     async def call(
         self,
         path: str,
         msg: Any,
         reply: type[T],
-        *,
-        retries: int = 3,
+        policy: RetryPolicy,
         http_timeout: aiohttp.ClientTimeout | None = None,
     ) -> T:
         body = codec.encode(msg)
-        delay = 0.2
-        for attempt in range(retries + 1):
-            try:
-                async with self.session.post(
-                    f"{self.base}/{path}",
-                    data=body,
-                    timeout=http_timeout or self.timeout,
-                    headers={"Content-Type": codec.MSGPACK, "Accept": codec.MSGPACK, **self.auth},
-                    ssl=self.ssl,
-                ) as resp:
-                    data = await resp.read()
-                    return self._answer(resp.status, resp.content_type, data, reply)
-            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-                if attempt == retries:
-                    raise CoordinatorUnavailable(f"{path}: {type(exc).__name__}: {exc}") from exc
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-        raise CoordinatorUnavailable(path)
-
-    @staticmethod
-    def _answer(status: int, ctype: str, data: bytes, reply: type[T]) -> T:
-        if status == 200:
-            return codec.decode(
-                data, reply, codec.MSGPACK if ctype == codec.MSGPACK else codec.JSON
-            )
-        try:
-            decoded = (
-                msgspec.msgpack.decode(data)
-                if ctype == codec.MSGPACK
-                else msgspec.json.decode(data)
-            )
-            error = decoded.get("error", {}) if isinstance(decoded, dict) else {}
-        except msgspec.DecodeError:
-            error = {"message": data[:200].decode(errors="replace")}
-        if 400 <= status < 500:
-            raise Refused(status, error)
-        raise CoordinatorUnavailable(f"HTTP {status}: {error.get('message', '')}")
+        url = f"{self.base}/{path}"
+        return await policy.call(
+            lambda: self._request(
+                "POST", url, reply, data=body, content_type=codec.MSGPACK, http_timeout=http_timeout
+            ),
+            path,
+        )
 
     async def register(self, msg: p.Register) -> p.RegisterReply:
-        return await self.call("register", msg, p.RegisterReply)
+        return await self.call("register", msg, p.RegisterReply, REGISTER)
 
     async def heartbeat(self, msg: p.Heartbeat) -> p.HeartbeatReply:
-        return await self.call("heartbeat", msg, p.HeartbeatReply, retries=0)
+        return await self.call("heartbeat", msg, p.HeartbeatReply, ONCE)
 
     async def lease(self, free: dict[str, int], wait_s: float) -> p.LeaseReply:
         msg = p.LeaseRequest(agent_id=self.agent_id, free=free, wait_s=wait_s)
         timeout = aiohttp.ClientTimeout(total=wait_s + 15, sock_connect=5)
-        return await self.call("lease", msg, p.LeaseReply, retries=0, http_timeout=timeout)
+        return await self.call("lease", msg, p.LeaseReply, ONCE, timeout)
 
     async def started(self, job: p.Assignment, prompt_id: str, seeds: dict[str, int]) -> p.Ack:
         return await self.call(
@@ -128,6 +167,7 @@ class CoordinatorClient:
                 seeds=seeds,
             ),
             p.Ack,
+            STARTED,
         )
 
     async def events(self, job: p.JobRef, events: list[p.JobEvent]) -> p.Ack:
@@ -135,74 +175,70 @@ class CoordinatorClient:
             "events",
             p.Events(agent_id=self.agent_id, job_id=job.job_id, attempt=job.attempt, events=events),
             p.Ack,
-            retries=1,
+            EVENTS,
         )
 
     async def finish(self, msg: p.Finish) -> p.Ack:
-        return await self.call("finish", msg, p.Ack, retries=8)
-
-    async def _upload_call(
-        self, method: str, url: str, params: dict[str, str], data: bytes | None = None
-    ) -> p.UploadState:
-        """One output request: PUT a chunk, or GET how much of the file the coordinator holds."""
-        async with self.session.request(
-            method,
-            url,
-            params=params,
-            data=data,
-            timeout=self.timeout,
-            headers={"Accept": codec.MSGPACK, **self.auth},
-            ssl=self.ssl,
-        ) as resp:
-            return self._answer(resp.status, resp.content_type, await resp.read(), p.UploadState)
+        return await self.call("finish", msg, p.Ack, REPORT)
 
     async def upload(
         self, job: p.JobRef, name: str, path: Path, size: int, sha256: str, chunk_size: int
     ) -> None:
-        """Send one output file in chunks, resuming from what the coordinator already holds."""
+        """Send one output file in chunks, resuming from what the coordinator already holds;
+        retries (REPORT) until the coordinator has it all, however long it is unavailable."""
         url = f"{self.base}/jobs/{job.job_id}/outputs/{name}"
         params = {"agent_id": self.agent_id, "attempt": str(job.attempt), "size": str(size)}
         offset = 0
-        failures = 0
+        resume = False  # ask where to resume first (after a failed or out-of-step chunk)
         ahead: tuple[int, asyncio.Future[bytes]] | None = None
+
+        async def step() -> p.UploadState:
+            nonlocal offset, resume, ahead
+            if resume:
+                state = await self._request("GET", url, p.UploadState, params=params)
+                if state.complete:
+                    return state
+                offset, resume = state.received, False
+            if ahead is not None and ahead[0] == offset:
+                data = await ahead[1]
+            else:
+                _drop(ahead)
+                data = await asyncio.to_thread(_read_at, path, offset, chunk_size)
+            ahead = None
+            if offset + len(data) < size:  # read the next chunk while this one travels
+                ahead = (
+                    offset + len(data),
+                    asyncio.ensure_future(
+                        asyncio.to_thread(_read_at, path, offset + len(data), chunk_size)
+                    ),
+                )
+            resume = True  # if this PUT fails, part of it may have arrived
+            state = await self._request(
+                "PUT",
+                url,
+                p.UploadState,
+                params={**params, "offset": str(offset), "sha256": sha256},
+                data=data,
+            )
+            resume = False
+            return state
+
+        conflicts = 0
         try:
             while True:
                 try:
-                    if failures:  # after trouble, ask where to resume
-                        state = await self._upload_call("GET", url, params)
-                        offset = state.received
-                        if state.complete:
-                            return
-                    if ahead is not None and ahead[0] == offset:
-                        data = await ahead[1]
-                    else:
-                        _drop(ahead)
-                        data = await asyncio.to_thread(_read_at, path, offset, chunk_size)
-                    ahead = None
-                    if offset + len(data) < size:  # read the next chunk while this one travels
-                        ahead = (
-                            offset + len(data),
-                            asyncio.ensure_future(
-                                asyncio.to_thread(_read_at, path, offset + len(data), chunk_size)
-                            ),
-                        )
-                    state = await self._upload_call(
-                        "PUT", url, {**params, "offset": str(offset), "sha256": sha256}, data
-                    )
-                    if state.complete:
-                        return
-                    offset = state.received
-                    failures = 0
-                except (aiohttp.ClientConnectionError, TimeoutError, CoordinatorUnavailable) as exc:
-                    failures += 1
-                    if failures > 8:
-                        raise CoordinatorUnavailable(f"upload {name}: {exc}") from exc
-                    await asyncio.sleep(min(0.2 * 2**failures, 5.0))
+                    state = await REPORT.call(step, f"upload {name}")
                 except Refused as exc:
-                    if exc.status == 409 and exc.error.get("field") == "offset":
-                        failures += 1  # out of step: ask where to resume
-                        continue
-                    raise
+                    if exc.status != 409 or exc.error.get("field") != "offset":
+                        raise
+                    conflicts += 1  # out of step: ask where to resume
+                    if conflicts > OFFSET_CONFLICTS:
+                        raise
+                    resume = True
+                    continue
+                if state.complete:
+                    return
+                offset, conflicts = state.received, 0
         finally:
             _drop(ahead)
 
@@ -219,11 +255,3 @@ def _read_at(path: Path, offset: int, size: int) -> bytes:
     with open(path, "rb") as fh:
         fh.seek(offset)
         return fh.read(size)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any
 
 from comfyfleet.agent.comfyui.client import ComfyUIClient
@@ -30,6 +31,24 @@ class Inventory:
         )
 
 
+# ComfyUI's `folder_paths.supported_pt_extensions`: the files its model loaders accept.
+MODEL_EXTENSIONS = frozenset(
+    {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
+)
+# Folders that GET /models lists but that hold no models: YAML configs and custom node code
+# (GET /models/custom_nodes lists every file there, e.g. websocket_image_save.py).
+NOT_MODEL_FOLDERS = frozenset({"configs", "custom_nodes"})
+
+
+def model_files(folder: str, files: Iterable[str]) -> set[str]:
+    """The model files among what GET /models/{folder} listed (pure)."""
+    if folder in NOT_MODEL_FOLDERS:
+        return set()
+    return {
+        f for f in files if PurePosixPath(f.replace("\\", "/")).suffix.lower() in MODEL_EXTENSIONS
+    }
+
+
 async def read_inventory(client: ComfyUIClient) -> Inventory:
     """Raises ComfyUIError when the instance does not answer."""
     info = await client.object_info()
@@ -37,8 +56,8 @@ async def read_inventory(client: ComfyUIClient) -> Inventory:
     folders: dict[str, tuple[str, ...]] = {}
     for folder in await client.model_folders():
         names = await client.models(folder)
-        folders[folder] = tuple(names)
-        models.update(names)
+        folders[folder] = tuple(names)  # as ComfyUI listed them (the ComfyUI facade)
+        models.update(model_files(folder, names))  # what placement may count on
     return Inventory(frozenset(models), frozenset(info), info, folders)
 
 

@@ -137,6 +137,9 @@ async def serve(config: CoordinatorConfig) -> int:
     else:
         log.info("coordinator_stopping", reason="signal")
     stopped.cancel()
+    # the sweeper stops first: while we stop, agents cannot reach us, and must not be declared
+    # lost (and their jobs requeued) for it
+    await app[SUPERVISOR].stop()
     if comfy_runner is not None:
         await comfy_runner.cleanup()
     await graceful.stop(runner, [site], app[graceful.INFLIGHT], config.shutdown_grace_s)

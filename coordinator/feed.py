@@ -15,6 +15,7 @@ from comfyfleet.coordinator import events as ev
 from comfyfleet.coordinator.events import EventBus
 from comfyfleet.coordinator.metrics import Metrics
 from comfyfleet.coordinator.model import JobRecord
+from comfyfleet.shared.media import served_as
 from comfyfleet.shared.protocol import JobEvent
 from comfyfleet.shared.status import TERMINAL, JobStatus
 
@@ -24,8 +25,10 @@ if TYPE_CHECKING:
 
 
 def output_json(job: JobRecord, entry: dict[str, Any]) -> dict[str, Any]:
+    """An output as clients see it: its content type is the one it is served with."""
     return {
         **{k: v for k, v in entry.items() if k != "attempt"},
+        "content_type": served_as(entry["name"]).content_type,
         "url": f"/v1/jobs/{job.id}/outputs/{entry['name']}",
     }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -45,6 +46,10 @@ class AgentState:
     snapshot_at: float = 0.0  # when the GPU numbers were measured (last heartbeat)
     draining: bool = False
     lost_deadline: float | None = None  # set while RECONNECTING: lost if still absent then
+    instance: str = ""  # the agent process that registered last (Register.instance_id)
+    # when this coordinator last answered the agent's register or heartbeat: the agent builds
+    # its next report after reading that answer (reconcile.py)
+    answered_at: float = -math.inf
     jobs: set[str] = field(default_factory=set)  # ASSIGNED / RUNNING job ids placed here
     to_deliver: deque[str] = field(default_factory=deque)  # assigned, not yet sent by a lease
     to_cancel: dict[str, JobRef] = field(default_factory=dict)  # cancels to send
@@ -65,6 +70,7 @@ class AgentState:
         self.labels = dict(msg.labels)
         self.models = frozenset(msg.models)
         self.node_classes = None if msg.node_classes is None else frozenset(msg.node_classes)
+        self.instance = msg.instance_id
         if msg.comfyui is not None:
             self.comfyui = msg.comfyui
         self.registered_at = now

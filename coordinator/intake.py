@@ -14,10 +14,10 @@ import structlog
 
 from comfyfleet.coordinator import jobs as moves
 from comfyfleet.coordinator.admission import check_queue
-from comfyfleet.coordinator.errors import Conflict, NotFound, Unprocessable
+from comfyfleet.coordinator.errors import Conflict, NotFound
 from comfyfleet.coordinator.estimates import learned_vram_mb
 from comfyfleet.coordinator.fleet import AgentState, AgentStatus
-from comfyfleet.coordinator.inventory import decode_inputs, fleet_gap
+from comfyfleet.coordinator.inventory import check_fleet_can_run, decode_inputs
 from comfyfleet.coordinator.ledger import Change
 from comfyfleet.coordinator.model import JobRecord, WorkflowFacts
 from comfyfleet.coordinator.parts import Part
@@ -45,13 +45,7 @@ class Intake(Part):
             decode_inputs(spec.inputs, self.config.max_input_bytes)
         facts = WorkflowFacts.of(spec.workflow)
         live_agents = [a for a in self.live.agents.values() if a.status != AgentStatus.LOST]
-        gap = fleet_gap(
-            facts.model_refs,
-            facts.node_classes,
-            [(a.models, a.node_classes) for a in live_agents],
-        )
-        if gap is not None:
-            raise Unprocessable(f"no agent can run this workflow: {gap}", "workflow")
+        check_fleet_can_run(spec, facts, self.live.agents.values())
         vram = spec.resources.vram_mb
         if vram is None:
             largest = max((g.vram_total_mb for a in live_agents for g in a.gpus), default=None)

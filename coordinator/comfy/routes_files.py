@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import mimetypes
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +26,9 @@ from comfyfleet.coordinator.comfy.history import comfy_refs
 from comfyfleet.coordinator.comfy.keys import COMFY_CONFIG, PORT, UPLOADS
 from comfyfleet.coordinator.comfy.port import FleetPort
 from comfyfleet.shared.errors import InvalidInput
+from comfyfleet.shared.media import served_as
 
 __all__ = ["ROUTES"]
-
-_DOWNLOAD_ONLY = {"text/html", "text/html-sandboxed", "application/xhtml+xml", "text/javascript",
-                  "text/css"}  # fmt: skip
 
 
 def _find(port: FleetPort, uploads: UploadStore, who: str, kind: str, sub: str, name: str) -> Path:
@@ -79,10 +76,16 @@ async def get_view(request: web.Request) -> web.StreamResponse:
             raise Bare(400) from None
         if made is not None:
             return web.Response(body=made[0], content_type=made[1], headers=disposition)
-    content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-    if content_type in _DOWNLOAD_ONLY:
-        content_type = "application/octet-stream"
-    return web.FileResponse(path, headers={**disposition, "Content-Type": content_type})
+    # the one allow-list (shared/media.py): where ComfyUI would send an SVG or XML file as itself
+    # (script on this origin), it is a download here
+    return web.FileResponse(
+        path,
+        headers={
+            **disposition,
+            "Content-Type": served_as(name).content_type,
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
 
 
 async def _form(request: web.Request) -> Any:

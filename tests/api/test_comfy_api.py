@@ -85,7 +85,8 @@ async def make(aiohttp_client: Any, tmp_path: Path, keys: bool) -> Facade:
         entries = {}
         for who, kind, tenant in (("acme", "client", "acme"), ("beta", "client", "beta"),
                                   ("gpu", "agent", None)):  # fmt: skip
-            cred, entry = new_credential(kind, tenant=tenant)  # type: ignore[arg-type]
+            agent_id = "gpu-1" if kind == "agent" else None  # the token of agent gpu-1 only
+            cred, entry = new_credential(kind, tenant=tenant, agent_id=agent_id)  # type: ignore[arg-type]
             creds[who] = cred
             entries[entry.id] = entry
         write_keys(config.keys_path, entries)
@@ -208,6 +209,23 @@ async def test_upload_naming_overwrite_and_mask(open_facade: Facade) -> None:
     got = await c.get("/view", params={"filename": name, "type": "input"})
     with Image.open(io.BytesIO(await got.read())) as img:
         assert img.mode == "RGBA" and img.getpixel((0, 0))[3] == 128
+
+
+async def test_view_serves_by_the_one_allow_list_with_nosniff(open_facade: Facade) -> None:
+    """An uploaded SVG (script on this origin, were it served as image/svg+xml) comes back as a
+    download of application/octet-stream; a PNG stays image/png. Both with nosniff."""
+    c = open_facade.client
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
+    for name, data, ctype in (
+        ("a.svg", svg, "application/octet-stream"),
+        ("b.png", png((1, 1, 1)), "image/png"),
+    ):
+        up = await c.post("/upload/image", data=upload_form(data, name))
+        assert up.status == 200, await up.text()
+        got = await c.get("/view", params={"filename": name, "type": "input"})
+        assert got.status == 200
+        assert got.headers["Content-Type"] == ctype, name
+        assert got.headers["X-Content-Type-Options"] == "nosniff"
 
 
 # --- bad input on every route ----------------------------------------------------------------
