@@ -12,14 +12,9 @@ import pytest
 
 from comfyfleet.coordinator.comfy.jobs_api import _summary
 from comfyfleet.shared import protocol as p
-from tests.api.test_comfy_api import NORMAL, Facade, make, png
+from tests.helpers.comfy_facade import NORMAL, Facade, make, png
 
 WORKFLOW = NORMAL["prompt"]
-
-
-@pytest.fixture
-async def facade(aiohttp_client: Any, tmp_path: Any) -> Facade:
-    return await make(aiohttp_client, tmp_path, keys=False)
 
 
 async def post(c: Any, **body: Any) -> str:
@@ -29,9 +24,9 @@ async def post(c: Any, **body: Any) -> str:
     return pid
 
 
-async def test_list_get_and_cancel(facade: Facade) -> None:
-    c = facade.client
-    agent = await facade.agent()
+async def test_list_get_and_cancel(open_facade: Facade) -> None:
+    c = open_facade.client
+    agent = await open_facade.agent()
     extra = {"extra_pnginfo": {"workflow": {"id": "wf-1"}}}
     done, running, waiting = [await post(c, extra_data=extra) for _ in range(3)]
     job = (await agent.lease(5.0)).jobs[0]
@@ -140,9 +135,9 @@ BAD = [
 
 @pytest.mark.parametrize(("method", "path", "kw"), BAD)
 async def test_bad_input_is_refused_as_comfyui_does(
-    facade: Facade, method: str, path: str, kw: dict[str, Any]
+    open_facade: Facade, method: str, path: str, kw: dict[str, Any]
 ) -> None:
-    resp = await facade.client.request(method, path, **kw)
+    resp = await open_facade.client.request(method, path, **kw)
     body = await resp.json()
     assert resp.status in (400, 404), body
     assert isinstance(body["error"], str) and body["error"]

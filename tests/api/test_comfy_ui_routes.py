@@ -13,16 +13,11 @@ from comfyfleet.coordinator.api.auth import KEYRING
 from comfyfleet.coordinator.api.keys import CONFIG, COORDINATOR
 from comfyfleet.coordinator.comfy.app import create_comfy_app
 from comfyfleet.coordinator.comfy.frontend import frontend_root
-from tests.api.test_comfy_api import Facade, make
+from tests.helpers.comfy_facade import Facade, make
 
 
-@pytest.fixture
-async def facade(aiohttp_client: Any, tmp_path: Path) -> Facade:
-    return await make(aiohttp_client, tmp_path, keys=False)
-
-
-async def test_the_page_its_files_and_extensions(facade: Facade) -> None:
-    c = facade.client
+async def test_the_page_its_files_and_extensions(open_facade: Facade) -> None:
+    c = open_facade.client
     root = frontend_root()
     assert root is not None, "the ui extra (comfyui-frontend-package) is part of the dev extra"
     page = await c.get("/")
@@ -35,7 +30,7 @@ async def test_the_page_its_files_and_extensions(facade: Facade) -> None:
     assert "/extensions/core/groupNode.js" in extensions
     assert (await c.get("/extensions/core/groupNode.js")).status == 200
     assert (await c.get("/api/not-a-route")).status == 404
-    await facade.agent()
+    await open_facade.agent()
     folders = await (await c.get("/api/experiment/models")).json()
     assert {"name": "checkpoints", "folders": []} in folders
     assert await (await c.get("/api/experiment/models/checkpoints")).json() == [
@@ -44,8 +39,8 @@ async def test_the_page_its_files_and_extensions(facade: Facade) -> None:
     assert (await c.get("/api/experiment/models/nope")).status == 404
 
 
-async def test_settings_and_user(facade: Facade) -> None:
-    c = facade.client
+async def test_settings_and_user(open_facade: Facade) -> None:
+    c = open_facade.client
     assert await (await c.get("/api/users")).json() == {"storage": "server", "migrated": False}
     assert await (await c.get("/api/settings")).json() == {}
     assert (await c.post("/api/settings", json={"Comfy.A": 1, "Comfy.B": "x"})).status == 200
@@ -56,8 +51,8 @@ async def test_settings_and_user(facade: Facade) -> None:
     assert await (await c.get("/api/users")).json() == {"storage": "server", "migrated": True}
 
 
-async def test_userdata_files(facade: Facade) -> None:
-    c = facade.client
+async def test_userdata_files(open_facade: Facade) -> None:
+    c = open_facade.client
     saved = await c.post("/api/userdata/workflows%2Fa.json?full_info=true", data=b'{"a": 1}')
     info = await saved.json()
     assert saved.status == 200 and info["path"] == "workflows/a.json" and info["size"] == 8
@@ -120,7 +115,7 @@ BAD = [
 
 
 @pytest.mark.parametrize(("method", "path", "kw"), BAD)
-async def test_bad_input_never_5xx(facade: Facade, method: str, path: str, kw: Any) -> None:
-    await facade.client.post("/api/userdata/a.json", data=b"{}")
-    resp = await facade.client.request(method, path, **kw)
+async def test_bad_input_never_5xx(open_facade: Facade, method: str, path: str, kw: Any) -> None:
+    await open_facade.client.post("/api/userdata/a.json", data=b"{}")
+    resp = await open_facade.client.request(method, path, **kw)
     assert 400 <= resp.status < 500, (resp.status, await resp.text())

@@ -21,22 +21,12 @@ from yarl import URL
 
 from comfyfleet.coordinator.api.keys import COORDINATOR
 from comfyfleet.shared import protocol as p
-from tests.api.test_comfy_api import NORMAL, Facade, make, png
+from tests.helpers.comfy_facade import NORMAL, Facade, png
 from tests.helpers.protocol_agent import ProtocolAgent
 
 WORKFLOW = NORMAL["prompt"]
 ERROR_KEYS = {"code", "message", "details"}
 JPEG = b"\xff\xd8jpeg"
-
-
-@pytest.fixture
-async def facade(aiohttp_client: Any, tmp_path: Any) -> Facade:
-    return await make(aiohttp_client, tmp_path, keys=False)
-
-
-@pytest.fixture
-async def keyed(aiohttp_client: Any, tmp_path: Any) -> Facade:
-    return await make(aiohttp_client, tmp_path, keys=True)
 
 
 def asset_form(data: bytes, file_path: str = "photo.png", **fields: str) -> aiohttp.FormData:
@@ -113,9 +103,9 @@ async def read_sse(resp: aiohttp.ClientResponse) -> list[tuple[str, dict[str, An
     return out
 
 
-async def test_a_job_runs_and_its_output_is_an_asset(facade: Facade) -> None:
-    c = facade.client
-    agent = await facade.agent()
+async def test_a_job_runs_and_its_output_is_an_asset(open_facade: Facade) -> None:
+    c = open_facade.client
+    agent = await open_facade.agent()
     job = await submit(c, {"workflow": WORKFLOW, "metadata": {"batch": "7"}, "priority": 5})
     assert job["status"] == "queued" and job["queue_position"] == 1
     assert job["metadata"] == {"batch": "7"} and job["priority"] == 5
@@ -165,9 +155,9 @@ async def test_a_job_runs_and_its_output_is_an_asset(facade: Facade) -> None:
     assert [k for k, _ in late] == ["output", "status"]
 
 
-async def test_cancel_waiting_and_running_jobs(facade: Facade) -> None:
-    c = facade.client
-    agent = await facade.agent()
+async def test_cancel_waiting_and_running_jobs(open_facade: Facade) -> None:
+    c = open_facade.client
+    agent = await open_facade.agent()
     first = await submit(c, {"workflow": WORKFLOW})
     second = await submit(c, {"workflow": WORKFLOW})
     assert second["queue_position"] == 2
@@ -185,8 +175,8 @@ async def test_cancel_waiting_and_running_jobs(facade: Facade) -> None:
     assert (await wait_status(c, first["id"], "canceled"))["progress"] is None
 
 
-async def test_idempotency_key_is_single_use(facade: Facade) -> None:
-    c = facade.client
+async def test_idempotency_key_is_single_use(open_facade: Facade) -> None:
+    c = open_facade.client
     headers = {"Idempotency-Key": "k-1"}
     await submit(c, {"workflow": WORKFLOW}, headers=headers)
     resp = await c.post("/api/v2/jobs", json={"workflow": WORKFLOW}, headers=headers)
@@ -194,8 +184,8 @@ async def test_idempotency_key_is_single_use(facade: Facade) -> None:
     assert resp.status == 422 and body["error"]["code"] == "idempotency_key_reuse"
 
 
-async def test_list_filters_and_pages(facade: Facade) -> None:
-    c = facade.client
+async def test_list_filters_and_pages(open_facade: Facade) -> None:
+    c = open_facade.client
     ids = [(await submit(c, {"workflow": WORKFLOW, "metadata": {"n": str(n % 2)}}))["id"]
            for n in range(5)]  # fmt: skip
     await c.post("/prompt", json={"prompt": WORKFLOW})  # not a v2 job: not listed
@@ -212,9 +202,9 @@ async def test_list_filters_and_pages(facade: Facade) -> None:
     assert [j["id"] for j in labelled["jobs"]] == [ids[3], ids[1]]
 
 
-async def test_assets_upload_dedup_and_use_in_a_workflow(facade: Facade) -> None:
-    c = facade.client
-    await facade.agent()
+async def test_assets_upload_dedup_and_use_in_a_workflow(open_facade: Facade) -> None:
+    c = open_facade.client
+    await open_facade.agent()
     data = png((7, 7, 7))
     resp = await c.post("/api/v2/assets", data=asset_form(data, expected_hash=b3(data)))
     asset = await resp.json()
@@ -238,7 +228,7 @@ async def test_assets_upload_dedup_and_use_in_a_workflow(facade: Facade) -> None
     job = await submit(c, {"workflow": workflow})
     flow = await (await c.get(f"/api/v2/jobs/{job['id']}/workflow")).json()
     assert flow["workflow"]["1"]["inputs"]["image"] == "photo.png"
-    coord = facade.main.server.app[COORDINATOR]
+    coord = open_facade.main.server.app[COORDINATOR]
     (record,) = [coord.store.get_job(j) for j in coord.jobs]
     assert record is not None and base64.b64decode(record.spec.inputs["photo.png"]) == data
     missing = {**workflow, "1": {"class_type": "LoadImage", "inputs": {
@@ -274,9 +264,9 @@ async def test_assets_and_jobs_are_per_tenant(keyed: Facade) -> None:
     assert (await c.get(f"/api/v2/jobs/{job['id']}", headers=acme)).status == 200
 
 
-async def test_invalid_workflow_names_the_node(facade: Facade) -> None:
-    c = facade.client
-    await facade.agent()
+async def test_invalid_workflow_names_the_node(open_facade: Facade) -> None:
+    c = open_facade.client
+    await open_facade.agent()
     bad = {**WORKFLOW, "2": {"class_type": "ImageInvert", "inputs": {}}}
     resp = await c.post("/api/v2/jobs", json={"workflow": bad})
     body = await resp.json()
@@ -351,10 +341,10 @@ BAD: list[tuple[str, str, dict[str, Any]]] = [
 
 @pytest.mark.parametrize(("method", "path", "kw"), BAD)
 async def test_bad_input_is_refused_in_v2s_shape(
-    facade: Facade, method: str, path: str, kw: dict[str, Any]
+    open_facade: Facade, method: str, path: str, kw: dict[str, Any]
 ) -> None:
-    await facade.agent()
-    resp = await facade.client.request(method, path, **kw)
+    await open_facade.agent()
+    resp = await open_facade.client.request(method, path, **kw)
     body = await resp.read()
     assert 400 <= resp.status < 500, (resp.status, body)
     if method != "HEAD":

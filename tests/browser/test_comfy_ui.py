@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,9 +19,8 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from playwright.sync_api import Page, Response, WebSocket, expect, sync_playwright
+from playwright.sync_api import Page, Response, WebSocket, expect
 
-from tests.browser.test_dashboard import CHROMIUM, CHROMIUM_ARGS
 from tests.helpers import procs
 from tests.helpers.fleet import running_fleet, txt2img
 
@@ -53,30 +51,8 @@ def comfy_url(tmp_path: Path) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-def page(tmp_path: Path) -> Iterator[Page]:
-    assert shutil.which(CHROMIUM), f"{CHROMIUM} is missing: `make test` installs it when root"
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"),
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 900},
-        )
-        try:
-            page = context.new_page()
-            page.set_default_timeout(60_000)
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            yield page
-            assert not errors, f"JavaScript errors on the page: {errors}"
-        finally:
-            context.close()
-
-
 def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 

@@ -55,14 +55,16 @@ def ready(comfy: ComfyFleet, gpus: int) -> None:
     asyncio.run(wait())
 
 
+def one_gpu(comfy: ComfyFleet, step_ms: int) -> None:
+    asyncio.run(comfy.gpus("a", step_ms=step_ms))
+
+
 def save_node(workflow: dict[str, Any]) -> str:
     return next(k for k, v in workflow.items() if v["class_type"] == "SaveImage")
 
 
 def test_comfy_sdk_runs_follows_uploads_downloads_and_cancels(comfy: ComfyFleet) -> None:
-    comfy.fleet.add_sim("a", 24576, "--step-ms", "20")
-    comfy.fleet.add_agent("a", "a")
-    ready(comfy, gpus=1)
+    one_gpu(comfy, step_ms=20)
     with Comfy() as client:
         # a workflow, followed live
         graph = txt2img(640, 384, steps=8, prefix="sdk", seed=5)
@@ -131,12 +133,8 @@ async def one_v2_client(url: str, n: int, size: tuple[int, int]) -> dict[str, An
 
 
 async def test_24_v2_clients_each_get_their_own_events_and_image(comfy: ComfyFleet) -> None:
-    for name in ("a", "b"):
-        comfy.fleet.add_sim(name, 24576, "--step-ms", "5")
-        comfy.fleet.add_agent(name, name)
+    await comfy.gpus("a", "b")
     rng = random.Random(24)
-    async with aiohttp.ClientSession() as session:
-        await comfy.ready(session, gpus=2)
     results = await asyncio.gather(
         *(one_v2_client(comfy.url, n, rng.choice(SIZES)) for n in range(24))
     )
@@ -152,9 +150,7 @@ async def test_24_v2_clients_each_get_their_own_events_and_image(comfy: ComfyFle
 
 
 def test_assets_and_jobs_survive_a_coordinator_sigkill(comfy: ComfyFleet) -> None:
-    comfy.fleet.add_sim("a", 24576, "--step-ms", "5")
-    comfy.fleet.add_agent("a", "a")
-    ready(comfy, gpus=1)
+    one_gpu(comfy, step_ms=5)
     data = png((40, 30), (1, 2, 3))
     with Comfy() as client:
         asset = client.assets.from_bytes(data, filename="keep.png")
