@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -116,6 +118,8 @@ class JobRunner:
         self.pending: list[p.JobEvent] = []
         self.vram_peak_mb: int | None = None
         self.delivery: asyncio.Future[None] | None = None
+        self.last_event_at = time.monotonic()  # the instance healer spots hung prompts by it
+        self.caught: Verdict | None = None  # how to report it if a ComfyUI restart caught it
         self.comfy_end: dict[str, Any] | None = None  # forwarded: ComfyUI's error/interrupt frame
         self.log = structlog.get_logger("agent.job").bind(
             job_id=job.job_id, attempt=job.attempt, instance=job.instance_id
@@ -293,6 +297,7 @@ class JobRunner:
             self.stop("cancel")
 
     async def _on_update(self, update: ev.Update | Frame) -> None:
+        self.last_event_at = time.monotonic()
         if isinstance(update, _EXECUTION_SIGNS):
             self.executing = True
             if not self.started_sent:
@@ -359,7 +364,7 @@ class JobRunner:
 
     async def _settle(self, outcome: PromptOutcome) -> Report:
         """Fetch the outputs into the spool and keep the finish report in the outbox."""
-        verdict = verdict_of(outcome, self.stop_reason)
+        verdict = verdict_of(outcome, self.stop_reason, self.caught)
         if self.files is not None and self.files.folders.output is not None:
             made = cf.Created(outputs=cf.created_outputs(outcome.outputs, outcome.cached))
             try:
@@ -372,7 +377,7 @@ class JobRunner:
                 files = await self._collect(outcome)
             except (ComfyUIError, OSError) as exc:
                 self.log.warning("outputs_fetch_failed", error=str(exc))
-                verdict = Verdict(
+                verdict = self.caught or Verdict(  # caught: its ComfyUI restarted meanwhile
                     "requeue",
                     p.ErrorInfo(
                         code="outputs_unavailable",
@@ -478,6 +483,20 @@ class JobRunner:
         ack = await self.coord.finish(report.finish)
         self.log.info("job_finished", outcome=report.finish.outcome, status=ack.status)
 
+    async def _text_output(self, ref: ev.OutputRef, spool: Path) -> p.OutputFile:
+        original = names.original_name("", ref.filename)
+        name = names.stored_name(original)
+        size, sha256 = await asyncio.to_thread(_write_text, spool / name, ref.text or "")
+        return p.OutputFile(
+            name=name,
+            original=original,
+            size=size,
+            sha256=sha256,
+            content_type="text/plain; charset=utf-8",
+            node_id=ref.node_id,
+            kind="text",
+        )
+
     async def _collect(self, outcome: PromptOutcome) -> list[p.OutputFile]:
         """Fetch each output file into the spool under its stored name (shared/names.py)."""
         spool = self.outbox.folder(*self.key)
@@ -485,6 +504,10 @@ class JobRunner:
         seen: set[str] = set()
         files: list[p.OutputFile] = []
         for ref in outcome.outputs:
+            if ref.text is not None:  # a node's text result: stored as a text file (the
+                if not self.job.forward_frames:  # ComfyUI facade relays ComfyUI's own frames)
+                    files.append(await self._text_output(ref, spool))
+                continue
             if ref.type != "output" and not self.job.forward_frames:
                 continue  # previews (temp) are not results (the ComfyUI facade shows them)
             if not ref.filename:
@@ -517,6 +540,12 @@ class JobRunner:
                 )
             )
         return files
+
+
+def _write_text(path: Path, text: str) -> tuple[int, str]:
+    data = text.encode("utf-8", "surrogatepass")
+    path.write_bytes(data)
+    return len(data), hashlib.sha256(data).hexdigest()
 
 
 def given_back(report: Report, code: str, message: str) -> Report:

@@ -4,7 +4,8 @@ Callers compute the new record with a pure move (`jobs.py`) and hand the pair to
 store writes the changes in one transaction, each guarded by the status and attempt the row must
 still have; only the writes that went through reach the in-memory indexes (`state.Live.index`),
 followed by each change's own memory effects (`Change.then`). A store fault (StoreUnavailable)
-raises before memory is touched, so memory never holds what the store does not.
+raises before memory is touched, so memory never holds what the store does not. The webhook
+messages a change causes (`Notices`, the outbox) are written in the same transaction.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from comfyfleet.coordinator import jobs as moves
 from comfyfleet.coordinator.errors import Conflict, StoreUnavailable
-from comfyfleet.coordinator.model import AgentRecord, JobRecord
+from comfyfleet.coordinator.model import AgentRecord, JobRecord, WebhookMessage
 from comfyfleet.coordinator.outputs import OutputFiles
 from comfyfleet.coordinator.state import Live
 from comfyfleet.coordinator.store import Store
@@ -38,11 +39,22 @@ class Change:
     then: Callable[[JobRecord], None] | None = None
 
 
+class Notices(Protocol):
+    """The webhook outbox as the ledger sees it (webhooks/outbox.py)."""
+
+    def messages(self, old: JobRecord | None, new: JobRecord) -> list[WebhookMessage]: ...
+
+    def written(self) -> None: ...
+
+
 class Ledger:
-    def __init__(self, store: Store, live: Live, outputs: OutputFiles) -> None:
+    def __init__(
+        self, store: Store, live: Live, outputs: OutputFiles, notices: Notices | None = None
+    ) -> None:
         self.store = store
         self.live = live
         self.outputs = outputs
+        self.notices = notices
 
     def apply(self, changes: Sequence[Change], *, strict: bool = True) -> list[bool]:
         """Write `changes` (guarded, one transaction), then apply the ones written to memory.
@@ -52,7 +64,11 @@ class Ledger:
         """
         if not changes:
             return []
-        oks = self.store.update_jobs([(c.new, c.old.status, c.old.attempt) for c in changes])
+        items = [(c.new, c.old.status, c.old.attempt) for c in changes]
+        outbox = [self.notices.messages(c.old, c.new) for c in changes] if self.notices else []
+        oks = self.store.update_jobs(items, outbox)
+        if self.notices is not None and any(m for m, ok in zip(outbox, oks, strict=True) if ok):
+            self.notices.written()
         for change, ok in zip(changes, oks, strict=True):
             if ok:
                 self.live.index(change.old, change.new)

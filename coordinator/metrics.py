@@ -10,12 +10,12 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from comfyfleet.coordinator.fleet import AgentStatus, agent_view
-from comfyfleet.coordinator.model import JobRecord
+from comfyfleet.coordinator.fleet import AgentState, AgentStatus, agent_view
+from comfyfleet.coordinator.model import JobRecord, output_bytes
 from comfyfleet.shared.status import JobStatus
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ _LABEL = re.compile(r"[^a-z0-9_]+")
 
 # Requeue reasons are free text written by the service; a label needs a small fixed set.
 _REQUEUE_PATTERNS: tuple[tuple[str, str], ...] = (
+    ("comfyui restarted", "comfyui_restart"),
     ("lost", "agent_lost"),
     ("not started within", "assign_timeout"),
     ("restarted without", "agent_restart"),
@@ -100,6 +101,35 @@ class Metrics:
             "comfyfleet_failures", "Jobs that failed, by reason", ["reason"], registry=r
         )
         self.agents_lost = Counter("comfyfleet_agents_lost", "Agents declared lost", registry=r)
+        # results that leave the coordinator (issue 17)
+        self.webhook_tries = Counter(
+            "comfyfleet_webhook_tries",
+            "Webhook delivery tries, by result (delivered, failed, gave_up)",
+            ["result"],
+            registry=r,
+        )
+        self.webhook_latency = Histogram(
+            "comfyfleet_webhook_latency_seconds",
+            "Time from the job change to the receiver's 2xx",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.output_bytes_stored = Gauge(
+            "comfyfleet_output_bytes_stored",
+            "Bytes of job outputs the output store holds",
+            registry=r,
+        )
+        self.output_bytes_deleted = Counter(
+            "comfyfleet_output_bytes_deleted",
+            "Bytes of job outputs deleted by retention",
+            registry=r,
+        )
+        self.jobs_expired = Counter(
+            "comfyfleet_jobs_expired",
+            "Finished jobs deleted with their outputs, by reason (ttl, disk)",
+            ["reason"],
+            registry=r,
+        )
 
     def watch(self, coord: Coordinator) -> None:
         self.registry.register(FleetCollector(coord))
@@ -116,6 +146,8 @@ class Metrics:
             self.requeues.labels(requeue_reason(new)).inc()
         elif status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED):
             self.finished.labels(status.value).inc()
+            if status == JobStatus.COMPLETED:
+                self.output_bytes_stored.inc(output_bytes(new))
             started = new.timestamps.get(JobStatus.RUNNING.value)
             if started is not None and old.status == JobStatus.RUNNING:
                 self.job_duration.labels(status.value).observe(max(0.0, now - started))
@@ -186,3 +218,19 @@ class FleetCollector(Collector):
         yield total
         yield reserved
         yield free
+        yield restart_counts(coord.agents.values())
+
+
+def restart_counts(agents: Iterable[AgentState]) -> Metric:
+    """Restarts of the agents' managed ComfyUIs by reason, as each agent counts them (since
+    that agent started; a counter, so Prometheus' rate() copes with the reset)."""
+    family = CounterMetricFamily(
+        "comfyfleet_comfyui_restarts",
+        "Restarts of managed ComfyUI instances by their agent, by reason",
+        labels=["agent_id", "instance", "reason"],
+    )
+    for agent in agents:
+        for inst in agent.instances:
+            for reason, n in sorted(inst.restart_counts.items()):
+                family.add_metric([agent.agent_id, inst.instance_id, label_value(reason)], n)
+    return family

@@ -30,15 +30,20 @@ from comfyfleet.coordinator.learning import Learning
 from comfyfleet.coordinator.ledger import Ledger
 from comfyfleet.coordinator.metrics import Metrics
 from comfyfleet.coordinator.model import JobRecord
+from comfyfleet.coordinator.object_outputs import ObjectOutputs
+from comfyfleet.coordinator.output_store import LocalOutputs
 from comfyfleet.coordinator.outputs import OutputFiles
 from comfyfleet.coordinator.parts import Parts
 from comfyfleet.coordinator.placement import Placer
 from comfyfleet.coordinator.recovery import recover
 from comfyfleet.coordinator.reports import Reports
+from comfyfleet.coordinator.retention import Retention
 from comfyfleet.coordinator.scheduler.model import JobRequest
 from comfyfleet.coordinator.state import Live, LiveProgress
 from comfyfleet.coordinator.store import Store
 from comfyfleet.coordinator.sweeper import Sweeper
+from comfyfleet.coordinator.tenants import Tenants
+from comfyfleet.coordinator.webhooks.outbox import Outbox
 from comfyfleet.shared import protocol as p
 
 __all__ = ["Coordinator", "LiveProgress"]
@@ -63,15 +68,27 @@ class Coordinator:
         self.feed = Feed(self.bus, self.metrics)
         self.live = Live(config, self.feed, clock)
         self.learning = Learning(config, self.live.counters, self.emit)
-        self.ledger = Ledger(store, self.live, outputs)
+        self.tenants = Tenants(store)
+        self.outbox = Outbox(config, store, self.tenants, self.metrics, clock)
+        self.ledger = Ledger(store, self.live, outputs, self.outbox)
         parts = Parts(
-            config, store, outputs, self.live, self.ledger, self.learning, self.metrics, clock
+            config,
+            store,
+            outputs,
+            self.live,
+            self.ledger,
+            self.learning,
+            self.metrics,
+            clock,
+            self.tenants,
         )
         self.intake = Intake(parts)
         self.agent_link = AgentLink(parts)
         self.reports = Reports(parts)
         self.placer = Placer(parts)
         self.sweeper = Sweeper(parts)
+        kept = outputs if isinstance(outputs, ObjectOutputs) else LocalOutputs(outputs.root)
+        self.retention = Retention(parts, kept)
         self.metrics.watch(self)
         # client calls (any coordinator)
         self.submit = self.intake.submit

@@ -105,6 +105,35 @@ NODE_TIMING = obj(
     {"node": "node id", "node_type": "its class", "ms": "run time", "cached": "served from cache"}
 )
 
+DELIVERY_TRY = obj(
+    {
+        "at": "unix time the try started",
+        "status": "the receiver's HTTP status (null: no answer)",
+        "error": "why the try failed (null when it was delivered)",
+        "ms": "how long the try took",
+    }
+)
+WEBHOOK = obj(
+    {
+        "id": "the webhook-id header: the same on every try",
+        "event": "job.running, job.completed, job.failed or job.cancelled",
+        "url": "where it is sent",
+        "state": "pending, delivered or failed (given up)",
+        "attempts": "tries so far",
+        "created_at": "unix time of the change it tells of",
+        "next_at": "unix time of the next try (null unless pending)",
+        "tries": arr(DELIVERY_TRY),
+    }
+)
+TENANT = obj(
+    {
+        "webhooks": arr(obj({"url": "where events are sent", "events": "which events"})),
+        "webhook_secret": "set, or null when the coordinator's webhook_secret signs",
+        "retention_s": "the tenant's own retention (null: the coordinator's)",
+        "effective_retention_s": "the retention that applies",
+    }
+)
+
 # GET /v1/jobs/{id} (and the answers of submit and cancel)
 JOB_SUMMARY_FIELDS: dict[str, str | Schema] = {
     "id": "job id",
@@ -148,6 +177,7 @@ JOB_DETAIL_FIELDS: dict[str, str | Schema] = {
     "vram_peak_mb": "the VRAM peak the agent measured during the completed attempt",
     "profile": arr(NODE_TIMING),
     "inputs": arr("names of the input files sent with the job"),
+    "webhooks": arr(WEBHOOK),
 }
 JOB = obj({**JOB_SUMMARY_FIELDS, **JOB_DETAIL_FIELDS})
 JOB_SUMMARY = obj(JOB_SUMMARY_FIELDS)
@@ -169,6 +199,15 @@ AGENT_GPU = obj(
         "vram_schedulable_mb": "what a new job could reserve now",
     },
     required=False,
+)
+RESTART = obj(
+    {
+        "at": "unix time of the restart",
+        "reason": "exited, hung_http, hung_prompt, ws_silent, leak_vram, leak_ram, "
+        "every_n_jobs, start_failed, start_timeout, warmup_failed",
+        "detail": "what was seen (exit code, the log's last line, …)",
+        "job_id": "the job running when it crashed or hung, if any",
+    }
 )
 AGENT = obj(
     {
@@ -198,6 +237,13 @@ AGENT = obj(
                     "healthy": "",
                     "capacity": "prompts it holds at once",
                     "error": "why it is unhealthy",
+                    "kind": "external, or process / docker: the agent runs and heals it",
+                    "state": "managed: starting, warming, ready, restart_pending, backoff, "
+                    "unhealthy",
+                    "up_since": "managed: unix time it last became ready",
+                    "last_restart_reason": "managed: why the agent last restarted it",
+                    "restart_counts": "managed: reason -> restarts since the agent started",
+                    "restarts": arr(RESTART),
                 },
                 required=False,
             )
@@ -279,6 +325,9 @@ EVENTS: dict[str, Schema] = {
             ),
         }
     ),
+    "SseComfyuiRestarted": obj(
+        {"agent_id": "", "instance_id": "", **RESTART["properties"]},
+    ),
 }
 # SSE `event:` name -> schema of its data
 EVENT_KINDS = {
@@ -287,6 +336,7 @@ EVENT_KINDS = {
     "preview": "SsePreview",
     "output": "SseOutput",
     "agent": "SseAgent",
+    "comfyui_restarted": "SseComfyuiRestarted",
 }
 
 SCHEMAS: dict[str, Schema] = {
@@ -295,5 +345,6 @@ SCHEMAS: dict[str, Schema] = {
     "Agent": AGENT,
     "AgentList": AGENT_LIST,
     "Health": HEALTH,
+    "Tenant": TENANT,
     **EVENTS,
 }

@@ -108,3 +108,27 @@ def test_an_unreadable_ledger_entry_removes_nothing(tmp_path: Path) -> None:
     files = cf.ComfyFiles(folders, ledger)
     assert cf.sweep(files, keep=set()) == 0
     assert (folders.output / "x.png").exists()
+
+
+def test_the_folders_of_each_instance_come_from_one_rule(tmp_path: Path) -> None:
+    from comfyfleet.agent.config import AgentConfig, InstanceConfig
+
+    base = {"coordinator_url": "http://c", "agent_id": "a", "data_dir": tmp_path}
+    external = AgentConfig(
+        **base,
+        comfyui_urls=("http://x", "http://y"),
+        comfyui_output_dirs=(Path("/x/out"), Path("/y/out")),
+    )
+    assert external.folders_of(1) == cf.ComfyFolders(output=Path("/y/out"))
+    assert AgentConfig(**base, comfyui_urls=("http://x",)).folders_of(0) == cf.ComfyFolders()
+    docker = AgentConfig(
+        **base,
+        comfyui_mode="docker",
+        docker_output_dir=Path("/srv/out"),
+        docker_input_dir=Path("/srv/in"),
+        instances=(InstanceConfig(), InstanceConfig(output_dir=Path("/own/out"))),
+    )
+    assert docker.folders_of(0) == cf.ComfyFolders(Path("/srv/out"), Path("/srv/in"))
+    assert docker.folders_of(1) == cf.ComfyFolders(Path("/own/out"), Path("/srv/in"))
+    process = AgentConfig(**base, comfyui_mode="process", docker_output_dir=Path("/srv/out"))
+    assert process.folders_of(0) == cf.ComfyFolders()  # a process's folders: only when told
