@@ -27,6 +27,8 @@ class FakeRunner:
         self.client_id = client_id
         self.stops: list[str] = []
         self.release = asyncio.Event()
+        self.prompt_done = False  # its prompt still in ComfyUI
+        self.ref = p.JobRef(job_id=job.job_id, attempt=job.attempt)
 
     def stop(self, reason: str) -> None:
         self.stops.append(reason)
@@ -42,7 +44,9 @@ class FakeCoordinator:
         self.replies = replies
         self.exhausted = asyncio.Event()
 
-    async def lease(self, free: dict[str, int], wait_s: float) -> p.LeaseReply:
+    async def lease(
+        self, free: dict[str, int], wait_s: float, finishing: list[p.JobRef] | None = None
+    ) -> p.LeaseReply:
         if self.replies:
             return self.replies.pop(0)
         self.exhausted.set()  # every reply before this one was handled in full
