@@ -10,6 +10,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,11 @@ class CpuMeter:
 
 
 async def run_direct(
-    url: str, tags: list[int], prefix: str, output_dir: Path | None = None
+    url: str,
+    tags: list[int],
+    prefix: str,
+    output_dir: Path | None = None,
+    clock_stopped: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """POST every prompt at once, follow the socket, /view each output; check every image.
     With ComfyUI's `output_dir`, the outputs are then removed (after the clock stops), as the
@@ -121,6 +126,8 @@ async def run_direct(
                     raise RuntimeError(f"prompt {pid}: bad output {q}")
                 checked += 1
         elapsed = time.perf_counter() - t0
+        if clock_stopped is not None:
+            clock_stopped()
         follower.cancel()
         await ws.close()
     if checked != len(tags):

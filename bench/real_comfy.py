@@ -25,6 +25,7 @@ import os
 import statistics
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,13 @@ class Completions:
             await asyncio.wait_for(self.changed.wait(), max(0.01, deadline - time.monotonic()))
 
 
-async def run_fleet(url: str, tags: list[int], prefix: str, check: bool = True) -> dict[str, Any]:
+async def run_fleet(
+    url: str,
+    tags: list[int],
+    prefix: str,
+    check: bool = True,
+    clock_stopped: Callable[[], None] | None = None,
+) -> dict[str, Any]:
     bodies = [{"workflow": workflow(t, prefix), "resources": {"gpus": 0}} for t in tags]
     async with common.session() as s:
         seen = Completions()
@@ -104,6 +111,8 @@ async def run_fleet(url: str, tags: list[int], prefix: str, check: bool = True) 
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await follower
         elapsed = time.perf_counter() - t0
+        if clock_stopped is not None:  # CPU meters stop here: the checks below are not the work
+            clock_stopped()
         if not check:
             return {"jobs": len(tags), "seconds": elapsed, "jobs_per_s": len(tags) / elapsed}
         checked = 0
@@ -196,16 +205,25 @@ def compare(
                     "coordinator": CpuMeter(coord_pid if how == "fleet" else None),
                     "agent": CpuMeter(agent_pid if how == "fleet" else None),
                 }
+                cpu: dict[str, float | None] = {}
+
+                def stopped(
+                    meters: dict[str, CpuMeter] = meters,
+                    cpu: dict[str, float | None] = cpu,
+                ) -> None:
+                    cpu.update({name: m.stop() for name, m in meters.items()})
+
                 for m in meters.values():
                     m.start()
                 if how == "direct":
-                    res = asyncio.run(run_direct(comfy_url, tags, "bench_direct", output_dir))
+                    res = asyncio.run(
+                        run_direct(comfy_url, tags, "bench_direct", output_dir, stopped)
+                    )
                 else:
-                    res = asyncio.run(run_fleet(fleet.url, tags, "bench_fleet"))
-                for name, m in meters.items():
-                    cpu = m.stop()
-                    if cpu is not None:
-                        res[f"{name}_cpu_ms_per_job"] = round(1000 * cpu / jobs, 2)
+                    res = asyncio.run(run_fleet(fleet.url, tags, "bench_fleet", True, stopped))
+                for name, spent in cpu.items():
+                    if spent is not None:
+                        res[f"{name}_cpu_ms_per_job"] = round(1000 * spent / jobs, 2)
                 res.update(how=how, round=r, after_jobs=done_before)
                 res["jobs_per_s"] = round(res["jobs_per_s"], 1)
                 res["seconds"] = round(res["seconds"], 3)
