@@ -5,6 +5,7 @@ container's limits and mounts, adoption by label."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -157,4 +158,12 @@ async def test_container_has_the_configured_limits_and_mounts(
     assert (await api.wait(fits["id"], ENDED, wait_s=40))["status"] == "COMPLETED"
     waiting = await api.job(too_big["id"])
     assert waiting["status"] == "QUEUED" and "ram" in (waiting["pending_reason"] or "").lower()
-    assert list((h.fleet.tmp / "out").glob("*.png")), "outputs land in the mounted folder"
+    # the output folder is the host's (both ways), and the agent removed the job's own output
+    # from it once the coordinator had it (agent/comfy_files.py: the mounted folder is known)
+    out = h.fleet.tmp / "out"
+    assert c.exec_run(["sh", "-c", ": > /opt/ComfyUI/output/probe.png"]).exit_code == 0
+    for _ in range(100):
+        if [p.name for p in out.glob("*.png")] == ["probe.png"]:
+            break
+        await asyncio.sleep(0.05)
+    assert [p.name for p in out.glob("*.png")] == ["probe.png"]
