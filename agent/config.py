@@ -8,7 +8,7 @@ from pathlib import Path
 
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
-    coordinator_url: str
+    coordinator_url: str  # one URL, or several comma-separated (every coordinator of a store)
     comfyui_urls: tuple[str, ...]
     agent_id: str
     data_dir: Path

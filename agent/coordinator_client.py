@@ -1,4 +1,8 @@
-"""The agent's side of the protocol: msgpack over HTTP, retries on connection trouble."""
+"""The agent's side of the protocol: msgpack over HTTP, retries on connection trouble.
+
+The agent may know several coordinators (`Endpoints`): a request that fails moves on to the next
+one, a follower's redirect (307) moves to the leader, and retries wait a jittered backoff.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +18,12 @@ import structlog
 
 from comfyfleet.shared import codec
 from comfyfleet.shared import protocol as p
+from comfyfleet.shared.endpoints import Endpoints, backoff_s
+from comfyfleet.shared.errors import InvalidInput
 
 log = structlog.get_logger("agent.coordinator")
 T = TypeVar("T")
+MAX_REDIRECTS = 3
 
 
 class AgentError(Exception):
@@ -52,11 +59,63 @@ class CoordinatorClient:
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.session = session
-        self.base = base_url.rstrip("/") + "/agent/v1"
+        self.endpoints = Endpoints(base_url)  # one URL, or several (comma-separated)
         self.agent_id = agent_id
         self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=5)
         self.auth = {"Authorization": f"Bearer {token}"} if token else {}
         self.ssl: ssl.SSLContext | bool = ssl_context or True
+
+    @property
+    def base(self) -> str:
+        return self.endpoints.current + "/agent/v1"
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        reply: type[T],
+        *,
+        data: bytes | None = None,
+        params: dict[str, str] | None = None,
+        content_type: str | None = None,
+        http_timeout: aiohttp.ClientTimeout | None = None,
+    ) -> T:
+        """One request to the coordinator that leads: a follower's redirect is followed (the
+        leader is then used from now on); a connection failure moves on to the next URL and
+        raises CoordinatorUnavailable, as does a 5xx."""
+        headers = {"Accept": codec.MSGPACK, **self.auth}
+        if content_type:
+            headers["Content-Type"] = content_type
+        for _ in range(MAX_REDIRECTS + 1):
+            url = f"{self.base}/{path}"
+            try:
+                async with self.session.request(
+                    method,
+                    url,
+                    data=data,
+                    params=params,
+                    timeout=http_timeout or self.timeout,
+                    headers=headers,
+                    ssl=self.ssl,
+                    allow_redirects=False,
+                ) as resp:
+                    body = await resp.read()
+                    location = resp.headers.get("Location")
+                    if resp.status in (307, 308) and location:
+                        try:
+                            self.endpoints.redirected(location)
+                        except InvalidInput as exc:
+                            raise CoordinatorUnavailable(f"{path}: bad redirect: {exc}") from None
+                        log.info("coordinator_redirect", leader=self.endpoints.current)
+                        continue
+                    return self._answer(resp.status, resp.content_type, body, reply)
+            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                failed = self.endpoints.current
+                self.endpoints.failed()
+                raise CoordinatorUnavailable(
+                    f"{path} at {failed}: {type(exc).__name__}: {exc}"
+                ) from exc
+        raise CoordinatorUnavailable(f"{path}: more than {MAX_REDIRECTS} redirects")
 
     async def call(
         self,
@@ -68,23 +127,20 @@ class CoordinatorClient:
         http_timeout: aiohttp.ClientTimeout | None = None,
     ) -> T:
         body = codec.encode(msg)
-        delay = 0.2
         for attempt in range(retries + 1):
             try:
-                async with self.session.post(
-                    f"{self.base}/{path}",
+                return await self.send(
+                    "POST",
+                    path,
+                    reply,
                     data=body,
-                    timeout=http_timeout or self.timeout,
-                    headers={"Content-Type": codec.MSGPACK, "Accept": codec.MSGPACK, **self.auth},
-                    ssl=self.ssl,
-                ) as resp:
-                    data = await resp.read()
-                    return self._answer(resp.status, resp.content_type, data, reply)
-            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                    content_type=codec.MSGPACK,
+                    http_timeout=http_timeout,
+                )
+            except CoordinatorUnavailable:
                 if attempt == retries:
-                    raise CoordinatorUnavailable(f"{path}: {type(exc).__name__}: {exc}") from exc
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                    raise
+                await asyncio.sleep(backoff_s(attempt + 1))
         raise CoordinatorUnavailable(path)
 
     @staticmethod
@@ -104,7 +160,9 @@ class CoordinatorClient:
             error = {"message": data[:200].decode(errors="replace")}
         if 400 <= status < 500:
             raise Refused(status, error)
-        raise CoordinatorUnavailable(f"HTTP {status}: {error.get('message', '')}")
+        if status >= 500:
+            raise CoordinatorUnavailable(f"HTTP {status}: {error.get('message', '')}")
+        raise Refused(status, {"message": f"unexpected HTTP {status}", **error})
 
     async def register(self, msg: p.Register) -> p.RegisterReply:
         return await self.call("register", msg, p.RegisterReply)
@@ -142,25 +200,16 @@ class CoordinatorClient:
         return await self.call("finish", msg, p.Ack, retries=8)
 
     async def _upload_call(
-        self, method: str, url: str, params: dict[str, str], data: bytes | None = None
+        self, method: str, path: str, params: dict[str, str], data: bytes | None = None
     ) -> p.UploadState:
         """One output request: PUT a chunk, or GET how much of the file the coordinator holds."""
-        async with self.session.request(
-            method,
-            url,
-            params=params,
-            data=data,
-            timeout=self.timeout,
-            headers={"Accept": codec.MSGPACK, **self.auth},
-            ssl=self.ssl,
-        ) as resp:
-            return self._answer(resp.status, resp.content_type, await resp.read(), p.UploadState)
+        return await self.send(method, path, p.UploadState, data=data, params=params)
 
     async def upload(
         self, job: p.JobRef, name: str, path: Path, size: int, sha256: str, chunk_size: int
     ) -> None:
         """Send one output file in chunks, resuming from what the coordinator already holds."""
-        url = f"{self.base}/jobs/{job.job_id}/outputs/{name}"
+        url = f"jobs/{job.job_id}/outputs/{name}"
         params = {"agent_id": self.agent_id, "attempt": str(job.attempt), "size": str(size)}
         offset = 0
         failures = 0

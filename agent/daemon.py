@@ -26,10 +26,13 @@ from comfyfleet.agent.profile import comfyui_held_mb
 from comfyfleet.agent.runner import JobRunner
 from comfyfleet.agent.state import HeldJob, StateFile
 from comfyfleet.shared import protocol as p
+from comfyfleet.shared.endpoints import backoff_s
 from comfyfleet.shared.supervisor import Supervisor
 from comfyfleet.shared.tls import client_context
 
 log = structlog.get_logger("agent")
+# A coordinator's failover takes seconds: an agent keeps asking at least this often (jittered).
+REGISTER_BACKOFF_MAX_S = 2.0
 
 
 @dataclass(slots=True)
@@ -71,9 +74,7 @@ class Agent:
             config.request_timeout_s,
             token=config.agent_token,
             ssl_context=(
-                client_context(config.ca_file)
-                if config.coordinator_url.startswith("https:")
-                else None
+                client_context(config.ca_file) if "https:" in config.coordinator_url else None
             ),
         )
         self.instances = {
@@ -248,22 +249,23 @@ class Agent:
         self.registered.set()
         log.info(
             "registered",
-            coordinator=self.config.coordinator_url,
+            coordinator=self.coord.endpoints.current,
             instances=len(self.instances),
             reattached=len(held) - len(dropped),
             dropped=len(dropped),
         )
 
     async def register_until_done(self) -> None:
-        delay = 0.5
+        failures = 0
         while True:
             try:
                 await self.register()
                 return
             except AgentError as exc:
-                log.warning("register_failed", error=str(exc), retry_in_s=delay)
+                failures += 1
+                delay = backoff_s(failures, 0.25, REGISTER_BACKOFF_MAX_S)
+                log.warning("register_failed", error=str(exc), retry_in_s=round(delay, 2))
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
 
     def start_runner(self, job: p.Assignment, held: HeldJob | None = None) -> None:
         inst = self.instances.get(job.instance_id)

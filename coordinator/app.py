@@ -18,15 +18,18 @@ from comfyfleet.coordinator.api import (
 )
 from comfyfleet.coordinator.api.auth import KEYRING, auth_middleware, exposure_problem
 from comfyfleet.coordinator.api.errors import errors_middleware
-from comfyfleet.coordinator.api.keys import CONFIG, COORDINATOR, SUPERVISOR
+from comfyfleet.coordinator.api.keys import CONFIG, COORDINATOR, ROLE, SUPERVISOR
 from comfyfleet.coordinator.api.requestlog import request_log_middleware
+from comfyfleet.coordinator.api.role import role_middleware
 from comfyfleet.coordinator.api.upload import UPLOAD_LOCKS, UploadLocks
 from comfyfleet.coordinator.config import CoordinatorConfig
 from comfyfleet.coordinator.errors import CoordinatorError
 from comfyfleet.coordinator.keyring import KeyRing
+from comfyfleet.coordinator.leader import Leadership, SoleLeader
 from comfyfleet.coordinator.outputs import OutputFiles
 from comfyfleet.coordinator.service import Coordinator
 from comfyfleet.coordinator.store import open_store
+from comfyfleet.coordinator.store.base import SharedStore
 from comfyfleet.coordinator.store.dsn import mask_url
 from comfyfleet.coordinator.web import routes as web_routes
 from comfyfleet.shared.settings import ConfigError
@@ -43,6 +46,7 @@ def create_app(config: CoordinatorConfig, *, loops: bool = True) -> web.Applicat
             graceful.inflight_middleware,
             errors_middleware,
             auth_middleware,
+            role_middleware,
         ],
         client_max_size=max(config.max_body_bytes, config.max_chunk_bytes),
         handler_args={
@@ -65,7 +69,13 @@ def create_app(config: CoordinatorConfig, *, loops: bool = True) -> web.Applicat
     async def coordinator_ctx(app: web.Application) -> AsyncIterator[None]:
         store = open_store(config.data_dir, config.store)
         coord = Coordinator(config, store, OutputFiles(config.outputs_dir, config.max_output_bytes))
-        coord.recover()
+        if isinstance(store, SharedStore):  # several coordinators: each begins as a follower
+            leadership = Leadership(config, store, coord)
+            leadership.start()
+            app[ROLE] = leadership
+        else:
+            coord.recover()
+            app[ROLE] = SoleLeader(config.url)
         app[COORDINATOR] = coord
         yield
         for agent in coord.agents.values():
@@ -76,12 +86,17 @@ def create_app(config: CoordinatorConfig, *, loops: bool = True) -> web.Applicat
     async def loops_ctx(app: web.Application) -> AsyncIterator[None]:
         supervisor = Supervisor("coordinator")
         app[SUPERVISOR] = supervisor
-        if loops:
+        role = app[ROLE]
+        if loops and isinstance(role, Leadership):
+            supervisor.start("leadership", role.run)
+        elif loops:
             coord = app[COORDINATOR]
             supervisor.start("scheduler", coord.scheduler_loop)
             supervisor.start("sweeper", coord.sweeper_loop)
         yield
         await supervisor.stop()
+        if isinstance(role, Leadership):
+            await role.close()  # idempotent: gives the lease up if the loop did not
 
     async def close_streams(app: web.Application) -> None:
         if COORDINATOR in app:

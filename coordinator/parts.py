@@ -12,6 +12,7 @@ from comfyfleet.coordinator.metrics import Metrics
 from comfyfleet.coordinator.outputs import OutputFiles
 from comfyfleet.coordinator.state import Live
 from comfyfleet.coordinator.store import Store
+from comfyfleet.coordinator.store.base import SharedStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +25,7 @@ class Parts:
     learning: Learning
     metrics: Metrics
     clock: Callable[[], float]
+    shared: SharedStore | None = None  # the same store, when several coordinators share it
 
 
 class Part:
@@ -38,3 +40,4 @@ class Part:
         self.learning = parts.learning
         self.metrics = parts.metrics
         self.clock = parts.clock
+        self.shared = parts.shared

@@ -8,6 +8,7 @@ from comfyfleet.coordinator import jobs as moves
 from comfyfleet.coordinator.fleet import AgentState, AgentStatus, register_from_info
 from comfyfleet.coordinator.learning import Learning
 from comfyfleet.coordinator.ledger import Ledger
+from comfyfleet.coordinator.model import AgentRecord
 from comfyfleet.coordinator.state import Live
 from comfyfleet.coordinator.store import Store
 from comfyfleet.shared.status import JobEvent, JobStatus
@@ -21,22 +22,7 @@ def recover(live: Live, ledger: Ledger, learning: Learning, store: Store) -> Non
     now = live.clock()
     deadline = now + live.config.restart_grace_s
     for rec in store.load_agents():
-        state = AgentState(
-            rec.agent_id,
-            AgentStatus.RECONNECTING,
-            now,
-            rec.registered_at,
-            lost_deadline=deadline,
-        )
-        msg = register_from_info(rec.info)
-        if msg is not None:
-            state.apply_register(msg, rec.registered_at)
-            state.status, state.lost_deadline, state.last_seen = (
-                AgentStatus.RECONNECTING,
-                deadline,
-                now,
-            )
-        live.agents[rec.agent_id] = state
+        live.agents[rec.agent_id] = recovered_agent(rec, now, deadline)
     for job in store.non_terminal_jobs():
         if job.status == JobStatus.SUBMITTED:
             ledger.commit(job, moves.advance(job, JobEvent.ENQUEUE, now, "recovered after restart"))
@@ -47,3 +33,24 @@ def recover(live: Live, ledger: Ledger, learning: Learning, store: Store) -> Non
     learning.learn_from_store(store)
     log.info("recovered", jobs=len(live.jobs), queued=len(live.queued), agents=len(live.agents))
     live.wake.set()
+
+
+def recovered_agent(rec: AgentRecord, now: float, deadline: float) -> AgentState:
+    """A stored agent as memory holds it until it registers again: RECONNECTING, lost unless
+    it comes back before `deadline`, with the hardware and inventory of its last registration."""
+    state = AgentState(
+        rec.agent_id,
+        AgentStatus.RECONNECTING,
+        now,
+        rec.registered_at,
+        lost_deadline=deadline,
+    )
+    msg = register_from_info(rec.info)
+    if msg is not None:
+        state.apply_register(msg, rec.registered_at)
+        state.status, state.lost_deadline, state.last_seen = (
+            AgentStatus.RECONNECTING,
+            deadline,
+            now,
+        )
+    return state

@@ -10,6 +10,11 @@ The parts, by who may run them once several coordinators share one store:
 
 Every job change goes through `ledger.Ledger.apply`: pure move, guarded store write, then memory.
 This class holds no logic of its own; it builds the parts and forwards to them.
+
+With one coordinator (SQLite, memory) the parts are built once and lead for the process's life.
+With several on one shared store (PostgreSQL) the parts are rebuilt at each change of role
+(`leader.Leadership`): `lead(store, epoch)` starts a term with fresh memory, a store view fenced by
+the epoch and recovery; `follow(store)` answers clients as a follower (`follower.FollowerIntake`).
 """
 
 from __future__ import annotations
@@ -25,11 +30,13 @@ from comfyfleet.coordinator.estimates import Estimate
 from comfyfleet.coordinator.events import EventBus
 from comfyfleet.coordinator.feed import Feed
 from comfyfleet.coordinator.fleet import AgentState
+from comfyfleet.coordinator.follower import FollowerIntake
 from comfyfleet.coordinator.intake import Intake
 from comfyfleet.coordinator.learning import Learning
 from comfyfleet.coordinator.ledger import Ledger
 from comfyfleet.coordinator.metrics import Metrics
 from comfyfleet.coordinator.model import JobRecord
+from comfyfleet.coordinator.orders import Orders
 from comfyfleet.coordinator.outputs import OutputFiles
 from comfyfleet.coordinator.parts import Parts
 from comfyfleet.coordinator.placement import Placer
@@ -38,6 +45,7 @@ from comfyfleet.coordinator.reports import Reports
 from comfyfleet.coordinator.scheduler.model import JobRequest
 from comfyfleet.coordinator.state import Live, LiveProgress
 from comfyfleet.coordinator.store import Store
+from comfyfleet.coordinator.store.base import SharedStore
 from comfyfleet.coordinator.sweeper import Sweeper
 from comfyfleet.shared import protocol as p
 
@@ -55,24 +63,40 @@ class Coordinator:
         metrics: Metrics | None = None,
     ) -> None:
         self.config = config
-        self.store = store
-        self.outputs = outputs
         self.clock = clock
         self.bus = bus or EventBus(start_id=int(clock() * 1_000_000))
         self.metrics = metrics or Metrics()
         self.feed = Feed(self.bus, self.metrics)
+        self.leading = True
+        self._build(store, outputs, None)
+        self.metrics.watch(self)
+
+    def _build(self, store: Store, outputs: OutputFiles, epoch: int | None) -> None:
+        """Fresh parts over `store`: this coordinator's memory starts empty."""
+        config, clock = self.config, self.clock
+        self.store = store
+        self.outputs = outputs
         self.live = Live(config, self.feed, clock)
         self.learning = Learning(config, self.live.counters, self.emit)
-        self.ledger = Ledger(store, self.live, outputs)
+        self.ledger = Ledger(store, self.live, outputs, epoch)
+        shared = store if isinstance(store, SharedStore) else None
         parts = Parts(
-            config, store, outputs, self.live, self.ledger, self.learning, self.metrics, clock
+            config,
+            store,
+            outputs,
+            self.live,
+            self.ledger,
+            self.learning,
+            self.metrics,
+            clock,
+            shared,
         )
-        self.intake = Intake(parts)
+        self.intake = Intake(parts) if self.leading else FollowerIntake(parts)
         self.agent_link = AgentLink(parts)
         self.reports = Reports(parts)
         self.placer = Placer(parts)
         self.sweeper = Sweeper(parts)
-        self.metrics.watch(self)
+        self.orders = Orders(parts, self.intake)
         # client calls (any coordinator)
         self.submit = self.intake.submit
         self.get = self.intake.get
@@ -89,6 +113,35 @@ class Coordinator:
         self.scheduler_loop = self.placer.scheduler_loop
         self.sweep = self.sweeper.sweep
         self.sweeper_loop = self.sweeper.sweeper_loop
+
+    def lead(self, store: SharedStore, epoch: int) -> None:
+        """Begin a leader's term: fresh memory over `store` (fenced by `epoch`), then recovery."""
+        self._let_go()
+        self.leading = True
+        self._build(store, self._fresh_outputs(), epoch)
+        self.recover()
+
+    def follow(self, store: SharedStore) -> None:
+        """Serve clients as a follower (its view of the fleet: `refresh`)."""
+        self._let_go()
+        self.leading = False
+        self._build(store, self._fresh_outputs(), None)
+
+    def refresh(self) -> None:
+        """A follower's view of the fleet, read again from the store."""
+        if isinstance(self.intake, FollowerIntake):
+            self.intake.refresh()
+
+    def _fresh_outputs(self) -> OutputFiles:
+        # Its caches may be stale once another coordinator has written the shared directory.
+        return OutputFiles(self.outputs.root, self.outputs.max_bytes)
+
+    def _let_go(self) -> None:
+        """End this memory's part: jobs not yet handed out stay with the store, long-polls end."""
+        for agent in self.live.agents.values():
+            agent.to_deliver.clear()
+            agent.to_cancel.clear()
+            agent.wake.set()
 
     def recover(self) -> None:
         recover(self.live, self.ledger, self.learning, self.store)

@@ -10,10 +10,17 @@ background; a call that still cannot reach the server raises StoreUnavailable wi
 The schema is versioned (migrations.POSTGRES, applied under an advisory lock, so coordinators
 starting together migrate once). Open jobs have their own partial index, so finished jobs, however
 many, do not slow recovery or the queue's reads.
+
+Several coordinators share one database (store/postgres_lead.py): the store opened here writes
+unfenced (tests, tools); a coordinator writes through `as_leader(epoch)`, whose every write is
+fenced by the epoch in its own transaction, or `as_follower()`, which refuses the leader's writes
+and turns each stored job into an order for the leader.
 """
 
 from __future__ import annotations
 
+import asyncio
+import copy
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,9 +32,11 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from comfyfleet.coordinator.errors import Conflict, StoreUnavailable
+from comfyfleet.coordinator.errors import Conflict, NotLeader, StoreUnavailable
+from comfyfleet.coordinator.lease import Leader
 from comfyfleet.coordinator.model import AgentRecord, JobRecord
 from comfyfleet.coordinator.store import codec
+from comfyfleet.coordinator.store import postgres_lead as lead
 from comfyfleet.coordinator.store.base import (
     DEFAULT_PAGE,
     RECOVERY_PAGE,
@@ -36,7 +45,12 @@ from comfyfleet.coordinator.store.base import (
 )
 from comfyfleet.coordinator.store.codec import JobRow
 from comfyfleet.coordinator.store.dsn import mask_url
-from comfyfleet.coordinator.store.migrations import POSTGRES, POSTGRES_OPEN_STATUSES
+from comfyfleet.coordinator.store.migrations import (
+    FENCE_SQLSTATE,
+    POSTGRES,
+    POSTGRES_OPEN_STATUSES,
+)
+from comfyfleet.coordinator.store.postgres_lead import Order, TermRecord
 from comfyfleet.shared.errors import InvalidInput
 from comfyfleet.shared.settings import ConfigError
 from comfyfleet.shared.status import JobStatus
@@ -56,6 +70,11 @@ _INSERT = (
     "ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
     "RETURNING id"
 )
+_INSERT_ORDERED = (  # a follower's insert: the job, and an order that the leader picks it up
+    f"WITH ins AS ({_INSERT}) "
+    "INSERT INTO comfyfleet_orders (kind, job_id, at) SELECT 'submit', id, %s FROM ins "
+    "RETURNING job_id"
+)
 _UPDATE = (
     "UPDATE jobs SET status = %s, attempt = %s, updated_at = %s, state = %s "
     "WHERE id = %s AND status = %s AND attempt = %s RETURNING 1"
@@ -69,6 +88,9 @@ class PostgresOptions:
     pool_max: int = 4
     connect_timeout_s: float = 5.0  # also the longest a call waits for a pooled connection
     statement_timeout_ms: int = 10_000  # no call blocks the event loop on a lock for longer
+    # A session idle inside a transaction for this long is ended by the server, with its locks: a
+    # paused leader cannot hold the lease row (every transaction here is sent in one go).
+    idle_in_transaction_ms: int = 1_000
 
 
 # What a failure of the server or the network is called in StoreUnavailable; anything else
@@ -95,15 +117,24 @@ def _problem(exc: BaseException) -> str:
     return "PostgreSQL unavailable"
 
 
+RAW, LEADER, FOLLOWER = "raw", "leader", "follower"  # how a store view writes
+
+
 class PostgresStore:
     def __init__(self, url: str, options: PostgresOptions | None = None) -> None:
         self._shown = mask_url(url)
         self._options = options or PostgresOptions()
+        self._mode = RAW
+        self._epoch = 0
+        self._owner = True
         conninfo = self._conninfo(url)
+        self._conninfo_str = conninfo
         with self._translated():
             with self._first_connection(conninfo) as conn:
                 self._check_encoding(conn)
                 self._migrate(conn)
+                row = conn.execute("SELECT current_schema()").fetchone()
+                self.channel = lead.channel_of(str(row[0]) if row else "public")
             pool: ConnectionPool = ConnectionPool(
                 conninfo,
                 min_size=self._options.pool_min,
@@ -143,6 +174,91 @@ class PostgresStore:
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute(f"SET statement_timeout = {int(self._options.statement_timeout_ms)}")
+        idle = int(self._options.idle_in_transaction_ms)
+        conn.execute(f"SET idle_in_transaction_session_timeout = {idle}")
+
+    # ------------------------------------------------------------------ leader and followers
+
+    def _view(self, mode: str, epoch: int = 0) -> PostgresStore:
+        view = copy.copy(self)
+        view._mode, view._epoch, view._owner = mode, epoch, False
+        return view
+
+    def as_leader(self, epoch: int) -> PostgresStore:
+        """This store, every write fenced by `epoch` (NotLeader once the epoch has ended)."""
+        return self._view(LEADER, epoch)
+
+    def as_follower(self) -> PostgresStore:
+        """This store for a coordinator that does not lead: the leader's writes raise NotLeader;
+        a stored job leaves an order for the leader."""
+        return self._view(FOLLOWER)
+
+    @property
+    def epoch(self) -> int | None:
+        return self._epoch if self._mode == LEADER else None
+
+    def _leader_only(self, what: str) -> None:
+        if self._mode == FOLLOWER:
+            raise NotLeader(f"{what}: this coordinator is a follower; only the leader writes it")
+
+    @contextmanager
+    def _write_tx(self) -> Iterator[psycopg.Connection[Any]]:
+        """One transaction sent in one go (pipeline), fenced first when this view leads."""
+        with self._conn() as conn, conn.pipeline(), conn.transaction():
+            if self._mode == LEADER:
+                conn.execute(lead.FENCE, (self._epoch,))
+            yield conn
+
+    def try_lead(self, holder: str, url: str, ttl_s: float) -> int | None:
+        """Take the lease if it has ended: the new epoch, or None."""
+        with self._conn() as conn:
+            return lead.take(conn, holder, url, ttl_s)
+
+    def renew(self, epoch: int, holder: str, ttl_s: float) -> bool:
+        with self._conn() as conn:
+            return lead.renew(conn, epoch, holder, ttl_s)
+
+    def release(self, epoch: int, holder: str) -> None:
+        with self._conn() as conn:
+            lead.release(conn, epoch, holder)
+
+    def leader(self) -> Leader | None:
+        with self._conn() as conn:
+            return lead.leader(conn)
+
+    def terms(self) -> list[TermRecord]:
+        """Every epoch so far and when it began (the server's clock)."""
+        with self._conn() as conn:
+            return lead.terms(conn)
+
+    def put_order(
+        self, kind: str, at: float, job_id: str | None = None, agent_id: str | None = None
+    ) -> None:
+        with self._conn() as conn:
+            lead.order(conn, self.channel, kind, job_id, agent_id, at)
+
+    def orders(self, limit: int = 1000) -> list[Order]:
+        with self._conn() as conn:
+            return lead.orders(conn, limit)
+
+    def done_orders(self, seqs: Sequence[int]) -> None:
+        """Forget orders the leader has applied (fenced: only the leader)."""
+        self._leader_only("done_orders")
+        if seqs:
+            with self._conn() as conn:
+                if self._mode == LEADER:
+                    lead.done(conn, self._epoch, seqs)
+                else:
+                    conn.execute("DELETE FROM comfyfleet_orders WHERE seq = ANY(%s)", (list(seqs),))
+
+    async def listen(self, woken: asyncio.Event) -> None:
+        """Set `woken` on every order's NOTIFY until the listening connection fails."""
+        try:
+            await lead.listen(
+                self._conninfo_str, self.channel, woken, self._options.connect_timeout_s
+            )
+        except _MEDIUM as exc:
+            raise StoreUnavailable(f"job store {self._shown}: {_problem(exc)}") from exc
 
     def _check_encoding(self, conn: psycopg.Connection[Any]) -> None:
         row = conn.execute("SHOW server_encoding").fetchone()
@@ -184,7 +300,14 @@ class PostgresStore:
     def _translated(self) -> Iterator[None]:
         try:
             yield
-        except _MEDIUM as exc:
+        except psycopg.Error as exc:
+            if exc.sqlstate == FENCE_SQLSTATE:
+                raise NotLeader(
+                    f"job store {self._shown}: leader epoch {self._epoch} has ended; "
+                    "nothing was written"
+                ) from exc
+            if not isinstance(exc, _MEDIUM):
+                raise
             detail = mask_url(str(exc).strip().splitlines()[0] if str(exc).strip() else "")
             raise StoreUnavailable(
                 f"job store {self._shown}: {_problem(exc)} ({type(exc).__name__}: {detail})"
@@ -208,13 +331,24 @@ class PostgresStore:
 
     def insert_job(self, job: JobRecord) -> tuple[JobRecord, bool]:
         row = codec.encode_job(job)
+        try:
+            if self._mode == RAW:
+                with self._conn() as conn:
+                    inserted = conn.execute(_INSERT, codec.row_values(row)).fetchone()
+            else:  # the leader's insert is fenced; a follower's also orders the leader to look
+                with self._write_tx() as conn:
+                    if self._mode == FOLLOWER:
+                        inserted = conn.execute(
+                            _INSERT_ORDERED, (*codec.row_values(row), row.created_at)
+                        ).fetchone()
+                        conn.execute(lead.NOTIFY, (self.channel,))
+                    else:
+                        inserted = conn.execute(_INSERT, codec.row_values(row)).fetchone()
+        except pg_errors.UniqueViolation:
+            raise Conflict(f"job {job.id} already exists", field="id") from None
+        if inserted is not None:
+            return codec.decode_job(row), True
         with self._conn() as conn:
-            try:
-                inserted = conn.execute(_INSERT, codec.row_values(row)).fetchone()
-            except pg_errors.UniqueViolation:
-                raise Conflict(f"job {job.id} already exists", field="id") from None
-            if inserted is not None:
-                return codec.decode_job(row), True
             found = conn.execute(
                 f"{_SELECT} WHERE tenant = %s AND idempotency_key = %s",
                 (row.tenant, row.idempotency_key),
@@ -227,15 +361,17 @@ class PostgresStore:
         return self.update_jobs([(job, expect_status, expect_attempt)])[0]
 
     def update_jobs(self, items: Sequence[GuardedUpdate]) -> list[bool]:
+        self._leader_only("update_jobs")
         params = [codec.update_values(*item) for item in items]
         if not params:
             return []
-        if len(params) == 1:  # one statement is atomic on its own: no BEGIN/COMMIT round trips
+        if len(params) == 1 and self._mode == RAW:  # one statement is atomic on its own
             with self._conn() as conn:
                 return [conn.execute(_UPDATE, params[0]).fetchone() is not None]
         results: list[bool] = []
-        with self._conn() as conn, conn.pipeline(), conn.transaction(), conn.cursor() as cur:
-            # BEGIN, the UPDATEs and COMMIT in one pipeline; each UPDATE sees the ones before it.
+        with self._write_tx() as conn, conn.cursor() as cur:
+            # BEGIN, the fence, the UPDATEs and COMMIT in one pipeline; each UPDATE sees the
+            # ones before it.
             cur.executemany(_UPDATE, params, returning=True)
             while True:
                 results.append(cur.fetchone() is not None)
@@ -276,8 +412,9 @@ class PostgresStore:
             )
 
     def save_agent(self, agent: AgentRecord) -> None:
+        self._leader_only("save_agent")
         info = codec.encode_agent_info(agent)
-        with self._conn() as conn:
+        with self._write_tx() as conn:
             conn.execute(
                 "INSERT INTO agents (agent_id, registered_at, info) VALUES (%s, %s, %s) "
                 "ON CONFLICT (agent_id) DO UPDATE SET "
@@ -293,8 +430,9 @@ class PostgresStore:
         return [codec.decode_agent(*r) for r in rows]
 
     def close(self) -> None:
+        """Close the pool (a view made by as_leader/as_follower only lets go of it)."""
         pool, self._pool = self._pool, None
-        if pool is not None:
+        if pool is not None and self._owner:
             pool.close()
 
 

@@ -1,0 +1,159 @@
+"""Several coordinators on one PostgreSQL store: the lease, the fence and the orders, in SQL.
+
+The lease follows the rules of `coordinator/lease.py`, on the server's clock (`clock_timestamp()`),
+so the coordinators' own clocks never decide who leads. Every write of the leader runs, in its
+transaction, `comfyfleet_fence(epoch)` first (migrations.POSTGRES v2): it takes a share lock on
+the lease row and raises unless the epoch still holds. A coordinator that takes the lease must
+update that row, so it waits for the writes in flight of the old epoch to commit, and every later
+write of the old epoch fails: the epochs' writes never interleave. A holder paused in the middle
+of a transaction (SIGSTOP) cannot keep the row locked: its session is ended after
+`idle_in_transaction_session_timeout`.
+
+Orders are what any coordinator leaves for the leader: a job it stored (`submit`), a `cancel`,
+a `drain`. Each is a row (durable until the leader has applied it) and a NOTIFY on the store's
+channel (a hint: the leader also polls).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from comfyfleet.coordinator.lease import Leader
+
+LEASE_LOCK_TIMEOUT_MS = 500  # taking or renewing the lease never waits longer than this for a lock
+
+_TAKE = """
+WITH won AS (
+    UPDATE comfyfleet_leader
+       SET epoch = epoch + 1, holder = %(holder)s, url = %(url)s,
+           expires_at = clock_timestamp() + make_interval(secs => %(ttl)s)
+     WHERE id = 1 AND expires_at <= clock_timestamp()
+    RETURNING epoch, holder, url
+)
+INSERT INTO comfyfleet_terms (epoch, holder, url, began_at)
+SELECT epoch, holder, url, clock_timestamp() FROM won
+RETURNING epoch
+"""
+_RENEW = """
+UPDATE comfyfleet_leader SET expires_at = clock_timestamp() + make_interval(secs => %(ttl)s)
+ WHERE id = 1 AND epoch = %(epoch)s AND holder = %(holder)s AND expires_at > clock_timestamp()
+RETURNING epoch
+"""
+_RELEASE = """
+UPDATE comfyfleet_leader SET expires_at = clock_timestamp()
+ WHERE id = 1 AND epoch = %(epoch)s AND holder = %(holder)s AND expires_at > clock_timestamp()
+"""
+_LEADER = (
+    "SELECT epoch, holder, url FROM comfyfleet_leader "
+    "WHERE id = 1 AND expires_at > clock_timestamp()"
+)
+FENCE = "SELECT comfyfleet_fence(%s)"
+_ORDER = "INSERT INTO comfyfleet_orders (kind, job_id, agent_id, at) VALUES (%s, %s, %s, %s)"
+_ORDERS = "SELECT seq, kind, job_id, agent_id, at FROM comfyfleet_orders ORDER BY seq LIMIT %s"
+_DONE = "DELETE FROM comfyfleet_orders WHERE seq = ANY(%s)"
+_TERMS = (
+    "SELECT epoch, holder, url, extract(epoch FROM began_at) FROM comfyfleet_terms ORDER BY epoch"
+)
+NOTIFY = "SELECT pg_notify(%s, '')"
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """Something the leader must apply: `submit` (job_id was stored), `cancel` (job_id) or
+    `drain` (agent_id)."""
+
+    seq: int
+    kind: str
+    job_id: str | None
+    agent_id: str | None
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TermRecord:
+    epoch: int
+    holder: str
+    url: str
+    began_at: float  # the server's clock, seconds since the epoch
+
+
+def channel_of(schema: str) -> str:
+    """The NOTIFY channel of the store in `schema` (channels are per database, not per schema)."""
+    return f"comfyfleet.{schema}"[:63]
+
+
+def _lease_statement(conn: psycopg.Connection[Any], query: str, params: dict[str, Any]) -> Any:
+    """One lease statement in its own transaction, waiting at most LEASE_LOCK_TIMEOUT_MS for the
+    row (a lock it cannot get now means: not this time)."""
+    try:
+        with conn.transaction():
+            conn.execute(f"SET LOCAL lock_timeout = {LEASE_LOCK_TIMEOUT_MS}")
+            return conn.execute(query, params).fetchone()  # type: ignore[call-overload]
+    except psycopg.errors.LockNotAvailable:
+        return None
+
+
+def take(conn: psycopg.Connection[Any], holder: str, url: str, ttl_s: float) -> int | None:
+    row = _lease_statement(conn, _TAKE, {"holder": holder, "url": url, "ttl": ttl_s})
+    return int(row[0]) if row else None
+
+
+def renew(conn: psycopg.Connection[Any], epoch: int, holder: str, ttl_s: float) -> bool:
+    row = _lease_statement(conn, _RENEW, {"epoch": epoch, "holder": holder, "ttl": ttl_s})
+    return row is not None
+
+
+def release(conn: psycopg.Connection[Any], epoch: int, holder: str) -> None:
+    with conn.transaction():
+        conn.execute(f"SET LOCAL lock_timeout = {LEASE_LOCK_TIMEOUT_MS}")
+        conn.execute(_RELEASE, {"epoch": epoch, "holder": holder})
+
+
+def leader(conn: psycopg.Connection[Any]) -> Leader | None:
+    row = conn.execute(_LEADER).fetchone()
+    return Leader(int(row[0]), str(row[1]), str(row[2])) if row else None
+
+
+def terms(conn: psycopg.Connection[Any]) -> list[TermRecord]:
+    return [TermRecord(int(e), str(h), str(u), float(b)) for e, h, u, b in conn.execute(_TERMS)]
+
+
+def orders(conn: psycopg.Connection[Any], limit: int) -> list[Order]:
+    rows = conn.execute(_ORDERS, (limit,))
+    return [Order(int(s), str(k), j, a, float(t)) for s, k, j, a, t in rows]
+
+
+def done(conn: psycopg.Connection[Any], epoch: int, seqs: Sequence[int]) -> None:
+    with conn.pipeline(), conn.transaction():
+        conn.execute(FENCE, (epoch,))
+        conn.execute(_DONE, (list(seqs),))
+
+
+def order(
+    conn: psycopg.Connection[Any],
+    channel: str,
+    kind: str,
+    job_id: str | None,
+    agent_id: str | None,
+    at: float,
+) -> None:
+    with conn.pipeline(), conn.transaction():
+        conn.execute(_ORDER, (kind, job_id, agent_id, at))
+        conn.execute(NOTIFY, (channel,))
+
+
+async def listen(conninfo: str, channel: str, woken: asyncio.Event, timeout_s: float) -> None:
+    """Set `woken` on every NOTIFY of `channel` until the connection fails (the caller reconnects;
+    the leader polls meanwhile)."""
+    async with await psycopg.AsyncConnection.connect(
+        conninfo, autocommit=True, connect_timeout=max(1, round(timeout_s))
+    ) as conn:
+        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        async for _ in conn.notifies():
+            woken.set()
