@@ -24,6 +24,12 @@ from comfyfleet.shared.errors import InvalidInput
 log = structlog.get_logger("agent.coordinator")
 T = TypeVar("T")
 MAX_REDIRECTS = 3
+# With several coordinators, one that accepts connections but does not answer (a paused process,
+# a dead host) must not hold the agent for the full request timeout: an answer must start within
+# READ_S, a heartbeat must be answered within max(HEARTBEAT_MIN_S, 2 intervals), and a heartbeat
+# that failed ends the lease long-poll waiting on the same coordinator.
+READ_S = 15.0
+HEARTBEAT_MIN_S = 2.0
 
 
 class AgentError(Exception):
@@ -61,7 +67,11 @@ class CoordinatorClient:
         self.session = session
         self.endpoints = Endpoints(base_url)  # one URL, or several (comma-separated)
         self.agent_id = agent_id
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=5)
+        self.several = len(self.endpoints.urls) > 1
+        read = READ_S if self.several else None
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=5, sock_read=read)
+        self.heartbeat_timeout: aiohttp.ClientTimeout | None = None
+        self.polling: tuple[str, asyncio.Future[p.LeaseReply]] | None = None
         self.auth = {"Authorization": f"Bearer {token}"} if token else {}
         self.ssl: ssl.SSLContext | bool = ssl_context or True
 
@@ -165,15 +175,41 @@ class CoordinatorClient:
         raise Refused(status, {"message": f"unexpected HTTP {status}", **error})
 
     async def register(self, msg: p.Register) -> p.RegisterReply:
-        return await self.call("register", msg, p.RegisterReply)
+        reply = await self.call("register", msg, p.RegisterReply)
+        if self.several:
+            total = max(HEARTBEAT_MIN_S, 2 * reply.heartbeat_interval_s)
+            self.heartbeat_timeout = aiohttp.ClientTimeout(total=total, sock_connect=5)
+        return reply
 
     async def heartbeat(self, msg: p.Heartbeat) -> p.HeartbeatReply:
-        return await self.call("heartbeat", msg, p.HeartbeatReply, retries=0)
+        url = self.endpoints.current
+        try:
+            return await self.call(
+                "heartbeat", msg, p.HeartbeatReply, retries=0, http_timeout=self.heartbeat_timeout
+            )
+        except CoordinatorUnavailable:
+            polling = self.polling
+            if polling is not None and polling[0] == url and not polling[1].done():
+                polling[1].cancel()  # the long-poll waits on a coordinator that does not answer
+            raise
 
     async def lease(self, free: dict[str, int], wait_s: float) -> p.LeaseReply:
         msg = p.LeaseRequest(agent_id=self.agent_id, free=free, wait_s=wait_s)
         timeout = aiohttp.ClientTimeout(total=wait_s + 15, sock_connect=5)
-        return await self.call("lease", msg, p.LeaseReply, retries=0, http_timeout=timeout)
+        call = asyncio.ensure_future(
+            self.call("lease", msg, p.LeaseReply, retries=0, http_timeout=timeout)
+        )
+        self.polling = (self.endpoints.current, call)
+        try:
+            return await call
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if call.cancelled() and task is not None and not task.cancelling():
+                raise CoordinatorUnavailable("lease: its coordinator stopped answering") from None
+            raise
+        finally:
+            self.polling = None
+            call.cancel()
 
     async def started(self, job: p.Assignment, prompt_id: str, seeds: dict[str, int]) -> p.Ack:
         return await self.call(

@@ -100,6 +100,7 @@ _MEDIUM = (
     psycopg.InterfaceError,  # the connection is closed
     pg_errors.ReadOnlySqlTransaction,
     pg_errors.InsufficientPrivilege,
+    pg_errors.IdleInTransactionSessionTimeout,  # this process was paused inside a transaction
 )
 
 
@@ -112,6 +113,8 @@ def _problem(exc: BaseException) -> str:
         return "permission denied"
     if isinstance(exc, pg_errors.QueryCanceled):
         return "statement timed out"
+    if isinstance(exc, pg_errors.IdleInTransactionSessionTimeout):
+        return "the server ended a transaction left idle (was this process paused?)"
     if isinstance(exc, PoolTimeout):
         return "no connection to PostgreSQL in time"
     return "PostgreSQL unavailable"

@@ -8,11 +8,14 @@ import signal
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import psycopg
 
+from tests.chaos.checker import JobEvidence
 from tests.helpers import procs
 from tests.helpers.fleet import Fleet
 
@@ -147,4 +150,35 @@ def fencing_violations(
                     f"{job_id}: step {step} ({entry['event']}) of epoch {epoch} at "
                     f"{entry['at']:.3f}, after epoch {epoch + 1} began at {nxt:.3f}"
                 )
+    return out
+
+
+async def evidence(
+    job: Callable[[str], Awaitable[dict[str, Any] | None]],
+    session: aiohttp.ClientSession,
+    fleet: MultiFleet,
+    accepted: Mapping[str, tuple[int, int]],
+) -> dict[str, JobEvidence]:
+    """What the checker needs of each accepted job: its JSON (from any coordinator), its outputs
+    as served, and the attempt directories in the shared output directory."""
+    out: dict[str, JobEvidence] = {}
+    for job_id, size in accepted.items():
+        found = await job(job_id)
+        ev = JobEvidence(found, size)
+        for o in (
+            (found or {}).get("outputs", []) if (found or {}).get("status") == "COMPLETED" else []
+        ):
+            for url in fleet.urls:
+                try:
+                    async with session.get(f"{url}{o['url']}") as r:
+                        if r.status == 200:
+                            ev.downloads[o["name"]] = await r.read()
+                            break
+                except aiohttp.ClientError:
+                    continue
+        jdir = fleet.outputs / job_id
+        if jdir.is_dir():
+            for adir in jdir.iterdir():
+                ev.attempt_dirs[int(adir.name)] = {f.name for f in adir.iterdir()}
+        out[job_id] = ev
     return out
