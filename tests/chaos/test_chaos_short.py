@@ -30,3 +30,30 @@ async def test_short_seeded_chaos_run(tmp_path: Path) -> None:
     assert figures.verdict.violations == [], figures.report()
     assert figures.verdict.lost == 0 and figures.verdict.duplicated == 0
     assert figures.integrity == "ok"
+
+
+async def test_short_seeded_chaos_run_with_three_coordinators_on_postgres(tmp_path: Path) -> None:
+    """The same with three coordinators on one PostgreSQL store: each coordinator fault hits the
+    leader (SIGKILL, SIGSTOP past its lease, its database connections killed)."""
+    cfg = ChaosConfig(
+        seed=5,
+        jobs=40,
+        agents=3,
+        duration_s=25.0,
+        fault_gap_s=(1.5, 3.5),
+        coordinator_kills=3,
+        stop_s=(4.0, 10.0),
+        settle_s=150.0,
+        coordinators=3,
+        store="postgres",
+    )
+    figures = await run_chaos(cfg, tmp_path)
+    print(figures.report())
+    leader_faults = sum(
+        figures.faults[k] for k in ("coordinator_kill", "leader_stop", "leader_db_kill")
+    )
+    assert leader_faults == 3, figures.faults
+    assert figures.verdict.accepted == cfg.jobs
+    assert figures.verdict.violations == [], figures.report()
+    assert figures.verdict.lost == 0 and figures.verdict.duplicated == 0
+    assert figures.integrity == "ok"

@@ -18,6 +18,7 @@ import psycopg
 from tests.chaos.checker import JobEvidence
 from tests.helpers import procs
 from tests.helpers.fleet import Fleet
+from tests.helpers.postgres import Cluster
 
 # Short timings, so that a failover takes a couple of seconds in a test.
 FAST = [
@@ -182,3 +183,20 @@ async def evidence(
                 ev.attempt_dirs[int(adir.name)] = {f.name for f in adir.iterdir()}
         out[job_id] = ev
     return out
+
+
+def terminate_backends_of(cluster: Cluster, pid: int) -> int:
+    """pg_terminate_backend on every connection of the process `pid` (matched by client port)."""
+    import psutil
+
+    ports = {
+        c.laddr.port
+        for c in psutil.Process(pid).net_connections(kind="tcp")
+        if c.raddr and c.raddr.port == cluster.port
+    }
+    with psycopg.connect(cluster.url(), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE client_port = ANY(%s)",
+            (list(ports),),
+        ).fetchall()
+    return sum(1 for (ok,) in rows if ok)

@@ -16,12 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import psycopg
 import pytest
 
 from tests.chaos.checker import check_run
 from tests.helpers.fleet import txt2img
-from tests.helpers.multi import MultiFleet, evidence, fencing_violations, terms
+from tests.helpers.multi import (
+    MultiFleet,
+    evidence,
+    fencing_violations,
+    terminate_backends_of,
+    terms,
+)
 from tests.helpers.postgres import Cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(170)]
@@ -215,20 +220,3 @@ async def test_the_leaders_database_connections_killed(
         raise
     finally:
         fleet.stop()
-
-
-def terminate_backends_of(cluster: Cluster, pid: int) -> int:
-    """pg_terminate_backend on every connection of the process `pid` (matched by client port)."""
-    import psutil
-
-    ports = {
-        c.laddr.port
-        for c in psutil.Process(pid).net_connections(kind="tcp")
-        if c.raddr and c.raddr.port == cluster.port
-    }
-    with psycopg.connect(cluster.url(), autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE client_port = ANY(%s)",
-            (list(ports),),
-        ).fetchall()
-    return sum(1 for (ok,) in rows if ok)
