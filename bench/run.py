@@ -23,7 +23,7 @@ from typing import Any
 
 import psutil
 
-from bench import dispatch, heartbeat, placement, streaming, utilisation
+from bench import dispatch, failover, heartbeat, placement, streaming, utilisation
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,6 +35,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "heartbeat_window_s": 15.0,
         "utilisation": [(2000.0, 200), (200.0, 1000), (20.0, 1000)],
         "stream_mb": 512,
+        "failover_kills": 20,
+        "stores": (1000, 5000),
     },
     "quick": {
         "dispatch_jobs": 200,
@@ -43,6 +45,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "heartbeat_window_s": 6.0,
         "utilisation": [(2000.0, 20), (200.0, 100), (20.0, 200)],
         "stream_mb": 64,
+        "failover_kills": 5,
+        "stores": (200, 1000),
     },
 }
 
@@ -103,6 +107,10 @@ def bench_all(
         )
     if want("streaming"):
         timed("streaming", lambda d: streaming.run(d, size["stream_mb"]))
+    if want("failover"):
+        timed("failover", lambda d: failover.run(d, size["failover_kills"]))
+    if want("stores"):
+        timed("stores", lambda d: failover.compare_stores(d, *size["stores"]))
     return res
 
 
@@ -179,6 +187,8 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str]]:
                     _ok(u["efficiency_pct"], lambda v: v >= 95),
                 )
             )
+    for label, value, good in failover.target_rows(res):
+        rows.append((label, value, "met" if good else "**missed**"))
     st = res.get("streaming", {})
     if "end_to_end_mb_s" in st:
         rows.append(
@@ -344,6 +354,7 @@ def render(
         "wall time ratio.",
         "",
     ]
+    out += failover.render(res)
     notes = ROOT / "bench" / "notes.md"
     if notes.exists():
         out += [notes.read_text().rstrip(), ""]
@@ -356,7 +367,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--only",
         nargs="+",
-        choices=["dispatch", "placement", "heartbeat", "utilisation", "streaming"],
+        choices=[
+            "dispatch",
+            "placement",
+            "heartbeat",
+            "utilisation",
+            "streaming",
+            "failover",
+            "stores",
+        ],
     )
     ap.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     args = ap.parse_args(argv)
