@@ -25,11 +25,13 @@ from comfyfleet.shared.status import TERMINAL, JobStatus
 log = structlog.get_logger("coordinator")
 
 REFRESH_S = 10.0  # how old the follower's view of the fleet may get
+ESTIMATES_EVERY = 6  # refreshes: estimates (recent completed jobs) are read less often
 CANCEL, DRAIN = "cancel", "drain"
 
 
 class FollowerIntake(Intake):
     queued_seen = 0  # QUEUED jobs at the last refresh, plus the ones stored here since
+    refreshes = 0
 
     @property
     def orders(self) -> SharedStore:
@@ -48,8 +50,10 @@ class FollowerIntake(Intake):
             agents[rec.agent_id] = agent
         self.live.agents = agents
         self.queued_seen = self.store.count_by_status()[JobStatus.QUEUED]
-        self.learning.estimates.clear()
-        self.learning.learn_from_store(self.store)
+        if self.refreshes % ESTIMATES_EVERY == 0:
+            self.learning.estimates.clear()
+            self.learning.learn_from_store(self.store)
+        self.refreshes += 1
 
     def waiting(self) -> int:
         return self.queued_seen

@@ -29,7 +29,7 @@ from comfyfleet.coordinator.config import CoordinatorConfig
 from comfyfleet.coordinator.estimates import Estimate
 from comfyfleet.coordinator.events import EventBus
 from comfyfleet.coordinator.feed import Feed
-from comfyfleet.coordinator.fleet import AgentState
+from comfyfleet.coordinator.fleet import AgentState, AgentStatus
 from comfyfleet.coordinator.follower import FollowerIntake
 from comfyfleet.coordinator.intake import Intake
 from comfyfleet.coordinator.learning import Learning
@@ -137,10 +137,12 @@ class Coordinator:
         return OutputFiles(self.outputs.root, self.outputs.max_bytes)
 
     def _let_go(self) -> None:
-        """End this memory's part: jobs not yet handed out stay with the store, long-polls end."""
+        """End this memory's part: jobs not yet handed out stay with the store, and the agents'
+        long-polls on it end now (LOST here only ends them: this memory is dropped)."""
         for agent in self.live.agents.values():
             agent.to_deliver.clear()
             agent.to_cancel.clear()
+            agent.status = AgentStatus.LOST
             agent.wake.set()
 
     def recover(self) -> None:

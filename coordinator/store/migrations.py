@@ -80,8 +80,9 @@ _POSTGRES_V1 = (
 # Several coordinators on one database (coordinator/lease.py, store/postgres_lead.py): the lease
 # row (its epoch fences every write of the leader), the log of terms (when each epoch began), the
 # orders that any coordinator leaves for the leader (a job submitted, a cancel, a drain), and the
-# fence itself, raising FENCE_SQLSTATE unless the given epoch holds the lease. SQLite has one
-# coordinator: nothing to add there.
+# fence itself: true, with a share lock on the lease row until the transaction ends, or it raises
+# FENCE_SQLSTATE when the given epoch does not hold the lease. SQLite has one coordinator:
+# nothing to add there.
 FENCE_SQLSTATE = "CF001"
 _POSTGRES_V2 = (
     """
@@ -113,13 +114,14 @@ _POSTGRES_V2 = (
     )
     """,
     f"""
-    CREATE FUNCTION comfyfleet_fence(want BIGINT) RETURNS void LANGUAGE plpgsql AS $$
+    CREATE FUNCTION comfyfleet_fence(want BIGINT) RETURNS boolean LANGUAGE plpgsql AS $$
     BEGIN
         PERFORM 1 FROM comfyfleet_leader
             WHERE id = 1 AND epoch = want AND expires_at > clock_timestamp() FOR SHARE;
         IF NOT FOUND THEN
             RAISE EXCEPTION 'leader epoch % has ended', want USING ERRCODE = '{FENCE_SQLSTATE}';
         END IF;
+        RETURN true;
     END
     $$
     """,

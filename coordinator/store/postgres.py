@@ -65,19 +65,32 @@ OPEN_FIRST = f"{_SELECT} WHERE {_OPEN} ORDER BY created_at, id LIMIT %s"
 OPEN_AFTER = (
     f"{_SELECT} WHERE {_OPEN} AND (created_at, id) > (%s, %s) ORDER BY created_at, id LIMIT %s"
 )
-_INSERT = (
-    f"INSERT INTO jobs ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+_VALUES = ", ".join(["%s"] * 10)
+_KEYED = (
     "ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
     "RETURNING id"
 )
-_INSERT_ORDERED = (  # a follower's insert: the job, and an order that the leader picks it up
-    f"WITH ins AS ({_INSERT}) "
-    "INSERT INTO comfyfleet_orders (kind, job_id, at) SELECT 'submit', id, %s FROM ins "
-    "RETURNING job_id"
+_INSERT = f"INSERT INTO jobs ({_COLUMNS}) VALUES ({_VALUES}) {_KEYED}"
+_INSERT_FENCED = f"INSERT INTO jobs ({_COLUMNS}) SELECT {_VALUES} WHERE {lead.FENCE} {_KEYED}"
+_INSERT_ORDERED = (  # a follower's insert: the job, an order that the leader picks it up, NOTIFY
+    f"WITH ins AS ({_INSERT}), "
+    "ord AS (INSERT INTO comfyfleet_orders (kind, job_id, at) SELECT 'submit', id, %s FROM ins "
+    "RETURNING job_id) "
+    "SELECT job_id, pg_notify(%s, '') FROM ord"
 )
 _UPDATE = (
     "UPDATE jobs SET status = %s, attempt = %s, updated_at = %s, state = %s "
     "WHERE id = %s AND status = %s AND attempt = %s RETURNING 1"
+)
+_UPDATE_FENCED = lead.fenced(_UPDATE)
+_AGENT_SET = (
+    "ON CONFLICT (agent_id) DO UPDATE SET "
+    "registered_at = excluded.registered_at, info = excluded.info"
+)
+_SAVE_AGENT = f"INSERT INTO agents (agent_id, registered_at, info) VALUES (%s, %s, %s) {_AGENT_SET}"
+_SAVE_AGENT_FENCED = (
+    f"INSERT INTO agents (agent_id, registered_at, info) SELECT %s, %s, %s "
+    f"WHERE {lead.FENCE} {_AGENT_SET}"
 )
 _MIGRATE_LOCK = "SELECT pg_advisory_xact_lock(hashtext('comfyfleet-migrate'), hashtext(%s))"
 
@@ -204,13 +217,9 @@ class PostgresStore:
         if self._mode == FOLLOWER:
             raise NotLeader(f"{what}: this coordinator is a follower; only the leader writes it")
 
-    @contextmanager
-    def _write_tx(self) -> Iterator[psycopg.Connection[Any]]:
-        """One transaction sent in one go (pipeline), fenced first when this view leads."""
-        with self._conn() as conn, conn.pipeline(), conn.transaction():
-            if self._mode == LEADER:
-                conn.execute(lead.FENCE, (self._epoch,))
-            yield conn
+    def _fence(self, params: Sequence[object]) -> tuple[object, ...]:
+        """The parameters of a fenced statement: `params`, then this view's epoch."""
+        return (*params, self._epoch)
 
     def try_lead(self, holder: str, url: str, ttl_s: float) -> int | None:
         """Take the lease if it has ended: the new epoch, or None."""
@@ -250,9 +259,9 @@ class PostgresStore:
         if seqs:
             with self._conn() as conn:
                 if self._mode == LEADER:
-                    lead.done(conn, self._epoch, seqs)
+                    conn.execute(lead.fenced(lead.DONE), self._fence([list(seqs)]))
                 else:
-                    conn.execute("DELETE FROM comfyfleet_orders WHERE seq = ANY(%s)", (list(seqs),))
+                    conn.execute(lead.DONE, (list(seqs),))
 
     async def listen(self, woken: asyncio.Event) -> None:
         """Set `woken` on every order's NOTIFY until the listening connection fails."""
@@ -334,19 +343,16 @@ class PostgresStore:
 
     def insert_job(self, job: JobRecord) -> tuple[JobRecord, bool]:
         row = codec.encode_job(job)
+        values = codec.row_values(row)
         try:
-            if self._mode == RAW:
-                with self._conn() as conn:
-                    inserted = conn.execute(_INSERT, codec.row_values(row)).fetchone()
-            else:  # the leader's insert is fenced; a follower's also orders the leader to look
-                with self._write_tx() as conn:
-                    if self._mode == FOLLOWER:
-                        inserted = conn.execute(
-                            _INSERT_ORDERED, (*codec.row_values(row), row.created_at)
-                        ).fetchone()
-                        conn.execute(lead.NOTIFY, (self.channel,))
-                    else:
-                        inserted = conn.execute(_INSERT, codec.row_values(row)).fetchone()
+            with self._conn() as conn:
+                if self._mode == LEADER:  # fenced; the leader indexes its own jobs
+                    query, params = _INSERT_FENCED, self._fence(values)
+                elif self._mode == FOLLOWER:  # ordering the leader to pick the job up
+                    query, params = _INSERT_ORDERED, (*values, row.created_at, self.channel)
+                else:
+                    query, params = _INSERT, values
+                inserted = conn.execute(query, params).fetchone()  # type: ignore[arg-type]
         except pg_errors.UniqueViolation:
             raise Conflict(f"job {job.id} already exists", field="id") from None
         if inserted is not None:
@@ -368,14 +374,17 @@ class PostgresStore:
         params = [codec.update_values(*item) for item in items]
         if not params:
             return []
-        if len(params) == 1 and self._mode == RAW:  # one statement is atomic on its own
+        query = _UPDATE
+        if self._mode == LEADER:
+            query, params = _UPDATE_FENCED, [self._fence(p) for p in params]
+        if len(params) == 1:  # one statement is atomic on its own: no BEGIN/COMMIT round trips
             with self._conn() as conn:
-                return [conn.execute(_UPDATE, params[0]).fetchone() is not None]
+                return [conn.execute(query, params[0]).fetchone() is not None]
         results: list[bool] = []
-        with self._write_tx() as conn, conn.cursor() as cur:
-            # BEGIN, the fence, the UPDATEs and COMMIT in one pipeline; each UPDATE sees the
-            # ones before it.
-            cur.executemany(_UPDATE, params, returning=True)
+        with self._conn() as conn, conn.pipeline(), conn.transaction(), conn.cursor() as cur:
+            # BEGIN, the UPDATEs and COMMIT in one pipeline; each UPDATE sees the ones before it
+            # (a fence that fails aborts them all).
+            cur.executemany(query, params, returning=True)
             while True:
                 results.append(cur.fetchone() is not None)
                 if not cur.nextset():
@@ -417,13 +426,12 @@ class PostgresStore:
     def save_agent(self, agent: AgentRecord) -> None:
         self._leader_only("save_agent")
         info = codec.encode_agent_info(agent)
-        with self._write_tx() as conn:
-            conn.execute(
-                "INSERT INTO agents (agent_id, registered_at, info) VALUES (%s, %s, %s) "
-                "ON CONFLICT (agent_id) DO UPDATE SET "
-                "registered_at = excluded.registered_at, info = excluded.info",
-                (agent.agent_id, float(agent.registered_at), info),
-            )
+        params: tuple[object, ...] = (agent.agent_id, float(agent.registered_at), info)
+        query = _SAVE_AGENT
+        if self._mode == LEADER:
+            query, params = _SAVE_AGENT_FENCED, self._fence(params)
+        with self._conn() as conn:
+            conn.execute(query, params)
 
     def load_agents(self) -> list[AgentRecord]:
         with self._conn() as conn:

@@ -1,11 +1,12 @@
 """Several coordinators on one PostgreSQL store: the lease, the fence and the orders, in SQL.
 
 The lease follows the rules of `coordinator/lease.py`, on the server's clock (`clock_timestamp()`),
-so the coordinators' own clocks never decide who leads. Every write of the leader runs, in its
-transaction, `comfyfleet_fence(epoch)` first (migrations.POSTGRES v2): it takes a share lock on
-the lease row and raises unless the epoch still holds. A coordinator that takes the lease must
-update that row, so it waits for the writes in flight of the old epoch to commit, and every later
-write of the old epoch fails: the epochs' writes never interleave. A holder paused in the middle
+so the coordinators' own clocks never decide who leads. Every write of the leader carries, in its
+own statement, `(SELECT comfyfleet_fence(epoch))` (`fenced`; the function is migrations.POSTGRES
+v2): the server evaluates it once before the statement touches a row, takes a share lock on the
+lease row and raises unless the epoch still holds. A coordinator that takes the lease must update
+that row, so it waits for the writes in flight of the old epoch to commit, and every later write
+of the old epoch fails: the epochs' writes never interleave. A holder paused in the middle
 of a transaction (SIGSTOP) cannot keep the row locked: its session is ended after
 `idle_in_transaction_session_timeout`.
 
@@ -17,7 +18,6 @@ channel (a hint: the leader also polls).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,14 +53,26 @@ _LEADER = (
     "SELECT epoch, holder, url FROM comfyfleet_leader "
     "WHERE id = 1 AND expires_at > clock_timestamp()"
 )
-FENCE = "SELECT comfyfleet_fence(%s)"
-_ORDER = "INSERT INTO comfyfleet_orders (kind, job_id, agent_id, at) VALUES (%s, %s, %s, %s)"
+FENCE = "(SELECT comfyfleet_fence(%s))"  # a condition: true, or the statement fails
+_ORDER = (
+    "WITH o AS (INSERT INTO comfyfleet_orders (kind, job_id, agent_id, at) "
+    "VALUES (%s, %s, %s, %s) RETURNING seq) SELECT pg_notify(%s, '') FROM o"
+)
 _ORDERS = "SELECT seq, kind, job_id, agent_id, at FROM comfyfleet_orders ORDER BY seq LIMIT %s"
-_DONE = "DELETE FROM comfyfleet_orders WHERE seq = ANY(%s)"
+DONE = "DELETE FROM comfyfleet_orders WHERE seq = ANY(%s)"
 _TERMS = (
     "SELECT epoch, holder, url, extract(epoch FROM began_at) FROM comfyfleet_terms ORDER BY epoch"
 )
-NOTIFY = "SELECT pg_notify(%s, '')"
+
+
+def fenced(statement: str) -> str:
+    """`statement` (ending in a WHERE clause, then maybe RETURNING or ON CONFLICT) written only
+    while the epoch given as its last parameter holds the lease."""
+    for tail in (" ON CONFLICT", " RETURNING"):
+        at = statement.find(tail)
+        if at >= 0:
+            return f"{statement[:at]} AND {FENCE}{statement[at:]}"
+    return f"{statement} AND {FENCE}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,12 +141,6 @@ def orders(conn: psycopg.Connection[Any], limit: int) -> list[Order]:
     return [Order(int(s), str(k), j, a, float(t)) for s, k, j, a, t in rows]
 
 
-def done(conn: psycopg.Connection[Any], epoch: int, seqs: Sequence[int]) -> None:
-    with conn.pipeline(), conn.transaction():
-        conn.execute(FENCE, (epoch,))
-        conn.execute(_DONE, (list(seqs),))
-
-
 def order(
     conn: psycopg.Connection[Any],
     channel: str,
@@ -143,9 +149,7 @@ def order(
     agent_id: str | None,
     at: float,
 ) -> None:
-    with conn.pipeline(), conn.transaction():
-        conn.execute(_ORDER, (kind, job_id, agent_id, at))
-        conn.execute(NOTIFY, (channel,))
+    conn.execute(_ORDER, (kind, job_id, agent_id, at, channel))
 
 
 async def listen(conninfo: str, channel: str, woken: asyncio.Event, timeout_s: float) -> None:
