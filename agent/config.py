@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from comfyfleet.shared.settings import ConfigError
+
 
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
@@ -31,6 +33,21 @@ class AgentConfig:
     # current one runs (no round trip between jobs on the GPU); the coordinator reserves VRAM
     # for both. 1 turns the pipeline off.
     capacity: int = 2
+    # The GPU (NVML index) of each ComfyUI, in the order of comfyui_urls; empty: each instance's
+    # `--cuda-device N` as its /system_stats argv shows, else its position in the list.
+    comfyui_gpus: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.comfyui_gpus and len(self.comfyui_gpus) != len(self.comfyui_urls):
+            raise ConfigError(
+                "comfyui_gpus",
+                f"gives {len(self.comfyui_gpus)} GPU indexes for {len(self.comfyui_urls)} "
+                "ComfyUI URLs: one per URL, in the same order",
+            )
+
+    def gpu_of(self, ordinal: int) -> int | None:
+        """The GPU configured for the ComfyUI at position `ordinal` (None: find out)."""
+        return self.comfyui_gpus[ordinal] if self.comfyui_gpus else None
 
     @property
     def state_file(self) -> Path:

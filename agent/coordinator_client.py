@@ -1,14 +1,15 @@
-"""The agent's side of the protocol: msgpack over HTTP, retries on connection trouble.
+"""The agent's side of the protocol: msgpack over HTTP, every call under the one retry policy
+(shared/retry.py) with the limit its call site needs.
 
-The agent may know several coordinators (`Endpoints`): a request that fails moves on to the next
-one, a follower's redirect (307) moves to the leader, and retries wait a jittered backoff.
+The agent may know several coordinators of one store (`Endpoints`): a request that gets no
+answer moves on to the next URL, a follower's redirect (307) moves to the leader.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import ssl
+import time
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,11 +19,19 @@ import structlog
 
 from comfyfleet.shared import codec
 from comfyfleet.shared import protocol as p
-from comfyfleet.shared.endpoints import Endpoints, backoff_s
+from comfyfleet.shared.endpoints import Endpoints
 from comfyfleet.shared.errors import InvalidInput
+from comfyfleet.shared.retry import ONCE, RetryPolicy, Transient, retry_after_s, retryable_status
 
 log = structlog.get_logger("agent.coordinator")
 T = TypeVar("T")
+
+# How long each call keeps trying through connection errors, timeouts, 408, 429 and 5xx.
+REGISTER = RetryPolicy(deadline_s=30.0)  # register_until_done goes on with a fresh message
+STARTED = RetryPolicy(deadline_s=30.0)
+EVENTS = RetryPolicy(attempts=2, wait_max_s=1.0)  # progress is best effort
+REPORT = RetryPolicy()  # outputs and finish: until the coordinator answers, however long
+OFFSET_CONFLICTS = 8  # an upload out of step this many times running gives up
 MAX_REDIRECTS = 3
 # With several coordinators, one that accepts connections but does not answer (a paused process,
 # a dead host) must not hold the agent for the full request timeout: an answer must start within
@@ -36,12 +45,19 @@ class AgentError(Exception):
     """Base of every exception raised by comfyfleet.agent."""
 
 
-class CoordinatorUnavailable(AgentError):
-    pass
+class CoordinatorUnavailable(AgentError, Transient):
+    """No usable answer: no connection, a timeout, or a status in `status` (408, 429, 5xx)."""
+
+    def __init__(
+        self, message: str, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after_s = retry_after
 
 
 class Refused(AgentError):
-    """The coordinator answered 4xx: `status` and its error body."""
+    """The coordinator answered 4xx (not 408 or 429): `status` and its error body."""
 
     def __init__(self, status: int, error: dict[str, Any]) -> None:
         super().__init__(f"HTTP {status}: {error.get('message', error)}")
@@ -51,6 +67,28 @@ class Refused(AgentError):
     @property
     def stale(self) -> bool:
         return self.status == 409 and self.error.get("code") == "stale_attempt"
+
+
+def answer(status: int, ctype: str, data: bytes, reply: type[T], retry_after: str | None) -> T:
+    """The reply of a 200; CoordinatorUnavailable for what may be retried; Refused for a 4xx."""
+    if status == 200:
+        return codec.decode(data, reply, codec.MSGPACK if ctype == codec.MSGPACK else codec.JSON)
+    try:
+        decoded = (
+            msgspec.msgpack.decode(data) if ctype == codec.MSGPACK else msgspec.json.decode(data)
+        )
+        error = decoded.get("error", {}) if isinstance(decoded, dict) else {}
+    except msgspec.DecodeError:
+        error = {"message": data[:200].decode(errors="replace")}
+    if not isinstance(error, dict):
+        error = {"message": str(error)}
+    if retryable_status(status) or not 400 <= status < 500:
+        raise CoordinatorUnavailable(
+            f"HTTP {status}: {error.get('message', '')}",
+            status,
+            retry_after_s(retry_after, time.time()),
+        )
+    raise Refused(status, error)
 
 
 class CoordinatorClient:
@@ -79,20 +117,20 @@ class CoordinatorClient:
     def base(self) -> str:
         return self.endpoints.current + "/agent/v1"
 
-    async def send(
+    async def _request(
         self,
         method: str,
         path: str,
         reply: type[T],
         *,
-        data: bytes | None = None,
         params: dict[str, str] | None = None,
+        data: bytes | None = None,
         content_type: str | None = None,
         http_timeout: aiohttp.ClientTimeout | None = None,
     ) -> T:
-        """One request to the coordinator that leads: a follower's redirect is followed (the
-        leader is then used from now on); a connection failure moves on to the next URL and
-        raises CoordinatorUnavailable, as does a 5xx."""
+        """One HTTP request to `path` under the agent API of the coordinator in use, no retry:
+        a follower's redirect is followed (the leader is used from now on); a transport failure
+        moves on to the next coordinator and becomes CoordinatorUnavailable."""
         headers = {"Accept": codec.MSGPACK, **self.auth}
         if content_type:
             headers["Content-Type"] = content_type
@@ -102,8 +140,8 @@ class CoordinatorClient:
                 async with self.session.request(
                     method,
                     url,
-                    data=data,
                     params=params,
+                    data=data,
                     timeout=http_timeout or self.timeout,
                     headers=headers,
                     ssl=self.ssl,
@@ -112,70 +150,48 @@ class CoordinatorClient:
                     body = await resp.read()
                     location = resp.headers.get("Location")
                     if resp.status in (307, 308) and location:
-                        try:
-                            self.endpoints.redirected(location)
-                        except InvalidInput as exc:
-                            raise CoordinatorUnavailable(f"{path}: bad redirect: {exc}") from None
-                        log.info("coordinator_redirect", leader=self.endpoints.current)
+                        self._redirected(location, path)
                         continue
-                    return self._answer(resp.status, resp.content_type, body, reply)
-            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-                failed = self.endpoints.current
+                    return answer(
+                        resp.status, resp.content_type, body, reply, resp.headers.get("Retry-After")
+                    )
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 self.endpoints.failed()
                 raise CoordinatorUnavailable(
-                    f"{path} at {failed}: {type(exc).__name__}: {exc}"
+                    f"{method} {url}: {type(exc).__name__}: {exc}"
                 ) from exc
-        raise CoordinatorUnavailable(f"{path}: more than {MAX_REDIRECTS} redirects")
+        raise CoordinatorUnavailable(f"{method} {path}: more than {MAX_REDIRECTS} redirects")
+
+    def _redirected(self, location: str, path: str) -> None:
+        try:
+            self.endpoints.redirected(location)
+        except InvalidInput as exc:
+            raise CoordinatorUnavailable(f"{path}: redirected to {exc.message}") from None
+        log.info("coordinator_redirect", leader=self.endpoints.current)
 
     async def call(
         self,
         path: str,
         msg: Any,
         reply: type[T],
-        *,
-        retries: int = 3,
+        policy: RetryPolicy,
         http_timeout: aiohttp.ClientTimeout | None = None,
     ) -> T:
         body = codec.encode(msg)
-        for attempt in range(retries + 1):
-            try:
-                return await self.send(
-                    "POST",
-                    path,
-                    reply,
-                    data=body,
-                    content_type=codec.MSGPACK,
-                    http_timeout=http_timeout,
-                )
-            except CoordinatorUnavailable:
-                if attempt == retries:
-                    raise
-                await asyncio.sleep(backoff_s(attempt + 1))
-        raise CoordinatorUnavailable(path)
-
-    @staticmethod
-    def _answer(status: int, ctype: str, data: bytes, reply: type[T]) -> T:
-        if status == 200:
-            return codec.decode(
-                data, reply, codec.MSGPACK if ctype == codec.MSGPACK else codec.JSON
-            )
-        try:
-            decoded = (
-                msgspec.msgpack.decode(data)
-                if ctype == codec.MSGPACK
-                else msgspec.json.decode(data)
-            )
-            error = decoded.get("error", {}) if isinstance(decoded, dict) else {}
-        except msgspec.DecodeError:
-            error = {"message": data[:200].decode(errors="replace")}
-        if 400 <= status < 500:
-            raise Refused(status, error)
-        if status >= 500:
-            raise CoordinatorUnavailable(f"HTTP {status}: {error.get('message', '')}")
-        raise Refused(status, {"message": f"unexpected HTTP {status}", **error})
+        return await policy.call(
+            lambda: self._request(
+                "POST",
+                path,
+                reply,
+                data=body,
+                content_type=codec.MSGPACK,
+                http_timeout=http_timeout,
+            ),
+            path,
+        )
 
     async def register(self, msg: p.Register) -> p.RegisterReply:
-        reply = await self.call("register", msg, p.RegisterReply)
+        reply = await self.call("register", msg, p.RegisterReply, REGISTER)
         if self.several:
             total = max(HEARTBEAT_MIN_S, 2 * reply.heartbeat_interval_s)
             self.heartbeat_timeout = aiohttp.ClientTimeout(total=total, sock_connect=5)
@@ -184,9 +200,7 @@ class CoordinatorClient:
     async def heartbeat(self, msg: p.Heartbeat) -> p.HeartbeatReply:
         url = self.endpoints.current
         try:
-            return await self.call(
-                "heartbeat", msg, p.HeartbeatReply, retries=0, http_timeout=self.heartbeat_timeout
-            )
+            return await self.call("heartbeat", msg, p.HeartbeatReply, ONCE, self.heartbeat_timeout)
         except CoordinatorUnavailable:
             polling = self.polling
             if polling is not None and polling[0] == url and not polling[1].done():
@@ -196,9 +210,7 @@ class CoordinatorClient:
     async def lease(self, free: dict[str, int], wait_s: float) -> p.LeaseReply:
         msg = p.LeaseRequest(agent_id=self.agent_id, free=free, wait_s=wait_s)
         timeout = aiohttp.ClientTimeout(total=wait_s + 15, sock_connect=5)
-        call = asyncio.ensure_future(
-            self.call("lease", msg, p.LeaseReply, retries=0, http_timeout=timeout)
-        )
+        call = asyncio.ensure_future(self.call("lease", msg, p.LeaseReply, ONCE, timeout))
         self.polling = (self.endpoints.current, call)
         try:
             return await call
@@ -222,6 +234,7 @@ class CoordinatorClient:
                 seeds=seeds,
             ),
             p.Ack,
+            STARTED,
         )
 
     async def events(self, job: p.JobRef, events: list[p.JobEvent]) -> p.Ack:
@@ -229,65 +242,70 @@ class CoordinatorClient:
             "events",
             p.Events(agent_id=self.agent_id, job_id=job.job_id, attempt=job.attempt, events=events),
             p.Ack,
-            retries=1,
+            EVENTS,
         )
 
     async def finish(self, msg: p.Finish) -> p.Ack:
-        return await self.call("finish", msg, p.Ack, retries=8)
-
-    async def _upload_call(
-        self, method: str, path: str, params: dict[str, str], data: bytes | None = None
-    ) -> p.UploadState:
-        """One output request: PUT a chunk, or GET how much of the file the coordinator holds."""
-        return await self.send(method, path, p.UploadState, data=data, params=params)
+        return await self.call("finish", msg, p.Ack, REPORT)
 
     async def upload(
         self, job: p.JobRef, name: str, path: Path, size: int, sha256: str, chunk_size: int
     ) -> None:
-        """Send one output file in chunks, resuming from what the coordinator already holds."""
-        url = f"jobs/{job.job_id}/outputs/{name}"
+        """Send one output file in chunks, resuming from what the coordinator already holds;
+        retries (REPORT) until the coordinator has it all, however long it is unavailable."""
+        url = f"jobs/{job.job_id}/outputs/{name}"  # under the coordinator in use at each try
         params = {"agent_id": self.agent_id, "attempt": str(job.attempt), "size": str(size)}
         offset = 0
-        failures = 0
+        resume = False  # ask where to resume first (after a failed or out-of-step chunk)
         ahead: tuple[int, asyncio.Future[bytes]] | None = None
+
+        async def step() -> p.UploadState:
+            nonlocal offset, resume, ahead
+            if resume:
+                state = await self._request("GET", url, p.UploadState, params=params)
+                if state.complete:
+                    return state
+                offset, resume = state.received, False
+            if ahead is not None and ahead[0] == offset:
+                data = await ahead[1]
+            else:
+                _drop(ahead)
+                data = await asyncio.to_thread(_read_at, path, offset, chunk_size)
+            ahead = None
+            if offset + len(data) < size:  # read the next chunk while this one travels
+                ahead = (
+                    offset + len(data),
+                    asyncio.ensure_future(
+                        asyncio.to_thread(_read_at, path, offset + len(data), chunk_size)
+                    ),
+                )
+            resume = True  # if this PUT fails, part of it may have arrived
+            state = await self._request(
+                "PUT",
+                url,
+                p.UploadState,
+                params={**params, "offset": str(offset), "sha256": sha256},
+                data=data,
+            )
+            resume = False
+            return state
+
+        conflicts = 0
         try:
             while True:
                 try:
-                    if failures:  # after trouble, ask where to resume
-                        state = await self._upload_call("GET", url, params)
-                        offset = state.received
-                        if state.complete:
-                            return
-                    if ahead is not None and ahead[0] == offset:
-                        data = await ahead[1]
-                    else:
-                        _drop(ahead)
-                        data = await asyncio.to_thread(_read_at, path, offset, chunk_size)
-                    ahead = None
-                    if offset + len(data) < size:  # read the next chunk while this one travels
-                        ahead = (
-                            offset + len(data),
-                            asyncio.ensure_future(
-                                asyncio.to_thread(_read_at, path, offset + len(data), chunk_size)
-                            ),
-                        )
-                    state = await self._upload_call(
-                        "PUT", url, {**params, "offset": str(offset), "sha256": sha256}, data
-                    )
-                    if state.complete:
-                        return
-                    offset = state.received
-                    failures = 0
-                except (aiohttp.ClientConnectionError, TimeoutError, CoordinatorUnavailable) as exc:
-                    failures += 1
-                    if failures > 8:
-                        raise CoordinatorUnavailable(f"upload {name}: {exc}") from exc
-                    await asyncio.sleep(min(0.2 * 2**failures, 5.0))
+                    state = await REPORT.call(step, f"upload {name}")
                 except Refused as exc:
-                    if exc.status == 409 and exc.error.get("field") == "offset":
-                        failures += 1  # out of step: ask where to resume
-                        continue
-                    raise
+                    if exc.status != 409 or exc.error.get("field") != "offset":
+                        raise
+                    conflicts += 1  # out of step: ask where to resume
+                    if conflicts > OFFSET_CONFLICTS:
+                        raise
+                    resume = True
+                    continue
+                if state.complete:
+                    return
+                offset, conflicts = state.received, 0
         finally:
             _drop(ahead)
 
@@ -304,11 +322,3 @@ def _read_at(path: Path, offset: int, size: int) -> bytes:
     with open(path, "rb") as fh:
         fh.seek(offset)
         return fh.read(size)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import signal
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -20,44 +19,26 @@ from comfyfleet.agent.coordinator_client import (
     CoordinatorUnavailable,
     Refused,
 )
+from comfyfleet.agent.instances import Instance, gpu_info, pipeline_client_id, replay_assignment
 from comfyfleet.agent.inventory import Inventory, common, read_inventory
-from comfyfleet.agent.probe import GpuSnapshot, ResourceProbe, gpus_from_system_stats
+from comfyfleet.agent.outbox import Outbox, Report
+from comfyfleet.agent.probe import (
+    ResourceProbe,
+    gpus_from_system_stats,
+    instance_gpu,
+)
 from comfyfleet.agent.profile import comfyui_held_mb
 from comfyfleet.agent.runner import JobRunner
 from comfyfleet.agent.state import HeldJob, StateFile
 from comfyfleet.shared import protocol as p
-from comfyfleet.shared.endpoints import backoff_s
+from comfyfleet.shared.retry import RetryPolicy
 from comfyfleet.shared.supervisor import Supervisor
 from comfyfleet.shared.tls import client_context
 
 log = structlog.get_logger("agent")
-# A coordinator's failover takes seconds: an agent keeps asking at least this often (jittered).
-REGISTER_BACKOFF_MAX_S = 2.0
-
-
-@dataclass(slots=True)
-class Instance:
-    """One local ComfyUI: a slot bound to a GPU index (None: CPU only)."""
-
-    instance_id: str
-    url: str
-    client: ComfyUIClient
-    client_id: str
-    gpu_index: int | None = None
-    healthy: bool = False
-    error: str | None = "not checked yet"
-    stats: dict[str, Any] = field(default_factory=dict)
-    capacity: int = 1
-
-    def info(self) -> p.InstanceInfo:
-        return p.InstanceInfo(
-            instance_id=self.instance_id,
-            url=self.url,
-            gpu_index=self.gpu_index,
-            healthy=self.healthy,
-            capacity=self.capacity,
-            error=self.error,
-        )
+# No limit: the agent is useless unregistered. At most ~3 s apart: a coordinators' failover takes
+# seconds, and a follower's 503 during the election asks for 1 s (Retry-After).
+REGISTERED = RetryPolicy(retry_also=(AgentError,), wait_max_s=2.0)
 
 
 class Agent:
@@ -88,7 +69,9 @@ class Agent:
             for i, url in enumerate(config.comfyui_urls)
         }
         self.state = StateFile(config.state_file)
-        self.runners: dict[str, JobRunner] = {}
+        self.outbox = Outbox(config.spool_dir)
+        self.reports: dict[tuple[str, int], Report] = {}  # found at start, not yet resent
+        self.runners: dict[tuple[str, int], JobRunner] = {}  # by (job id, attempt)
         self.tasks: set[asyncio.Task[None]] = set()
         self.heartbeat_interval = 5.0
         self.lease_wait = 25.0
@@ -99,6 +82,7 @@ class Agent:
         self.inventory: Inventory | None = None  # models and node classes all instances have
         self.inventory_sent: Inventory | None = None
         self.inventory_at = float("-inf")
+        self.instance_id = secrets.token_hex(8)  # this process, in Register (issue 12.7)
 
     # ------------------------------------------------------------------ resources
 
@@ -110,10 +94,9 @@ class Agent:
                 stats = await inst.client.system_stats()
                 healthy, error = True, None
                 inst.stats = stats
-                devices = [d for d in stats.get("devices", []) if isinstance(d, dict)]
-                has_gpu = any(d.get("type") == "cuda" for d in devices)
-                inst.gpu_index = (
-                    int(inst.instance_id) if has_gpu or (self.probe.source == "nvml") else None
+                ordinal = int(inst.instance_id)
+                inst.gpu_index = instance_gpu(
+                    stats, ordinal, self.config.gpu_of(ordinal), self.probe.source == "nvml"
                 )
             except ComfyUIError as exc:
                 healthy, error = False, str(exc)
@@ -147,8 +130,14 @@ class Agent:
         inv = self.inventory
         if inv is None or (changed_only and inv == self.inventory_sent):
             return {}
-        self.inventory_sent = inv
-        return {"models": sorted(inv.models), "node_classes": sorted(inv.node_classes)}
+        sent, self.inventory_sent = self.inventory_sent, inv
+        fields: dict[str, Any] = {
+            "models": sorted(inv.models),
+            "node_classes": sorted(inv.node_classes),
+        }
+        if not changed_only or sent is None or sent.object_info != inv.object_info:
+            fields["comfyui"] = inv.catalog()  # ~0.5 MB for a full ComfyUI: only when changed
+        return fields
 
     def mark_lost(self, instance_id: str, reason: str) -> None:
         inst = self.instances.get(instance_id)
@@ -205,15 +194,33 @@ class Agent:
 
     # ------------------------------------------------------------------ protocol
 
+    def load_outbox(self) -> None:
+        """At start: the reports a previous run kept but never got acknowledged (sent again
+        after registering), and away with spool folders nothing refers to."""
+        self.reports = {r.key: r for r in self.outbox.load()}
+        swept = self.outbox.sweep(set(self.state.jobs) | set(self.reports))
+        if self.reports or swept:
+            log.info("outbox_loaded", reports=len(self.reports), swept=swept)
+
     async def register(self) -> None:
-        held = {j.job_id: j for j in self.state.jobs.values()}
+        held = {k: j for k, j in self.state.jobs.items() if k not in self.reports}
         running = [r.running_info() for r in self.runners.values()]
         running += [
             p.RunningJob(
                 job_id=j.job_id, attempt=j.attempt, instance_id=j.instance_id, prompt_id=j.prompt_id
             )
-            for j in held.values()
-            if j.job_id not in self.runners
+            for k, j in held.items()
+            if k not in self.runners
+        ]
+        running += [
+            p.RunningJob(
+                job_id=r.finish.job_id,
+                attempt=r.finish.attempt,
+                instance_id=r.instance_id,
+                prompt_id=r.prompt_id,
+            )
+            for k, r in self.reports.items()
+            if k not in self.runners
         ]
         msg = p.Register(
             agent_id=self.config.agent_id,
@@ -223,19 +230,26 @@ class Agent:
             instances=[i.info() for i in self.instances.values()],
             labels=self.config.labels,
             running=running,
+            instance_id=self.instance_id,
             **self.inventory_fields(changed_only=False),
         )
         reply = await self.coord.register(msg)
         self.heartbeat_interval = reply.heartbeat_interval_s
         self.lease_wait = reply.lease_wait_s
         self.chunk_size = reply.chunk_size
-        dropped = {d.job_id for d in reply.drop}
-        for job_id in dropped:
-            if job_id in self.runners:
-                self.runners[job_id].stop("drop")
-            self.state.remove(job_id)
-        for job in held.values():  # re-attach to prompts still in ComfyUI
-            if job.job_id not in dropped and job.job_id not in self.runners:
+        dropped = {(d.job_id, d.attempt) for d in reply.drop}
+        for key in dropped:
+            if key in self.runners:
+                self.runners[key].stop("drop")
+            self.state.remove(*key)
+            if self.reports.pop(key, None) is not None:
+                await asyncio.to_thread(self.outbox.remove, *key)
+        for key, report in list(self.reports.items()):  # send what the coordinator never got
+            if key not in self.runners:
+                self.start_runner(replay_assignment(report), report=report)
+            del self.reports[key]
+        for key, job in held.items():  # re-attach to prompts still in ComfyUI
+            if key not in dropped and key not in self.runners:
                 self.start_runner(
                     p.Assignment(
                         job_id=job.job_id,
@@ -251,27 +265,31 @@ class Agent:
             "registered",
             coordinator=self.coord.endpoints.current,
             instances=len(self.instances),
-            reattached=len(held) - len(dropped),
+            running=len(self.runners),
             dropped=len(dropped),
         )
 
     async def register_until_done(self) -> None:
-        failures = 0
-        while True:
-            try:
-                await self.register()
-                return
-            except AgentError as exc:
-                failures += 1
-                delay = backoff_s(failures, 0.25, REGISTER_BACKOFF_MAX_S)
-                log.warning("register_failed", error=str(exc), retry_in_s=round(delay, 2))
-                await asyncio.sleep(delay)
+        """Register; any failure (even a refusal: a key not yet installed) is tried again, each
+        time with a fresh message."""
+        await REGISTERED.call(self.register, "register until done")
 
-    def start_runner(self, job: p.Assignment, held: HeldJob | None = None) -> None:
+    def start_runner(
+        self, job: p.Assignment, held: HeldJob | None = None, report: Report | None = None
+    ) -> None:
+        """Run one attempt (`held`: re-attach to its prompt; `report`: only send its report).
+        An older attempt of the same job still here is stale: it is dropped."""
         inst = self.instances.get(job.instance_id)
+        if inst is None and report is not None:  # the instance is gone; the report still goes
+            inst = next(iter(self.instances.values()))
         if inst is None:
             log.error("unknown_instance", job_id=job.job_id, instance=job.instance_id)
             return
+        key = (job.job_id, job.attempt)
+        for (job_id, attempt), older in self.runners.items():
+            if job_id == job.job_id and attempt < job.attempt:
+                log.info("job_stop", job_id=job_id, attempt=attempt, reason="newer attempt")
+                older.stop("drop")
         runner = JobRunner(
             job,
             inst.client,
@@ -287,15 +305,17 @@ class Agent:
                 for r in self.runners.values()
                 if r.job.instance_id == inst.instance_id
             ),
+            report=report,
+            outbox=self.outbox,
         )
-        self.runners[job.job_id] = runner
+        self.runners[key] = runner
 
         async def run() -> None:
             try:
                 await runner.run()
             finally:
-                if self.runners.get(job.job_id) is runner:
-                    del self.runners[job.job_id]
+                if self.runners.get(key) is runner:
+                    del self.runners[key]
                 self.changed.set()
 
         task = asyncio.create_task(run(), name=f"job:{job.job_id}:{job.attempt}")
@@ -304,8 +324,8 @@ class Agent:
 
     def apply_orders(self, cancel: list[p.JobRef], drop: list[p.JobRef] | None = None) -> None:
         for ref, reason in [(c, "cancel") for c in cancel] + [(d, "drop") for d in drop or []]:
-            runner = self.runners.get(ref.job_id)
-            if runner is not None and runner.job.attempt == ref.attempt:
+            runner = self.runners.get((ref.job_id, ref.attempt))
+            if runner is not None:
                 log.info("job_stop", job_id=ref.job_id, reason=reason)
                 runner.stop(reason)
 
@@ -364,7 +384,7 @@ class Agent:
                 continue
             self.apply_orders(reply.cancel)
             for job in reply.jobs:
-                if job.job_id in self.runners:
+                if (job.job_id, job.attempt) in self.runners:
                     continue
                 log.info(
                     "job_leased", job_id=job.job_id, attempt=job.attempt, instance=job.instance_id
@@ -405,40 +425,6 @@ class Agent:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
-def pipeline_client_id(
-    inst: Instance, runners: Iterable[JobRunner], held: HeldJob | None = None
-) -> str:
-    """The WebSocket clientId for a new prompt on `inst`: one per pipeline slot.
-
-    ComfyUI sends a prompt's events only to the socket with the prompt's clientId and keeps one
-    socket per clientId, so two prompts in flight on one ComfyUI (capacity 2) need two ids. The
-    first slot keeps the instance's plain id; a re-attached job keeps the id it was sent with.
-    """
-    if held is not None:
-        return held.client_id or inst.client_id
-    taken = {r.client_id for r in runners if r.job.instance_id == inst.instance_id}
-    k = 0
-    while True:
-        cid = inst.client_id if k == 0 else f"{inst.client_id}-{k}"
-        if cid not in taken:
-            return cid
-        k += 1
-
-
-def gpu_info(s: GpuSnapshot, index: int, reclaimable_mb: int = 0) -> p.GpuInfo:
-    free = min(s.vram_total_mb, s.vram_free_mb + reclaimable_mb)
-    return p.GpuInfo(
-        index=index,
-        name=s.name,
-        uuid=s.uuid,
-        vram_total_mb=s.vram_total_mb,
-        vram_used_mb=s.vram_used_mb,
-        vram_free_mb=free,
-        utilization_pct=s.utilization_pct,
-        source=s.source,
-    )
-
-
 async def serve(config: AgentConfig) -> int:
     """Run until SIGTERM (drain, exit 0), SIGINT, or a dead loop (exit 1)."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -451,6 +437,7 @@ async def serve(config: AgentConfig) -> int:
     async with aiohttp.ClientSession() as session:
         agent = Agent(config, session, probe)
         agent.state.load()
+        await asyncio.to_thread(agent.load_outbox)
         await agent.check_instances()
         await agent.refresh_inventory()
         supervisor = Supervisor("agent")

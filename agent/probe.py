@@ -255,6 +255,46 @@ def gpus_from_system_stats(stats: Mapping[str, Any], instance_index: int) -> lis
     return out
 
 
+def cuda_device_arg(argv: object) -> int | None:
+    """N of `--cuda-device N` (or `--cuda-device=N`) in the argv ComfyUI reports; pure."""
+    if not isinstance(argv, list):
+        return None
+    for i, arg in enumerate(argv):
+        value: object
+        if arg == "--cuda-device":
+            value = argv[i + 1] if i + 1 < len(argv) else None
+        elif isinstance(arg, str) and arg.startswith("--cuda-device="):
+            value = arg.partition("=")[2]
+        else:
+            continue
+        return int(value) if isinstance(value, str) and value.isdigit() else None
+    return None
+
+
+def instance_gpu(
+    stats: Mapping[str, Any], ordinal: int, configured: int | None, nvml: bool
+) -> int | None:
+    """The host GPU (NVML index) one ComfyUI instance runs on; None for a CPU-only one; pure.
+
+    A ComfyUI started with `--cuda-device N` hides every other GPU from itself, so the device it
+    lists in /system_stats is `cuda:0` whatever N is: its index says nothing about the host. In
+    order: the index configured for the instance; N from the argv in /system_stats; the
+    instance's position among the agent's ComfyUI URLs (one ComfyUI per GPU, in order). Where
+    CUDA numbers GPUs other than NVML does (CUDA_DEVICE_ORDER), configure the index.
+    """
+    devices = stats.get("devices") if isinstance(stats, Mapping) else None
+    has_gpu = isinstance(devices, list) and any(
+        isinstance(d, Mapping) and d.get("type") == "cuda" for d in devices
+    )
+    if not (has_gpu or nvml):
+        return None
+    if configured is not None:
+        return configured
+    system = stats.get("system") if isinstance(stats, Mapping) else None
+    arg = cuda_device_arg(system.get("argv") if isinstance(system, Mapping) else None)
+    return arg if arg is not None else ordinal
+
+
 # --- choice and combination -------------------------------------------------------------------
 
 

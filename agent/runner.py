@@ -1,35 +1,37 @@
-"""One job on one ComfyUI instance: submit, follow, fetch outputs, upload, finish."""
+"""One job on one ComfyUI instance: submit, follow, fetch outputs, report through the outbox."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
-import re
-import shutil
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 import structlog
 
 from comfyfleet.agent.comfyui import events as ev
-from comfyfleet.agent.comfyui.client import ComfyUIClient, ComfyUIError
+from comfyfleet.agent.comfyui.client import ComfyUIClient, ComfyUIError, OutputMissing
 from comfyfleet.agent.comfyui.driver import PromptOutcome, attach_prompt, run_prompt
+from comfyfleet.agent.comfyui.frames import Frame
+from comfyfleet.agent.comfyui.seeds import apply_seeds
 from comfyfleet.agent.config import AgentConfig
-from comfyfleet.agent.coordinator_client import (
-    AgentError,
-    CoordinatorClient,
-    Refused,
-)
+from comfyfleet.agent.coordinator_client import AgentError, CoordinatorClient, Refused
 from comfyfleet.agent.inputs import rename_inputs, upload_inputs
+from comfyfleet.agent.outbox import Outbox, Report
 from comfyfleet.agent.profile import VramSampler, comfyui_held_mb, profile_of
-from comfyfleet.agent.rejections import host_specific
 from comfyfleet.agent.state import HeldJob, StateFile
+from comfyfleet.agent.verdict import Verdict, verdict_of
+from comfyfleet.shared import names
 from comfyfleet.shared import protocol as p
+from comfyfleet.shared.retry import RetryPolicy
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._ ()-]")
+# The ComfyUI calls the runner makes itself (the driver follows the prompt): fetching outputs
+# and uploading inputs ride out brief trouble, then the attempt goes back.
+COMFYUI_FETCH = RetryPolicy(deadline_s=30.0, wait_max_s=5.0)
 
 
 class SubmitHook(ComfyUIClient):
@@ -45,60 +47,17 @@ class SubmitHook(ComfyUIClient):
         return result
 
 
-def output_name(ref: ev.OutputRef, taken: set[str]) -> str:
-    """A safe, unique file name for an output (subfolder flattened into the name)."""
-    raw = f"{ref.subfolder}_{ref.filename}" if ref.subfolder else ref.filename
-    name = _UNSAFE.sub("_", raw).lstrip(".") or "output"
-    name = name[:200]
-    base, n = name, 1
-    while name in taken:
-        n += 1
-        name = f"{n}_{base}"
-    taken.add(name)
-    return name
-
-
-def error_of(outcome: PromptOutcome) -> p.ErrorInfo:
-    if outcome.status == "rejected":
-        lacking = host_specific(outcome.rejection, outcome.node_errors)
-        if lacking is not None:
-            return lacking
-        err = outcome.rejection or {}
-        first = next(iter(outcome.node_errors.items()), None)
-        node_id = first[0] if first else None
-        node_type = first[1].get("class_type") if first and isinstance(first[1], dict) else None
-        message = err.get("message", "ComfyUI refused the prompt")
-        details = first[1].get("errors", []) if first and isinstance(first[1], dict) else []
-        if details and isinstance(details[0], dict):
-            message = f"{message}: {details[0].get('message', '')} {details[0].get('details', '')}"
-        return p.ErrorInfo(
-            code=err.get("type") or "invalid_prompt",
-            message=message.strip(),
-            node_id=node_id,
-            node_type=node_type,
-            details={"node_errors": outcome.node_errors},
-        )
-    if outcome.status == "failed" and outcome.error is not None:
-        e = outcome.error
-        return p.ErrorInfo(
-            code="out_of_memory" if e.retryable else "execution_error",
-            message=f"{e.exception_type}: {e.exception_message}".strip(": "),
-            node_id=e.node_id,
-            node_type=e.node_type,
-            retryable=e.retryable,
-        )
-    if outcome.status == "timeout":
-        return p.ErrorInfo(code="timeout", message=outcome.reason or "timed out", retryable=True)
-    return p.ErrorInfo(
-        code=f"comfyui_{outcome.status}", message=outcome.reason or outcome.status, retryable=True
-    )
-
-
 _EXECUTION_SIGNS = (ev.Started, ev.Cached, ev.Executing, ev.Progress, ev.Executed, ev.Preview)
+FORWARD_PREVIEWS = 8  # previews kept pending when forwarding frames (else the newest only)
 
 
 class JobRunner:
-    """Runs one assignment; `stop(reason)` asks it to end (cancel, drain, drop)."""
+    """Runs one assignment; `stop(reason)` asks it to end (cancel, drain, drop).
+
+    Its result goes through the outbox: the finish report (with the outputs in the spool) is
+    kept on disk before anything is sent, and sent until the coordinator acknowledges it. A
+    runner made with `report` (found in the outbox after a restart) only sends it.
+    """
 
     def __init__(
         self,
@@ -112,6 +71,8 @@ class JobRunner:
         held: HeldJob | None = None,
         on_lost: Callable[[str], None] | None = None,
         queue_wait_s: float = 0.0,
+        report: Report | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self.job = job
         self.ref = p.JobRef(job_id=job.job_id, attempt=job.attempt)
@@ -122,29 +83,44 @@ class JobRunner:
         self.config = config
         self.chunk_size = chunk_size
         self.held = held
+        self.report = report
+        self.outbox = outbox or Outbox(config.spool_dir)
         self.on_lost = on_lost
         self.queue_wait_s = queue_wait_s  # what the prompts ahead in ComfyUI may take at most
         self.prompt_id = (
-            held.prompt_id if held else f"cf-{job.job_id}-{job.attempt}-{uuid.uuid4().hex[:8]}"
+            held.prompt_id
+            if held
+            else report.prompt_id
+            if report
+            else f"cf-{job.job_id}-{job.attempt}-{uuid.uuid4().hex[:8]}"
         )
         # RUNNING is reported when ComfyUI starts executing the prompt, not when it queued it:
         # with a pipeline (capacity 2) the next prompt waits in ComfyUI's queue meanwhile.
-        self.started_sent = held is not None
+        self.started_sent = held is not None or report is not None
+        self.executing = False  # seen ComfyUI execute the prompt (else: waiting in its queue)
         self.seeds: dict[str, int] = {}
         self.cancel = asyncio.Event()
         self.stop_reason: str | None = None  # "cancel" | "drain" | "drop"
         self.progress: float | None = None
-        self.accepted = held is not None
+        self.accepted = held is not None or report is not None
         self.pending: list[p.JobEvent] = []
         self.vram_peak_mb: int | None = None
+        self.delivery: asyncio.Future[None] | None = None
+        self.comfy_end: dict[str, Any] | None = None  # forwarded: ComfyUI's error/interrupt frame
         self.log = structlog.get_logger("agent.job").bind(
             job_id=job.job_id, attempt=job.attempt, instance=job.instance_id
         )
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.job.job_id, self.job.attempt)
 
     def stop(self, reason: str) -> None:
         if self.stop_reason in (None, "drain") or reason == "drop":
             self.stop_reason = reason
         self.cancel.set()
+        if reason == "drop" and self.delivery is not None:
+            self.delivery.cancel()  # the coordinator has moved on: nothing left to tell it
 
     def running_info(self) -> p.RunningJob:
         return p.RunningJob(
@@ -153,11 +129,42 @@ class JobRunner:
             instance_id=self.job.instance_id,
             prompt_id=self.prompt_id if self.accepted else None,
             progress=self.progress,
+            started=self.executing,
         )
 
     async def run(self) -> None:
+        """Until the coordinator has the attempt's report, or says the attempt is stale. When
+        cancelled (the agent stops) the outbox and the state file keep what a restart needs."""
+        with structlog.contextvars.bound_contextvars(
+            job_id=self.job.job_id, attempt=self.job.attempt
+        ):
+            settled = False
+            try:
+                settled = await self._run()
+            except AgentError as exc:  # final, but no refusal: the outbox keeps it for a restart
+                self.log.error("job_report_failed", error=str(exc))
+            finally:
+                if settled:
+                    self.state.remove(*self.key)
+                    await asyncio.to_thread(self.outbox.remove, self.job.job_id, self.job.attempt)
+
+    async def _run(self) -> bool:
+        report = self.report if self.report is not None else await self._run_prompt()
+        if report is not None and self.stop_reason != "drop":
+            self.delivery = asyncio.ensure_future(self._deliver(report))
+            try:
+                await self.delivery
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if self.stop_reason != "drop" or (task is not None and task.cancelling()):
+                    raise  # the agent stops: not settled
+        if self.stop_reason == "drop":
+            self.log.info("job_dropped", reason="coordinator says this attempt is stale")
+        return True
+
+    async def _run_prompt(self) -> Report | None:
+        """Run the prompt to its end and keep its report in the outbox (None: dropped)."""
         flusher = asyncio.create_task(self._flush_loop())
-        spool = self.config.spool_dir / f"{self.job.job_id}-{self.job.attempt}"
         sampler = VramSampler(self._held_mb, self.config.vram_sample_s)
         sampler.start()
         try:
@@ -166,24 +173,12 @@ class JobRunner:
             finally:
                 self.vram_peak_mb = await sampler.stop()
             if self.stop_reason == "drop":
-                self.log.info("job_dropped", reason="coordinator says this attempt is stale")
-                return
+                return None
             await self._flush()
-            await self._report(outcome, spool)
-        except Refused as exc:
-            if exc.stale:
-                self.log.info("job_dropped", reason=exc.error.get("message"))
-                self.stop("drop")
-            else:
-                self.log.error("job_refused", status=exc.status, error=exc.error)
-                await self._give_back(exc)
-        except AgentError as exc:
-            self.log.error("job_report_failed", error=str(exc))
         finally:
             flusher.cancel()
             await asyncio.gather(flusher, return_exceptions=True)
-            self.state.remove(self.job.job_id)
-            await asyncio.to_thread(shutil.rmtree, spool, True)
+        return await self._settle(outcome)
 
     async def _held_mb(self) -> int | None:
         return comfyui_held_mb(await self.client.system_stats())
@@ -203,12 +198,16 @@ class JobRunner:
                 stall_s=self.config.stall_s,
                 graph=self.job.workflow or None,
                 cancel_wait_s=self.config.cancel_wait_s,
+                forward_frames=self.job.forward_frames,
             )
-        graph, seeds = ev.apply_seeds(self.job.workflow, random.SystemRandom())
+        graph, seeds = apply_seeds(self.job.workflow, random.SystemRandom())
         self.seeds = seeds
         if self.job.inputs:
             try:
-                graph = rename_inputs(graph, await upload_inputs(self.client, self.job.inputs))
+                uploaded = await COMFYUI_FETCH.call(
+                    lambda: upload_inputs(self.client, self.job.inputs), "comfyui upload inputs"
+                )
+                graph = rename_inputs(graph, uploaded)
             except ComfyUIError as exc:
                 return PromptOutcome(
                     status="lost",
@@ -244,6 +243,8 @@ class JobRunner:
             stall_s=self.config.stall_s,
             queue_wait_s=self.queue_wait_s,
             cancel_wait_s=self.config.cancel_wait_s,
+            forward_frames=self.job.forward_frames,
+            extra_data=self.job.extra_data or None,
         )
 
     async def _report_started(self) -> None:
@@ -259,12 +260,19 @@ class JobRunner:
         if ack.status == "cancel":
             self.stop("cancel")
 
-    async def _on_update(self, update: ev.Update) -> None:
-        if not self.started_sent and isinstance(update, _EXECUTION_SIGNS):
-            await self._report_started()
+    async def _on_update(self, update: ev.Update | Frame) -> None:
+        if isinstance(update, _EXECUTION_SIGNS):
+            self.executing = True
+            if not self.started_sent:
+                await self._report_started()
         now = time.time()
         event: p.JobEvent | None = None
-        if isinstance(update, ev.Cached):
+        if isinstance(update, Frame):  # ComfyUI's own frame, for the coordinator's facade
+            msg = dict(update.msg)
+            if msg.get("type") in ("execution_error", "execution_interrupted"):
+                self.comfy_end = msg
+            event = p.JobEvent(kind="comfy", t=now, data=msg)
+        elif isinstance(update, ev.Cached):
             event = p.JobEvent(kind="cached", t=now, nodes=list(update.nodes))
         elif isinstance(update, ev.Executing):
             event = p.JobEvent(
@@ -283,7 +291,12 @@ class JobRunner:
         elif isinstance(update, ev.Executed):
             event = p.JobEvent(kind="executed", t=now, node=update.node)
         elif isinstance(update, ev.Preview):
-            self.pending = [e for e in self.pending if e.kind != "preview"]  # newest only
+            # the newest only; when forwarding frames a few, in their place among them
+            keep = FORWARD_PREVIEWS - 1 if self.job.forward_frames else 0
+            previews = [e for e in self.pending if e.kind == "preview"]
+            drop = {id(e) for e in previews[: max(0, len(previews) - keep)]}
+            if drop:
+                self.pending = [e for e in self.pending if id(e) not in drop]
             event = p.JobEvent(
                 kind="preview", t=now, node=update.node, image=update.image, mime=update.mime
             )
@@ -312,100 +325,168 @@ class JobRunner:
         if ack.status == "cancel":
             self.stop("cancel")
 
-    async def _report(self, outcome: PromptOutcome, spool: Path) -> None:
-        finish: dict[str, Any] = {
-            "agent_id": self.coord.agent_id,
-            "job_id": self.job.job_id,
-            "attempt": self.job.attempt,
-            "timings": outcome.timings,
-            "vram_peak_mb": self.vram_peak_mb,
-            "profile": profile_of(outcome.timings, outcome.cached, self.job.workflow),
-        }
-        self.log.info(
-            "job_outcome",
-            status=outcome.status,
-            reason=outcome.reason,
-            outputs=len(outcome.outputs),
-        )
-        if outcome.status == "succeeded":
+    async def _settle(self, outcome: PromptOutcome) -> Report:
+        """Fetch the outputs into the spool and keep the finish report in the outbox."""
+        verdict = verdict_of(outcome, self.stop_reason)
+        files: list[p.OutputFile] = []
+        if verdict.outcome == "completed":
             try:
-                files = await self._collect(outcome, spool)
+                files = await self._collect(outcome)
             except (ComfyUIError, OSError) as exc:
                 self.log.warning("outputs_fetch_failed", error=str(exc))
-                await self._finish(
-                    finish,
+                verdict = Verdict(
                     "requeue",
-                    error=p.ErrorInfo(
+                    p.ErrorInfo(
                         code="outputs_unavailable",
                         message=f"could not fetch outputs: {exc}",
                         retryable=True,
                     ),
                 )
-                return
-            await self._finish(finish, "completed", outputs=files)
-        elif outcome.status in ("cancelled", "timeout") and self.stop_reason == "drain":
-            await self._finish(
-                finish,
-                "requeue",
-                spend_retry=False,
-                error=p.ErrorInfo(code="drain", message="agent draining"),
-            )
-        elif outcome.status == "cancelled" and self.stop_reason == "cancel":
-            await self._finish(finish, "cancelled")
-        elif outcome.status in ("failed", "rejected") and not outcome.retryable:
-            err = error_of(outcome)  # a model or node class missing here: try elsewhere
-            await self._finish(finish, "requeue" if err.retryable else "failed", error=err)
-        else:
-            if outcome.status == "lost" and self.on_lost is not None:
-                self.on_lost(outcome.reason)
-            await self._finish(finish, "requeue", error=error_of(outcome))
+        elif outcome.status == "lost" and self.on_lost is not None:
+            self.on_lost(outcome.reason)
+        self.log.info(
+            "job_outcome", status=outcome.status, reason=outcome.reason, outputs=len(files)
+        )
+        verdict = self._with_comfy_frames(verdict, outcome)
+        report = Report(
+            instance_id=self.job.instance_id,
+            prompt_id=self.prompt_id,
+            finish=p.Finish(
+                agent_id=self.coord.agent_id,
+                job_id=self.job.job_id,
+                attempt=self.job.attempt,
+                outcome=verdict.outcome,  # type: ignore[arg-type]
+                outputs=files,
+                error=verdict.error,
+                spend_retry=verdict.spend_retry,
+                timings=outcome.timings,
+                vram_peak_mb=self.vram_peak_mb,
+                profile=profile_of(outcome.timings, outcome.cached, self.job.workflow),
+            ),
+        )
+        if await self._keep(report):
+            self.state.remove(*self.key)  # the outbox holds the attempt now, not ComfyUI
+        return report
 
-    async def _give_back(self, refused: Refused) -> None:
-        """The coordinator refused a report (4xx, not stale): hand the attempt back with the
-        reason, so the job is retried or fails now instead of sitting RUNNING until its timeout.
-        """
-        message = str(refused.error.get("message", refused))[:1000]
-        if refused.error.get("field"):
-            message = f"{refused.error['field']}: {message}"
-        try:
-            await self.coord.finish(
-                p.Finish(
-                    agent_id=self.coord.agent_id,
-                    job_id=self.job.job_id,
-                    attempt=self.job.attempt,
-                    outcome="requeue",
-                    error=p.ErrorInfo(
-                        code="report_refused",
-                        retryable=True,
-                        message=f"coordinator refused the agent's report: {message}",
-                    ),
-                )
+    def _with_comfy_frames(self, verdict: Verdict, outcome: PromptOutcome) -> Verdict:
+        """Forwarding frames: ComfyUI's own error or interrupt frame goes with the error."""
+        if verdict.outcome == "cancelled":
+            return dataclasses.replace(verdict, error=self._interrupted_at(outcome))
+        if outcome.status in ("failed", "rejected") and not outcome.retryable and verdict.error:
+            return dataclasses.replace(verdict, error=self._with_comfy_end(verdict.error))
+        return verdict
+
+    def _interrupted_at(self, outcome: PromptOutcome) -> p.ErrorInfo | None:
+        """Forwarding frames: where ComfyUI stopped a cancelled prompt, with its own frame."""
+        if self.comfy_end is None or self.comfy_end.get("type") != "execution_interrupted":
+            return None
+        where = outcome.interrupted
+        return self._with_comfy_end(
+            p.ErrorInfo(
+                code="interrupted",
+                message=outcome.reason or "interrupted",
+                node_id=where.node_id if where else None,
+                node_type=where.node_type if where else None,
             )
-        except AgentError as exc:
+        )
+
+    def _with_comfy_end(self, err: p.ErrorInfo) -> p.ErrorInfo:
+        """ComfyUI's own error frame, kept with the error (the facade's /history)."""
+        if self.comfy_end is None:
+            return err
+        return msgspec.structs.replace(err, details={**err.details, "comfy": self.comfy_end})
+
+    async def _keep(self, report: Report) -> bool:
+        try:
+            await asyncio.to_thread(self.outbox.put, report)
+            return True
+        except OSError as exc:  # disk trouble: the report is still sent, only not durably
+            self.log.error("outbox_write_failed", error=str(exc))
+            return False
+
+    async def _deliver(self, report: Report) -> None:
+        """Send the report until the coordinator acknowledges it; a refusal (4xx, not stale)
+        or unreadable spooled outputs hand the attempt back, so the job is retried or fails now
+        instead of sitting RUNNING until its timeout."""
+        try:
+            await self._send(report)
+            return
+        except Refused as exc:
+            if exc.stale:
+                self.log.info("job_dropped", reason=exc.error.get("message"))
+                return
+            self.log.error("job_refused", status=exc.status, error=exc.error)
+            message = str(exc.error.get("message", exc))[:1000]
+            if exc.error.get("field"):
+                message = f"{exc.error['field']}: {message}"
+            back = given_back(
+                report, "report_refused", f"coordinator refused the agent's report: {message}"
+            )
+        except OSError as exc:
+            self.log.error("outputs_unreadable", error=str(exc))
+            back = given_back(report, "outputs_unavailable", f"spooled outputs unreadable: {exc}")
+        await self._keep(back)
+        try:
+            await self._send(back)
+        except Refused as exc:
             self.log.error("job_give_back_failed", error=str(exc))
 
-    async def _finish(self, base: Mapping[str, Any], outcome: str, **kw: Any) -> None:
-        ack = await self.coord.finish(p.Finish(**base, outcome=outcome, **kw))
-        self.log.info("job_finished", outcome=outcome, status=ack.status)
+    async def _send(self, report: Report) -> None:
+        spool = self.outbox.folder(*self.key)
+        for f in report.finish.outputs:
+            await self.coord.upload(
+                self.ref, f.name, spool / f.name, f.size, f.sha256, self.chunk_size
+            )
+        ack = await self.coord.finish(report.finish)
+        self.log.info("job_finished", outcome=report.finish.outcome, status=ack.status)
 
-    async def _collect(self, outcome: PromptOutcome, spool: Path) -> list[p.OutputFile]:
+    async def _collect(self, outcome: PromptOutcome) -> list[p.OutputFile]:
+        """Fetch each output file into the spool under its stored name (shared/names.py)."""
+        spool = self.outbox.folder(*self.key)
         await asyncio.to_thread(spool.mkdir, parents=True, exist_ok=True)
-        taken: set[str] = set()
+        seen: set[str] = set()
         files: list[p.OutputFile] = []
         for ref in outcome.outputs:
-            if ref.type != "output":
-                continue  # previews (temp) are not results
-            name = output_name(ref, taken)
-            path = spool / name
-            got = await self.client.view(ref, path, self.config.max_output_bytes)
-            await self.coord.upload(self.ref, name, path, got.size, got.sha256, self.chunk_size)
+            if ref.type != "output" and not self.job.forward_frames:
+                continue  # previews (temp) are not results (the ComfyUI facade shows them)
+            if not ref.filename:
+                raise OutputMissing(f"node {ref.node_id} reported an output without a name")
+            original = names.original_name(ref.subfolder, ref.filename, ref.type)
+            if original in seen:
+                continue  # one file reported twice
+            seen.add(original)
+            name = names.stored_name(original)
+            got = await COMFYUI_FETCH.call(
+                lambda ref=ref, path=spool / name: self.client.view(
+                    ref, path, self.config.max_output_bytes
+                ),
+                "comfyui view",
+            )
             files.append(
                 p.OutputFile(
                     name=name,
+                    original=original,
                     size=got.size,
                     sha256=got.sha256,
                     content_type=got.content_type,
                     node_id=ref.node_id,
+                    kind=ref.type,
+                    comfy_ref=p.ComfyRef(
+                        filename=ref.filename, subfolder=ref.subfolder, type=ref.type
+                    )
+                    if self.job.forward_frames
+                    else None,
                 )
             )
         return files
+
+
+def given_back(report: Report, code: str, message: str) -> Report:
+    """The report that hands an attempt back (retryable, no outputs) in place of `report`."""
+    finish = msgspec.structs.replace(
+        report.finish,
+        outcome="requeue",
+        outputs=[],
+        error=p.ErrorInfo(code=code, message=message, retryable=True),
+    )
+    return msgspec.structs.replace(report, finish=finish)

@@ -24,16 +24,18 @@ class HeldJob:
 
 
 class StateFile:
-    """Jobs this agent holds, written atomically (temp file + rename) on every change."""
+    """Jobs this agent holds, by (job id, attempt), written atomically (temp file + rename) on
+    every change."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.jobs: dict[str, HeldJob] = {}
+        self.jobs: dict[tuple[str, int], HeldJob] = {}
 
     def load(self) -> list[HeldJob]:
         try:
             raw = json.loads(self.path.read_text())
-            self.jobs = {j["job_id"]: HeldJob(**j) for j in raw.get("jobs", [])}
+            held = [HeldJob(**j) for j in raw.get("jobs", [])]
+            self.jobs = {(j.job_id, j.attempt): j for j in held}
         except FileNotFoundError:
             self.jobs = {}
         except (ValueError, TypeError, KeyError) as exc:
@@ -42,11 +44,11 @@ class StateFile:
         return list(self.jobs.values())
 
     def put(self, job: HeldJob) -> None:
-        self.jobs[job.job_id] = job
+        self.jobs[(job.job_id, job.attempt)] = job
         self._write()
 
-    def remove(self, job_id: str) -> None:
-        if self.jobs.pop(job_id, None) is not None:
+    def remove(self, job_id: str, attempt: int) -> None:
+        if self.jobs.pop((job_id, attempt), None) is not None:
             self._write()
 
     def _write(self) -> None:

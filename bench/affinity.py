@@ -44,6 +44,7 @@ def run(
                 JobRequest(
                     job_id=f"r{r}-j{j}",
                     priority=0,
+                    submitted_at=NOW - j,
                     queued_at=NOW - j,
                     gpus=1,
                     vram_mb=rng.choice([6000, 8000, 12000, 18000]),

@@ -23,7 +23,7 @@ from typing import Any
 
 import psutil
 
-from bench import dispatch, failover, heartbeat, placement, streaming, utilisation
+from bench import comfy_facade, dispatch, failover, heartbeat, placement, streaming, utilisation
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,6 +35,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "heartbeat_window_s": 15.0,
         "utilisation": [(2000.0, 200), (200.0, 1000), (20.0, 1000)],
         "stream_mb": 512,
+        "comfy": {"jobs": 1000, "sockets": 1000, "posts": 30},
         "failover_kills": 20,
         "stores": (1000, 5000),
     },
@@ -45,6 +46,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "heartbeat_window_s": 6.0,
         "utilisation": [(2000.0, 20), (200.0, 100), (20.0, 200)],
         "stream_mb": 64,
+        "comfy": {"jobs": 200, "sockets": 1000, "posts": 10},
         "failover_kills": 5,
         "stores": (200, 1000),
     },
@@ -107,6 +109,8 @@ def bench_all(
         )
     if want("streaming"):
         timed("streaming", lambda d: streaming.run(d, size["stream_mb"]))
+    if want("comfy"):
+        timed("comfy", lambda d: comfy_facade.run(d, **size["comfy"]))
     if want("failover"):
         timed("failover", lambda d: failover.run(d, size["failover_kills"]))
     if want("stores"):
@@ -196,6 +200,26 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str]]:
                 "streaming ≥ 200 MB/s (simulator → agent → coordinator → client)",
                 f"{st['end_to_end_mb_s']} MB/s",
                 _ok(st["end_to_end_mb_s"], lambda v: v >= 200),
+            )
+        )
+    cf = res.get("comfy", {})
+    if "facade_overhead_pct" in cf:
+        rows.append(
+            (
+                "ComfyUI facade: coordinator CPU per job ≤ 10 % more than /v1/jobs",
+                f"{cf['facade_overhead_pct']} % ({cf['facade_cpu_ms_per_job']} vs "
+                f"{cf['v1_cpu_ms_per_job']} ms; the /v1 client polls every 5 ms)",
+                _ok(cf["facade_overhead_pct"], lambda v: v <= 10),
+            )
+        )
+    fan = cf.get("fanout", {})
+    if "status_delay_ms" in fan:
+        p99 = fan["status_delay_ms"]["p99"]
+        rows.append(
+            (
+                f"ComfyUI facade: {fan['sockets']} WebSocket clients, p99 event delay ≤ 50 ms",
+                f"{p99} ms (post → every socket's status, client in one process)",
+                _ok(p99, lambda v: v <= 50),
             )
         )
     return rows
@@ -373,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
             "heartbeat",
             "utilisation",
             "streaming",
+            "comfy",
             "failover",
             "stores",
         ],

@@ -23,7 +23,15 @@ def add_submit(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     cmd = sub.add_parser("submit", help="submit an API-format workflow")
     cmd.add_argument("workflow", type=Path, help="workflow JSON file (ComfyUI API format)")
     cmd.add_argument("--vram-mb", type=int, default=None, help="VRAM to reserve")
-    cmd.add_argument("--gpus", type=int, default=None)
+    cmd.add_argument(
+        "--gpus",
+        type=int,
+        choices=[0, 1],
+        default=None,
+        help="1 (the default): run on a ComfyUI instance bound to a GPU; 0: run on a CPU-only "
+        "ComfyUI instance (a CPU slot). A fleet whose ComfyUIs are all CPU-only refuses "
+        "--gpus 1 with a 422 saying so",
+    )
     cmd.add_argument("--priority", type=int, default=None)
     cmd.add_argument("--timeout", type=float, default=None, help="job timeout in seconds")
     cmd.add_argument(

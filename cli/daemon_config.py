@@ -109,6 +109,10 @@ def check(role: str, values: Mapping[str, Any]) -> None:
     """Rules beyond the types."""
     if "port" in values and not 0 <= values["port"] <= 65535:
         raise ConfigError("port", f"must be 0..65535, got {values['port']}")
+    if values.get("comfy_listen"):
+        _, comfy_port = split_listen("comfy_listen", values["comfy_listen"])
+        if not 0 <= comfy_port <= 65535:
+            raise ConfigError("comfy_listen", f"port must be 0..65535, got {comfy_port}")
     if role == "coordinator" and values.get("store") is not None:
         from comfyfleet.coordinator.store.dsn import check_store_url
 

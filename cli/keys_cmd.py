@@ -1,7 +1,9 @@
 """`comfyfleet keys create|list|revoke`: credentials in the coordinator's keys file.
 
 The credential is printed once, on stdout; the file keeps only its sha256. A running
-coordinator picks changes up on SIGHUP (`systemctl reload comfyfleet-coordinator`).
+coordinator picks changes up on SIGHUP (`systemctl reload comfyfleet-coordinator`). An agent
+token is bound to one agent id (`--agent-id`) unless `--any-agent` asks for a fleet token; the
+last key of a file is never revoked (a coordinator never drops to no authentication).
 """
 
 from __future__ import annotations
@@ -22,9 +24,17 @@ def add_keys(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     kind.add_argument("--admin", action="store_true", help="an admin key: sees every tenant")
     kind.add_argument("--agent", action="store_true", help="an agent token")
     create.add_argument("--tenant", help="the tenant a client key belongs to")
-    create.add_argument(
+    bound = create.add_mutually_exclusive_group()
+    bound.add_argument(
         "--agent-id",
-        help="bind an agent token to one agent id (default: a fleet token any agent may use)",
+        help="with --agent: the one agent id the token speaks for (the agent's agent_id); "
+        "required unless --any-agent",
+    )
+    bound.add_argument(
+        "--any-agent",
+        action="store_true",
+        help="with --agent: a fleet token that any host may use to register as any agent "
+        "(and so release that agent's jobs); prefer one token per agent",
     )
     create.add_argument("--note", default="", help="free text kept with the key")
     listing = actions.add_parser("list", help="list keys (ids, kinds, tenants; never secrets)")
@@ -57,14 +67,20 @@ def run_create(args: argparse.Namespace) -> int:
         raise CliError("--tenant NAME is required for a client key (or use --admin, --agent)")
     if kind == "agent" and args.tenant:
         raise CliError("an agent token has no tenant; drop --tenant")
-    if kind != "agent" and args.agent_id:
-        raise CliError("--agent-id goes with --agent")
+    if kind != "agent" and (args.agent_id or args.any_agent):
+        raise CliError("--agent-id and --any-agent go with --agent")
+    if kind == "agent" and not (args.agent_id or args.any_agent):
+        raise CliError(
+            "--agent needs --agent-id ID (the agent_id of the one agent that will use the "
+            "token) or, for a token any agent may use, --any-agent"
+        )
     path = _keys_path(args)
     entries = read_keys(path)
     credential, entry = new_credential(
         kind,
         tenant=args.tenant or ("default" if kind == "admin" else None),
         agent_id=args.agent_id,
+        any_agent=args.any_agent,
         note=args.note,
     )
     entries[entry.id] = entry
@@ -105,6 +121,11 @@ def run_revoke(args: argparse.Namespace) -> int:
     entries = read_keys(path)
     if entries.pop(args.key_id, None) is None:
         raise CliError(f"no key {args.key_id!r} in {path}")
+    if not entries:
+        raise CliError(
+            f"{args.key_id} is the last key in {path}; a coordinator that has keys never drops "
+            "to none (that would switch authentication off), so create its replacement first"
+        )
     write_keys(path, entries)
     print(f"revoked {args.key_id}; reload a running coordinator (SIGHUP) to apply", file=sys.stderr)
     return 0

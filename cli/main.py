@@ -47,6 +47,11 @@ def add_coordinator(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     cmd.add_argument("--data-dir", type=Path, help="state directory: SQLite store and outputs")
     cmd.add_argument(
+        "--comfy-listen",
+        metavar="HOST:PORT",
+        help="also serve ComfyUI's own API (and /api/...) on HOST:PORT (config comfy_listen)",
+    )
+    cmd.add_argument(
         "--store",
         metavar="URL",
         help="job store: postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE (env COMFYFLEET_STORE;"
@@ -91,6 +96,7 @@ COORDINATOR_FLAGS = (
     "log_level",
     "block_after_failures",
     "block_cooldown_s",
+    "comfy_listen",
 )
 
 

@@ -7,71 +7,66 @@ the one coordinator that places jobs; a registration is also saved to the store 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import math
 
 import structlog
 
 from comfyfleet.coordinator import jobs as moves
-from comfyfleet.coordinator.errors import NotFound
+from comfyfleet.coordinator.comfy.prompts import COMFY, agent_extra_data
+from comfyfleet.coordinator.errors import Conflict, NotFound, StoreUnavailable
 from comfyfleet.coordinator.fleet import AgentState, AgentStatus, register_info
 from comfyfleet.coordinator.inventory import decode_inputs
 from comfyfleet.coordinator.ledger import Change
-from comfyfleet.coordinator.model import AgentRecord, JobRecord
+from comfyfleet.coordinator.model import AgentRecord
 from comfyfleet.coordinator.parts import Part
+from comfyfleet.coordinator.reconcile import Placed, Verdict, reconcile
 from comfyfleet.coordinator.state import LiveProgress
 from comfyfleet.shared import protocol as p
-from comfyfleet.shared.status import ACTIVE, JobEvent, JobStatus
+from comfyfleet.shared.status import JobEvent, JobStatus
 
 log = structlog.get_logger("coordinator")
 
 
 class AgentLink(Part):
-    def register(self, msg: p.Register) -> p.RegisterReply:
-        """(Re)connect an agent: reconcile the jobs it reports with the jobs placed on it."""
+    def register(self, msg: p.Register, host_proven: bool = False) -> p.RegisterReply:
+        """(Re)connect an agent: reconcile the jobs it reports with the jobs placed on it.
+
+        A registration knows everything that happened before it, so every placed job it omits
+        is judged (reconcile.py). One that would take jobs from the agent as the coordinator
+        knew it must come from the instance that registered last, or from a sender that proves
+        it is this agent's host (`host_proven`: a token bound to this agent id); otherwise it
+        is refused (409, `instance_id`) until that instance is lost and its jobs requeued."""
         now = self.clock()
         live = self.live
-        drop: list[p.JobRef] = []
-        kept: dict[str, JobRecord] = {}  # reported jobs that are still this agent's
-        changes: list[Change] = []
-        for r in msg.running:
-            job = live.jobs.get(r.job_id)
-            if (
-                job is None
-                or job.agent_id != msg.agent_id
-                or job.attempt != r.attempt
-                or (job.status not in ACTIVE)
-            ):
-                drop.append(p.JobRef(job_id=r.job_id, attempt=r.attempt))
-                continue
-            if job.id in kept:
-                continue
-            kept[job.id] = job
-            if job.status == JobStatus.ASSIGNED and r.prompt_id:
-                reason = "reported running after agent restart"
-                started = moves.advance(job, JobEvent.START, now, reason, prompt_id=r.prompt_id)
-                changes.append(Change(job, started))
         known = live.agents.get(msg.agent_id)
-        for job_id in sorted(known.jobs) if known is not None else ():
-            job = live.jobs[job_id]
-            if job_id not in kept and (job.status == JobStatus.RUNNING or job_id in live.delivered):
-                reason = "agent restarted without this job"
-                changes.append(self.ledger.release_change(job, now, reason, spend_retry=True))
-        self.ledger.apply(changes)
+        verdict = reconcile(self._placed(known), msg.running, floor=math.inf)
+        same = bool(msg.instance_id) and known is not None and known.instance == msg.instance_id
+        if known is not None and verdict.releases and not (same or host_proven):
+            raise Conflict(
+                f"agent {msg.agent_id} is registered by another instance that holds "
+                f"{len(verdict.lost) + len(verdict.redeliver)} job(s) this registration does "
+                f"not report; only that instance (the same instance_id) or a token bound to "
+                f"agent {msg.agent_id} may take them over; else register again once it is lost "
+                f"(silent {self.config.lost_after_s:g} s) and its jobs are requeued",
+                "instance_id",
+            )
+        lost_why = "no longer reports this job" if same else "restarted without this job"
+        self.ledger.apply(self._changes(verdict, msg.agent_id, now, f"agent {lost_why}"))
         self.ledger.save_agent(
             AgentRecord(msg.agent_id, now, register_info(msg)),
             lambda: self._registered(msg, now),
         )
-        for job_id in kept:
-            live.delivered.add(job_id)
-            job = live.jobs[job_id]
-            if job.desired != "run":
-                live.send_cancel(job, now)
+        self._remember(verdict, now)
         log.info(
             "agent_registered",
             agent_id=msg.agent_id,
             gpus=len(msg.gpus),
             instances=len(msg.instances),
             running=len(msg.running),
-            dropped=len(drop),
+            dropped=len(verdict.drop),
+            lost=len(verdict.lost),
+            delivered_again=len(verdict.redeliver),
         )
         live.wake.set()
         return p.RegisterReply(
@@ -79,7 +74,7 @@ class AgentLink(Part):
             lease_ttl_s=self.config.lost_after_s,
             lease_wait_s=self.config.lease_wait_s,
             chunk_size=self.config.chunk_size,
-            drop=drop,
+            drop=list(verdict.drop),
         )
 
     def _registered(self, msg: p.Register, now: float) -> None:
@@ -89,9 +84,13 @@ class AgentLink(Part):
             self.live.agents[msg.agent_id] = agent
         agent.apply_register(msg, now)
         agent.status = AgentStatus.DRAINING if agent.draining else AgentStatus.ONLINE
+        agent.answered_at = now
         self.live.feed.agent(agent, "registered")
 
-    def heartbeat(self, msg: p.Heartbeat) -> p.HeartbeatReply:
+    def heartbeat(self, msg: p.Heartbeat, host_proven: bool = False) -> p.HeartbeatReply:
+        """Liveness and resources; and the jobs the agent reports, reconciled as at register.
+        A heartbeat carries no instance id: only a sender that proves it is this agent's host
+        (`host_proven`) may take jobs from it by omitting them."""
         now = self.clock()
         live = self.live
         agent = live.agents.get(msg.agent_id)
@@ -99,30 +98,99 @@ class AgentLink(Part):
         if agent is None or agent.status in (AgentStatus.LOST, AgentStatus.RECONNECTING):
             return p.HeartbeatReply(heartbeat_interval_s=interval, reregister=True)
         agent.apply_snapshot(msg.host, msg.gpus, msg.instances, now)
-        agent.apply_inventory(msg.models, msg.node_classes)
+        agent.apply_inventory(msg.models, msg.node_classes, msg.comfyui)
         if msg.draining and not agent.draining:
             agent.draining = True
             agent.status = AgentStatus.DRAINING
         live.feed.agent(agent, "heartbeat")
+        verdict = reconcile(self._placed(agent), msg.running, floor=agent.answered_at)
+        if not host_proven:
+            verdict = dataclasses.replace(verdict, lost=(), redeliver=())
+        why = f"agent {msg.agent_id} no longer reports this job"
+        try:
+            self.ledger.apply(self._changes(verdict, msg.agent_id, now, why), strict=False)
+        except StoreUnavailable as exc:  # liveness goes on; the next heartbeat tries again
+            log.warning("heartbeat_changes_not_stored", agent_id=msg.agent_id, error=exc.message)
+            verdict = dataclasses.replace(verdict, queued=(), redeliver=())
+        self._remember(verdict, now)
+        agent.answered_at = now
         cancel: list[p.JobRef] = []
-        drop: list[p.JobRef] = []
-        for r in msg.running:
+        for r in verdict.kept:
             job = live.jobs.get(r.job_id)
-            ref = p.JobRef(job_id=r.job_id, attempt=r.attempt)
-            if job is None or job.agent_id != msg.agent_id or job.attempt != r.attempt:
-                drop.append(ref)
-            elif job.desired != "run":
-                cancel.append(ref)
-            elif job.status == JobStatus.ASSIGNED and r.prompt_id:
-                live.queued_on_agent[job.id] = now
-            elif r.progress is not None:
+            if job is None:
+                continue
+            if job.desired != "run":
+                cancel.append(p.JobRef(job_id=r.job_id, attempt=r.attempt))
+            elif r.progress is not None and job.status == JobStatus.RUNNING:
                 progress = live.progress.setdefault(job.id, LiveProgress())
                 progress.fraction, progress.updated_at = r.progress, now
         if live.queued:
             live.wake.set()
         return p.HeartbeatReply(
-            heartbeat_interval_s=interval, cancel=cancel, drop=drop, drain=agent.draining
+            heartbeat_interval_s=interval,
+            cancel=cancel,
+            drop=list(verdict.drop),
+            drain=agent.draining,
         )
+
+    def _placed(self, agent: AgentState | None) -> dict[str, Placed]:
+        live = self.live
+        out: dict[str, Placed] = {}
+        for job_id in agent.jobs if agent is not None else ():
+            job = live.jobs[job_id]
+            out[job_id] = Placed(
+                attempt=job.attempt,
+                status=job.status,
+                delivered_at=live.delivered.get(job_id),
+                held_at=live.held.get(job_id),
+            )
+        return out
+
+    def _changes(self, verdict: Verdict, agent_id: str, now: float, lost_why: str) -> list[Change]:
+        """The store changes a report makes: jobs ComfyUI started to RUNNING, prompt ids of
+        queued prompts recorded, lost jobs released (a retry spent: the attempt broke)."""
+        live = self.live
+        kept = {r.job_id: r for r in verdict.kept}
+        changes: list[Change] = []
+        for job_id in verdict.start:
+            job, prompt = live.jobs[job_id], kept[job_id].prompt_id
+            why = f"ComfyUI prompt {prompt} started (reported by agent {agent_id})"
+            changes.append(
+                Change(job, moves.advance(job, JobEvent.START, now, why, prompt_id=prompt))
+            )
+        for job_id in verdict.queued:
+            job, prompt = live.jobs[job_id], kept[job_id].prompt_id
+            if job.prompt_id != prompt:
+                changes.append(
+                    Change(job, dataclasses.replace(job, prompt_id=prompt, updated_at=now))
+                )
+        for job_id in verdict.lost:
+            job = live.jobs[job_id]
+            error = moves.stop_error(job)
+            why = lost_why if error is None else f"{error['message']}; {lost_why}"
+            changes.append(self.ledger.release_change(job, now, why, spend_retry=True, error=error))
+        return changes
+
+    def _remember(self, verdict: Verdict, now: float) -> None:
+        """Memory after a report: what the agent holds, what waits in ComfyUI's queue (its
+        assign timeout counts from this report), what to hand out again, what to cancel."""
+        live = self.live
+        for r in verdict.kept:
+            job = live.jobs.get(r.job_id)
+            if job is None:  # released by this very report? (never: it was kept)
+                continue
+            live.acknowledged(job.id, now)
+            if job.status == JobStatus.ASSIGNED:
+                live.forget_delivery(job.id, job.agent_id)
+            if job.desired != "run" and job.id not in live.cancel_sent:
+                live.send_cancel(job, now)
+        for job_id in verdict.queued:
+            if job_id in live.jobs and live.jobs[job_id].status == JobStatus.ASSIGNED:
+                live.awaiting_since[job_id] = now
+        for job_id in verdict.redeliver:
+            job = live.jobs.get(job_id)
+            if job is not None and job.status == JobStatus.ASSIGNED:
+                live.deliver_again(job)
 
     async def lease(self, msg: p.LeaseRequest) -> p.LeaseReply:
         """The jobs placed on the agent that fit the room it has, and cancels to send; waits
@@ -161,7 +229,7 @@ class AgentLink(Part):
             if stored is None:
                 continue
             room[instance] -= 1
-            self.live.delivered.add(job_id)
+            self.live.delivered[job_id] = self.clock()
             jobs.append(
                 p.Assignment(
                     job_id=job_id,
@@ -173,6 +241,8 @@ class AgentLink(Part):
                     inputs=decode_inputs(stored.spec.inputs, self.config.max_input_bytes)
                     if stored.spec.inputs
                     else {},
+                    forward_frames=COMFY in stored.spec.metadata,  # a ComfyUI facade prompt
+                    extra_data=agent_extra_data(stored.spec.metadata),
                 )
             )
         agent.to_deliver.extend(keep)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
 from collections.abc import AsyncIterator
 
 import structlog
@@ -114,6 +115,12 @@ async def serve(config: CoordinatorConfig) -> int:
     problem = exposure_problem(config.host, app[KEYRING])
     if problem:
         raise ConfigError("host", problem)
+    if config.comfy_listen:
+        from comfyfleet.coordinator.comfy.app import listen_address
+
+        problem = exposure_problem(listen_address(config.comfy_listen)[0], app[KEYRING])
+        if problem:
+            raise ConfigError("comfy_listen", problem)
     ssl_context = server_context(config.tls_cert, config.tls_key)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=10)
     await runner.setup()
@@ -121,6 +128,7 @@ async def serve(config: CoordinatorConfig) -> int:
         runner, config.host, config.port, reuse_address=True, ssl_context=ssl_context
     )
     await site.start()
+    comfy_runner = await _start_comfy(config, app, ssl_context)
     scheme = "https" if ssl_context else "http"
     log.info(
         "coordinator_listening",
@@ -144,8 +152,24 @@ async def serve(config: CoordinatorConfig) -> int:
     else:
         log.info("coordinator_stopping", reason="signal")
     stopped.cancel()
+    # the sweeper stops first: while we stop, agents cannot reach us, and must not be declared
+    # lost (and their jobs requeued) for it
+    await app[SUPERVISOR].stop()
+    if comfy_runner is not None:
+        await comfy_runner.cleanup()
     await graceful.stop(runner, [site], app[graceful.INFLIGHT], config.shutdown_grace_s)
     return code
+
+
+async def _start_comfy(
+    config: CoordinatorConfig, app: web.Application, ssl_context: ssl.SSLContext | None
+) -> web.AppRunner | None:
+    """The ComfyUI facade's listener (`comfy_listen`), or None when it is off."""
+    if not config.comfy_listen:
+        return None
+    from comfyfleet.coordinator.comfy.app import start_comfy_site
+
+    return await start_comfy_site(config, app[COORDINATOR], app[KEYRING], ssl_context)
 
 
 def _reload_keys(ring: KeyRing) -> None:

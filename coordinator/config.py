@@ -61,6 +61,9 @@ class CoordinatorConfig:
     tls_cert: Path | None = None  # serve HTTPS when this and tls_key are set
     tls_key: Path | None = None
     shutdown_grace_s: float = 20.0  # on SIGTERM, requests in flight get this long to finish
+    # HOST:PORT of a second listener that speaks ComfyUI's own API (coordinator/comfy/); off
+    comfy_listen: str | None = None
+    comfy_max_upload_bytes: int = 100 << 20  # /upload/image and /upload/mask bodies
 
     @property
     def lost_after_s(self) -> float:
@@ -77,6 +80,11 @@ class CoordinatorConfig:
     @property
     def outputs_dir(self) -> Path:
         return self.outputs_root or self.data_dir / "outputs"
+
+    @property
+    def comfy_dir(self) -> Path:
+        """The ComfyUI facade's own files: uploads, history deletions."""
+        return self.data_dir / "comfy"
 
     @property
     def url(self) -> str:

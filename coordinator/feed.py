@@ -6,12 +6,17 @@ The service calls one method per kind of happening; this module decides what eac
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import structlog
 
 from comfyfleet.coordinator import events as ev
 from comfyfleet.coordinator.events import EventBus
 from comfyfleet.coordinator.metrics import Metrics
 from comfyfleet.coordinator.model import JobRecord
+from comfyfleet.shared.media import served_as
+from comfyfleet.shared.protocol import JobEvent
 from comfyfleet.shared.status import TERMINAL, JobStatus
 
 if TYPE_CHECKING:
@@ -20,8 +25,10 @@ if TYPE_CHECKING:
 
 
 def output_json(job: JobRecord, entry: dict[str, Any]) -> dict[str, Any]:
+    """An output as clients see it: its content type is the one it is served with."""
     return {
         **{k: v for k, v in entry.items() if k != "attempt"},
+        "content_type": served_as(entry["name"]).content_type,
         "url": f"/v1/jobs/{job.id}/outputs/{entry['name']}",
     }
 
@@ -79,14 +86,32 @@ def agent_data(agent: AgentState, what: str) -> dict[str, Any]:
     }
 
 
+log = structlog.get_logger("coordinator")
+
+
+class FeedWatcher(Protocol):
+    """Another listener in this process (the ComfyUI facade), called synchronously: it must
+    not block and should not raise (an exception is logged and swallowed)."""
+
+    def job_changed(self, old: JobRecord | None, new: JobRecord) -> None: ...
+
+    def comfy_events(self, job: JobRecord, attempt: int, events: Sequence[JobEvent]) -> None: ...
+
+
 class Feed:
     def __init__(self, bus: EventBus, metrics: Metrics) -> None:
         self.bus = bus
         self.metrics = metrics
+        self.watchers: list[FeedWatcher] = []
 
     def job_changed(self, old: JobRecord | None, new: JobRecord, now: float) -> None:
         if old is not None and old.status == new.status and old.desired == new.desired:
             return
+        for watcher in self.watchers:
+            try:
+                watcher.job_changed(old, new)
+            except Exception:
+                log.exception("feed_watcher_failed", job_id=new.id)
         self.metrics.on_transition(old, new, now)
         if new.status == JobStatus.COMPLETED:
             for entry in new.outputs:
@@ -110,6 +135,14 @@ class Feed:
                 },
                 job.id,
             )
+
+    def comfy_events(self, job: JobRecord, attempt: int, events: Sequence[JobEvent]) -> None:
+        """An agent's events for a job, as they came (ComfyUI's own frames among them)."""
+        for watcher in self.watchers:
+            try:
+                watcher.comfy_events(job, attempt, events)
+            except Exception:
+                log.exception("feed_watcher_failed", job_id=job.id)
 
     def agent(self, agent: AgentState, what: str) -> None:
         if what == "lost":

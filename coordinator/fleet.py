@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -12,7 +13,14 @@ import msgspec
 
 from comfyfleet.coordinator.model import JobRecord
 from comfyfleet.coordinator.scheduler.model import AgentView, GpuView, SlotView
-from comfyfleet.shared.protocol import GpuInfo, HostInfo, InstanceInfo, JobRef, Register
+from comfyfleet.shared.protocol import (
+    ComfyCatalog,
+    GpuInfo,
+    HostInfo,
+    InstanceInfo,
+    JobRef,
+    Register,
+)
 from comfyfleet.shared.status import JobStatus
 
 
@@ -38,12 +46,17 @@ class AgentState:
     snapshot_at: float = 0.0  # when the GPU numbers were measured (last heartbeat)
     draining: bool = False
     lost_deadline: float | None = None  # set while RECONNECTING: lost if still absent then
+    instance: str = ""  # the agent process that registered last (Register.instance_id)
+    # when this coordinator last answered the agent's register or heartbeat: the agent builds
+    # its next report after reading that answer (reconcile.py)
+    answered_at: float = -math.inf
     jobs: set[str] = field(default_factory=set)  # ASSIGNED / RUNNING job ids placed here
     to_deliver: deque[str] = field(default_factory=deque)  # assigned, not yet sent by a lease
     to_cancel: dict[str, JobRef] = field(default_factory=dict)  # cancels to send
     recent_hashes: deque[str] = field(default_factory=lambda: deque(maxlen=16))
     recent_failures: deque[float] = field(default_factory=lambda: deque(maxlen=32))
     node_classes: frozenset[str] | None = None  # None: the agent reported no inventory
+    comfyui: ComfyCatalog | None = None  # its ComfyUI's /object_info and models (the facade)
     # per ComfyUI instance: shape hashes and model files it ran recently (warm cache)
     recent_by_instance: dict[str, deque[str]] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -57,6 +70,9 @@ class AgentState:
         self.labels = dict(msg.labels)
         self.models = frozenset(msg.models)
         self.node_classes = None if msg.node_classes is None else frozenset(msg.node_classes)
+        self.instance = msg.instance_id
+        if msg.comfyui is not None:
+            self.comfyui = msg.comfyui
         self.registered_at = now
         self.apply_snapshot(msg.host, msg.gpus, msg.instances, now)
 
@@ -72,11 +88,18 @@ class AgentState:
         if self.status in (AgentStatus.LOST, AgentStatus.RECONNECTING):
             self.status = AgentStatus.DRAINING if self.draining else AgentStatus.ONLINE
 
-    def apply_inventory(self, models: list[str] | None, node_classes: list[str] | None) -> None:
+    def apply_inventory(
+        self,
+        models: list[str] | None,
+        node_classes: list[str] | None,
+        comfyui: ComfyCatalog | None = None,
+    ) -> None:
         if models is not None:
             self.models = frozenset(models)
         if node_classes is not None:
             self.node_classes = frozenset(node_classes)
+        if comfyui is not None:
+            self.comfyui = comfyui
 
     def ran(self, instance_id: str, keys: list[str]) -> None:
         """Remember what an instance just ran (most recent last; a bounded window)."""

@@ -16,10 +16,10 @@ import structlog
 
 from comfyfleet.coordinator import jobs as moves
 from comfyfleet.coordinator.admission import check_queue
-from comfyfleet.coordinator.errors import Conflict, NotFound, Unprocessable
+from comfyfleet.coordinator.errors import Conflict, NotFound
 from comfyfleet.coordinator.estimates import learned_vram_mb
 from comfyfleet.coordinator.fleet import AgentState, AgentStatus
-from comfyfleet.coordinator.inventory import decode_inputs, fleet_gap
+from comfyfleet.coordinator.inventory import check_fleet_can_run, decode_inputs
 from comfyfleet.coordinator.ledger import Change
 from comfyfleet.coordinator.model import JobRecord, WorkflowFacts
 from comfyfleet.coordinator.parts import Part
@@ -33,9 +33,13 @@ log = structlog.get_logger("coordinator")
 
 class Intake(Part):
     def submit(
-        self, spec: JobSpec, idempotency_key: str | None = None, tenant: str = "default"
+        self,
+        spec: JobSpec,
+        idempotency_key: str | None = None,
+        tenant: str = "default",
+        job_id: str | None = None,  # chosen by the caller (the ComfyUI facade); else a new one
     ) -> tuple[JobRecord, bool]:
-        job = self.accept(spec, idempotency_key, tenant)
+        job = self.accept(spec, idempotency_key, tenant, job_id)
         stored, created = self.store_new(job)
         if created:
             log.info(
@@ -50,7 +54,9 @@ class Intake(Part):
         """Jobs waiting for a GPU, for admission control."""
         return len(self.live.queued)
 
-    def accept(self, spec: JobSpec, idempotency_key: str | None, tenant: str) -> JobRecord:
+    def accept(
+        self, spec: JobSpec, idempotency_key: str | None, tenant: str, job_id: str | None = None
+    ) -> JobRecord:
         """The new job's record (QUEUED), or the refusal: bad input, full queue, no agent able."""
         validate_workflow(spec.workflow)
         check_depth(spec.metadata, "metadata")
@@ -60,13 +66,7 @@ class Intake(Part):
             decode_inputs(spec.inputs, self.config.max_input_bytes)
         facts = WorkflowFacts.of(spec.workflow)
         live_agents = [a for a in self.live.agents.values() if a.status != AgentStatus.LOST]
-        gap = fleet_gap(
-            facts.model_refs,
-            facts.node_classes,
-            [(a.models, a.node_classes) for a in live_agents],
-        )
-        if gap is not None:
-            raise Unprocessable(f"no agent can run this workflow: {gap}", "workflow")
+        check_fleet_can_run(spec, facts, self.live.agents.values())
         vram = spec.resources.vram_mb
         if vram is None:
             largest = max((g.vram_total_mb for a in live_agents for g in a.gpus), default=None)
@@ -78,7 +78,7 @@ class Intake(Part):
         if spec.resources.gpus == 0 and vram and spec.resources.vram_mb:
             raise InvalidInput("resources.vram_mb", "a CPU job (gpus: 0) cannot ask for VRAM")
         job = JobRecord(
-            id=moves.new_job_id(now),
+            id=job_id or moves.new_job_id(now),
             spec=spec,
             workflow_hash=workflow_hash(spec.workflow),
             created_at=now,

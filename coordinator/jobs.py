@@ -96,7 +96,15 @@ def released(
         failed_agents = [*failed_agents, job.agent_id]
     if spend_retry and job.retries_used >= job.spec.max_retries:
         err = error or {"code": "retries_exhausted", "message": reason}
-        err = {**err, "message": f"{err.get('message', reason)} (after {job.attempt} attempts)"}
+        ends = [*attempt_endings(job.history), (job.attempt, reason)]
+        earlier = "; ".join(f"attempt {n}: {why}" for n, why in ends[:-1])
+        message = f"{err.get('message', reason)} (after {job.attempt} attempts"
+        message += f"; earlier: {earlier})" if earlier else ")"
+        err = {
+            **err,
+            "message": message,
+            "attempts": [{"attempt": n, "reason": why} for n, why in ends],
+        }
         return advance(job, JobEvent.FAIL, now, reason, error=err, desired="run")
     return advance(
         job,
@@ -111,3 +119,20 @@ def released(
         prompt_id=None,
         desired="run",
     )
+
+
+def attempt_endings(history: list[Transition]) -> list[tuple[int, str]]:
+    """(attempt, why it ended) of every attempt the history shows ended by a requeue."""
+    return [
+        (t.attempt, t.reason)
+        for t in history
+        if t.event == JobEvent.REQUEUE.value and t.from_status != JobStatus.QUEUED.value
+    ]
+
+
+def stop_error(job: JobRecord) -> dict[str, Any] | None:
+    """The error an attempt the coordinator asked to stop ends with, when the stop was its
+    timeout (a user's cancel is no error)."""
+    if job.desired != "timeout":
+        return None
+    return {"code": "timeout", "message": f"timed out after {job.spec.timeout_s:g} s"}

@@ -76,13 +76,22 @@ def new_credential(
     *,
     tenant: str | None = None,
     agent_id: str | None = None,
+    any_agent: bool = False,
     note: str = "",
     now: float | None = None,
 ) -> tuple[str, KeyEntry]:
-    """A fresh credential (shown once) and the entry that stores only its hash."""
+    """A fresh credential (shown once) and the entry that stores only its hash.
+
+    An agent token speaks for the one agent `agent_id` names; a fleet token, which any host
+    may use to register as any agent, must be asked for explicitly with `any_agent=True`."""
     if kind in ("client", "admin"):
         if not tenant or not _NAME.match(tenant):
             raise KeysFileError("tenant must be 1-128 of A-Z a-z 0-9 . _ : @ -", "tenant")
+    if kind == "agent" and (agent_id is None) != any_agent:
+        raise KeysFileError(
+            "an agent token is bound to one agent id, or explicitly to any agent (not both)",
+            "agent_id",
+        )
     if agent_id is not None and not _NAME.match(agent_id):
         raise KeysFileError("agent id must be 1-128 of A-Z a-z 0-9 . _ : @ -", "agent_id")
     key_id = secrets.token_hex(6)
@@ -117,9 +126,22 @@ class KeyRing:
         return bool(self.entries)
 
     def reload(self) -> None:
+        """Swap in the keys file's entries (SIGHUP). On a ring that has keys, a file that is
+        missing, unreadable, malformed or empty raises `KeysFileError` and the current entries
+        stay: a coordinator that once had keys never serves without them (that would switch
+        authentication off, on whatever address it listens). Only a ring that started with no
+        keys, which `exposure_problem` keeps on loopback, may stay empty."""
         if self.path is None:
             return
-        self.entries = read_keys(self.path)
+        entries = read_keys(self.path, missing_ok=not self.entries)
+        if self.entries and not entries:
+            raise KeysFileError(
+                f"keys file {self.path} holds no keys; keeping the {len(self.entries)} loaded "
+                "before, since dropping them would switch authentication off (create a new key "
+                "before revoking the last one)",
+                "keys_file",
+            )
+        self.entries = entries
 
     def verify(self, credential: str) -> Principal | None:
         """The principal for a presented credential, or None. Timing does not depend on
@@ -136,11 +158,14 @@ class KeyRing:
         )
 
 
-def read_keys(path: Path) -> dict[str, KeyEntry]:
+def read_keys(path: Path, *, missing_ok: bool = True) -> dict[str, KeyEntry]:
+    """The entries of a keys file; a missing file holds none (unless `missing_ok` is False)."""
     try:
         raw = path.read_text()
     except FileNotFoundError:
-        return {}
+        if missing_ok:
+            return {}
+        raise KeysFileError(f"keys file {path} is missing", "keys_file") from None
     except OSError as exc:
         raise KeysFileError(f"cannot read keys file {path}: {exc.strerror}", "keys_file") from None
     try:

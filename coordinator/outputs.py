@@ -8,23 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from comfyfleet.coordinator.errors import Conflict, StoreUnavailable
+from comfyfleet.shared import names
 from comfyfleet.shared.errors import InvalidInput
-
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ ()-]{0,254}$")
 
 
 def check_name(name: str, field: str = "name") -> str:
-    """An output file name must be one plain path segment (no '/', no '..', no leading dot)."""
-    if not _SAFE_NAME.match(name) or ".." in name:
-        raise InvalidInput(field, f"invalid output file name {name!r}", "bad_name")
-    return name
+    """An output file name must be a safe stored name (shared/names.py holds the rule)."""
+    return names.check_stored(name, field)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +86,9 @@ class OutputFiles:
         if size < 0 or size > self.max_bytes:
             raise InvalidInput("size", f"must be between 0 and {self.max_bytes}", "out_of_range")
         final = self.final_path(job_id, attempt, name)
+        key = (job_id, attempt, name)
         if final.exists():
-            if final.stat().st_size == size and file_sha256(final) == sha256:
+            if self._stored(key, final) == (size, sha256):
                 return ChunkResult(size, True)
             raise Conflict(f"output {name} was already stored with other content", "name")
         part = final.with_name(final.name + ".part")
@@ -101,7 +98,6 @@ class OutputFiles:
         if length is not None and offset + length > size:
             raise InvalidInput("offset", "chunk runs past the declared size", "out_of_range")
         final.parent.mkdir(parents=True, exist_ok=True)
-        key = (job_id, attempt, name)
         digest, covered = self.partial.pop(key, (None, -1))
         if digest is None or covered != have:
             digest = _sha256_of(part) if have else hashlib.sha256()
@@ -111,12 +107,35 @@ class OutputFiles:
             raise StoreUnavailable(f"cannot write output {name}: {exc.strerror}") from exc
         return ChunkSink(self, key, part, final, fh, digest, have, size, sha256)
 
-    def verify(self, job_id: str, attempt: int, name: str, size: int, sha256: str) -> bool:
-        known = self.verified.get((job_id, attempt, name))
-        if known is not None:
-            return known == (size, sha256)
+    def warm(self, job_id: str, attempt: int, name: str) -> None:
+        """Hash what is already on disk for one file, so that `open_chunk` and `verify` need
+        not: the stored file's checksum (after a restart, or for a retried PUT of a stored
+        file) and a part file's running checksum (after a restart). Blocking: callers on an
+        event loop run it in a worker thread, holding the file's upload lock."""
         final = self.final_path(job_id, attempt, name)
-        return final.exists() and final.stat().st_size == size and file_sha256(final) == sha256
+        key = (job_id, attempt, name)
+        if final.exists():
+            self._stored(key, final)
+            return
+        part = final.with_name(final.name + ".part")
+        have = part.stat().st_size if part.exists() else 0
+        if have and self.partial.get(key, (None, -1))[1] != have:
+            self.partial[key] = (_sha256_of(part), have)
+
+    def _stored(self, key: tuple[str, int, str], final: Path) -> tuple[int, str]:
+        """(size, sha256) of a stored file: as checked at upload or by `warm`, else hashed now."""
+        known = self.verified.get(key)
+        if known is None:
+            known = (final.stat().st_size, file_sha256(final))
+            self.verified[key] = known
+        return known
+
+    def verify(self, job_id: str, attempt: int, name: str, size: int, sha256: str) -> bool:
+        final = self.final_path(job_id, attempt, name)
+        key = (job_id, attempt, name)
+        if key not in self.verified and not final.exists():
+            return False
+        return self._stored(key, final) == (size, sha256)
 
     def forget(self, job_id: str, attempt: int) -> None:
         """Drop the upload checks of an attempt once its job has completed (bounded memory)."""

@@ -9,6 +9,7 @@ from comfyfleet.coordinator.fleet import AgentState, AgentStatus, register_from_
 from comfyfleet.coordinator.learning import Learning
 from comfyfleet.coordinator.ledger import Ledger
 from comfyfleet.coordinator.model import AgentRecord
+from comfyfleet.coordinator.outputs import OutputFiles
 from comfyfleet.coordinator.state import Live
 from comfyfleet.coordinator.store import Store
 from comfyfleet.shared.status import JobEvent, JobStatus
@@ -30,9 +31,44 @@ def recover(live: Live, ledger: Ledger, learning: Learning, store: Store) -> Non
         live.index(None, job)  # memory from what the store holds: nothing to write
         if job.desired != "run":
             live.cancel_sent[job.id] = now
+        elif job.status == JobStatus.ASSIGNED:
+            # Its lease reply may never have been sent: hand it out again (an agent that holds
+            # it reports it at register and ignores the copy); its assign timeout starts now.
+            live.awaiting_since[job.id] = now
+            live.deliver_again(job)
+        elif job.status == JobStatus.RUNNING:
+            live.held[job.id] = now  # its agent said it started it, before the restart
     learning.learn_from_store(store)
-    log.info("recovered", jobs=len(live.jobs), queued=len(live.queued), agents=len(live.agents))
+    swept = sweep_attempt_files(live, store, ledger.outputs)
+    log.info(
+        "recovered",
+        jobs=len(live.jobs),
+        queued=len(live.queued),
+        agents=len(live.agents),
+        attempt_folders_swept=swept,
+    )
     live.wake.set()
+
+
+def sweep_attempt_files(live: Live, store: Store, outputs: OutputFiles) -> int:
+    """Remove the output folders of attempts no job needs any more: all of a FAILED or CANCELLED
+    job's, and every attempt but its latest of any other job. A crash between the store write
+    that ends an attempt and the removal of its files leaves such folders. Returns how many went.
+    """
+    removed = 0
+    job_dirs = [d for d in outputs.root.iterdir() if d.is_dir()] if outputs.root.is_dir() else []
+    for job_dir in job_dirs:
+        job = live.jobs.get(job_dir.name) or store.get_job(job_dir.name)
+        if job is None:
+            continue  # not a job this store knows: not ours to judge
+        keep = None if job.status in (JobStatus.FAILED, JobStatus.CANCELLED) else job.attempt
+        for attempt_dir in list(job_dir.iterdir()):
+            if attempt_dir.name.isdigit() and int(attempt_dir.name) != keep:
+                outputs.drop_attempt(job.id, int(attempt_dir.name))
+                removed += 1
+        if keep is None and not any(job_dir.iterdir()):
+            job_dir.rmdir()
+    return removed
 
 
 def recovered_agent(rec: AgentRecord, now: float, deadline: float) -> AgentState:

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from comfyfleet.coordinator import eta
 from comfyfleet.coordinator import jobs as moves
 from comfyfleet.coordinator.blocking import classify
 from comfyfleet.coordinator.errors import NotFound, StaleAttempt, Unprocessable
@@ -45,9 +46,11 @@ class Reports(Part):
                 f"{job.attempt}, {job.status.value}); drop it",
                 "attempt",
             )
+        now = self.clock()
+        self.live.acknowledged(job_id, now)  # the agent holds this attempt
         agent = self.live.agents.get(agent_id)
         if agent is not None:
-            agent.last_seen = max(agent.last_seen, self.clock())
+            agent.last_seen = max(agent.last_seen, now)
         return job
 
     def started(self, msg: p.Started) -> p.Ack:
@@ -72,20 +75,38 @@ class Reports(Part):
         job = self.fenced(msg.agent_id, msg.job_id, msg.attempt)
         live = self.live.progress.setdefault(job.id, LiveProgress())
         previews = live.previews
+        now = self.clock()
+        # The agent stamps events with its own clock: keep their spacing, on this clock.
+        latest = max(ev.t for ev in msg.events) if msg.events else now
+        if live.learned is None:  # once per attempt: the table changes little meanwhile
+            expected = self.learning.expected(job, self.live.agents.get(msg.agent_id))
+            live.learned = expected.node_s if expected is not None else {}
+        learned = live.learned
+        pos = live.position
         for ev in msg.events:
             live.updated_at = ev.t
+            at = max(pos.node_since, now - max(0.0, latest - ev.t))
             if ev.kind == "cached":
                 live.cached = list(ev.nodes)
+                pos = eta.served_from_cache(pos, ev.nodes)
             elif ev.kind in ("executing", "progress"):
                 live.node = ev.node or live.node
                 live.node_type = ev.node_type or live.node_type
                 live.value, live.max = ev.value, ev.max
+                if ev.node and ev.value is not None and ev.max is not None:
+                    pos = eta.stepped(pos, ev.node, ev.value, ev.max, at, learned)
+                elif ev.node:
+                    pos = eta.executing(pos, ev.node, at, learned)
+            elif ev.kind == "executed" and ev.node:
+                pos = eta.executed(pos, ev.node, at, learned)
             elif ev.kind == "preview" and ev.image is not None:
                 live.preview = (ev.image, ev.mime or "image/jpeg")
                 live.previews += 1
             if ev.fraction is not None:
                 live.fraction = max(live.fraction or 0.0, ev.fraction)
+        live.position = pos
         self.live.feed.progress(job, live, preview=live.previews != previews)
+        self.live.feed.comfy_events(job, msg.attempt, msg.events)  # the ComfyUI facade's stream
         return p.Ack(status="cancel" if job.desired != "run" else job.status.value)
 
     def open_upload(
@@ -163,13 +184,16 @@ class Reports(Part):
             )
             return p.Ack(status=new.status.value)
         if msg.outcome == "cancelled" and job.desired == "cancel":
-            new = moves.advance(job, JobEvent.CANCEL, now, "cancelled by user; agent confirmed")
+            # an error here says where ComfyUI stopped (the ComfyUI facade's /history)
+            new = moves.advance(
+                job, JobEvent.CANCEL, now, "cancelled by user; agent confirmed", error=err
+            )
             self.ledger.commit(job, new)
             self.outputs.drop_attempt(job.id, job.attempt)
             return p.Ack(status=new.status.value)
-        if job.desired == "timeout":
-            reason = f"timed out after {job.spec.timeout_s:g} s"
-            err = {"code": "timeout", "message": reason}
+        stopped = moves.stop_error(job)
+        if stopped is not None:
+            err, reason = stopped, stopped["message"]
         else:
             reason = (err or {}).get("message") or f"agent gave the job back ({msg.outcome})"
         released = self.ledger.release_change(

@@ -153,11 +153,11 @@ class Coordinator:
         self.bus.publish(kind, data, job_id)
 
     # The agent protocol, as unbound methods for api/agent_routes.py's table.
-    def register(self, msg: p.Register) -> p.RegisterReply:
-        return self.agent_link.register(msg)
+    def register(self, msg: p.Register, host_proven: bool = False) -> p.RegisterReply:
+        return self.agent_link.register(msg, host_proven)
 
-    def heartbeat(self, msg: p.Heartbeat) -> p.HeartbeatReply:
-        return self.agent_link.heartbeat(msg)
+    def heartbeat(self, msg: p.Heartbeat, host_proven: bool = False) -> p.HeartbeatReply:
+        return self.agent_link.heartbeat(msg, host_proven)
 
     async def lease(self, msg: p.LeaseRequest) -> p.LeaseReply:
         return await self.agent_link.lease(msg)

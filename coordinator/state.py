@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
 
 from comfyfleet.coordinator.config import CoordinatorConfig
 from comfyfleet.coordinator.errors import NotFound
+from comfyfleet.coordinator.eta import Position
 from comfyfleet.coordinator.feed import Feed
 from comfyfleet.coordinator.fleet import AgentState, AgentStatus
 from comfyfleet.coordinator.model import JobRecord
@@ -29,6 +30,7 @@ def job_request(job: JobRecord) -> JobRequest:
     return JobRequest(
         job_id=job.id,
         priority=spec.priority,
+        submitted_at=job.created_at,
         queued_at=job.queued_at,
         gpus=spec.resources.gpus,
         vram_mb=job.vram_mb,
@@ -72,6 +74,8 @@ class LiveProgress:
     preview: tuple[bytes, str] | None = None
     previews: int = 0  # how many preview frames arrived (cache-busting for preview URLs)
     updated_at: float = 0.0
+    position: Position = dataclasses.field(default_factory=Position)  # for the time left
+    learned: Mapping[str, float] | None = None  # the shape's per-node seconds on this slot
 
 
 class Live:
@@ -84,11 +88,16 @@ class Live:
         self.jobs: dict[str, JobRecord] = {}  # every non-terminal job
         self.queued: dict[str, JobRequest] = {}
         self.agents: dict[str, AgentState] = {}
-        self.delivered: set[str] = set()  # ASSIGNED jobs a lease has handed out
+        # active job_id -> when a lease handed the attempt to its agent (or the agent reported it)
+        self.delivered: dict[str, float] = {}
+        # active job_id -> when its agent first showed it holds the attempt (a report listing it,
+        # Started, events): from then on, a report that omits it means the agent lost it
+        self.held: dict[str, float] = {}
         self.cancel_sent: dict[str, float] = {}  # job_id -> when a cancel/timeout was asked
-        # ASSIGNED job_id -> when its agent last said ComfyUI holds it queued (pipelined: it waits
-        # behind the running prompt, so the assign timeout counts from this report)
-        self.queued_on_agent: dict[str, float] = {}
+        # ASSIGNED job_id -> when its assign timeout starts, if later than the placement: the
+        # coordinator's restart (no agent could start it meanwhile), or its agent's last report
+        # that ComfyUI holds it queued (pipelined: it waits behind the running prompt)
+        self.awaiting_since: dict[str, float] = {}
         self.unexplained: set[str] = set()  # QUEUED jobs no plan has given a pending reason yet
         self.explained_at = float("-inf")  # when a plan last explained every pending job
         self.progress: dict[str, LiveProgress] = {}
@@ -121,10 +130,11 @@ class Live:
             if agent is not None:
                 agent.jobs.discard(job_id)
                 agent.to_cancel.pop(job_id, None)
-            self.delivered.discard(job_id)
+            self.delivered.pop(job_id, None)
+            self.held.pop(job_id, None)
             self.cancel_sent.pop(job_id, None)
         if new.status != JobStatus.ASSIGNED:
-            self.queued_on_agent.pop(job_id, None)
+            self.awaiting_since.pop(job_id, None)
         if new.status in TERMINAL:
             self.unexplained.discard(job_id)
             self.jobs.pop(job_id, None)
@@ -162,6 +172,21 @@ class Live:
         agent = self.agents.get(job.agent_id or "")
         if agent is not None:
             agent.to_cancel[job.id] = p.JobRef(job_id=job.id, attempt=job.attempt)
+            agent.wake.set()
+
+    def acknowledged(self, job_id: str, now: float) -> None:
+        """The job's agent showed it holds the current attempt (memory only)."""
+        self.held.setdefault(job_id, now)
+        self.delivered.setdefault(job_id, now)
+
+    def deliver_again(self, job: JobRecord) -> None:
+        """Hand the ASSIGNED job out again on its agent's next lease (memory only): the lease
+        reply may never have reached the agent, or the coordinator restarted since."""
+        self.delivered.pop(job.id, None)
+        agent = self.agents.get(job.agent_id or "")
+        if agent is not None:
+            if job.id not in agent.to_deliver:
+                agent.to_deliver.appendleft(job.id)
             agent.wake.set()
 
     def forget_delivery(self, job_id: str, agent_id: str | None) -> None:

@@ -8,6 +8,7 @@ import dataclasses
 
 import structlog
 
+from comfyfleet.coordinator import jobs as moves
 from comfyfleet.coordinator.fleet import AgentState, AgentStatus
 from comfyfleet.coordinator.ledger import Change, survive_store_faults
 from comfyfleet.coordinator.model import JobRecord
@@ -65,7 +66,7 @@ class Sweeper(Part):
         if job.status == JobStatus.ASSIGNED:
             since = max(
                 job.timestamps.get(JobStatus.ASSIGNED.value, now),
-                self.live.queued_on_agent.get(job.id, 0.0),
+                self.live.awaiting_since.get(job.id, 0.0),
             )
             if now - since > self.config.assign_timeout_s:
                 reason = f"not started within {self.config.assign_timeout_s:g} s"
@@ -74,9 +75,10 @@ class Sweeper(Part):
         asked = self.live.cancel_sent.get(job.id)
         if asked is not None:
             if now - asked > self.config.cancel_grace_s:
-                timed_out = {"code": "timeout", "message": "timed out"}
-                error = timed_out if job.desired == "timeout" else None
+                error = moves.stop_error(job)
                 reason = "agent did not confirm the cancel"
+                if error is not None:  # the history names the cause, not only the symptom
+                    reason = f"{error['message']}; the agent did not confirm the stop"
                 change = self.ledger.release_change(job, now, reason, spend_retry=True, error=error)
                 self.ledger.apply([change])
             return

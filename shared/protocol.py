@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from comfyfleet.shared import names
+
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")]
 Attempt = Annotated[int, msgspec.Meta(ge=1)]
 MB = Annotated[int, msgspec.Meta(ge=0)]
@@ -57,8 +59,19 @@ class RunningJob(Msg, frozen=True, kw_only=True):
     job_id: Id
     attempt: Attempt
     instance_id: Id
-    prompt_id: str | None = None
+    prompt_id: str | None = None  # set once ComfyUI accepted the prompt (it may wait queued)
     progress: float | None = None
+    # ComfyUI has begun executing the prompt; False while it waits in ComfyUI's queue (or the
+    # agent, re-attaching after its restart, has not seen it execute yet)
+    started: bool = False
+
+
+class ComfyCatalog(Msg, frozen=True, kw_only=True):
+    """What the agent's ComfyUI offers, in ComfyUI's own words (for the coordinator's ComfyUI
+    facade): the `/object_info` document and the model files by folder (`/models/{folder}`)."""
+
+    object_info: dict[str, Any] = {}
+    models: dict[str, list[str]] = {}
 
 
 class Register(Msg, frozen=True, kw_only=True):
@@ -72,6 +85,13 @@ class Register(Msg, frozen=True, kw_only=True):
     # node classes its ComfyUI offers (/object_info); None: not known, nothing is checked
     node_classes: list[str] | None = None
     running: list[RunningJob] = []
+    # random, fixed when the agent process starts: tells a restart of the agent (or another host
+    # using its token) from the same process registering again; "" from older agents
+    instance_id: Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[A-Za-z0-9_-]*$")] = ""
+    comfyui: ComfyCatalog | None = None  # None: not read (yet)
+    # random, fixed when the agent process starts: tells a restart of the agent (or another host
+    # using its token) from the same process registering again; "" from older agents
+    instance_id: Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[A-Za-z0-9_-]*$")] = ""
 
 
 class RegisterReply(Msg, frozen=True, kw_only=True):
@@ -92,6 +112,7 @@ class Heartbeat(Msg, frozen=True, kw_only=True):
     # refreshed inventory (sent now and then, when it changed); None: unchanged
     models: list[str] | None = None
     node_classes: list[str] | None = None
+    comfyui: ComfyCatalog | None = None  # sent when it changed; None: unchanged
 
 
 class HeartbeatReply(Msg, frozen=True, kw_only=True):
@@ -116,6 +137,10 @@ class Assignment(Msg, frozen=True, kw_only=True):
     timeout_s: float
     vram_mb: int = 0
     inputs: dict[str, bytes] = {}  # input files: upload to ComfyUI's input folder first
+    # a prompt of the ComfyUI facade: forward ComfyUI's own frames (JobEvent kind "comfy") and
+    # keep temp files (PreviewImage) as outputs too
+    forward_frames: bool = False
+    extra_data: dict[str, Any] = {}  # ComfyUI's extra_data for the prompt (e.g. extra_pnginfo)
 
 
 class LeaseReply(Msg, frozen=True, kw_only=True):
@@ -134,7 +159,7 @@ class Started(Msg, frozen=True, kw_only=True):
 
 class JobEvent(Msg, frozen=True, kw_only=True):
     kind: Literal[
-        "started", "cached", "executing", "progress", "executed", "preview", "text", "log"
+        "started", "cached", "executing", "progress", "executed", "preview", "text", "log", "comfy"
     ]
     t: float
     node: str | None = None
@@ -146,6 +171,7 @@ class JobEvent(Msg, frozen=True, kw_only=True):
     text: str | None = None
     image: bytes | None = None  # preview frames (msgpack bin)
     mime: str | None = None
+    data: dict[str, Any] | None = None  # kind "comfy": a ComfyUI text frame exactly as it came
 
 
 class Events(Msg, frozen=True, kw_only=True):
@@ -155,13 +181,36 @@ class Events(Msg, frozen=True, kw_only=True):
     events: Annotated[list[JobEvent], msgspec.Meta(max_length=1000)]
 
 
+class ComfyRef(Msg, frozen=True, kw_only=True):
+    """How ComfyUI named an output file (`executed` and `/history`), before the agent renamed it."""
+
+    filename: Annotated[str, msgspec.Meta(max_length=1024)]
+    subfolder: Annotated[str, msgspec.Meta(max_length=1024)] = ""
+    type: Annotated[str, msgspec.Meta(max_length=32)] = "output"
+    key: Annotated[str, msgspec.Meta(max_length=64)] = "images"  # the ui key that listed it
+
+
 class OutputFile(Msg, frozen=True, kw_only=True):
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    # `name` is the stored name, `original` the name ComfyUI wrote (shared/names.py: one rule)
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=names.MAX_STORED)]
     size: Annotated[int, msgspec.Meta(ge=0)]
     sha256: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
     content_type: str = "application/octet-stream"
     node_id: str | None = None
     kind: str = "output"  # ComfyUI's folder type: output or temp
+    original: Annotated[str, msgspec.Meta(max_length=4096)] = ""  # "" from older agents
+    comfy_ref: ComfyRef | None = None
+
+    def __post_init__(self) -> None:
+        if not self.original:
+            return
+        if names.stored_name(self.original) != self.name:
+            raise ValueError(f"name {self.name!r} is not the stored form of original")
+        ref = self.comfy_ref
+        if ref is not None and names.original_name(ref.subfolder, ref.filename, ref.type) != (
+            self.original
+        ):
+            raise ValueError("original is not the name comfy_ref gives")
 
 
 class ErrorInfo(Msg, frozen=True, kw_only=True):

@@ -1,7 +1,9 @@
 """API-format workflow checks and the canonical workflow hash.
 
 An API-format workflow maps node ids to nodes:
-`{node_id: {"class_type": str, "inputs": {name: value | [node_id, int]}}}`.
+`{node_id: {"class_type": str, "inputs": {name: value | [node_id, int]}}}`. Any two-element
+list whose first element names a node is a link (ComfyUI follows it as one), so its second
+element must be an integer output index.
 Everything here is pure: it reads a parsed JSON value and returns or raises `InvalidInput`.
 """
 
@@ -25,15 +27,50 @@ UI_FORMAT_HINT = (
 
 
 def is_link(value: Any) -> bool:
-    """A ComfyUI link: `[source_node_id, output_index]`."""
+    """A well-formed ComfyUI link: `[source_node_id, output_index]`, the index an integer."""
     return (
         isinstance(value, list)
         and len(value) == 2
-        and isinstance(value[0], str | int)
-        and not isinstance(value[0], bool)
+        and _is_node_ref(value[0])
         and isinstance(value[1], int)
         and not isinstance(value[1], bool)
     )
+
+
+def _is_node_ref(value: Any) -> bool:
+    return isinstance(value, str | int) and not isinstance(value, bool)
+
+
+def link_source(value: Any, workflow: Mapping[str, Any]) -> str | None:
+    """The node id an input value links to, or None when it is a literal value.
+
+    A value is a link when it has a link's shape (`[id, int]`), or when it is any two-element
+    list whose first element names a node of the workflow: ComfyUI follows that as a link
+    whatever the second element is, so `["2", "zero"]` is a broken link, not a literal."""
+    if not isinstance(value, list) or len(value) != 2 or not _is_node_ref(value[0]):
+        return None
+    source = str(value[0])
+    return source if is_link(value) or source in workflow else None
+
+
+def check_link(value: list[Any], workflow: Mapping[str, Any], field: str) -> None:
+    """Raise `InvalidInput` unless a link names a node of the workflow and an output of it
+    (a non-negative integer index; which outputs a node class has is known only to ComfyUI)."""
+    source = str(value[0])
+    if source not in workflow:
+        raise InvalidInput(
+            field, f"links to node {source!r}, which is not in the workflow", "bad_link"
+        )
+    index = value[1]
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise InvalidInput(
+            field,
+            f"links to node {source!r} with output index {index!r}; "
+            "the output index must be an integer",
+            "bad_link",
+        )
+    if index < 0:
+        raise InvalidInput(field, f"output index {index} is negative", "bad_link")
 
 
 def validate_workflow(workflow: Any, field: str = "workflow") -> None:
@@ -57,18 +94,8 @@ def validate_workflow(workflow: Any, field: str = "workflow") -> None:
         if not isinstance(inputs, Mapping):
             raise InvalidInput(f"{where}.inputs", "must be an object", "type")
         for name, value in inputs.items():
-            if is_link(value):
-                source = str(value[0])
-                if source not in workflow:
-                    raise InvalidInput(
-                        f"{where}.inputs.{name}",
-                        f"links to node {source!r}, which is not in the workflow",
-                        "bad_link",
-                    )
-                if value[1] < 0:
-                    raise InvalidInput(
-                        f"{where}.inputs.{name}", f"output index {value[1]} is negative", "bad_link"
-                    )
+            if link_source(value, workflow) is not None:
+                check_link(value, workflow, f"{where}.inputs.{name}")
         check_depth(inputs, f"{where}.inputs", MAX_DEPTH - 2)
     cycle = find_cycle(workflow)
     if cycle:

@@ -22,6 +22,7 @@ import structlog
 
 from comfyfleet.agent.comfyui.events import OutputRef
 from comfyfleet.agent.comfyui.sockets import SocketPool
+from comfyfleet.shared.retry import Transient
 
 __all__ = [
     "ComfyUIClient",
@@ -48,8 +49,9 @@ class ComfyUIError(Exception):
     """Base of every exception raised by comfyfleet.agent.comfyui."""
 
 
-class ComfyUIUnavailable(ComfyUIError):
-    """ComfyUI did not answer, or answered something that is not its protocol."""
+class ComfyUIUnavailable(ComfyUIError, Transient):
+    """ComfyUI did not answer, or answered something that is not its protocol; `status` says
+    which (None: no answer), and shared/retry.py whether it is worth trying again."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
@@ -219,7 +221,8 @@ class ComfyUIClient:
         answered = payload.get("prompt_id")
         if answered is not None and answered != prompt_id:
             raise ComfyUIUnavailable(
-                f"POST /prompt: server ignored our prompt_id ({answered!r} != {prompt_id!r})"
+                f"POST /prompt: server ignored our prompt_id ({answered!r} != {prompt_id!r})",
+                200,
             )
         number = payload.get("number")
         return int(number) if isinstance(number, int | float) else -1
@@ -316,7 +319,7 @@ def _maybe_json(body: bytes) -> Any:
 
 def _as_dict(payload: Any, what: str) -> dict[str, Any]:
     if not isinstance(payload, dict):
-        raise ComfyUIUnavailable(f"{what}: expected a JSON object")
+        raise ComfyUIUnavailable(f"{what}: expected a JSON object", 200)
     return payload
 
 

@@ -52,6 +52,7 @@ async def run_prompt(
     cancel_wait_s: float = 30.0,
     http_timeout_s: float = 10.0,
     queue_wait_s: float = 0.0,
+    forward_frames: bool = False,
 ) -> PromptOutcome:
     """Submit ``graph`` as ``prompt_id`` and follow it to its end. Never raises ComfyUI errors.
 
@@ -74,6 +75,7 @@ async def run_prompt(
         cancel_wait_s=cancel_wait_s,
         http_timeout_s=http_timeout_s,
         queue_wait_s=queue_wait_s,
+        forward_frames=forward_frames,
     ).run(submit=True, extra_data=extra_data)
 
 
@@ -91,6 +93,7 @@ async def attach_prompt(
     unavailable_grace_s: float = 10.0,
     cancel_wait_s: float = 30.0,
     http_timeout_s: float = 10.0,
+    forward_frames: bool = False,
 ) -> PromptOutcome:
     """Follow a prompt submitted before an agent restart (same outcome contract as run_prompt).
 
@@ -111,4 +114,5 @@ async def attach_prompt(
         unavailable_grace_s=unavailable_grace_s,
         cancel_wait_s=cancel_wait_s,
         http_timeout_s=http_timeout_s,
+        forward_frames=forward_frames,
     ).run(submit=False, extra_data=None)

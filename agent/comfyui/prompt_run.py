@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import structlog
@@ -24,6 +24,7 @@ from comfyfleet.agent.comfyui.client import (
     ws_url,
 )
 from comfyfleet.agent.comfyui.events import Done, Started, Update
+from comfyfleet.agent.comfyui.frames import Frame, forwarded, with_frame
 from comfyfleet.agent.comfyui.history import HistoryResult, interpret_history
 from comfyfleet.agent.comfyui.outcome import (
     OutcomeStatus,
@@ -47,7 +48,7 @@ __all__ = ["PromptRun", "UpdateCallback"]
 
 log = structlog.get_logger(__name__)
 
-UpdateCallback = Callable[[Update], Awaitable[None] | None]
+UpdateCallback = Callable[[Update | Frame], Awaitable[None] | None]
 
 _T = TypeVar("_T")
 
@@ -71,8 +72,10 @@ class PromptRun:
         cancel_wait_s: float,
         http_timeout_s: float,
         queue_wait_s: float = 0.0,
+        forward_frames: bool = False,
     ) -> None:
         self.client = client
+        self.forward_frames = forward_frames
         self.url = ws_url(ws_url_or_base or client.base_url, client_id)
         self.sockets: SocketPool | None = getattr(client, "sockets", None)
         self.prompt_id = prompt_id
@@ -185,10 +188,12 @@ class PromptRun:
                 )
             except TimeoutError:
                 continue
+            updates: list[Update | Frame]
             if kind == TEXT:
-                updates = self.tracker.feed(payload, self.now())
+                frame = forwarded(self.tracker, payload) if self.forward_frames else None
+                updates = with_frame(self.tracker.feed(payload, self.now()), frame)
             elif kind == BINARY:
-                updates = self.tracker.feed_binary(payload, self.now())
+                updates = list(self.tracker.feed_binary(payload, self.now()))
             elif kind == WS_DOWN:
                 self.ws_up = False
                 self.log.info("comfyui.ws_down")
@@ -396,7 +401,7 @@ class PromptRun:
     async def _http(self, answer: Awaitable[_T]) -> _T:
         return await within(self.http_timeout_s, answer)
 
-    async def _deliver(self, updates: list[Update]) -> None:
+    async def _deliver(self, updates: Sequence[Update | Frame]) -> None:
         for update in updates:
             try:
                 result = self.on_update(update)

@@ -126,26 +126,25 @@ class PromptTracker:
 
     def feed(self, msg: Mapping[str, Any], now: float | None = None) -> list[Update]:
         """Interpret one text frame (already JSON-decoded)."""
-        if self.done or not isinstance(msg, Mapping):
+        if not self.owns(msg):
             return []
-        mtype = msg.get("type")
-        data = msg.get("data")
-        if not isinstance(mtype, str) or not isinstance(data, Mapping):
-            return []
-        if "prompt_id" in data:
-            if data.get("prompt_id") != self.prompt_id:
-                return []
-            ours = True
-        else:
-            # Frames without prompt_id (reconnect `executing`, very old servers): ours only while
-            # this prompt is known to be the running one.
-            ours = self.running
-        if not ours:
-            return []
-        handler = _TEXT_HANDLERS.get(mtype)
+        handler = _TEXT_HANDLERS.get(msg["type"])
         if handler is None:
             return []
-        return handler(self, data, now)
+        return handler(self, msg["data"], now)
+
+    def owns(self, msg: Any) -> bool:
+        """Whether a text frame is about this prompt (as things stand before ``feed``)."""
+        if self.done or not isinstance(msg, Mapping):
+            return False
+        data = msg.get("data")
+        if not isinstance(msg.get("type"), str) or not isinstance(data, Mapping):
+            return False
+        if "prompt_id" in data:
+            return bool(data.get("prompt_id") == self.prompt_id)
+        # Frames without prompt_id (reconnect `executing`, very old servers): ours only while
+        # this prompt is known to be the running one.
+        return self.running
 
     def _on_start(self, data: Mapping[str, Any], now: float | None) -> list[Update]:
         if self.started and self.running:

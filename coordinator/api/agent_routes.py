@@ -9,14 +9,14 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from comfyfleet.coordinator.api.auth import check_agent
+from comfyfleet.coordinator.api.auth import check_agent, principal
 from comfyfleet.coordinator.api.body import decode_body, reply
 from comfyfleet.coordinator.api.keys import CONFIG, COORDINATOR
 from comfyfleet.coordinator.api.upload import UPLOAD_LOCKS, receive_chunk
-from comfyfleet.coordinator.outputs import check_name
 from comfyfleet.coordinator.service import Coordinator
 from comfyfleet.shared import protocol as p
 from comfyfleet.shared.errors import InvalidInput
+from comfyfleet.shared.names import check_stored
 
 routes = web.RouteTableDef()
 PREFIX = "/agent/v1"
@@ -30,11 +30,11 @@ async def _msg(request: web.Request, type_: type[T]) -> T:
     return await decode_body(request, type_, request.app[CONFIG].max_body_bytes, allow_msgpack=True)
 
 
-def _protocol_route(type_: type[Any], call: Callable[[Coordinator, Any], Any]) -> Handler:
+def _protocol_route(type_: type[Any], call: Callable[[Coordinator, Any, bool], Any]) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         msg = await _msg(request, type_)
         check_agent(request, msg.agent_id)
-        result = call(request.app[COORDINATOR], msg)
+        result = call(request.app[COORDINATOR], msg, speaks_for_host(request, msg.agent_id))
         if inspect.isawaitable(result):
             result = await result
         return reply(request, result)
@@ -42,14 +42,27 @@ def _protocol_route(type_: type[Any], call: Callable[[Coordinator, Any], Any]) -
     return handler
 
 
-# path -> (message type, coordinator operation): one table instead of six look-alike handlers
-PROTOCOL: dict[str, tuple[type[Any], Callable[[Coordinator, Any], Any]]] = {
-    "register": (p.Register, Coordinator.register),
-    "heartbeat": (p.Heartbeat, Coordinator.heartbeat),
-    "lease": (p.LeaseRequest, Coordinator.lease),
-    "started": (p.Started, Coordinator.started),
-    "events": (p.Events, Coordinator.events),
-    "finish": (p.Finish, Coordinator.finish),
+def speaks_for_host(request: web.Request, agent_id: str) -> bool:
+    """Whether the sender proves it is `agent_id`'s host: its token is bound to that agent id
+    (a fleet-wide token proves nothing), or authentication is off (loopback only)."""
+    who = principal(request)
+    return who.kind != "agent" or who.agent_id == agent_id
+
+
+def _plain(op: Callable[[Coordinator, Any], Any]) -> Callable[[Coordinator, Any, bool], Any]:
+    return lambda coord, msg, _proven: op(coord, msg)
+
+
+# path -> (message type, coordinator operation): one table instead of six look-alike handlers.
+# Register and heartbeat may take jobs from an agent (reconcile.py): they hear whether the
+# sender proved it is the agent's host.
+PROTOCOL: dict[str, tuple[type[Any], Callable[[Coordinator, Any, bool], Any]]] = {
+    "register": (p.Register, lambda c, m, proven: c.register(m, host_proven=proven)),
+    "heartbeat": (p.Heartbeat, lambda c, m, proven: c.heartbeat(m, host_proven=proven)),
+    "lease": (p.LeaseRequest, _plain(Coordinator.lease)),
+    "started": (p.Started, _plain(Coordinator.started)),
+    "events": (p.Events, _plain(Coordinator.events)),
+    "finish": (p.Finish, _plain(Coordinator.finish)),
 }
 for _path, (_type, _call) in PROTOCOL.items():
     routes.post(f"{PREFIX}/{_path}")(_protocol_route(_type, _call))
@@ -76,7 +89,7 @@ def _output_target(request: web.Request) -> tuple[str, str, int, str, int]:
     job_id = request.match_info["job_id"]
     if not _ID.match(job_id):
         raise InvalidInput("job_id", f"malformed id {job_id!r}", "bad_id")
-    name = check_name(request.match_info["name"])
+    name = check_stored(request.match_info["name"])
     attempt = _int(request, "attempt")
     size = _int(request, "size")
     return agent_id, job_id, attempt, name, size

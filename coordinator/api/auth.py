@@ -141,6 +141,6 @@ def exposure_problem(host: str, ring: KeyRing) -> str | None:
     return (
         f"refusing to listen on {host}: no API keys or agent tokens are configured "
         f"(keys file {ring.path}), so anyone who can reach it could run jobs. Create keys "
-        f"with `comfyfleet keys create --tenant NAME` and `comfyfleet keys create --agent`, "
-        f"or listen on 127.0.0.1"
+        f"with `comfyfleet keys create --tenant NAME` and "
+        f"`comfyfleet keys create --agent --agent-id ID`, or listen on 127.0.0.1"
     )

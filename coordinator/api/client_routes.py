@@ -11,9 +11,10 @@ from comfyfleet.coordinator.api.body import decode_body, reply
 from comfyfleet.coordinator.api.keys import CONFIG, COORDINATOR, ROLE
 from comfyfleet.coordinator.api.views import agent_json, job_json
 from comfyfleet.coordinator.errors import NotFound
-from comfyfleet.coordinator.outputs import check_name
+from comfyfleet.shared import names
 from comfyfleet.shared.errors import InvalidInput
 from comfyfleet.shared.jobspec import JobSpec
+from comfyfleet.shared.media import served_as
 from comfyfleet.shared.status import JobStatus
 
 routes = web.RouteTableDef()
@@ -111,17 +112,23 @@ async def cancel_job(request: web.Request) -> web.Response:
 @routes.get("/v1/jobs/{job_id}/outputs/{name}")
 async def get_output(request: web.Request) -> web.StreamResponse:
     coord = request.app[COORDINATOR]
-    name = check_name(request.match_info["name"])  # before anything else touches the name
+    name = names.check_stored(request.match_info["name"])  # before anything else touches it
     job = coord.get(_id(request, "job_id"))
     entry = next((o for o in job.outputs if o["name"] == name), None)
     if entry is None:
         raise NotFound(f"job {job.id} has no output {name!r}", "name")
     path = coord.outputs.final_path(job.id, entry["attempt"], name)
+    served = served_as(name)  # never the type the agent declared
     return web.FileResponse(
         path,
         headers={
-            "Content-Type": entry.get("content_type", "application/octet-stream"),
+            "Content-Type": served.content_type,
+            "X-Content-Type-Options": "nosniff",
             "ETag": f'"{entry["sha256"]}"',
+            # attachment unless image/video; named as ComfyUI named the file
+            "Content-Disposition": names.content_disposition(
+                entry.get("original") or names.original_of(name) or name, inline=served.inline
+            ),
         },
     )
 
@@ -141,11 +148,12 @@ async def get_preview(request: web.Request) -> web.Response:
 async def list_agents(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR]
     now = coord.clock()
+    tenant = tenant_filter(request)
     return reply(
         request,
         {
             "agents": [
-                agent_json(coord, a, now)
+                agent_json(coord, a, now, tenant)
                 for a in sorted(coord.agents.values(), key=lambda a: a.agent_id)
             ]
         },
@@ -156,11 +164,13 @@ async def list_agents(request: web.Request) -> web.Response:
 async def get_agent(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR]
     agent = coord.agent(_id(request, "agent_id"))
-    return reply(request, agent_json(coord, agent, coord.clock()))
+    return reply(request, agent_json(coord, agent, coord.clock(), tenant_filter(request)))
 
 
 @routes.post("/v1/agents/{agent_id}/drain")
 async def drain_agent(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR]
     agent = coord.drain(_id(request, "agent_id"))
-    return reply(request, agent_json(coord, agent, coord.clock()), status=202)
+    return reply(
+        request, agent_json(coord, agent, coord.clock(), tenant_filter(request)), status=202
+    )

@@ -1,8 +1,10 @@
 """The coordinator's OpenAPI 3.1 description, served at `/openapi.json`.
 
 One table, `OPERATIONS`, lists every route as (method, path) -> operation; adding a route is one
-entry here (tests/api/test_openapi.py fails naming any route the table lacks). Request body
-schemas come from the msgspec structs themselves, so the spec cannot drift from what is decoded.
+entry here (tests/api/test_openapi.py fails naming any route the table lacks). Request bodies and
+agent protocol answers come from the msgspec structs themselves, so the spec cannot drift from what
+is decoded; the client API's answers are described in schemas.py and checked against what is sent.
+docs/api.md must name every route and field of this document (tests/api/test_api_doc.py).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from comfyfleet.coordinator.api.schemas import EVENT_KINDS, SCHEMAS
 from comfyfleet.shared import protocol as p
 from comfyfleet.shared.jobspec import JobSpec
 from comfyfleet.shared.status import JobStatus
@@ -26,6 +29,11 @@ BODY_TYPES: tuple[type[Any], ...] = (
     p.Started,
     p.Events,
     p.Finish,
+    p.RegisterReply,
+    p.HeartbeatReply,
+    p.LeaseReply,
+    p.Ack,
+    p.UploadState,
 )
 
 ERROR_SCHEMA: dict[str, Any] = {
@@ -73,8 +81,14 @@ def _op(
     body: dict[str, Any] | None = None,
     tag: str = "client",
     errors: tuple[str, ...] = ("400",),
+    answer: str | None = None,
+    media: str = "application/json",
 ) -> dict[str, Any]:
-    responses: dict[str, Any] = {ok: {"description": "success"}}
+    """One operation; `answer` names the schema of its success body."""
+    success: dict[str, Any] = {"description": "success"}
+    if answer is not None:
+        success["content"] = {media: {"schema": {"$ref": REF.format(name=answer)}}}
+    responses: dict[str, Any] = {ok: success}
     for code in errors:
         responses[code] = {
             "description": "error",
@@ -97,9 +111,12 @@ _AGENT_OUTPUT_PARAMS = [
     _query("size", {"type": "integer", "minimum": 0}, True),
 ]
 
+# SSE `event:` name -> the schema of its `data:`
+SSE_EVENTS = {kind: {"$ref": REF.format(name=name)} for kind, name in EVENT_KINDS.items()}
+
 # (method, path) -> operation. One entry per route the coordinator serves.
 OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
-    ("get", "/healthz"): _op("Liveness and queue figures", errors=()),
+    ("get", "/healthz"): _op("Liveness and queue figures", errors=(), answer="Health"),
     ("get", "/openapi.json"): _op("This description", errors=()),
     ("post", "/v1/jobs"): _op(
         "Submit a job (API-format ComfyUI workflow)",
@@ -114,6 +131,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         ],
         body=_json_body("JobSpec"),
         errors=("400", "413", "415", "422", "429", "503"),
+        answer="Job",
     ),
     ("get", "/v1/jobs"): _op(
         "List jobs, newest first",
@@ -122,12 +140,13 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
             _query("cursor", {"type": "string"}),
         ],
+        answer="JobList",
     ),
     ("get", "/v1/jobs/{job_id}"): _op(
-        "One job with its history", params=[_path("job_id")], errors=("400", "404")
+        "One job with its history", params=[_path("job_id")], errors=("400", "404"), answer="Job"
     ),
     ("post", "/v1/jobs/{job_id}/cancel"): _op(
-        "Cancel a job", params=[_path("job_id")], errors=("400", "404", "409")
+        "Cancel a job", params=[_path("job_id")], errors=("400", "404", "409"), answer="Job"
     ),
     ("get", "/v1/jobs/{job_id}/outputs/{name}"): _op(
         "Download one output file", params=[_path("job_id"), _path("name")], errors=("400", "404")
@@ -148,8 +167,10 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
                 },
             ],
             errors=("400", "404"),
+            media="text/event-stream",
         ),
         "x-stream": True,
+        "x-events": SSE_EVENTS,
     },
     ("get", "/v1/events"): {
         **_op(
@@ -162,20 +183,22 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
                     "schema": {"type": "integer", "minimum": 0},
                 }
             ],
+            media="text/event-stream",
         ),
         "x-stream": True,
+        "x-events": SSE_EVENTS,
     },
     ("get", "/"): _op("The dashboard (HTML)", errors=()),
     ("get", "/static/{filename}"): _op(
         "Dashboard assets", params=[_path("filename")], errors=("404",)
     ),
     ("get", "/metrics"): _op("Prometheus metrics (text exposition format)", errors=()),
-    ("get", "/v1/agents"): _op("List agents", errors=()),
+    ("get", "/v1/agents"): _op("List agents", errors=(), answer="AgentList"),
     ("get", "/v1/agents/{agent_id}"): _op(
-        "One agent", params=[_path("agent_id")], errors=("400", "404")
+        "One agent", params=[_path("agent_id")], errors=("400", "404"), answer="Agent"
     ),
     ("post", "/v1/agents/{agent_id}/drain"): _op(
-        "Drain an agent", "202", params=[_path("agent_id")], errors=("400", "404")
+        "Drain an agent", "202", params=[_path("agent_id")], errors=("400", "404"), answer="Agent"
     ),
     **{
         ("post", f"/agent/v1/{name}"): _op(
@@ -183,14 +206,15 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             body=_json_body(type_.__name__, msgpack=True),
             tag="agent",
             errors=("400", "404", "409", "413", "415", "422", "503"),
+            answer=answer.__name__,
         )
-        for name, type_ in (
-            ("register", p.Register),
-            ("heartbeat", p.Heartbeat),
-            ("lease", p.LeaseRequest),
-            ("started", p.Started),
-            ("events", p.Events),
-            ("finish", p.Finish),
+        for name, type_, answer in (
+            ("register", p.Register, p.RegisterReply),
+            ("heartbeat", p.Heartbeat, p.HeartbeatReply),
+            ("lease", p.LeaseRequest, p.LeaseReply),
+            ("started", p.Started, p.Ack),
+            ("events", p.Events, p.Ack),
+            ("finish", p.Finish, p.Ack),
         )
     },
     ("put", "/agent/v1/jobs/{job_id}/outputs/{name}"): _op(
@@ -208,12 +232,14 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             },
         },
         errors=("400", "404", "409", "413", "503"),
+        answer="UploadState",
     ),
     ("get", "/agent/v1/jobs/{job_id}/outputs/{name}"): _op(
         "Agent protocol: bytes held of an output (to resume)",
         tag="agent",
         params=_AGENT_OUTPUT_PARAMS,
         errors=("400", "404", "409"),
+        answer="UploadState",
     ),
 }
 
@@ -221,6 +247,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
 def build_spec() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(BODY_TYPES, ref_template=REF)
     components["Error"] = ERROR_SCHEMA
+    components.update(SCHEMAS)
     paths: dict[str, dict[str, Any]] = {}
     for (method, path), op in OPERATIONS.items():
         paths.setdefault(path, {})[method] = op

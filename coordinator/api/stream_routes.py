@@ -8,6 +8,7 @@ terminal state. `GET /v1/events` is the fleet-wide stream the dashboard follows.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 
 import msgspec
@@ -16,8 +17,9 @@ from aiohttp import web
 from comfyfleet.coordinator.api.auth import tenant_filter
 from comfyfleet.coordinator.api.client_routes import _id
 from comfyfleet.coordinator.api.keys import COORDINATOR
+from comfyfleet.coordinator.api.views import visible_job_ids
 from comfyfleet.coordinator.errors import NotFound
-from comfyfleet.coordinator.events import JOB, PROGRESS, Event, Subscription
+from comfyfleet.coordinator.events import AGENT, JOB, PROGRESS, Event, Subscription
 from comfyfleet.coordinator.feed import job_event_data, progress_data
 from comfyfleet.shared.errors import InvalidInput
 from comfyfleet.shared.status import TERMINAL
@@ -61,10 +63,10 @@ async def _pump(
     resp: web.StreamResponse,
     sub: Subscription,
     end_on_terminal: bool,
-    allow: Callable[[Event], bool] = lambda _event: True,
+    view: Callable[[Event], Event | None] = lambda event: event,
 ) -> None:
-    """Write events until the subscription closes (or the job's terminal event went out);
-    events `allow` refuses (another tenant's jobs) are not written."""
+    """Write events until the subscription closes (or the job's terminal event went out), each
+    as `view` shows it to this client; events `view` turns into None are not written."""
     while True:
         try:
             event = await sub.next(KEEPALIVE_S)
@@ -73,9 +75,10 @@ async def _pump(
             continue
         if event is None:
             return
-        if not allow(event):
+        shown = view(event)
+        if shown is None:
             continue
-        await resp.write(sse_frame(event))
+        await resp.write(sse_frame(shown))
         if end_on_terminal and event.terminal:
             return
 
@@ -114,19 +117,28 @@ async def fleet_events(request: web.Request) -> web.StreamResponse:
     sub = bus.subscribe(None, after)
     tenant = tenant_filter(request)
 
-    def allow(event: Event) -> bool:
-        """A tenant sees the fleet (agents) and its own jobs; an admin sees everything."""
-        if tenant is None or event.job_id is None:
-            return True
-        try:
-            return coord.get(event.job_id).tenant == tenant
-        except NotFound:
-            return False
+    def view(event: Event) -> Event | None:
+        """A tenant sees the fleet (agents, GPUs) and its own jobs; of the jobs on an agent,
+        only its own ids. An admin sees everything."""
+        if tenant is None:
+            return event
+        if event.job_id is not None:
+            job = coord.jobs.get(event.job_id)
+            if job is None:  # ended since: the store has it
+                try:
+                    job = coord.get(event.job_id)
+                except NotFound:
+                    return None
+            return event if job.tenant == tenant else None
+        if event.kind == AGENT:
+            jobs = visible_job_ids(coord, event.data.get("jobs", ()), tenant)
+            return dataclasses.replace(event, data={**event.data, "jobs": jobs})
+        return event
 
     try:
         resp = await _open(request)
         with contextlib.suppress(ConnectionResetError):
-            await _pump(resp, sub, end_on_terminal=False, allow=allow)
+            await _pump(resp, sub, end_on_terminal=False, view=view)
     finally:
         bus.unsubscribe(sub)
     return resp

@@ -1,6 +1,6 @@
 """Receiving one output chunk as it streams in: the bytes go to the part file and its running
 sha256 in a worker thread while the event loop reads the next ones (one pass, no gathered copy
-of the body, no hashing on the event loop)."""
+of the body, no hashing on the event loop: what is already on disk is hashed in a thread too)."""
 
 from __future__ import annotations
 
@@ -75,6 +75,8 @@ async def receive_chunk(
     if length is not None and length > limit:
         raise TooLarge(f"body of {length} bytes exceeds {limit} bytes", "body")
     async with locks.hold((job_id, attempt, name)):
+        # whole-file hashing (a stored file, a part file after a restart) off the event loop
+        await asyncio.to_thread(coordinator.outputs.warm, job_id, attempt, name)
         sink = coordinator.open_upload(
             agent_id, job_id, attempt, name, offset, size, sha256, length
         )

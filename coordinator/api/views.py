@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 
-from comfyfleet.coordinator.estimates import eta, expected_duration_s
+from comfyfleet.coordinator.eta import eta
+from comfyfleet.coordinator.feed import output_json
 from comfyfleet.coordinator.fleet import AgentState, agent_view
 from comfyfleet.coordinator.model import JobRecord
 from comfyfleet.coordinator.service import Coordinator
@@ -52,13 +54,7 @@ def job_json(
         "retries_used": job.retries_used,
         "max_retries": spec.max_retries,
         "error": job.error,
-        "outputs": [
-            {
-                **{k: v for k, v in o.items() if k != "attempt"},
-                "url": f"/v1/jobs/{job.id}/outputs/{o['name']}",
-            }
-            for o in job.outputs
-        ],
+        "outputs": [output_json(job, o) for o in job.outputs],
         "workflow_hash": job.workflow_hash,
         "shape_hash": job.workflow_facts.shape,
         "metadata": spec.metadata,
@@ -79,21 +75,30 @@ def job_json(
 
 
 def job_eta(coord: Coordinator, job: JobRecord, live: LiveProgress | None) -> dict[str, Any] | None:
-    agent = coord.agents.get(job.agent_id or "")
-    gpu_name = None
-    if agent is not None and job.gpu_index is not None:
-        gpu_name = next((g.name for g in agent.gpus if g.index == job.gpu_index), None)
-    expected = expected_duration_s(coord.estimates, job.workflow_facts.shape, gpu_name)
     return eta(
-        expected,
+        coord.learning.expected(job, coord.agents.get(job.agent_id or "")),
         job.status.value,
         job.timestamps.get(JobStatus.RUNNING.value),
+        live.position if live is not None else None,
         live.fraction if live is not None else None,
         coord.clock(),
     )
 
 
-def agent_json(coord: Coordinator, agent: AgentState, now: float) -> dict[str, Any]:
+def visible_job_ids(coord: Coordinator, job_ids: Iterable[str], tenant: str | None) -> list[str]:
+    """The ids among `job_ids` of jobs the tenant may see (all for None, an admin), sorted: a
+    tenant sees the fleet's agents, GPUs and capacity, but never another tenant's job ids."""
+    if tenant is None:
+        return sorted(job_ids)
+    return sorted(
+        j for j in job_ids if (job := coord.jobs.get(j)) is not None and job.tenant == tenant
+    )
+
+
+def agent_json(
+    coord: Coordinator, agent: AgentState, now: float, tenant: str | None = None
+) -> dict[str, Any]:
+    """An agent as `tenant` sees it (None: an admin, who sees every job id)."""
     view = agent_view(agent, coord.jobs, 600.0, now)
     gpus = []
     for g, v in zip(agent.gpus, view.gpus, strict=True):
@@ -121,6 +126,6 @@ def agent_json(coord: Coordinator, agent: AgentState, now: float) -> dict[str, A
         "node_classes": None if agent.node_classes is None else len(agent.node_classes),
         "recent": {i: list(r) for i, r in agent.recent_by_instance.items()},
         "blocked_workflows": coord.blocks.blocked_on(agent.agent_id, now),
-        "jobs": sorted(agent.jobs),
+        "jobs": visible_job_ids(coord, agent.jobs, tenant),
         "ram_reserved_mb": view.ram_reserved_mb,
     }

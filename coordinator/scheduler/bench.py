@@ -62,7 +62,8 @@ def make_jobs(n: int, now: float, rng: random.Random) -> list[JobRequest]:
             JobRequest(
                 job_id=f"job-{i:06d}",
                 priority=rng.choice([0, 0, 0, 1, 5]),
-                queued_at=now - rng.uniform(0, 900),
+                submitted_at=(queued := now - rng.uniform(0, 900)),
+                queued_at=queued,
                 gpus=0 if r < 0.02 else 1,
                 vram_mb=rng.choice([2000, 4000, 6000, 8000, 12000, 16000, 20000, 30000, 60000]),
                 ram_mb=rng.choice([0, 2000, 4000, 8000, 16000]),

@@ -20,7 +20,8 @@ class JobRequest:
 
     job_id: str
     priority: int  # higher first
-    queued_at: float  # seconds (epoch); older first within a priority
+    submitted_at: float  # seconds (epoch); older first within a priority (a requeue keeps it)
+    queued_at: float  # when it last entered the queue: how long it has waited (starvation)
     gpus: int  # 0 = CPU slot, 1 = one GPU (only 0/1 supported)
     vram_mb: int
     ram_mb: int

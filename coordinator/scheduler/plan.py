@@ -27,8 +27,9 @@ DEFAULT_MAX_HOLDS = 32
 
 
 def job_order(job: JobRequest) -> tuple[int, float, str]:
-    """Priority (higher first), then age (older first), then id."""
-    return (-job.priority, job.queued_at, job.job_id)
+    """Priority (higher first), then age since submission (older first; a requeued job keeps
+    its place), then id."""
+    return (-job.priority, job.submitted_at, job.job_id)
 
 
 def plan(

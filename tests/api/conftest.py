@@ -11,6 +11,7 @@ from comfyfleet.coordinator.api.keys import COORDINATOR
 from comfyfleet.coordinator.app import create_app
 from comfyfleet.coordinator.config import CoordinatorConfig
 from comfyfleet.coordinator.service import Coordinator
+from comfyfleet.shared import protocol as p
 from tests.helpers.protocol_agent import ProtocolAgent
 
 WORKFLOW = {
@@ -61,6 +62,15 @@ class Harness:
         resp = await self.client.get(f"/v1/jobs/{job_id}")
         assert resp.status == 200
         return await resp.json()
+
+    async def running_job(self, agent_id: str = "a1") -> tuple[ProtocolAgent, p.Assignment]:
+        """A submitted job leased to a newly registered agent, which reports it started."""
+        agent = self.agent(agent_id)
+        await agent.register()
+        await self.submit()
+        job = (await agent.lease(2.0)).jobs[0]
+        await agent.started(job)
+        return agent, job
 
 
 MakeHarness = Callable[..., Awaitable[Harness]]

@@ -16,6 +16,7 @@ from aiohttp import web
 from comfyfleet.coordinator.api.auth import KEYRING
 from comfyfleet.coordinator.app import create_app
 from comfyfleet.coordinator.keyring import new_credential, write_keys
+from comfyfleet.shared import protocol as p
 from comfyfleet.shared.logs import configure
 from tests.api.conftest import WORKFLOW, Harness, fast_config
 from tests.helpers.protocol_agent import ProtocolAgent, ProtocolError
@@ -74,10 +75,15 @@ async def fleet(aiohttp_client: Any, tmp_path: Path) -> Fleet:
         ("acme", "client", "acme", None),
         ("beta", "client", "beta", None),
         ("admin", "admin", "ops", None),
-        ("fleet", "agent", None, None),
+        ("fleet", "agent", None, None),  # a fleet token: any_agent below
         ("gpu1", "agent", None, "gpu-1"),
     ):
-        cred, entry = new_credential(kind, tenant=tenant, agent_id=agent_id)  # type: ignore[arg-type]
+        cred, entry = new_credential(
+            kind,
+            tenant=tenant,
+            agent_id=agent_id,
+            any_agent=kind == "agent" and agent_id is None,
+        )  # type: ignore[arg-type]
         creds[who] = cred
         entries[entry.id] = entry
     write_keys(config.keys_path, entries)
@@ -159,6 +165,47 @@ async def test_fleet_stream_shows_a_tenant_only_its_own_jobs(fleet: Fleet) -> No
     assert set(await sse_job_ids(mine_stream, until=mine)) == {mine}
     mine_stream.close()
     admin_stream.close()
+
+
+async def sse_agent_event(resp: Any, what: str) -> dict[str, Any]:
+    """The data of the next agent event of kind `what` (registered, heartbeat…) on a stream."""
+    kind = ""
+    async with asyncio.timeout(10):
+        while True:
+            line = (await resp.content.readline()).decode()
+            if line.startswith("event: "):
+                kind = line[7:].strip()
+            elif line.startswith("data: ") and kind == "agent":
+                data: dict[str, Any] = json.loads(line[6:])
+                if data["event"] == what:
+                    return data
+
+
+async def test_tenants_see_the_fleet_but_only_their_own_job_ids(fleet: Fleet) -> None:
+    """/v1/agents, /v1/agents/{id} and the fleet stream's agent events show every agent and
+    GPU, and of the jobs running on them only the caller's own (an admin: all)."""
+    c = fleet.client
+    agent = fleet.agent("gpu-0", "fleet")
+    agent.gpus.append(p.GpuInfo(index=1, name="Sim GPU", vram_total_mb=24576, vram_free_mb=24576))
+    agent.instances.append(p.InstanceInfo(instance_id="1", gpu_index=1))
+    await agent.register()
+    streams = {who: await c.get("/v1/events", headers=fleet.auth(who)) for who in ("acme", "admin")}
+    mine, theirs = await fleet.submit("acme"), await fleet.submit("beta")
+    leased = []
+    while len(leased) < 2:
+        leased += (await agent.lease(2.0)).jobs
+    assert {j.job_id for j in leased} == {mine, theirs}
+    expect = {"acme": [mine], "beta": [theirs], "admin": sorted([mine, theirs])}
+    for who, ids in expect.items():
+        listed = await (await c.get("/v1/agents", headers=fleet.auth(who))).json()
+        assert [a["jobs"] for a in listed["agents"]] == [ids], who
+        assert len(listed["agents"][0]["gpus"]) == 2  # the fleet itself is not hidden
+        one = await (await c.get("/v1/agents/gpu-0", headers=fleet.auth(who))).json()
+        assert one["jobs"] == ids, who
+    await agent.heartbeat()  # an agent event naming both jobs
+    for who, resp in streams.items():
+        assert (await sse_agent_event(resp, "heartbeat"))["jobs"] == expect[who], who
+        resp.close()
 
 
 async def test_tenants_see_only_their_own_jobs(fleet: Fleet) -> None:

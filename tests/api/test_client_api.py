@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 import pytest
 
 from tests.api.conftest import WORKFLOW, MakeHarness
@@ -189,3 +190,51 @@ async def test_method_not_allowed_is_json(harness: MakeHarness) -> None:
     resp = await h.client.delete("/v1/jobs")
     assert resp.status == 405
     assert (await resp.json())["error"]["code"]
+
+
+async def test_outputs_are_served_by_their_name_not_by_what_the_agent_declared(
+    harness: MakeHarness,
+) -> None:
+    """An agent declares an HTML and an SVG output as text/html and image/svg+xml: they are
+    served as downloads of application/octet-stream with nosniff; a PNG stays an inline image."""
+    h = await harness()
+    agent = h.agent("a1")
+    await agent.register()
+    job = await h.submit()
+    leased = (await agent.lease(2.0)).jobs[0]
+    await agent.started(leased)
+    declared = {"page.html": "text/html", "icon.svg": "image/svg+xml", "o.png": "text/html"}
+    outs = [
+        msgspec.structs.replace(
+            await agent.upload(leased, name, b"<script>x()</script>"), content_type=ctype
+        )
+        for name, ctype in declared.items()
+    ]
+    await agent.finish(leased, outputs=outs)
+    done = await h.job(job["id"])
+    shown = {o["name"]: o["content_type"] for o in done["outputs"]}
+    assert shown == {
+        "page.html": "application/octet-stream",
+        "icon.svg": "application/octet-stream",
+        "o.png": "image/png",
+    }
+    expect = {
+        "page.html": ("application/octet-stream", "attachment"),
+        "icon.svg": ("application/octet-stream", "attachment"),
+        "o.png": ("image/png", "inline"),
+    }
+    for name, (ctype, disposition) in expect.items():
+        resp = await h.client.get(f"/v1/jobs/{job['id']}/outputs/{name}")
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == ctype, name
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        assert resp.headers["Content-Disposition"].startswith(disposition), name
+
+
+async def test_the_dashboard_page_carries_a_content_security_policy(harness: MakeHarness) -> None:
+    h = await harness()
+    resp = await h.client.get("/")
+    csp = resp.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "default-src 'none'" in csp
+    assert "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"

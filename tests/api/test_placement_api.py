@@ -6,6 +6,7 @@ import asyncio
 import base64
 import copy
 
+from comfyfleet.coordinator.fleet import AgentStatus
 from comfyfleet.coordinator.service import Coordinator
 from comfyfleet.shared import protocol as p
 from comfyfleet.shared.workflow_shape import shape_hash
@@ -33,13 +34,55 @@ async def test_submission_no_agent_can_run_is_422_naming_what_is_missing(
     err = await h.submit(status=422, workflow=WITH_MODEL)
     assert err["error"]["field"] == "workflow"
     assert err["error"]["message"] == (
-        "no agent can run this workflow: no agent in the fleet has model files "
+        "no agent can run this job: no agent in the fleet has model files "
         "sdxl.safetensors and node classes CheckpointLoaderSimple"
     )
     await h.submit(workflow=WORKFLOW)  # what the agent has is fine
     await h.agent("a2", models=["sdxl.safetensors"], node_classes=CLASSES).register()
     job = await h.submit(workflow=WITH_MODEL)
     assert job["status"] == "QUEUED"
+
+
+async def test_constraint_models_no_agent_has_are_422_and_busy_or_lost_agents_mean_wait(
+    harness: MakeHarness,
+) -> None:
+    h = await harness()
+    a1 = h.agent("a1", models=["sd15.safetensors"], node_classes=CLASSES[:2])
+    await a1.register()
+    err = await h.submit(status=422, constraints={"models": ["sdxl.safetensors"]})
+    assert err["error"]["field"] == "constraints.models"
+    assert "sdxl.safetensors (constraints.models)" in err["error"]["message"]
+    # an agent that has it, once registered, makes the job wait even while it is lost
+    a2 = h.agent("a2", models=["sdxl.safetensors"], node_classes=CLASSES[:2])
+    await a2.register()
+    for _ in range(200):  # no heartbeats: the sweeper declares both lost (after ~2 s)
+        if h.coord.agents["a2"].status == AgentStatus.LOST:
+            break
+        await asyncio.sleep(0.05)
+    assert h.coord.agents["a2"].status == AgentStatus.LOST
+    job = await h.submit(constraints={"models": ["sdxl.safetensors"]})
+    assert job["status"] == "QUEUED"
+    for _ in range(100):
+        job = await h.job(job["id"])
+        if job["pending_reason"]:
+            break
+        await asyncio.sleep(0.02)
+    assert job["pending_reason"], job
+
+
+async def test_gpu_job_on_a_cpu_only_fleet_is_422_saying_to_ask_for_gpus_0(
+    harness: MakeHarness,
+) -> None:
+    h = await harness()
+    await h.agent("cpu-box", gpus=[], cpu_instances=1).register()
+    err = await h.submit(status=422)  # gpus: 1 is the default
+    assert err["error"]["field"] == "resources.gpus"
+    assert "every ComfyUI instance in the fleet is CPU-only" in err["error"]["message"]
+    assert "resources.gpus 0" in err["error"]["message"]
+    job = await h.submit(resources={"gpus": 0})
+    assert job["status"] == "QUEUED"
+    await h.agent("gpu-box").register()  # a GPU agent, even a busy one: GPU jobs wait
+    assert (await h.submit())["status"] == "QUEUED"
 
 
 async def test_agent_specific_failures_block_the_pair_until_the_cooldown(

@@ -47,26 +47,20 @@ async def test_job_stream_follows_a_job_to_its_end(harness: MakeHarness, tmp_pat
         stream = asyncio.create_task(collect(fleet.events(job.id)))
         leased = (await agent.lease(2.0)).jobs[0]
         await agent.started(leased)
-        await agent.call(
-            "events",
-            p.Events(
-                agent_id="a1",
-                job_id=job.id,
-                attempt=1,
-                events=[
-                    p.JobEvent(
-                        kind="progress",
-                        t=1.0,
-                        node="3",
-                        node_type="KSampler",
-                        value=2,
-                        max=4,
-                        fraction=0.5,
-                    ),
-                    p.JobEvent(kind="preview", t=1.1, image=b"\xff\xd8jpeg", mime="image/jpeg"),
-                ],
-            ),
-            p.Ack,
+        await agent.events(
+            leased,
+            [
+                p.JobEvent(
+                    kind="progress",
+                    t=1.0,
+                    node="3",
+                    node_type="KSampler",
+                    value=2,
+                    max=4,
+                    fraction=0.5,
+                ),
+                p.JobEvent(kind="preview", t=1.1, image=b"\xff\xd8jpeg", mime="image/jpeg"),
+            ],
         )
         assert await fleet.fetch(f"/v1/jobs/{job.id}/preview") == b"\xff\xd8jpeg"
         out = await agent.upload(leased, "out_00001_.png", b"png")

@@ -29,11 +29,7 @@ async def _pieces(
 
 
 async def _leased(h: Harness) -> tuple[p.Assignment, str]:
-    agent = h.agent("a1")
-    await agent.register()
-    await h.submit()
-    job = (await agent.lease(2.0)).jobs[0]
-    await agent.started(job)
+    _, job = await h.running_job()
     return job, f"/agent/v1/jobs/{job.job_id}/outputs/o.png"
 
 

@@ -63,8 +63,19 @@ def page(tmp_path: Path) -> Iterator[Page]:
             page.set_default_timeout(60_000)
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
+            # what the page's Content-Security-Policy blocked (Chromium reports it on the console)
+            blocked: list[str] = []
+            page.on(
+                "console",
+                lambda msg: (
+                    blocked.append(msg.text) if "Content Security Policy" in msg.text else None
+                ),
+            )
             yield page
             assert not errors, f"JavaScript errors on the page: {errors}"
+            assert not blocked, (
+                f"the dashboard breaks its own CSP {len(blocked)} times: {blocked[:3]}"
+            )
         finally:
             context.close()
 
@@ -74,7 +85,8 @@ def shot(page: Page, name: str) -> None:
 
 
 def test_dashboard_follows_a_job_and_cancels_one(fleet: Fleet, page: Page, tmp_path: Path) -> None:
-    page.goto(fleet.url + "/")
+    answer = page.goto(fleet.url + "/")
+    assert answer is not None and "script-src 'self'" in answer.headers["content-security-policy"]
     agent = page.locator('.agent[data-agent="b1"]')
     expect(agent).to_have_attribute("data-status", "ONLINE")
     expect(agent.locator(".vram")).to_have_count(1)
@@ -127,6 +139,10 @@ def test_dashboard_follows_a_job_and_cancels_one(fleet: Fleet, page: Page, tmp_p
         )
         expect(agent).to_contain_text("jobs 1")  # the fleet view follows: the job's reservation
         expect(agent.locator(".gpu")).to_contain_text("reserved 3.9 GB")
+        # the VRAM bar's widths are styles the CSP lets through (set through the CSSOM)
+        for part in (".used", ".reserved"):
+            width = agent.locator(f".vram {part}").evaluate("e => e.style.width")
+            assert width.endswith("%"), (part, width)
         shot(page, "03-running")
         row.locator("button.cancel").click()
         expect(row).to_have_attribute("data-status", "CANCELLED", timeout=60_000)

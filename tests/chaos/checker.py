@@ -2,6 +2,9 @@
 
 Every function takes plain data (job JSON as the API serves it, output bytes, the attempt
 directories found on disk) and returns a list of violations, each a sentence naming the job.
+A valid job that nothing asked to fail or to be cancelled must COMPLETE: faults outside the
+workflow (agents, ComfyUIs, the coordinator dying) are what retries and requeues are for, so a
+FAILED or CANCELLED end is a violation, whatever the reason (retries_exhausted included).
 """
 
 from __future__ import annotations
@@ -78,6 +81,22 @@ class JobEvidence:
     want_outputs: int = 1
     downloads: dict[str, bytes] = field(default_factory=dict)  # output name -> bytes served
     attempt_dirs: dict[int, set[str]] = field(default_factory=dict)  # on disk: attempt -> files
+    expect: str = "COMPLETED"  # FAILED / CANCELLED only for a job the run asked to end so
+
+
+def unexpected_end(job_id: str, job: Mapping[str, Any], expect: str) -> str | None:
+    """A violation when a job ended other than the run asked, naming why it ended."""
+    status = job["status"]
+    if status == expect:
+        return None
+    error = job.get("error") or {}
+    why = f"{error.get('code', '?')}: {error.get('message', '')}" if error else "no error given"
+    requeues = [h.get("reason", "") for h in job.get("history", []) if h.get("event") == "requeue"]
+    return (
+        f"{job_id}: ended {status}, expected {expect} ({why}; attempt {job.get('attempt')}, "
+        f"retries used {job.get('retries_used')} of {job.get('max_retries')}; "
+        f"requeued for: {'; '.join(requeues) or 'nothing'})"
+    )
 
 
 def job_violations(job_id: str, ev: JobEvidence) -> list[str]:
@@ -89,6 +108,9 @@ def job_violations(job_id: str, ev: JobEvidence) -> list[str]:
     if status not in TERMINAL:
         out.append(f"{job_id}: never reached a terminal state (still {status})")
         return out
+    ended = unexpected_end(job_id, job, ev.expect)
+    if ended is not None:
+        out.append(ended)
     stale = {
         a: names
         for a, names in ev.attempt_dirs.items()
@@ -129,6 +151,8 @@ class Verdict:
     by_status: dict[str, int] = field(default_factory=dict)
     lost: int = 0
     duplicated: int = 0
+    unexpected: int = 0  # ended FAILED / CANCELLED (or COMPLETED) other than the run asked
+    retries_used: int = 0  # retries spent over all jobs (requeues that charged one)
     violations: list[str] = field(default_factory=list)
 
 
@@ -145,6 +169,8 @@ def check_run(
         else:
             status = ev.job["status"]
             v.by_status[status] = v.by_status.get(status, 0) + 1
+            v.unexpected += status != ev.expect
+            v.retries_used += int(ev.job.get("retries_used") or 0)
         if any("times" in f and ("COMPLETED" in f or "terminal" in f) for f in found):
             v.duplicated += 1
     for first, again in replays:

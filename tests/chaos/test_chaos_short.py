@@ -27,6 +27,9 @@ async def test_short_seeded_chaos_run(tmp_path: Path) -> None:
     assert sum(figures.faults.values()) >= 6, figures.faults
     assert figures.faults["coordinator_kill"] == 2, figures.faults
     assert figures.verdict.accepted == cfg.jobs
+    # nothing asked any job to fail or be cancelled: every one completes (default retries)
+    assert figures.verdict.by_status == {"COMPLETED": cfg.jobs}, figures.report()
+    assert figures.verdict.unexpected == 0, figures.report()
     assert figures.verdict.violations == [], figures.report()
     assert figures.verdict.lost == 0 and figures.verdict.duplicated == 0
     assert figures.integrity == "ok"

@@ -32,6 +32,7 @@ class ProtocolAgent:
         labels: dict[str, str] | None = None,
         models: list[str] | None = None,
         node_classes: list[str] | None = None,
+        cpu_instances: int = 0,  # CPU-only ComfyUI instances, after one per GPU
     ) -> None:
         self.session = session
         self.base = base.rstrip("/")
@@ -45,10 +46,13 @@ class ProtocolAgent:
         ]
         self.instances = [
             p.InstanceInfo(instance_id=str(i), gpu_index=i) for i in range(len(self.gpus))
-        ]
+        ] + [p.InstanceInfo(instance_id=f"cpu{i}", gpu_index=None) for i in range(cpu_instances)]
         self.host = p.HostInfo(
             hostname=agent_id, cpu_count=8, ram_total_mb=64000, ram_available_mb=60000
         )
+        # what it holds, as a real agent reports it: leased jobs until their finish is answered
+        self.held: dict[str, p.RunningJob] = {}
+        self.instance_id = ""  # the agent process, as Register.instance_id ("": an old agent)
 
     async def call(self, path: str, msg: Any, reply: type[T]) -> T:
         async with self.session.post(
@@ -62,7 +66,11 @@ class ProtocolAgent:
             return codec.decode(body, reply)
 
     async def register(self, running: list[p.RunningJob] | None = None) -> p.RegisterReply:
-        return await self.call(
+        """Register reporting `running` (default: what it holds); an explicit list replaces
+        what it holds (a restarted agent holds only what it reports)."""
+        if running is not None:
+            self.held = {r.job_id: r for r in running}
+        reply = await self.call(
             "register",
             p.Register(
                 agent_id=self.agent_id,
@@ -71,38 +79,69 @@ class ProtocolAgent:
                 gpus=self.gpus,
                 instances=self.instances,
                 labels=self.labels,
-                running=running or [],
+                running=list(self.held.values()),
                 models=self.models,
                 node_classes=self.node_classes,
+                instance_id=self.instance_id,
             ),
             p.RegisterReply,
         )
+        self._forget(reply.drop)
+        return reply
 
     async def heartbeat(self, running: list[p.RunningJob] | None = None) -> p.HeartbeatReply:
-        return await self.call(
+        """Heartbeat reporting `running` (default: what it holds)."""
+        reply = await self.call(
             "heartbeat",
             p.Heartbeat(
                 agent_id=self.agent_id,
                 host=self.host,
                 gpus=self.gpus,
                 instances=self.instances,
-                running=running or [],
+                running=list(self.held.values()) if running is None else running,
             ),
             p.HeartbeatReply,
         )
+        self._forget(reply.drop)
+        return reply
+
+    def _forget(self, refs: list[p.JobRef]) -> None:
+        for ref in refs:
+            held = self.held.get(ref.job_id)
+            if held is not None and held.attempt == ref.attempt:
+                del self.held[ref.job_id]
 
     async def lease(self, wait_s: float = 2.0, free: dict[str, int] | None = None) -> p.LeaseReply:
         room = free if free is not None else {i.instance_id: 1 for i in self.instances}
-        return await self.call(
+        reply = await self.call(
             "lease", p.LeaseRequest(agent_id=self.agent_id, free=room, wait_s=wait_s), p.LeaseReply
         )
+        for job in reply.jobs:
+            self.held[job.job_id] = p.RunningJob(
+                job_id=job.job_id, attempt=job.attempt, instance_id=job.instance_id
+            )
+        return reply
 
     async def started(self, job: p.Assignment, prompt_id: str = "prompt-1") -> p.Ack:
+        self.held[job.job_id] = p.RunningJob(
+            job_id=job.job_id,
+            attempt=job.attempt,
+            instance_id=job.instance_id,
+            prompt_id=prompt_id,
+            started=True,
+        )
         return await self.call(
             "started",
             p.Started(
                 agent_id=self.agent_id, job_id=job.job_id, attempt=job.attempt, prompt_id=prompt_id
             ),
+            p.Ack,
+        )
+
+    async def events(self, job: p.Assignment, events: list[p.JobEvent]) -> p.Ack:
+        return await self.call(
+            "events",
+            p.Events(agent_id=self.agent_id, job_id=job.job_id, attempt=job.attempt, events=events),
             p.Ack,
         )
 
@@ -141,6 +180,25 @@ class ProtocolAgent:
         outputs: list[p.OutputFile] | None = None,
         error: p.ErrorInfo | None = None,
         spend_retry: bool = True,
+        **extra: Any,
+    ) -> p.Ack:
+        ref = p.JobRef(job_id=job.job_id, attempt=job.attempt)
+        try:
+            ack = await self._finish(job, outcome, outputs, error, spend_retry, **extra)
+        except ProtocolError as exc:
+            if exc.status == 409:  # stale: a real agent drops the attempt
+                self._forget([ref])
+            raise
+        self._forget([ref])
+        return ack
+
+    async def _finish(
+        self,
+        job: p.Assignment,
+        outcome: str,
+        outputs: list[p.OutputFile] | None,
+        error: p.ErrorInfo | None,
+        spend_retry: bool,
         **extra: Any,
     ) -> p.Ack:
         return await self.call(

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import re
 import signal
+import sqlite3
 
 import pytest
 
@@ -135,9 +138,44 @@ async def test_agent_restart_reattaches_without_a_second_run(fleet: Fleet, api: 
     await api.agents_online({"a"})
     job = await api.submit(txt2img(512, 512, steps=25))
     await api.wait(job["id"], {"RUNNING"})
+    first = registered_instance(fleet)
     fleet.agents["a"].kill(signal.SIGKILL)
     fleet.add_agent("a", "a")  # same id, same data dir: finds its state file
     done = await api.wait(job["id"], {"COMPLETED", "FAILED"}, wait_s=60)
     assert done["status"] == "COMPLETED" and done["attempt"] == 1
+    # each agent process registers with its own random instance id, fixed for its life
+    second = registered_instance(fleet)
+    assert re.fullmatch("[0-9a-f]{16}", first) and re.fullmatch("[0-9a-f]{16}", second)
+    assert first != second
     assert sim_stats(url)["prompts_submitted"] == 1
     assert await api.image_size(done["outputs"][0]) == (512, 512)
+
+
+def registered_instance(fleet: Fleet) -> str:
+    """The instance id of agent a's last Register, as the coordinator's store keeps it."""
+    conn = sqlite3.connect(fleet.tmp / "coord" / "coordinator.db", timeout=10)
+    try:
+        (info,) = conn.execute("SELECT info FROM agents WHERE agent_id = 'a'").fetchone()
+    finally:
+        conn.close()
+    return str(json.loads(info)["instance_id"])
+
+
+async def test_any_output_name_comfyui_writes_completes(fleet: Fleet, api: Api) -> None:
+    """Prefixes that start with `_`, `-` or `(`, non-ASCII ones and subfolders: ComfyUI (and
+    the simulator, which names files as ComfyUI does) writes them; the job completes and keeps
+    the name ComfyUI gave each file."""
+    url = fleet.add_sim("a", 24576, "--step-ms", "5")
+    fleet.add_agent("a", "a")
+    await api.agents_online({"a"})
+    prefixes = ["_draft", "-x", "(v2)", "猫", "sub dir/(v2) 猫"]
+    jobs = [await api.submit(txt2img(64, 64, steps=2, prefix=pf), max_retries=0) for pf in prefixes]
+    output_dir = fleet.tmp / "sim-a" / "output"
+    for prefix, job in zip(prefixes, jobs, strict=True):
+        done = await api.wait(job["id"], {"COMPLETED", "FAILED"})
+        assert done["status"] == "COMPLETED" and done["attempt"] == 1, done
+        [out] = done["outputs"]
+        assert out["original"] == f"{prefix}_00001_.png"
+        assert (output_dir / out["original"]).is_file()  # the simulator wrote that very name
+        assert await api.image_size(out) == (64, 64)
+    assert sim_stats(url)["prompts_submitted"] == len(prefixes)

@@ -148,7 +148,8 @@ async def test_clients_get_past_a_dead_coordinator_and_sigterm_hands_the_lease_o
         assert client.wait(job.id, timeout_s=40).status == "COMPLETED"
         assert client.url == fleet.urls[1 - leader]
     env = {**os.environ, "COMFYFLEET_COORDINATOR": f"{dead},{fleet.urls[leader]}"}
-    listed = subprocess.run(
+    listed = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "comfyfleet", "jobs", "--json"],
         capture_output=True,
         text=True,

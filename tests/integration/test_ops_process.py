@@ -258,6 +258,64 @@ async def test_tls_and_keys_end_to_end(
         assert secret.split("_", 2)[2] not in logs
 
 
+def test_sighup_never_switches_authentication_off(
+    tmp_path: Path, started: list[procs.Proc]
+) -> None:
+    """Deleting the keys file, revoking its last key or breaking it, then SIGHUP: anonymous
+    requests (/metrics included) stay refused and the keys loaded before keep working; each
+    failed reload is logged. A good file afterwards is picked up, revocations included."""
+    import urllib.error
+    import urllib.request
+
+    data = tmp_path / "coord"
+    admin = cli("keys", "create", "--admin", "--data-dir", str(data)).stdout.strip()
+    keys = data / "keys.json"
+    coord = procs.coordinator(data, tmp_path).start()
+    started.append(coord)
+    url = coord.url  # type: ignore[attr-defined]
+
+    def status(path: str, cred: str | None = None) -> int:
+        headers = {"Authorization": f"Bearer {cred}"} if cred else {}
+        try:
+            with urllib.request.urlopen(
+                urllib.request.Request(f"{url}{path}", headers=headers), timeout=5
+            ) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    def hup_and_wait(event: str) -> None:
+        before = coord.log().count(event)
+        coord.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while coord.log().count(event) == before:
+            assert time.monotonic() < deadline, f"no {event} after SIGHUP:\n{coord.log()}"
+            time.sleep(0.05)
+
+    assert status("/metrics") == 401 and status("/metrics", admin) == 200
+    good = keys.read_text()
+    for damage in ("delete", "revoke_last", "malformed"):
+        if damage == "delete":
+            keys.unlink()
+        elif damage == "revoke_last":
+            keys.write_text('{"keys": []}')
+        else:
+            keys.write_text("{not json")
+        hup_and_wait("keys_reload_failed")
+        assert coord.alive
+        for path in ("/metrics", "/v1/jobs", "/v1/agents"):
+            assert status(path) == 401, (damage, path)
+        assert status("/metrics", admin) == 200, damage
+    assert "keeping the 1 loaded before" in coord.log()
+    keys.write_text(good)
+    newer = cli("keys", "create", "--admin", "--data-dir", str(data)).stdout.strip()
+    revoked = cli("keys", "revoke", admin.split("_")[1], "--data-dir", str(data))
+    assert revoked.returncode == 0, revoked.stderr
+    hup_and_wait("keys_reloaded")
+    assert status("/metrics", newer) == 200 and status("/metrics", admin) == 401
+    assert status("/metrics") == 401
+
+
 def test_no_keys_refuses_to_listen_beyond_loopback(tmp_path: Path) -> None:
     done = cli(
         "coordinator",
@@ -281,16 +339,10 @@ def test_bad_config_is_refused_at_start_naming_the_key(tmp_path: Path) -> None:
     assert done.returncode == 2 and "port: expected an integer" in done.stderr
 
 
-def test_sigterm_finishes_the_request_in_flight_and_commits(
-    tmp_path: Path, started: list[procs.Proc]
-) -> None:
-    """SIGTERM arrives while a submission's body is still on the wire: the coordinator stops
-    accepting, finishes that request (201 after commit), exits 0, and the job is there after a
-    restart."""
-    data = tmp_path / "coord"
-    coord = procs.coordinator(data, tmp_path).start()
-    started.append(coord)
-    port = int(coord.url.rsplit(":", 1)[1])  # type: ignore[attr-defined]
+def slow_submission(url: str) -> tuple[socket.socket, bytes]:
+    """A job submission whose headers the app has dispatched (it answered 100 Continue) and
+    whose body is still to send: the open socket and the body."""
+    port = int(url.rsplit(":", 1)[1])
     body = json.dumps({"workflow": txt2img(64, 64)}).encode()
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     sock.sendall(
@@ -303,6 +355,19 @@ def test_sigterm_finishes_the_request_in_flight_and_commits(
     while b"\r\n\r\n" not in interim:  # the request has been dispatched to the app
         interim += sock.recv(1)
     assert interim.startswith(b"HTTP/1.1 100"), interim
+    return sock, body
+
+
+def test_sigterm_finishes_the_request_in_flight_and_commits(
+    tmp_path: Path, started: list[procs.Proc]
+) -> None:
+    """SIGTERM arrives while a submission's body is still on the wire: the coordinator stops
+    accepting, finishes that request (201 after commit), exits 0, and the job is there after a
+    restart."""
+    data = tmp_path / "coord"
+    coord = procs.coordinator(data, tmp_path).start()
+    started.append(coord)
+    sock, body = slow_submission(coord.url)  # type: ignore[attr-defined]
     sock.sendall(body[:20])
     time.sleep(0.3)  # the handler is now reading the body
     coord.signal(signal.SIGTERM)
@@ -323,3 +388,93 @@ def test_sigterm_finishes_the_request_in_flight_and_commits(
 
     with urllib.request.urlopen(f"{again.url}/v1/jobs/{job_id}", timeout=5) as resp:  # type: ignore[attr-defined]
         assert json.loads(resp.read())["id"] == job_id
+
+
+def test_sigterm_does_not_wait_for_a_lease_long_poll(
+    tmp_path: Path, started: list[procs.Proc]
+) -> None:
+    """An idle coordinator with an agent in its lease long-poll exits at once on SIGTERM: the
+    long poll is answered 503 (retry) when the stop begins instead of holding the stop until its
+    wait (25 s) or the server's shutdown timeout (10 s) runs out, and no agent is declared lost
+    meanwhile."""
+    import threading
+
+    coord = procs.coordinator(tmp_path / "coord", tmp_path, extra=["--heartbeat-interval", "30"])
+    coord.start()
+    started.append(coord)
+    url = coord.url  # type: ignore[attr-defined]
+
+    assert agent_post(url, "register", AGENT_A1, 5)[0] == 200
+    answer: list[tuple[int, dict[str, Any]]] = []
+    poll = threading.Thread(
+        target=lambda: answer.append(
+            agent_post(url, "lease", {"agent_id": "a1", "free": {"0": 1}, "wait_s": 25}, 40)
+        )
+    )
+    poll.start()
+    time.sleep(1.0)  # the lease is now waiting in the coordinator
+    assert not answer
+    t0 = time.monotonic()
+    coord.signal(signal.SIGTERM)
+    assert coord.proc is not None
+    code = coord.proc.wait(30)
+    took = time.monotonic() - t0
+    poll.join(30)
+    assert code == 0, coord.log()
+    assert answer and answer[0][0] == 503, answer
+    assert answer[0][1]["error"]["code"] == "stopping"
+    assert took < 5.0, f"exit took {took:.1f} s: it waited for the long poll"
+    assert "agent_lost" not in coord.log()
+
+
+AGENT_A1 = {
+    "agent_id": "a1",
+    "gpus": [{"index": 0, "name": "g", "vram_total_mb": 8000, "vram_free_mb": 8000}],
+    "instances": [{"instance_id": "0", "gpu_index": 0}],
+}
+
+
+def agent_post(
+    url: str, path: str, body: dict[str, Any], timeout: float
+) -> tuple[int, dict[str, Any]]:
+    """One agent protocol call in JSON: (status, body)."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"{url}/agent/v1/{path}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return int(resp.status), json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_no_agent_is_declared_lost_while_the_coordinator_stops(
+    tmp_path: Path, started: list[procs.Proc]
+) -> None:
+    """While a stop waits for a request in flight, agents cannot reach the coordinator (it no
+    longer accepts connections): the sweeper must not declare them lost and requeue their jobs
+    for that. Lost after 1.5 s of silence here; the stop lasts over 3 s."""
+    coord = procs.coordinator(
+        tmp_path / "coord",
+        tmp_path,
+        extra=["--heartbeat-interval", "0.4", "--set", "lost_grace_s=0.3"],
+    ).start()
+    started.append(coord)
+    url = coord.url  # type: ignore[attr-defined]
+    sock, body = slow_submission(url)
+    assert agent_post(url, "register", AGENT_A1, 5)[0] == 200
+    coord.signal(signal.SIGTERM)  # the agent's last word was just now
+    time.sleep(3.0)  # twice the time after which a silent agent is lost
+    sock.sendall(body)
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 201"), answer[:300]
+    assert coord.proc is not None and coord.proc.wait(20) == 0, coord.log()
+    assert "agent_registered" in coord.log() and "agent_lost" not in coord.log()

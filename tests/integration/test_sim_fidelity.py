@@ -27,14 +27,19 @@ from comfyfleet.sim.recording import (
 )
 from comfyfleet.sim.server import create_app
 from comfyfleet.sim.testing import SimSocket
+from tests.helpers.replay import (
+    assert_same_stream,
+    compare_history,
+    history_view,
+    labels,
+    load,
+    post,
+    reconnect_prompt,
+    run_recorded,
+)
 
-TRACES = Path(__file__).resolve().parents[1] / "fixtures" / "comfyui-traces"
 CLIENT = "probe-c4cb5ea7"
 CLIENT2 = "probe2-01e5c542"
-
-
-def load(name: str) -> Any:
-    return json.loads((TRACES / name).read_text())
 
 
 @pytest.fixture
@@ -46,57 +51,6 @@ def config(tmp_path: Path) -> SimConfig:
 async def client(aiohttp_client: Any, config: SimConfig) -> Any:
     exits: list[int] = []
     return await aiohttp_client(create_app(config, exit_fn=exits.append))
-
-
-def labels(*pairs: tuple[str, str]) -> tuple[dict[str, str], dict[str, str]]:
-    """({recorded id: label}, {simulated id: label})."""
-    rec = {r: f"<P{i}>" for i, (r, _) in enumerate(pairs)}
-    sim = {s: f"<P{i}>" for i, (_, s) in enumerate(pairs)}
-    return rec, sim
-
-
-def assert_same_stream(
-    recorded: list[dict[str, Any]],
-    simulated: list[dict[str, Any]],
-    ids: tuple[dict[str, str], dict[str, str]],
-) -> None:
-    assert event_types(simulated) == event_types(recorded)
-    for rec, sim in zip(recorded, simulated, strict=True):
-        assert shape(sim["msg"]) == shape(rec["msg"]), rec["msg"]
-        assert normalise(sim["msg"], ids[1]) == normalise(rec["msg"], ids[0])
-
-
-def history_view(body: dict[str, Any], ids: dict[str, str]) -> Any:
-    """A /history answer normalised; the prompt number depends on the session, so it is 0."""
-    out = normalise(body, ids)
-    for entry in out.values():
-        entry["prompt"][0] = 0
-    return out
-
-
-async def post(client: Any, body: Any) -> tuple[int, Any]:
-    resp = await client.post("/prompt", json=body)
-    return resp.status, await resp.json()
-
-
-async def run_recorded(
-    client: Any, sock: SimSocket, trace: dict[str, Any]
-) -> tuple[str, list[dict[str, Any]]]:
-    status, body = await post(client, trace["post"]["request_json"])
-    assert status == trace["post"]["status"] == 200
-    assert shape(body) == shape(trace["post"]["json"])
-    return body["prompt_id"], await sock.wait_done(body["prompt_id"])
-
-
-async def compare_history(client: Any, trace: dict[str, Any], pid: str) -> dict[str, Any]:
-    resp = await client.get(f"/history/{pid}")
-    assert resp.status == 200
-    got = await resp.json()
-    rec_pid = trace["post"]["json"]["prompt_id"]
-    ids = labels((rec_pid, pid))
-    assert shape(got[pid]) == shape(trace["history"]["json"][rec_pid])
-    assert history_view(got, ids[1]) == history_view(trace["history"]["json"], ids[0])
-    return got[pid]
 
 
 # --- 00, 01, 02: connect, normal run, fully cached rerun -----------------------------------
@@ -497,15 +451,7 @@ async def test_partial_cache(client: Any) -> None:
 async def test_reconnect_same_client_id(client: Any) -> None:
     trace = load("24_reconnect_same_clientid.json")
     rec_pid = trace["before_disconnect"][2]["msg"]["data"]["prompt_id"]
-    prompt = {
-        "1": {"class_type": "EmptyImage",
-              "inputs": {"width": 2048, "height": 2048, "batch_size": 1, "color": 7}},
-        "10": {"class_type": "ImageBlur",
-               "inputs": {"image": ["1", 0], "blur_radius": 31, "sigma": 10.0}},
-        "11": {"class_type": "ImageBlur",
-               "inputs": {"image": ["10", 0], "blur_radius": 31, "sigma": 10.0}},
-        "99": {"class_type": "PreviewImage", "inputs": {"images": ["11", 0]}},
-    }  # fmt: skip
+    prompt = reconnect_prompt(7)
     first = await SimSocket.connect(client, CLIENT2)
     await first.read()
     _, body = await post(client, {"prompt": prompt, "client_id": CLIENT2})

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from comfyfleet.agent.daemon import Instance, pipeline_client_id
+from comfyfleet.agent.instances import Instance, pipeline_client_id
 from comfyfleet.agent.state import HeldJob
 
 pytestmark = pytest.mark.timeout(60)

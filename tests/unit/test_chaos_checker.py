@@ -157,3 +157,65 @@ def test_lost_unfinished_and_double_completion_are_counted() -> None:
 def test_png_size() -> None:
     assert png_size(png(7, 5)) == (7, 5)
     assert png_size(b"GIF89a" + b"\0" * 30) is None
+
+
+def failed_job(code: str, status: str = "FAILED") -> dict[str, Any]:
+    """A job that burned its retries on agent deaths and ended `status`."""
+    hist = [
+        dict(at=0, from_status=None, to_status="SUBMITTED", event="submit", attempt=0),
+        dict(at=0, from_status="SUBMITTED", to_status="QUEUED", event="enqueue", attempt=0),
+    ]
+    for a in (1, 2, 3):
+        hist.append(
+            dict(at=a, from_status="QUEUED", to_status="ASSIGNED", event="assign", attempt=a)
+        )
+        hist.append(
+            dict(
+                at=a,
+                from_status="ASSIGNED",
+                to_status="QUEUED",
+                event="requeue",
+                attempt=a,
+                reason="agent a1 lost (silent 7 s)",
+            )
+        )
+    last = hist.pop()
+    event = "fail" if status == "FAILED" else "cancel"
+    hist.append(dict(last, to_status=status, event=event, reason=code))
+    return {
+        "status": status,
+        "attempt": 3,
+        "retries_used": 2,
+        "max_retries": 2,
+        "history": hist,
+        "error": {"code": code, "message": "agent lost, no retries left"},
+        "outputs": [],
+    }
+
+
+def test_jobs_that_failed_on_exhausted_retries_are_violations() -> None:
+    """A run where valid jobs FAILED with retries_exhausted (what retry-burning defects look
+    like) does not pass: each is a violation naming why it ended."""
+    good, data = completed_job()
+    verdict = check_run(
+        {
+            "ok": JobEvidence(good, (64, 32), downloads={"o.png": data}),
+            "burnt": JobEvidence(failed_job("retries_exhausted"), (64, 32)),
+            "burnt2": JobEvidence(failed_job("retries_exhausted"), (64, 32)),
+        }
+    )
+    assert verdict.by_status == {"COMPLETED": 1, "FAILED": 2}
+    assert verdict.unexpected == 2 and verdict.retries_used == 4
+    burnt = [v for v in verdict.violations if "ended FAILED, expected COMPLETED" in v]
+    assert len(burnt) == 2 and all("retries_exhausted" in v for v in burnt), verdict.violations
+    assert "agent a1 lost" in burnt[0]  # the requeue reasons say what burnt the retries
+
+
+def test_a_job_cancelled_or_failed_unasked_is_a_violation_asked_it_is_not() -> None:
+    cancelled = failed_job("cancelled", status="CANCELLED")
+    assert job_violations("c", JobEvidence(cancelled, (64, 32)))
+    assert job_violations("c", JobEvidence(cancelled, (64, 32), expect="CANCELLED")) == []
+    failed = failed_job("node_error")
+    assert job_violations("f", JobEvidence(failed, (64, 32), expect="FAILED")) == []
+    verdict = check_run({"f": JobEvidence(failed, (64, 32), expect="FAILED")})
+    assert verdict.unexpected == 0 and verdict.violations == []

@@ -118,6 +118,39 @@ def test_keys_create_refuses_unclear_requests(
     assert code == 2 and "tenant" in err
 
 
+def test_agent_tokens_are_bound_to_one_agent_unless_any_agent_is_asked(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    data = ["--data-dir", str(tmp_path)]
+    code, out, err = run(capsys, "keys", "create", "--agent", *data)
+    assert code == 2 and out == "" and "--agent-id" in err and "--any-agent" in err
+    assert not (tmp_path / "keys.json").exists()
+    code, bound, _ = run(capsys, "keys", "create", "--agent", "--agent-id", "gpu-1", *data)
+    code2, fleet, err = run(capsys, "keys", "create", "--agent", "--any-agent", *data)
+    assert code == code2 == 0 and "any agent" in err
+    ring = KeyRing.load(tmp_path / "keys.json")
+    one, anyone = ring.verify(bound.strip()), ring.verify(fleet.strip())
+    assert one is not None and one.agent_id == "gpu-1"
+    assert anyone is not None and anyone.kind == "agent" and anyone.agent_id is None
+    code, _, err = run(capsys, "keys", "create", "--tenant", "acme", "--any-agent", *data)
+    assert code == 2 and "go with --agent" in err
+    with pytest.raises(SystemExit):  # argparse: the two are mutually exclusive
+        main(["keys", "create", "--agent", "--agent-id", "a", "--any-agent", *data])
+
+
+def test_the_last_key_is_not_revoked(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    data = ["--data-dir", str(tmp_path)]
+    _, only, _ = run(capsys, "keys", "create", "--admin", *data)
+    key_id = only.strip().split("_")[1]
+    code, _, err = run(capsys, "keys", "revoke", key_id, *data)
+    assert code == 2 and "last key" in err and "create its replacement first" in err
+    assert KeyRing.load(tmp_path / "keys.json").verify(only.strip()) is not None
+    _, other, _ = run(capsys, "keys", "create", "--admin", *data)
+    assert run(capsys, "keys", "revoke", key_id, *data)[0] == 0
+    ring = KeyRing.load(tmp_path / "keys.json")
+    assert ring.verify(only.strip()) is None and ring.verify(other.strip()) is not None
+
+
 def test_older_env_names_still_work_and_the_field_name_wins(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -133,3 +166,14 @@ def test_older_env_names_still_work_and_the_field_name_wins(
         2.0,
         11.0,
     )
+
+
+def test_readme_quotes_the_gpus_help_as_the_cli_has_it() -> None:
+    """The README's first-run path tells how to submit to a CPU-only ComfyUI, quoting `--gpus`."""
+    from comfyfleet.main import build_parser
+
+    submit = build_parser()._subparsers._group_actions[0].choices["submit"]  # type: ignore[union-attr]
+    (gpus,) = [a for a in submit._actions if "--gpus" in a.option_strings]
+    assert gpus.help and "CPU-only" in gpus.help
+    readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
+    assert f'says of `--gpus`: "{gpus.help}"' in readme

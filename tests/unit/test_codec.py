@@ -26,6 +26,16 @@ def test_round_trip(ctype: str) -> None:
     assert codec.decode(codec.encode(REGISTER, ctype), p.Register, ctype) == REGISTER
 
 
+def test_register_instance_id_is_optional_and_checked() -> None:
+    older = codec.decode(b'{"agent_id": "a1"}', p.Register, codec.JSON)
+    assert older.instance_id == ""  # an agent from before the field
+    again = codec.decode(b'{"agent_id": "a1", "instance_id": "0f3a9c"}', p.Register, codec.JSON)
+    assert again.instance_id == "0f3a9c"
+    with pytest.raises(InvalidInput) as err:
+        codec.decode(b'{"agent_id": "a1", "instance_id": "a b"}', p.Register, codec.JSON)
+    assert err.value.field is not None and "instance_id" in err.value.field
+
+
 def test_preview_bytes_survive_msgpack() -> None:
     ev = p.Events(
         agent_id="a",

@@ -29,6 +29,8 @@ UNITS = {
 def daemon(name: str) -> str:
     """The daemon a unit runs: coordinator-shared is a coordinator."""
     return name.split("-")[0]
+
+
 HARDENING = (
     "NoNewPrivileges",
     "ProtectSystem",

@@ -1,4 +1,4 @@
-"""Learned VRAM and duration estimates, ETA, and the fleet inventory gap (pure)."""
+"""Learned VRAM and duration estimates, and the fleet inventory gap (pure); the ETA: test_eta."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ from hypothesis import strategies as st
 from comfyfleet.coordinator.estimates import (
     MAX_SAMPLES,
     Estimate,
-    eta,
-    expected_duration_s,
+    expected,
     learned_vram_mb,
 )
-from comfyfleet.coordinator.inventory import fleet_gap
+from comfyfleet.coordinator.eta import Expected
 
 
 @given(
@@ -30,41 +29,18 @@ def test_reservation_covers_every_recent_peak_times_the_margin(
     vram = learned_vram_mb(table, "s:x", margin)
     assert vram is not None and vram >= max(v for _, v in recent) * margin - 1e-6
     assert est.samples == len(recent)
-    assert expected_duration_s(table, "s:x", "GPU") == sum(d for d, _ in recent) / len(recent)
+    learned = expected(table, "s:x", "GPU")
+    assert learned is not None and learned.total_s == sum(d for d, _ in recent) / len(recent)
     assert learned_vram_mb(table, "s:other", margin) is None
 
 
 def test_largest_gpu_model_estimate_wins_and_unknown_gpu_takes_the_slowest() -> None:
     table = {("s", "A"): Estimate().add(2.0, 3000), ("s", "B"): Estimate().add(5.0, 5000)}
     assert learned_vram_mb(table, "s", 1.0) == 5000
-    assert expected_duration_s(table, "s", "A") == 2.0
-    assert expected_duration_s(table, "s", None) == 5.0
+    assert (expected(table, "s", "A") or Expected()).total_s == 2.0
+    assert (expected(table, "s", None) or Expected()).total_s == 5.0
     assert Estimate().add(float("nan"), 0).samples == 0
     # the margin never makes a job that ran fit nowhere, and never goes below the peak
     assert learned_vram_mb(table, "s", 1.25, largest_gpu_mb=6000) == 6000
     assert learned_vram_mb(table, "s", 1.25, largest_gpu_mb=4000) == 5000
     assert learned_vram_mb(table, "s", 1.25, largest_gpu_mb=80000) == 6250
-
-
-def test_eta_for_waiting_running_and_finished_jobs() -> None:
-    assert eta(10.0, "QUEUED", None, None, 100.0) == {"expected_s": 10.0, "remaining_s": 10.0}
-    running = eta(10.0, "RUNNING", 96.0, None, 100.0)
-    assert running is not None and running["remaining_s"] == 6.0 and running["eta_at"] == 106.0
-    slow = eta(10.0, "RUNNING", 90.0, 0.5, 100.0)  # progress says 10 s more, estimate 0
-    assert slow is not None and slow["remaining_s"] == 10.0
-    assert eta(None, "RUNNING", 90.0, None, 100.0) is None
-    assert eta(10.0, "COMPLETED", 90.0, 1.0, 100.0) is None
-
-
-def test_fleet_gap() -> None:
-    a = (frozenset({"m1"}), frozenset({"A"}))
-    b = (frozenset({"m2"}), frozenset({"A", "B"}))
-    assert fleet_gap(["m1"], ["A"], [a, b]) is None
-    assert fleet_gap(["m9"], ["A"], []) is None  # nobody reported yet: accept and wait
-    assert fleet_gap(["m9"], ["A"], [(frozenset(), None)]) is None
-    assert fleet_gap(["m9"], ["Z"], [a, b]) == (
-        "no agent in the fleet has model files m9 and node classes Z"
-    )
-    assert fleet_gap(["m1"], ["B"], [a, b]) == (
-        "no agent in the fleet has all of model files m1 and node classes B"
-    )

@@ -20,7 +20,12 @@ def ring_with(tmp_path: Path, *specs: tuple[Any, ...]) -> tuple[KeyRing, list[st
     entries = {}
     creds = []
     for kind, tenant, agent_id in specs:
-        cred, entry = new_credential(kind, tenant=tenant, agent_id=agent_id)
+        cred, entry = new_credential(
+            kind,
+            tenant=tenant,
+            agent_id=agent_id,
+            any_agent=kind == "agent" and agent_id is None,
+        )
         entries[entry.id] = entry
         creds.append(cred)
     path = tmp_path / "keys.json"
@@ -107,6 +112,40 @@ def test_reload_picks_up_new_and_revoked_keys(tmp_path: Path) -> None:
     assert ring.verify(cred) is not None and ring.verify(first) is None
 
 
+@pytest.mark.parametrize("damage", ["delete", "empty", "no_keys", "malformed", "directory"])
+def test_a_reload_never_leaves_a_ring_that_had_keys_without_them(
+    tmp_path: Path, damage: str
+) -> None:
+    """Deleting the keys file, revoking its last key or breaking it keeps the keys loaded
+    before (and says why): authentication never switches itself off."""
+    ring, (cred,) = ring_with(tmp_path, ("admin", "ops", None))
+    path = ring.path
+    assert path is not None
+    path.unlink()
+    if damage == "empty":
+        path.write_text("")
+    elif damage == "no_keys":
+        kr.write_keys(path, {})
+    elif damage == "malformed":
+        path.write_text('{"keys": [{"id": "x"}]}')
+    elif damage == "directory":
+        path.mkdir()
+    with pytest.raises(KeysFileError) as err:
+        ring.reload()
+    assert err.value.field == "keys_file" and str(path) in err.value.message
+    assert ring.enabled and ring.verify(cred) is not None
+
+
+def test_a_ring_that_started_without_keys_may_gain_them_and_stay_empty(tmp_path: Path) -> None:
+    ring = KeyRing.load(tmp_path / "keys.json")
+    ring.reload()  # still no file: fine, it never had keys (and exposure_problem held at start)
+    assert not ring.enabled
+    cred, entry = new_credential("client", tenant="acme")
+    kr.write_keys(tmp_path / "keys.json", {entry.id: entry})
+    ring.reload()
+    assert ring.verify(cred) is not None
+
+
 def test_malformed_keys_file_is_an_error_naming_it(tmp_path: Path) -> None:
     path = tmp_path / "keys.json"
     path.write_text('{"keys": [{"id": "x"}]}')
@@ -176,3 +215,13 @@ def test_no_keys_means_loopback_only(tmp_path: Path) -> None:
         assert problem is not None and "no API keys" in problem and "keys create" in problem
     ring, _ = ring_with(tmp_path, ("client", "acme", None))
     assert exposure_problem("0.0.0.0", ring) is None
+
+
+def test_an_agent_token_names_its_agent_or_explicitly_any() -> None:
+    with pytest.raises(KeysFileError) as err:
+        new_credential("agent")  # neither: no silent fleet token
+    assert err.value.field == "agent_id"
+    with pytest.raises(KeysFileError):
+        new_credential("agent", agent_id="gpu-1", any_agent=True)
+    assert new_credential("agent", agent_id="gpu-1")[1].agent_id == "gpu-1"
+    assert new_credential("agent", any_agent=True)[1].agent_id is None

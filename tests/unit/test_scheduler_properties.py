@@ -100,7 +100,8 @@ def job_st(draw: st.DrawFn, job_id: str) -> JobRequest:
     return JobRequest(
         job_id=job_id,
         priority=draw(st.integers(0, 2)),
-        queued_at=NOW - draw(st.integers(0, 6)) * 100,
+        submitted_at=(queued := NOW - draw(st.integers(0, 6)) * 100),
+        queued_at=queued,
         gpus=gpus,
         vram_mb=draw(st.integers(0, 20)) * K,
         ram_mb=draw(st.integers(0, 8)) * K,
@@ -273,7 +274,8 @@ def test_starving_job_holds_capacity_against_later_jobs(
     agents: list[AgentView], jobs: list[JobRequest], old: JobRequest
 ) -> None:
     fields = {f: getattr(old, f) for f in JobRequest.__slots__}  # type: ignore[attr-defined]
-    starving = JobRequest(**(fields | {"queued_at": NOW - 10_000.0, "priority": 1}))
+    old_at = {"submitted_at": NOW - 10_000.0, "queued_at": NOW - 10_000.0}
+    starving = JobRequest(**(fields | old_at | {"priority": 1}))
     # the other jobs are at most 600 s old: only `starving` starves
     result = plan([*jobs, starving], agents, NOW, starvation_s=700)
     placed = {p.job_id for p in result.placements}

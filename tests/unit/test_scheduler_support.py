@@ -84,6 +84,7 @@ def job(
     *,
     priority: int = 0,
     queued_at: float = NOW - 1,
+    submitted_at: float | None = None,  # default: when it was queued (never requeued)
     gpus: int = 1,
     vram: int = 1000,
     ram: int = 0,
@@ -100,6 +101,7 @@ def job(
     return JobRequest(
         job_id=job_id,
         priority=priority,
+        submitted_at=queued_at if submitted_at is None else submitted_at,
         queued_at=queued_at,
         gpus=gpus,
         vram_mb=vram,

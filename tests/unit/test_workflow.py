@@ -38,6 +38,27 @@ def test_good_workflow_passes() -> None:
         ({"1": {"class_type": "A", "inputs": []}}, "workflow.1.inputs", "type"),
         ({"1": {"class_type": "A", "inputs": {"x": ["9", 0]}}}, "workflow.1.inputs.x", "bad_link"),
         ({"1": {"class_type": "A", "inputs": {"x": ["1", -1]}}}, "workflow.1.inputs.x", "bad_link"),
+        # a two-element list naming a node is a link: its index must be an integer
+        (
+            {"1": {"class_type": "A"}, "2": {"class_type": "B", "inputs": {"x": ["1", "zero"]}}},
+            "workflow.2.inputs.x",
+            "bad_link",
+        ),
+        (
+            {"1": {"class_type": "A"}, "2": {"class_type": "B", "inputs": {"x": ["1", 0.0]}}},
+            "workflow.2.inputs.x",
+            "bad_link",
+        ),
+        (
+            {"1": {"class_type": "A"}, "2": {"class_type": "B", "inputs": {"x": [1, True]}}},
+            "workflow.2.inputs.x",
+            "bad_link",
+        ),
+        (
+            {"1": {"class_type": "A"}, "2": {"class_type": "B", "inputs": {"x": ["1", None]}}},
+            "workflow.2.inputs.x",
+            "bad_link",
+        ),
         (
             {
                 "1": {"class_type": "A", "inputs": {"x": ["2", 0]}},
@@ -111,3 +132,43 @@ def test_validation_never_raises_anything_else(value: object) -> None:
         validate_workflow(value)
     except InvalidInput as exc:
         assert exc.field is not None
+
+
+# A literal value that is a two-element list not naming any node stays a literal.
+def test_two_element_lists_that_name_no_node_are_literals() -> None:
+    validate_workflow(
+        {"1": {"class_type": "A", "inputs": {"size": ["wide", "tall"], "range": [0.5, 1.5]}}}
+    )
+
+
+node_ids = st.text(alphabet="0123456789abc", min_size=1, max_size=3)
+not_an_index = (
+    st.text(max_size=5)
+    | st.floats(allow_nan=False)
+    | st.booleans()
+    | st.none()
+    | st.lists(st.integers(), max_size=2)
+    | st.integers(max_value=-1)
+)
+
+
+@given(st.lists(node_ids, min_size=1, max_size=5, unique=True), st.data())
+def test_a_list_naming_a_node_must_carry_an_integer_output_index(
+    ids: list[str], data: st.DataObject
+) -> None:
+    """Any `[node_id, x]` where node_id names a node of the workflow is a link: accepted iff
+    `x` is a non-negative integer (the graph is a chain, so no cycle gets in the way)."""
+    wf: dict[str, object] = {i: {"class_type": "N", "inputs": {}} for i in ids}
+    source = ids[0]
+    target = "t" + ids[-1]
+    index = data.draw(st.integers(0, 50) | not_an_index)
+    as_int = data.draw(st.booleans()) and source.isdigit()
+    ref = int(source) if as_int and str(int(source)) == source else source
+    wf[target] = {"class_type": "M", "inputs": {"x": [ref, index]}}
+    good = isinstance(index, int) and not isinstance(index, bool) and index >= 0
+    if good:
+        validate_workflow(wf)
+    else:
+        with pytest.raises(InvalidInput) as info:
+            validate_workflow(wf)
+        assert (info.value.field, info.value.code) == (f"workflow.{target}.inputs.x", "bad_link")

@@ -146,7 +146,9 @@ def test_register_reporting_a_job_refused_by_the_store_changes_nothing(setup: An
     assert coord.schedule_once() == 1
     assert coord.jobs[job.id].status == JobStatus.ASSIGNED
     clock.now += 5
-    running = [p.RunningJob(job_id=job.id, attempt=1, instance_id="i0", prompt_id="pr-1")]
+    running = [
+        p.RunningJob(job_id=job.id, attempt=1, instance_id="i0", prompt_id="pr-1", started=True)
+    ]
     again = register_msg("a1", running)
     # Only the job's START refused (the agent record is saved): memory keeps neither change.
     refused(coord, store, lambda: coord.register(again), ("update_job", "update_jobs"))

@@ -1,0 +1,299 @@
+"""Schemas of what the client API answers (jobs, agents, health, SSE event data), for
+`/openapi.json`.
+
+Request bodies come from the msgspec structs themselves (see openapi.py); these answers are
+built as dicts by views.py and feed.py, so they are described here, field by field, and
+tests/api/test_openapi.py compares every field with what the coordinator really sends, both ways.
+docs/api.md must name every field (tests/api/test_api_doc.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Schema = dict[str, Any]
+
+
+def obj(fields: dict[str, str | Schema], required: bool = True) -> Schema:
+    """An object with these fields (a string is the description of a plain value)."""
+    props = {k: ({"description": v} if isinstance(v, str) else v) for k, v in fields.items()}
+    out: Schema = {"type": "object", "properties": props}
+    if required:
+        out["required"] = list(fields)
+    return out
+
+
+def arr(items: str | Schema) -> Schema:
+    return {"type": "array", "items": {"description": items} if isinstance(items, str) else items}
+
+
+def nullable(schema: Schema) -> Schema:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+OUTPUT = obj(
+    {
+        "name": "stored name; unique within the job",
+        "original": "the file name ComfyUI wrote (subfolder/filename, any characters)",
+        "size": "bytes",
+        "sha256": "hex digest, verified before the job completed",
+        "content_type": "the type it is served with (derived from the name, not declared)",
+        "node_id": "the node that wrote it",
+        "kind": "ComfyUI's folder type: output or temp",
+        "comfy_ref": nullable(
+            obj(
+                {
+                    "filename": "as ComfyUI named it",
+                    "subfolder": "",
+                    "type": "output or temp",
+                    "key": "the ui key that listed it (images, gifs, …)",
+                },
+                required=False,
+            )
+        ),
+        "url": "where to download it",
+    },
+    required=False,
+)
+ERROR_INFO = obj(
+    {
+        "code": "e.g. retries_exhausted, timeout, node_error, out_of_memory",
+        "message": "what went wrong",
+        "node_id": "the node ComfyUI named, if any",
+        "node_type": "its class",
+        "retryable": "whether the failure was outside the workflow",
+        "details": "ComfyUI's own error details",
+    },
+    required=False,
+)
+PROGRESS = obj(
+    {
+        "fraction": "0..1, null until the agent reports",
+        "node": "the node running now",
+        "node_type": "its class",
+        "value": "step within the node",
+        "max": "steps of the node",
+        "cached_nodes": "nodes ComfyUI served from cache",
+        "updated_at": "when the agent last reported",
+    },
+    required=False,
+)
+TRANSITION = obj(
+    {
+        "at": "unix time",
+        "from_status": "null for the first entry",
+        "to_status": "status entered",
+        "event": "submit, enqueue, assign, start, complete, fail, requeue, cancel",
+        "reason": "why, in words",
+        "attempt": "the attempt it belongs to",
+        "agent_id": "the agent, where one is involved",
+    }
+)
+ETA = nullable(
+    obj(
+        {
+            "expected_s": "learned duration of this workflow shape (on this GPU model); null if "
+            "only progress is known",
+            "elapsed_s": "running for (running jobs)",
+            "remaining_s": "time left",
+            "eta_at": "unix time it should end (running jobs)",
+        },
+        required=False,
+    )
+)
+NODE_TIMING = obj(
+    {"node": "node id", "node_type": "its class", "ms": "run time", "cached": "served from cache"}
+)
+
+# GET /v1/jobs/{id} (and the answers of submit and cancel)
+JOB_SUMMARY_FIELDS: dict[str, str | Schema] = {
+    "id": "job id",
+    "status": "SUBMITTED, QUEUED, ASSIGNED, RUNNING, COMPLETED, FAILED or CANCELLED",
+    "attempt": "placements so far (the fencing token)",
+    "agent_id": "where it runs or ran",
+    "instance_id": "the ComfyUI instance on that agent",
+    "gpu_index": "the GPU (null for a CPU slot)",
+    "prompt_id": "ComfyUI's prompt id",
+    "created_at": "unix time of the submission",
+    "updated_at": "unix time of the last change",
+    "timestamps": "status -> unix time it was last entered",
+    "priority": "-1000..1000",
+    "resources": obj(
+        {
+            "gpus": "0 or 1",
+            "vram_mb": "the reservation placement uses (declared, learned or default)",
+            "ram_mb": "host RAM to reserve",
+            "cpu": "host CPUs to reserve",
+        }
+    ),
+    "progress": PROGRESS,
+    "pending_reason": "why a QUEUED job waits (null otherwise)",
+    "cancel_requested": "a cancel was asked and not yet confirmed",
+    "retries_used": "retries spent",
+    "max_retries": "retries allowed",
+    "error": nullable(ERROR_INFO),
+    "outputs": arr(OUTPUT),
+    "workflow_hash": "SHA-256 of the canonical workflow",
+    "shape_hash": "hash of the workflow's shape (nodes, links, models): placement affinity",
+    "metadata": "what the client sent",
+    "eta": ETA,
+}
+JOB_DETAIL_FIELDS: dict[str, str | Schema] = {
+    "seeds": "node id -> seed used (the -1 seeds replaced)",
+    "constraints": obj({"labels": "", "gpu_name": "", "models": ""}),
+    "timeout_s": "per attempt",
+    "timings": "phase -> seconds, as the agent measured",
+    "history": arr(TRANSITION),
+    "gpu_name": "the GPU model the completed attempt ran on",
+    "vram_peak_mb": "the VRAM peak the agent measured during the completed attempt",
+    "profile": arr(NODE_TIMING),
+    "inputs": arr("names of the input files sent with the job"),
+}
+JOB = obj({**JOB_SUMMARY_FIELDS, **JOB_DETAIL_FIELDS})
+JOB_SUMMARY = obj(JOB_SUMMARY_FIELDS)
+JOB_LIST = obj(
+    {"jobs": arr(JOB_SUMMARY), "next_cursor": "the cursor of the next page, or null at the end"}
+)
+
+AGENT_GPU = obj(
+    {
+        "index": "GPU index on its host",
+        "name": "model, e.g. NVIDIA GeForce RTX 4090",
+        "uuid": "NVML UUID",
+        "vram_total_mb": "",
+        "vram_used_mb": "by anything, as measured",
+        "vram_free_mb": "free for comfyfleet (what our own ComfyUI caches counts as free)",
+        "utilization_pct": "",
+        "source": "nvml or comfyui (where the numbers come from)",
+        "vram_reserved_mb": "reservations of the jobs placed on it",
+        "vram_schedulable_mb": "what a new job could reserve now",
+    },
+    required=False,
+)
+AGENT = obj(
+    {
+        "id": "agent id",
+        "status": "ONLINE, DRAINING, RECONNECTING or LOST",
+        "version": "agent software version",
+        "labels": "key -> value, matched by constraints.labels",
+        "last_seen": "unix time of its last message",
+        "seen_ago_s": "seconds since",
+        "registered_at": "unix time of its last registration",
+        "host": obj(
+            {
+                "hostname": "",
+                "cpu_count": "",
+                "load_1m": "",
+                "ram_total_mb": "",
+                "ram_available_mb": "",
+            }
+        ),
+        "gpus": arr(AGENT_GPU),
+        "instances": arr(
+            obj(
+                {
+                    "instance_id": "",
+                    "url": "",
+                    "gpu_index": "null: a CPU-only instance (a CPU slot)",
+                    "healthy": "",
+                    "capacity": "prompts it holds at once",
+                    "error": "why it is unhealthy",
+                },
+                required=False,
+            )
+        ),
+        "models": "model files its ComfyUI has",
+        "node_classes": "how many node classes its ComfyUI offers (null: not reported)",
+        "recent": "instance -> workflow shapes and models it ran recently (warm cache)",
+        "blocked_workflows": "shape hash -> until when it is blocked here after failures",
+        "jobs": "ids of the active jobs placed on it that the caller may see",
+        "ram_reserved_mb": "host RAM reserved by its jobs",
+    }
+)
+AGENT_LIST = obj({"agents": arr(AGENT)})
+HEALTH = obj(
+    {
+        "ok": "true",
+        "jobs_active": "jobs not yet ended",
+        "queued": "jobs waiting for a GPU",
+        "agents": "agents known",
+        "counters": "placements, requeues, lost_agents, placements_warm, workflow_blocked, …",
+    }
+)
+
+# Server-sent events: `event: <kind>`, `id: <n>`, `data: <one of these>`
+EVENTS: dict[str, Schema] = {
+    "SseJob": obj(
+        {
+            "job_id": "",
+            "status": "",
+            "attempt": "",
+            "agent_id": "",
+            "at": "when",
+            "reason": "the transition's reason",
+            "pending_reason": "",
+            "cancel_requested": "",
+            "error": nullable(ERROR_INFO),
+            "outputs": arr(OUTPUT),
+            "timestamps": "",
+        }
+    ),
+    "SseProgress": obj(
+        {
+            "job_id": "",
+            "attempt": "",
+            "fraction": "",
+            "node": "",
+            "node_type": "",
+            "value": "",
+            "max": "",
+            "cached_nodes": "",
+            "at": "",
+            "running_since": "when the job entered RUNNING",
+        }
+    ),
+    "SsePreview": obj(
+        {"job_id": "", "attempt": "", "mime": "image type", "url": "GET it for the frame"}
+    ),
+    "SseOutput": obj(
+        {"job_id": "", "attempt": "", **OUTPUT["properties"]},
+        required=False,
+    ),
+    "SseAgent": obj(
+        {
+            "agent_id": "",
+            "event": "registered, heartbeat, lost, drain …",
+            "status": "",
+            "draining": "",
+            "jobs": "ids of its active jobs the caller may see",
+            "gpus": arr(
+                obj(
+                    {
+                        "index": "",
+                        "name": "",
+                        "vram_total_mb": "",
+                        "vram_used_mb": "",
+                        "vram_free_mb": "",
+                    }
+                )
+            ),
+        }
+    ),
+}
+# SSE `event:` name -> schema of its data
+EVENT_KINDS = {
+    "job": "SseJob",
+    "progress": "SseProgress",
+    "preview": "SsePreview",
+    "output": "SseOutput",
+    "agent": "SseAgent",
+}
+
+SCHEMAS: dict[str, Schema] = {
+    "Job": JOB,
+    "JobList": JOB_LIST,
+    "Agent": AGENT,
+    "AgentList": AGENT_LIST,
+    "Health": HEALTH,
+    **EVENTS,
+}

@@ -1,0 +1,36 @@
+"""Typed application keys of the facade's aiohttp app, and the small state it shares."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from comfyfleet.coordinator.api.keys import CONFIG
+from comfyfleet.coordinator.comfy.deleted import DeletedHistory
+from comfyfleet.coordinator.comfy.files import UploadStore
+from comfyfleet.coordinator.comfy.hub import Hub
+from comfyfleet.coordinator.comfy.port import FleetPort
+
+
+@dataclass(slots=True)
+class Numbers:
+    """ComfyUI's prompt `number`: one counter, started from the clock (milliseconds) so numbers
+    keep growing across coordinator restarts."""
+
+    counter: itertools.count[int] = field(
+        default_factory=lambda: itertools.count(int(time.time() * 1000))
+    )
+
+    def next(self) -> int:
+        return next(self.counter)
+
+
+COMFY_CONFIG = CONFIG  # the coordinator's config (body limits, timeouts, data dir)
+PORT = web.AppKey("comfy_port", FleetPort)
+HUB = web.AppKey("comfy_hub", Hub)
+UPLOADS = web.AppKey("comfy_uploads", UploadStore)
+DELETED = web.AppKey("comfy_deleted", DeletedHistory)
+NUMBERS = web.AppKey("comfy_numbers", Numbers)

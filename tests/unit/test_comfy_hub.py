@@ -1,0 +1,129 @@
+"""The hub: where each prompt's frames go, per ComfyUI's rules and the fleet's additions."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from comfyfleet.coordinator.comfy.hub import SEND_QUEUE, Hub, Socket
+from comfyfleet.coordinator.comfy.prompts import COMFY
+from comfyfleet.coordinator.model import JobRecord
+from comfyfleet.shared.jobspec import JobSpec
+from comfyfleet.shared.protocol import JobEvent
+from comfyfleet.shared.status import JobStatus
+
+GRAPH = {"1": {"class_type": "SaveImage", "inputs": {}}}
+
+
+def job(job_id: str, status: JobStatus, client: str | None, tenant: str = "t") -> JobRecord:
+    meta = {"prompt_id": f"p-{job_id}", "client_id": client, "number": 1, "extra_data": {},
+            "outputs": ["1"]}  # fmt: skip
+    stamps = {"RUNNING": 1.0, status.value: 2.0}
+    return JobRecord(id=job_id, spec=JobSpec(workflow=GRAPH, metadata={COMFY: meta}),
+                     workflow_hash="h", created_at=1.0, status=status, tenant=tenant,
+                     timestamps=stamps)  # fmt: skip
+
+
+def sock(sid: str, tenant: str = "t") -> Socket:
+    return Socket(tenant, sid, ws=None)  # type: ignore[arg-type]
+
+
+def drain(s: Socket) -> list[Any]:
+    out = []
+    while not s.queue.empty():
+        item = s.queue.get_nowait()
+        out.append(json.loads(item) if isinstance(item, str) else item)
+    return out
+
+
+def frame(kind: str, **data: Any) -> JobEvent:
+    return JobEvent(
+        kind="comfy", t=0.0, data={"type": kind, "data": {"prompt_id": "agent", **data}}
+    )
+
+
+def run(hub: Hub, job_id: str, client: str | None, end: JobStatus = JobStatus.COMPLETED) -> None:
+    hub.job_changed(None, job(job_id, JobStatus.QUEUED, client))
+    hub.job_changed(None, job(job_id, JobStatus.RUNNING, client))
+    running = job(job_id, JobStatus.RUNNING, client)
+    hub.comfy_events(running, 1, [frame("execution_start"), frame("executing", node="1")])
+    hub.comfy_events(running, 1, [frame("progress_state", nodes={}), frame("execution_success")])
+    hub.job_changed(running, job(job_id, end, client))
+
+
+def types(frames: list[Any]) -> list[str]:
+    return [f["type"] if isinstance(f, dict) else "binary" for f in frames]
+
+
+async def test_frames_go_only_to_the_prompts_client() -> None:
+    hub = Hub()
+    mine, other, elsewhere = sock("me"), sock("you"), sock("me", tenant="u")
+    for s in (mine, other, elsewhere):
+        hub.connect(s)
+        drain(s)
+    run(hub, "j1", "me")
+    got = drain(mine)
+    assert types(got) == ["status", "status", "execution_start", "executing", "progress_state",
+                          "execution_success", "status", "executing"]  # fmt: skip
+    assert all(f["data"].get("prompt_id", "p-j1") == "p-j1" for f in got)
+    assert types(drain(other)) == ["status", "status", "status"]  # status goes to every socket
+    assert drain(elsewhere) == []  # another tenant sees nothing
+
+
+async def test_prompt_without_client_shows_only_status_and_progress_state() -> None:
+    hub = Hub()
+    other = sock("you")
+    hub.connect(other)
+    drain(other)
+    run(hub, "j2", None)
+    assert set(types(drain(other))) == {"status", "progress_state"}
+
+
+async def test_an_end_nobody_received_is_sent_on_reconnect() -> None:
+    hub = Hub()
+    run(hub, "j3", "gone")  # its client never connected
+    back = sock("gone")
+    hub.connect(back)
+    got = drain(back)
+    assert types(got) == ["status", "execution_success", "status", "executing"]
+    assert got[0]["data"]["sid"] == "gone"
+    assert got[-1]["data"] == {"node": None, "prompt_id": "p-j3"}
+    again = sock("gone")
+    hub.connect(again)
+    assert types(drain(again)) == ["status"]  # delivered once
+
+
+async def test_reconnect_mid_run_names_the_running_node() -> None:
+    hub = Hub()
+    hub.job_changed(None, job("j4", JobStatus.QUEUED, "c"))
+    running = job("j4", JobStatus.RUNNING, "c")
+    hub.job_changed(None, running)
+    hub.comfy_events(running, 1, [frame("execution_start"), frame("executing", node="7")])
+    later = sock("c")
+    hub.connect(later)
+    assert drain(later)[1] == {"type": "executing", "data": {"node": "7"}}
+
+
+async def test_a_second_socket_replaces_the_first_and_a_lagging_one_is_closed() -> None:
+    hub = Hub()
+    first, second = sock("c"), sock("c")
+    hub.connect(first)
+    hub.connect(second)
+    drain(first)
+    drain(second)
+    run(hub, "j5", "c")
+    assert drain(first) == [] and "execution_success" in types(drain(second))
+    for _ in range(SEND_QUEUE + 1):
+        second.put("x")
+    assert second.closed
+
+
+async def test_kept_ends_are_bounded_in_count_and_age() -> None:
+    now = [0.0]
+    hub = Hub(clock=lambda: now[0])
+    for n in range(3):
+        run(hub, f"old{n}", f"c{n}")
+    assert len(hub.missed) == 3
+    now[0] = 4000.0  # past the TTL: the next end sweeps the old ones out
+    run(hub, "new", "fresh")
+    assert list(hub.missed) == [("t", "fresh")]
