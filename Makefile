@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 ARGS ?=
 
-.PHONY: test demo lint bench clean browser postgres chaos bench-memory bench-store
+.PHONY: test demo lint bench clean browser postgres docker chaos bench-memory bench-store
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,16 @@ postgres:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
 		echo "warning: PostgreSQL missing; the PostgreSQL store tests will fail"
 
-test: $(STAMP) browser postgres
+
+# The docker-mode tests start their own dockerd (Debian's docker.io: dockerd, containerd, runc);
+# install it when missing and we may. Without it those tests fail and say why.
+docker:
+	@test -x /usr/sbin/dockerd || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends docker.io >/dev/null; } || \
+		echo "warning: /usr/sbin/dockerd missing; the docker-mode tests will fail"
+
+test: $(STAMP) browser postgres docker
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # A long chaos run (thousands of jobs, dozens of faults); e.g. make chaos ARGS="--jobs 500 --seed 3"

@@ -9,11 +9,33 @@ from comfyfleet.shared.settings import ConfigError
 
 
 @dataclass(frozen=True, slots=True)
+class InstanceConfig:
+    """One `[[instances]]` table: a ComfyUI this agent drives. Keys left out take the agent-wide
+    `comfyui_*` / `docker_*` values; `gpu` left out is the instance's position when NVML sees
+    GPUs, none otherwise."""
+
+    kind: str | None = None  # external | process | docker (default: comfyui_mode)
+    url: str | None = None  # external: where it listens
+    command: str | None = None  # process / docker: the command, {port} {gpu} {host} filled in
+    host: str | None = None
+    port: int | None = None
+    gpu: int | None = None
+    image: str | None = None
+    mem_limit_mb: int | None = None
+    cpus: float | None = None
+    shm_size_mb: int | None = None
+    models_dir: Path | None = None
+    custom_nodes_dir: Path | None = None
+    input_dir: Path | None = None
+    output_dir: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class AgentConfig:
     coordinator_url: str  # one URL, or several comma-separated (every coordinator of a store)
-    comfyui_urls: tuple[str, ...]
     agent_id: str
     data_dir: Path
+    comfyui_urls: tuple[str, ...] = ()  # external instances (comfyui_mode = "external")
     gpu_source: str = "auto"  # auto | nvml | comfyui
     labels: dict[str, str] = field(default_factory=dict)
     drain_grace_s: float = 30.0  # on SIGTERM, running jobs get this long to finish
@@ -33,6 +55,41 @@ class AgentConfig:
     # current one runs (no round trip between jobs on the GPU); the coordinator reserves VRAM
     # for both. 1 turns the pipeline off.
     capacity: int = 2
+    # --- managed ComfyUIs (DESIGN.md §5 "Running and healing ComfyUI") ---------------------
+    # external: someone else runs ComfyUI at comfyui_urls; process: the agent starts
+    # comfyui_command once per GPU (or comfyui_count times); docker: one container per GPU.
+    comfyui_mode: str = "external"
+    comfyui_command: str | None = None  # placeholders {port} {gpu} {host}
+    comfyui_host: str = "127.0.0.1"
+    comfyui_port: int = 8188  # instance i listens on comfyui_port + i
+    comfyui_count: int = 0  # managed instances; 0: one per GPU NVML sees (one if none)
+    comfyui_log_max_bytes: int = 10 << 20  # a process's log file is rotated at this size
+    comfyui_log_backups: int = 3
+    comfyui_stop_grace_s: float = 10.0  # SIGTERM, then SIGKILL after this long
+    docker_url: str | None = None  # default: DOCKER_HOST, else the local socket
+    docker_image: str | None = None
+    docker_mem_limit_mb: int = 0  # 0: no limit
+    docker_cpus: float = 0.0  # 0: no limit
+    docker_shm_size_mb: int = 1024
+    docker_comfyui_root: str = "/opt/ComfyUI"  # where ComfyUI lives inside the image
+    docker_models_dir: Path | None = None  # mounted read-only at <root>/models
+    docker_custom_nodes_dir: Path | None = None  # mounted read-only at <root>/custom_nodes
+    docker_input_dir: Path | None = None  # mounted at <root>/input
+    docker_output_dir: Path | None = None  # mounted at <root>/output
+    docker_gpus: str = "auto"  # auto: pass each instance its GPU when NVML sees GPUs; none
+    # healing, one policy for process and docker instances
+    heal_http_silent_s: float = 30.0  # HTTP unanswered this long: hung
+    heal_stall_s: float = 600.0  # a running prompt with no event this long: hung
+    heal_ws_silent: bool = True  # restart when the WebSocket stays silent while prompts finish
+    heal_leak_vram_mb: int = 0  # idle VRAM held after POST /free above this: restart (0: off)
+    heal_leak_ram_mb: int = 0  # idle RAM of the instance after POST /free above this (0: off)
+    restart_every_n_jobs: int = 0  # 0: never
+    start_timeout_s: float = 300.0  # a (re)start must answer HTTP (and warm up) within this
+    backoff_base_s: float = 1.0  # failed starts wait base * 2^(n-1), at most backoff_max_s
+    backoff_max_s: float = 60.0
+    unhealthy_after_starts: int = 3  # failed starts in a row before the instance is unhealthy
+    warmup_workflow: Path | None = None  # API-format workflow run after each (re)start
+    instances: tuple[InstanceConfig, ...] = ()  # [[instances]] tables; overrides the above
     # The GPU (NVML index) of each ComfyUI, in the order of comfyui_urls; empty: each instance's
     # `--cuda-device N` as its /system_stats argv shows, else its position in the list.
     comfyui_gpus: tuple[int, ...] = ()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import signal
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import structlog
@@ -30,6 +30,12 @@ from comfyfleet.agent.probe import (
 from comfyfleet.agent.profile import comfyui_held_mb
 from comfyfleet.agent.runner import JobRunner
 from comfyfleet.agent.state import HeldJob, StateFile
+from comfyfleet.agent.supervise.supervision import (
+    LimitedProbe,
+    Supervision,
+    host_limits,
+    plan_for,
+)
 from comfyfleet.shared import protocol as p
 from comfyfleet.shared.retry import RetryPolicy
 from comfyfleet.shared.supervisor import Supervisor
@@ -100,6 +106,9 @@ class Agent:
                 )
             except ComfyUIError as exc:
                 healthy, error = False, str(exc)
+            closed = inst.gate() if healthy and inst.gate is not None else None
+            if closed is not None:  # a ComfyUI the agent runs: restarting, warming up, ...
+                healthy, error = False, closed
             if healthy != inst.healthy:
                 changed = True
                 log.info(
@@ -435,12 +444,24 @@ async def serve(config: AgentConfig) -> int:
     loop.add_signal_handler(signal.SIGTERM, drain.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     async with aiohttp.ClientSession() as session:
-        agent = Agent(config, session, probe)
-        agent.state.load()
+        try:  # ComfyUIs the agent runs: where they listen, the host limits of containers
+            config, specs = plan_for(config, probe)
+            agent = Agent(
+                config, session, cast(ResourceProbe, LimitedProbe(probe, host_limits(specs)))
+            )
+            agent.state.load()
+            supervision = Supervision(config, specs, agent, session)
+        except (AgentError, OSError, ValueError) as exc:
+            log.error("agent_config_error", error=str(exc))
+            probe.close()
+            return 2
+        await supervision.begin()  # adopt what an earlier agent left running
         await asyncio.to_thread(agent.load_outbox)
         await agent.check_instances()
         await agent.refresh_inventory()
         supervisor = Supervisor("agent")
+        if supervision.healers:
+            supervisor.start("instances", supervision.run)
         supervisor.start("heartbeat", agent.heartbeat_loop)
         supervisor.start("lease", agent.lease_loop)
         supervisor.start("health", agent.health_loop)
@@ -464,6 +485,7 @@ async def serve(config: AgentConfig) -> int:
             w.cancel()
         await supervisor.stop()
         await agent.shutdown()
+        await supervision.close(stop_instances=True)
         probe.close()
     log.info("agent_stopped", code=code)
     return code

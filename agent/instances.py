@@ -3,7 +3,7 @@ clientId a new prompt gets, how a GPU is reported, what a kept report stands for
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,10 @@ class Instance:
     error: str | None = "not checked yet"
     stats: dict[str, Any] = field(default_factory=dict)
     capacity: int = 1
+    # a ComfyUI the agent runs (agent/supervise): why it may not take jobs now (None: it may),
+    # and the kind/state/uptime/restart fields its heartbeat entry carries
+    gate: Callable[[], str | None] | None = None
+    status: dict[str, Any] = field(default_factory=dict)
 
     def info(self) -> p.InstanceInfo:
         return p.InstanceInfo(
@@ -39,6 +43,7 @@ class Instance:
             healthy=self.healthy,
             capacity=self.capacity,
             error=self.error,
+            **self.status,
         )
 
 

@@ -106,6 +106,8 @@ class JobRunner:
         self.pending: list[p.JobEvent] = []
         self.vram_peak_mb: int | None = None
         self.delivery: asyncio.Future[None] | None = None
+        self.last_event_at = time.monotonic()  # the instance healer spots hung prompts by it
+        self.caught: Verdict | None = None  # how to report it if a ComfyUI restart caught it
         self.comfy_end: dict[str, Any] | None = None  # forwarded: ComfyUI's error/interrupt frame
         self.log = structlog.get_logger("agent.job").bind(
             job_id=job.job_id, attempt=job.attempt, instance=job.instance_id
@@ -261,6 +263,7 @@ class JobRunner:
             self.stop("cancel")
 
     async def _on_update(self, update: ev.Update | Frame) -> None:
+        self.last_event_at = time.monotonic()
         if isinstance(update, _EXECUTION_SIGNS):
             self.executing = True
             if not self.started_sent:
@@ -327,14 +330,14 @@ class JobRunner:
 
     async def _settle(self, outcome: PromptOutcome) -> Report:
         """Fetch the outputs into the spool and keep the finish report in the outbox."""
-        verdict = verdict_of(outcome, self.stop_reason)
+        verdict = verdict_of(outcome, self.stop_reason, self.caught)
         files: list[p.OutputFile] = []
         if verdict.outcome == "completed":
             try:
                 files = await self._collect(outcome)
             except (ComfyUIError, OSError) as exc:
                 self.log.warning("outputs_fetch_failed", error=str(exc))
-                verdict = Verdict(
+                verdict = self.caught or Verdict(  # caught: its ComfyUI restarted meanwhile
                     "requeue",
                     p.ErrorInfo(
                         code="outputs_unavailable",

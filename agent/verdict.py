@@ -17,10 +17,16 @@ class Verdict:
     spend_retry: bool = True
 
 
-def verdict_of(outcome: PromptOutcome, stop_reason: str | None) -> Verdict:
-    """`stop_reason` is why the agent stopped the prompt, if it did (cancel, drain, drop)."""
+def verdict_of(
+    outcome: PromptOutcome, stop_reason: str | None, caught: Verdict | None = None
+) -> Verdict:
+    """`stop_reason` is why the agent stopped the prompt, if it did (cancel, drain, drop);
+    `caught` how to report it if a restart of its ComfyUI caught it (agent/supervise/caught.py):
+    that wins over anything but a success or the user's cancel."""
     if outcome.status == "succeeded":
         return Verdict("completed")
+    if caught is not None and stop_reason != "cancel":
+        return caught
     if outcome.status in ("cancelled", "timeout") and stop_reason == "drain":
         return Verdict(
             "requeue", p.ErrorInfo(code="drain", message="agent draining"), spend_retry=False

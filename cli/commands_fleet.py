@@ -10,7 +10,7 @@ import time
 
 from comfyfleet.client.aio import AsyncClient
 from comfyfleet.client_args import add_client_options, cli_errors, client_of, print_json
-from comfyfleet.render import agents_table, jobs_table, progress_line
+from comfyfleet.render import agents_table, instances_table, jobs_table, progress_line
 
 
 def add_agents(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -27,6 +27,9 @@ def run_agents(args: argparse.Namespace) -> int:
             print_json(agents)
         else:
             print(agents_table(agents) if agents else "no agents")
+            if any(a.instances for a in agents):
+                print()
+                print(instances_table(agents, time.time()))
         return 0
 
     return asyncio.run(go())

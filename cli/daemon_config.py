@@ -134,6 +134,15 @@ def check(role: str, values: Mapping[str, Any]) -> None:
             raise ConfigError(
                 "leader_renew_s", f"must be above 0 and below leader_lease_s ({lease:g})"
             )
+    mode = values.get("comfyui_mode")
+    if mode is not None and mode not in ("external", "process", "docker"):
+        raise ConfigError("comfyui_mode", "must be external, process or docker")
+    if mode == "process" and not values.get("comfyui_command") and not values.get("instances"):
+        raise ConfigError("comfyui_command", "is required in process mode")
+    if mode == "docker" and not values.get("docker_image") and not values.get("instances"):
+        raise ConfigError("docker_image", "is required in docker mode")
+    if values.get("docker_gpus", "auto") not in ("auto", "none"):
+        raise ConfigError("docker_gpus", "must be auto or none")
     if "gpu_source" in values and values["gpu_source"] not in ("auto", "nvml", "comfyui"):
         raise ConfigError("gpu_source", "must be auto, nvml or comfyui")
     level = values.get("log_level")

@@ -193,6 +193,39 @@ def add_agent(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
         help="prompts each ComfyUI holds at once (2: the next waits queued inside "
         "ComfyUI while one runs; 1: no pipeline)",
     )
+    managed = cmd.add_argument_group(
+        "managed ComfyUI (the agent runs it and restarts it when it dies, hangs or leaks)"
+    )
+    managed.add_argument(
+        "--comfyui-mode",
+        choices=["external", "process", "docker"],
+        help="external: --comfyui URLs run by someone else (default); process: the agent "
+        "starts --comfyui-command per GPU; docker: one container per GPU from --docker-image",
+    )
+    managed.add_argument(
+        "--comfyui-command",
+        metavar="CMD",
+        help="process mode: how to start ComfyUI, e.g. 'python main.py --port {port}' "
+        "({port}, {gpu}, {host} are filled in; CUDA_VISIBLE_DEVICES is set)",
+    )
+    managed.add_argument(
+        "--comfyui-port", type=int, metavar="PORT", help="port of the first managed instance"
+    )
+    managed.add_argument(
+        "--comfyui-count",
+        type=int,
+        metavar="N",
+        help="managed instances (default: one per GPU NVML sees, one if none)",
+    )
+    managed.add_argument("--docker-image", metavar="IMAGE", help="docker mode: ComfyUI's image")
+    managed.add_argument("--docker-mem-limit-mb", type=int, metavar="MB")
+    managed.add_argument("--docker-cpus", type=float, metavar="N")
+    managed.add_argument(
+        "--warmup-workflow",
+        type=Path,
+        metavar="FILE",
+        help="API-format workflow run after each (re)start before the instance takes jobs",
+    )
     cmd.add_argument("--log-level")
     cmd.set_defaults(run=run_agent)
 
@@ -209,6 +242,14 @@ AGENT_FLAGS = (
     "capacity",
     "comfyui_timeout_s",
     "cancel_wait_s",
+    "comfyui_mode",
+    "comfyui_command",
+    "comfyui_port",
+    "comfyui_count",
+    "docker_image",
+    "docker_mem_limit_mb",
+    "docker_cpus",
+    "warmup_workflow",
 )
 
 
@@ -246,10 +287,11 @@ def run_agent(args: argparse.Namespace) -> int:
             "--coordinator URL is required (or set COMFYFLEET_COORDINATOR_URL, "
             "or coordinator_url in the config file)"
         )
-    if not values.get("comfyui_urls"):
+    external = values.get("comfyui_mode", "external") == "external"
+    if external and not values.get("comfyui_urls") and not values.get("instances"):
         raise CliError(
             "at least one --comfyui URL is required (or set COMFYFLEET_COMFYUI_URLS, "
-            "or comfyui_urls in the config file)"
+            "or comfyui_urls in the config file), or --comfyui-mode process|docker"
         )
     if "https:" in values["coordinator_url"]:
         client_context(values.get("ca_file"))  # refuse a bad CA file now, naming the key

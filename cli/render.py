@@ -170,6 +170,32 @@ def agents_table(agents: Sequence[Agent]) -> str:
     )
 
 
+def instances_table(agents: Sequence[Agent], now: float) -> str:
+    """Each ComfyUI instance: how it runs, its state, uptime and restarts (managed ones)."""
+    rows = []
+    for a in agents:
+        for i in a.instances:
+            kind = str(i.get("kind") or "external")
+            state = i.get("state") or ("ready" if i.get("healthy", True) else "down")
+            up = i.get("up_since")
+            counts = i.get("restart_counts") or {}
+            last = i.get("last_restart_reason")
+            recent = i.get("restarts") or []
+            when = f" {age(now - recent[-1]['at'])} ago" if last and recent else ""
+            rows.append(
+                [
+                    a.id,
+                    str(i.get("instance_id")),
+                    kind,
+                    str(state),
+                    age(now - up) if isinstance(up, int | float) and state == "ready" else "-",
+                    str(sum(counts.values())) if kind != "external" else "-",
+                    f"{last}{when}" if last else "-",
+                ]
+            )
+    return table(["AGENT", "INSTANCE", "KIND", "STATE", "UPTIME", "RESTARTS", "LAST RESTART"], rows)
+
+
 def job_detail(j: Job) -> str:
     lines = [
         f"job      {j.id}",

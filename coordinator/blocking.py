@@ -17,12 +17,16 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from comfyfleet.coordinator.scheduler.model import JobRequest
+from comfyfleet.shared.protocol import INSTANCE_BROKEN
 
 FailureKind = Literal["workflow", "agent", "transient"]
 Pair = tuple[str, str]  # (agent_id, shape hash)
 
-# error codes (from the agent's ErrorInfo) caused by that host's setup, not by the workflow
-AGENT_SPECIFIC = frozenset({"out_of_memory", "missing_model", "missing_node_class"})
+# error codes (from the agent's ErrorInfo) caused by that host's setup, not by the workflow; a
+# job that crashed or hung the host's ComfyUI twice (INSTANCE_BROKEN) counts against the pair too
+AGENT_SPECIFIC = frozenset(
+    {"out_of_memory", "missing_model", "missing_node_class", INSTANCE_BROKEN}
+)
 
 
 def classify(error: Mapping[str, Any] | None) -> FailureKind:

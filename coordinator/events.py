@@ -19,6 +19,7 @@ PROGRESS = "progress"
 PREVIEW = "preview"
 OUTPUT = "output"
 AGENT = "agent"
+COMFYUI_RESTARTED = "comfyui_restarted"  # an agent restarted one of its managed ComfyUIs
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 
 from comfyfleet.coordinator import events as ev
+from comfyfleet.coordinator import restarts
 from comfyfleet.coordinator.events import EventBus
 from comfyfleet.coordinator.metrics import Metrics
 from comfyfleet.coordinator.model import JobRecord
@@ -147,4 +148,8 @@ class Feed:
     def agent(self, agent: AgentState, what: str) -> None:
         if what == "lost":
             self.metrics.agents_lost.inc()
+        for instance_id, restart in agent.take_restarts():
+            self.bus.publish(
+                ev.COMFYUI_RESTARTED, restarts.event_data(agent.agent_id, instance_id, restart)
+            )
         self.bus.publish(ev.AGENT, agent_data(agent, what))

@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from comfyfleet.coordinator import restarts
 from comfyfleet.coordinator.model import JobRecord
 from comfyfleet.coordinator.scheduler.model import AgentView, GpuView, SlotView
 from comfyfleet.shared.protocol import (
@@ -20,6 +21,7 @@ from comfyfleet.shared.protocol import (
     InstanceInfo,
     JobRef,
     Register,
+    RestartEvent,
 )
 from comfyfleet.shared.status import JobStatus
 
@@ -60,6 +62,9 @@ class AgentState:
     # per ComfyUI instance: shape hashes and model files it ran recently (warm cache)
     recent_by_instance: dict[str, deque[str]] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # managed ComfyUI restarts: newest published per instance, and those not yet published
+    restarts_seen: dict[str, float] = field(default_factory=dict)
+    fresh_restarts: list[tuple[str, RestartEvent]] = field(default_factory=list)
 
     @property
     def schedulable(self) -> bool:
@@ -82,6 +87,8 @@ class AgentState:
         self.host = host
         self.gpus = list(gpus)
         self.instances = list(instances)
+        found, self.restarts_seen = restarts.fresh(self.restarts_seen, instances)
+        self.fresh_restarts.extend(found)
         self.snapshot_at = now
         self.last_seen = now
         self.lost_deadline = None
@@ -100,6 +107,11 @@ class AgentState:
             self.node_classes = frozenset(node_classes)
         if comfyui is not None:
             self.comfyui = comfyui
+
+    def take_restarts(self) -> list[tuple[str, RestartEvent]]:
+        """The restarts learnt since the last call: (instance_id, event), oldest first."""
+        found, self.fresh_restarts = self.fresh_restarts, []
+        return found
 
     def ran(self, instance_id: str, keys: list[str]) -> None:
         """Remember what an instance just ran (most recent last; a bounded window)."""

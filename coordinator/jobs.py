@@ -8,7 +8,11 @@ from typing import Any
 
 from comfyfleet.coordinator.model import JobRecord
 from comfyfleet.shared.history import Transition
+from comfyfleet.shared.protocol import INSTANCE_BROKEN
 from comfyfleet.shared.status import JobEvent, JobStatus, transition
+
+# Error codes that end the job even when the agent hands it back as a host fault (requeue).
+FAILS_THE_JOB = frozenset({INSTANCE_BROKEN})
 
 
 def new_job_id(now: float) -> str:
@@ -86,11 +90,14 @@ def released(
 ) -> JobRecord:
     """End the current attempt for a reason outside the workflow.
 
-    A cancel the user asked for wins; otherwise requeue while retries are left (the agent is
-    remembered so another one is preferred), else fail with the reason.
+    A cancel the user asked for wins; a job that broke its agent's ComfyUI a second time fails
+    with that reason (a retry would only break it again); otherwise requeue while retries are
+    left (the agent is remembered so another one is preferred), else fail with the reason.
     """
     if job.desired == "cancel":
         return advance(job, JobEvent.CANCEL, now, f"cancelled ({reason})")
+    if error is not None and error.get("code") in FAILS_THE_JOB:
+        return advance(job, JobEvent.FAIL, now, reason, error=error, desired="run")
     failed_agents = job.failed_agents
     if spend_retry and job.agent_id and job.agent_id not in failed_agents:
         failed_agents = [*failed_agents, job.agent_id]

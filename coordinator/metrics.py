@@ -11,10 +11,10 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from comfyfleet.coordinator.fleet import AgentStatus, agent_view
+from comfyfleet.coordinator.fleet import AgentState, AgentStatus, agent_view
 from comfyfleet.coordinator.model import JobRecord
 from comfyfleet.shared.status import JobStatus
 
@@ -28,6 +28,7 @@ _LABEL = re.compile(r"[^a-z0-9_]+")
 
 # Requeue reasons are free text written by the service; a label needs a small fixed set.
 _REQUEUE_PATTERNS: tuple[tuple[str, str], ...] = (
+    ("comfyui restarted", "comfyui_restart"),
     ("lost", "agent_lost"),
     ("not started within", "assign_timeout"),
     ("restarted without", "agent_restart"),
@@ -186,3 +187,19 @@ class FleetCollector(Collector):
         yield total
         yield reserved
         yield free
+        yield restart_counts(coord.agents.values())
+
+
+def restart_counts(agents: Iterable[AgentState]) -> Metric:
+    """Restarts of the agents' managed ComfyUIs by reason, as each agent counts them (since
+    that agent started; a counter, so Prometheus' rate() copes with the reset)."""
+    family = CounterMetricFamily(
+        "comfyfleet_comfyui_restarts",
+        "Restarts of managed ComfyUI instances by their agent, by reason",
+        labels=["agent_id", "instance", "reason"],
+    )
+    for agent in agents:
+        for inst in agent.instances:
+            for reason, n in sorted(inst.restart_counts.items()):
+                family.add_metric([agent.agent_id, inst.instance_id, label_value(reason)], n)
+    return family

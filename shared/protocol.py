@@ -39,6 +39,17 @@ class GpuInfo(Msg, frozen=True, kw_only=True):
     source: str = "nvml"
 
 
+class RestartEvent(Msg, frozen=True, kw_only=True):
+    """The agent (re)started one of its managed ComfyUIs, and why (DESIGN.md §5)."""
+
+    at: float  # wall-clock time of the restart
+    # exited | hung_http | hung_prompt | ws_silent | leak_vram | leak_ram | every_n_jobs |
+    # start_failed | start_timeout | warmup_failed
+    reason: Annotated[str, msgspec.Meta(max_length=64)]
+    detail: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+    job_id: str | None = None  # the job that was running when it broke, if any
+
+
 class InstanceInfo(Msg, frozen=True, kw_only=True):
     """One ComfyUI instance = one slot, bound to a GPU index (None: CPU-only)."""
 
@@ -48,6 +59,14 @@ class InstanceInfo(Msg, frozen=True, kw_only=True):
     healthy: bool = True
     capacity: Annotated[int, msgspec.Meta(ge=0, le=64)] = 1
     error: str | None = None
+    # Managed instances (kind process or docker) also say how their agent keeps them running:
+    kind: str = "external"  # external | process | docker
+    state: str | None = None  # starting | warming | ready | restart_pending | backoff | unhealthy
+    up_since: float | None = None  # wall-clock time it last became ready
+    last_restart_reason: str | None = None
+    restart_counts: dict[str, Annotated[int, msgspec.Meta(ge=0)]] = {}  # reason -> restarts
+    # the most recent restarts (a few), oldest first; the coordinator publishes the new ones
+    restarts: Annotated[list[RestartEvent], msgspec.Meta(max_length=16)] = []
 
 
 class JobRef(Msg, frozen=True, kw_only=True):
@@ -89,9 +108,6 @@ class Register(Msg, frozen=True, kw_only=True):
     # using its token) from the same process registering again; "" from older agents
     instance_id: Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[A-Za-z0-9_-]*$")] = ""
     comfyui: ComfyCatalog | None = None  # None: not read (yet)
-    # random, fixed when the agent process starts: tells a restart of the agent (or another host
-    # using its token) from the same process registering again; "" from older agents
-    instance_id: Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[A-Za-z0-9_-]*$")] = ""
 
 
 class RegisterReply(Msg, frozen=True, kw_only=True):
@@ -211,6 +227,12 @@ class OutputFile(Msg, frozen=True, kw_only=True):
             self.original
         ):
             raise ValueError("original is not the name comfy_ref gives")
+
+
+# ErrorInfo codes of jobs caught in a restart of a managed ComfyUI: requeued without spending a
+# retry (RESTARTED), or failed because the job broke an instance a second time (BROKEN).
+INSTANCE_RESTARTED = "comfyui_restarted"
+INSTANCE_BROKEN = "comfyui_broken"
 
 
 class ErrorInfo(Msg, frozen=True, kw_only=True):

@@ -5,12 +5,15 @@ Driven by the fields of a frozen config dataclass and their types, so a field ad
 from reading the TOML file: the environment is passed in as a mapping.
 
 Supported field types: str, int, float, bool, Path, `X | None` of those, `tuple[str, ...]`
-(a TOML array, or comma-separated text) and `dict[str, str]` (a TOML table, or `k=v,k=v` text).
+(a TOML array, or comma-separated text), `dict[str, str]` (a TOML table, or `k=v,k=v` text) and
+`tuple[D, ...]` of a frozen dataclass D (a TOML array of tables, or JSON text), each table checked
+the same way against D's fields.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tomllib
 import types
@@ -157,8 +160,21 @@ def effective(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
 def to_toml(shown: Mapping[str, Any]) -> str:
     """Render `effective()` output (tomli-w); unset values appear as comments, TOML has no null."""
     unset = [f"# {key} = (unset)\n" for key, value in shown.items() if value is None]
-    present = {key: value for key, value in shown.items() if value is not None}
+    present = {key: _set_only(value) for key, value in shown.items() if value is not None}
     return "".join(unset) + tomli_w.dumps(msgspec.to_builtins(present, enc_hook=str))
+
+
+def _set_only(value: Any) -> Any:
+    """Tables (dataclasses) with their unset (None) keys left out, as TOML has no null."""
+    if isinstance(value, tuple | list):
+        return [_set_only(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: getattr(value, f.name)
+            for f in dataclasses.fields(value)
+            if getattr(value, f.name) is not None
+        }
+    return value
 
 
 # --- conversion -------------------------------------------------------------------------------
@@ -184,6 +200,9 @@ def coerce(tp: Any, raw: Any, text: bool) -> Any:
     be finite and not negative.
     """
     inner = _optional(tp)
+    item = typing.get_args(inner)[0] if typing.get_origin(inner) is tuple else None
+    if isinstance(item, type) and dataclasses.is_dataclass(item):
+        return _tables(item, raw, text)
     if text and isinstance(raw, str):
         raw = raw.strip()
         if inner is not tp and raw.lower() in ("", "none"):
@@ -199,6 +218,24 @@ def coerce(tp: Any, raw: Any, text: bool) -> Any:
         if value < 0:
             raise ValueError(f"must not be negative, got {raw!r}")
     return value
+
+
+def _tables(item: type, raw: Any, text: bool) -> tuple[Any, ...]:
+    """A TOML array of tables (text: the same as JSON), each checked as `item`'s fields."""
+    if text and isinstance(raw, str):
+        try:
+            raw = json.loads(raw) if raw.strip() else []
+        except ValueError:
+            raise ValueError(f"expected a JSON list of objects, got {raw!r}") from None
+    if not isinstance(raw, list | tuple) or not all(isinstance(t, dict) for t in raw):
+        raise ValueError(f"expected a list of tables, got {_show(raw)}")
+    out = []
+    for i, table in enumerate(raw):
+        try:
+            out.append(build(item, resolve(item, [Layer(f"entry {i}", table, text=False)])))
+        except ConfigError as exc:
+            raise ValueError(f"[{i}].{exc.key}: {exc.message}") from None
+    return tuple(out)
 
 
 def _optional(tp: Any) -> Any:

@@ -18,7 +18,7 @@ class FaultError(ValueError):
 _NUMBER_OR_NONE = {"crash_after_s", "drop_ws_after_s"}
 _INT_OR_NONE = {"crash_on_prompt"}
 _STR_OR_NONE = {"oom_node_class", "fail_class_type"}
-_BOOL = {"hang", "hang_prompt", "garbage"}
+_BOOL = {"hang", "hang_prompt", "garbage", "ws_silent"}
 
 
 @dataclasses.dataclass
@@ -33,6 +33,9 @@ class Faults:
     slow_start_s: float = 0.0
     hang_prompt: bool = False
     garbage: bool = False
+    ws_silent: bool = False  # sockets stay open but get no frame (ComfyUI #15240)
+    leak_vram_mb: float = 0.0  # VRAM held that POST /free does not release (a leak)
+    leak_ram_mb: float = 0.0  # RAM the process holds on to (a leak)
 
     @classmethod
     def from_settings(cls, settings: FaultSettings) -> Faults:

@@ -397,6 +397,9 @@ async def post_faults(request: web.Request) -> web.Response:
     except (ValueError, FaultError) as exc:
         return web.json_response({"error": str(exc)}, status=400)
     state.executor.faults_changed()
+    state.vram.leaked_mb = int(state.faults.leak_vram_mb)
+    if len(state.ballast) != int(state.faults.leak_ram_mb) << 20:
+        state.ballast = b"\x01" * (int(state.faults.leak_ram_mb) << 20)  # touched: real RSS
     log.warning("sim.faults_changed", **state.faults.to_json())
     return web.json_response(state.faults.to_json())
 

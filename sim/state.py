@@ -35,6 +35,7 @@ class SimState:
     executor: Executor
     number: int = 0  # next prompt number, as ComfyUI counts (failed validations included)
     started_at: float = field(default_factory=time.monotonic)
+    ballast: bytes = b""  # the leak_ram_mb fault's memory
 
     def catalogue_context(self) -> CatalogueContext:
         return CatalogueContext(
@@ -81,6 +82,7 @@ def build_state(config: SimConfig, exit_fn: Callable[[int], None] = os._exit) ->
     queue = PromptQueue(on_change=announce_status)
     vram = Vram(config.vram_mb)
     faults = Faults.from_settings(config.faults)
+    hub.mute = lambda: faults.ws_silent
     stats = SimStats()
     executor = Executor(
         config=config,

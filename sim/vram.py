@@ -45,10 +45,11 @@ class Vram:
         self._models: OrderedDict[str, int] = OrderedDict()  # least recently used first
         self._working: dict[str, int] = {}
         self.peak_mb = 0
+        self.leaked_mb = 0  # the leak fault: held whatever POST /free says
 
     @property
     def used_mb(self) -> int:
-        return sum(self._models.values()) + sum(self._working.values())
+        return sum(self._models.values()) + sum(self._working.values()) + self.leaked_mb
 
     @property
     def free_mb(self) -> int:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -88,6 +89,7 @@ class Hub:
         self._flags: dict[str, dict[str, Any]] = {}
         self._outbox: asyncio.Queue[tuple[str | None, str | bytes]] = asyncio.Queue()
         self.dropped = 0
+        self.mute: Callable[[], bool] = lambda: False  # the ws_silent fault: frames go nowhere
 
     @property
     def client_count(self) -> int:
@@ -144,7 +146,9 @@ class Hub:
             sid, frame = await self._outbox.get()
             try:
                 targets = (
-                    list(self._sockets.values())
+                    []
+                    if self.mute()
+                    else list(self._sockets.values())
                     if sid is None
                     else [ws for ws in [self._sockets.get(sid)] if ws is not None]
                 )

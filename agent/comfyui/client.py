@@ -244,6 +244,15 @@ class ComfyUIClient:
         body = {} if prompt_id is None else {"prompt_id": prompt_id}
         await self._request("POST", "/interrupt", json_body=body, expect_json=False)
 
+    async def free_memory(self) -> None:
+        """POST /free: unload models and free cached memory (ComfyUI does it between prompts)."""
+        await self._request(
+            "POST",
+            "/free",
+            json_body={"unload_models": True, "free_memory": True},
+            expect_json=False,
+        )
+
     async def delete_queued(self, ids: list[str]) -> None:
         """POST /queue {"delete": ids}: removes waiting prompts (running ones are unaffected)."""
         await self._request("POST", "/queue", json_body={"delete": list(ids)}, expect_json=False)

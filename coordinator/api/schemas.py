@@ -170,6 +170,15 @@ AGENT_GPU = obj(
     },
     required=False,
 )
+RESTART = obj(
+    {
+        "at": "unix time of the restart",
+        "reason": "exited, hung_http, hung_prompt, ws_silent, leak_vram, leak_ram, "
+        "every_n_jobs, start_failed, start_timeout, warmup_failed",
+        "detail": "what was seen (exit code, the log's last line, …)",
+        "job_id": "the job running when it crashed or hung, if any",
+    }
+)
 AGENT = obj(
     {
         "id": "agent id",
@@ -198,6 +207,13 @@ AGENT = obj(
                     "healthy": "",
                     "capacity": "prompts it holds at once",
                     "error": "why it is unhealthy",
+                    "kind": "external, or process / docker: the agent runs and heals it",
+                    "state": "managed: starting, warming, ready, restart_pending, backoff, "
+                    "unhealthy",
+                    "up_since": "managed: unix time it last became ready",
+                    "last_restart_reason": "managed: why the agent last restarted it",
+                    "restart_counts": "managed: reason -> restarts since the agent started",
+                    "restarts": arr(RESTART),
                 },
                 required=False,
             )
@@ -279,6 +295,9 @@ EVENTS: dict[str, Schema] = {
             ),
         }
     ),
+    "SseComfyuiRestarted": obj(
+        {"agent_id": "", "instance_id": "", **RESTART["properties"]},
+    ),
 }
 # SSE `event:` name -> schema of its data
 EVENT_KINDS = {
@@ -287,6 +306,7 @@ EVENT_KINDS = {
     "preview": "SsePreview",
     "output": "SseOutput",
     "agent": "SseAgent",
+    "comfyui_restarted": "SseComfyuiRestarted",
 }
 
 SCHEMAS: dict[str, Schema] = {

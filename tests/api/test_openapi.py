@@ -7,6 +7,7 @@ import json
 import re
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from comfyfleet.coordinator.api.openapi import OPERATIONS, build_spec
@@ -118,6 +119,20 @@ async def test_answers_have_exactly_the_described_fields(harness: MakeHarness) -
     )
     running = await h.job(submitted["id"])
     found += drift(running, ref("Job"), comps, "running")
+    # an instance the agent runs, restarted once: its fields and a comfyui_restarted event
+    crash = p.RestartEvent(at=2.0, reason="exited", detail="killed by SIGKILL", job_id="j")
+    agent.instances = [
+        msgspec.structs.replace(
+            agent.instances[0],
+            kind="process",
+            state="ready",
+            up_since=3.0,
+            last_restart_reason="exited",
+            restart_counts={"exited": 1},
+            restarts=[crash],
+        )
+    ]
+    await agent.heartbeat()
     found += drift(
         await (await h.client.get("/v1/agents")).json(), ref("AgentList"), comps, "agents"
     )

@@ -167,3 +167,34 @@ def test_dashboard_follows_a_job_and_cancels_one(fleet: Fleet, page: Page, tmp_p
         "img => img.complete && img.naturalWidth === 384", arg=keyed.element_handle()
     )
     assert seen_auth.count("Bearer key-123") >= 3, seen_auth
+
+
+def test_dashboard_shows_managed_instances_and_their_restarts(page: Page, tmp_path: Path) -> None:
+    """An agent that runs its ComfyUI: the card shows the instance's state and uptime; after a
+    crash, its restart count and reason (refreshed by the comfyui_restarted event)."""
+    import os
+    import re
+    import signal
+    import time
+
+    from tests.helpers.managed import add_managed_agent, instance_record, managed_fleet, sim_command
+
+    (tmp_path / "managed").mkdir()
+    with managed_fleet(tmp_path / "managed") as f:
+        add_managed_agent(f, "m1", sim_command(f.tmp, "m1"))
+        page.goto(f.url + "/")
+        line = page.locator('.agent[data-agent="m1"] .instance[data-instance="0"]')
+        expect(line).to_have_attribute("data-state", "ready")
+        expect(line).to_contain_text("ComfyUI 0 (process): ready, up")
+        expect(line).to_contain_text("restarts 0")
+        first = instance_record(f, "m1")
+        assert first is not None
+        os.kill(int(first["pid"]), signal.SIGKILL)
+        # (an idle instance dying within seconds of its start counts as a failed start)
+        expect(line).to_contain_text(re.compile(r"restarts 1 · last: (exited|start_failed)"))
+        expect(line).to_have_attribute("data-state", "ready")
+        deadline = time.monotonic() + 10
+        while (rec := instance_record(f, "m1")) is None or rec["pid"] == first["pid"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        shot(page, "managed-instance-restarted")

@@ -12,6 +12,7 @@ from comfyfleet.render import (
     bar,
     clock,
     eta,
+    instances_table,
     job_detail,
     jobs_table,
     progress_line,
@@ -113,3 +114,42 @@ def test_tables() -> None:
     lost = Agent(id="a3", status="LOST", seen_ago_s=120.0)
     assert "silent 2m" in agents_table([lost])
     assert "status   QUEUED" in job_detail(job)
+
+
+def test_instances_table_shows_state_uptime_and_the_last_restart() -> None:
+    now = 10_000.0
+    managed = {
+        "instance_id": "0",
+        "kind": "process",
+        "state": "ready",
+        "up_since": now - 300,
+        "last_restart_reason": "hung_prompt",
+        "restart_counts": {"exited": 2, "hung_prompt": 1},
+        "restarts": [{"at": now - 310, "reason": "hung_prompt", "detail": "", "job_id": None}],
+    }
+    broken = {"instance_id": "1", "kind": "docker", "state": "unhealthy", "up_since": None}
+    external = {"instance_id": "0", "healthy": False}
+    text = instances_table(
+        [
+            Agent(id="a1", status="ONLINE", instances=[managed, broken]),
+            Agent(id="a2", status="ONLINE", instances=[external]),
+        ],
+        now,
+    )
+    lines = text.splitlines()
+    assert lines[0].split() == [
+        "AGENT", "INSTANCE", "KIND", "STATE", "UPTIME", "RESTARTS", "LAST", "RESTART"
+    ]  # fmt: skip
+    assert lines[1].split() == [
+        "a1",
+        "0",
+        "process",
+        "ready",
+        "5m",
+        "3",
+        "hung_prompt",
+        "5m",
+        "ago",
+    ]
+    assert lines[2].split() == ["a1", "1", "docker", "unhealthy", "-", "0", "-"]
+    assert lines[3].split() == ["a2", "0", "external", "down", "-", "-", "-"]

@@ -13,8 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from comfyfleet.agent.config import AgentConfig
+from comfyfleet.agent.supervise.spec import plan
 from comfyfleet.daemon_config import layered_values
 from comfyfleet.main import build_parser
+from comfyfleet.shared.settings import build
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -114,17 +117,17 @@ def test_unit_command_exists_and_its_arguments_parse(role: str) -> None:
 )
 @pytest.mark.parametrize("role", sorted(UNITS))
 def test_systemd_analyze_verify_accepts_the_unit(role: str, tmp_path: Path) -> None:
-    """Rewritten only to run this venv's comfyfleet, so the check that the command exists
-    looks at a real file."""
-    text = (
-        UNITS[role]
-        .read_text()
-        .replace(
+    verify(UNITS[role].read_text(), tmp_path / UNITS[role].name)
+
+
+def verify(text: str, unit: Path) -> None:
+    """`systemd-analyze verify` on the unit, rewritten only to run this venv's comfyfleet, so
+    the check that the command exists looks at a real file."""
+    unit.write_text(
+        text.replace(
             "/opt/comfyfleet/.venv/bin/comfyfleet", str(Path(sys.prefix) / "bin" / "comfyfleet")
         )
     )
-    unit = tmp_path / UNITS[role].name
-    unit.write_text(text)
     done = subprocess.run(
         ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
     )
@@ -133,11 +136,14 @@ def test_systemd_analyze_verify_accepts_the_unit(role: str, tmp_path: Path) -> N
     assert "Unknown" not in report and "not executable" not in report, report
 
 
-@pytest.mark.parametrize("role", ["coordinator", "agent", "coordinator-shared"])
-def test_example_configs_load_with_no_unknown_keys(role: str) -> None:
-    args = argparse.Namespace(config=DEPLOY / "config" / f"{role}.toml", set=[])
-    values = layered_values(daemon(role), args, env={})
-    assert values["data_dir"] == Path(f"/var/lib/comfyfleet/{daemon(role)}")
+@pytest.mark.parametrize(
+    "name", ["coordinator", "agent", "agent-process", "agent-docker", "coordinator-shared"]
+)
+def test_example_configs_load_with_no_unknown_keys(name: str) -> None:
+    role = daemon(name)
+    args = argparse.Namespace(config=DEPLOY / "config" / f"{name}.toml", set=[])
+    values = layered_values(role, args, env={})
+    assert values["data_dir"] == Path(f"/var/lib/comfyfleet/{role}")
     assert not any("token" in key for key in values), "secrets belong in the env file"
     assert "store" not in values, "the store URL holds a password: it belongs in the env file"
 
@@ -186,3 +192,59 @@ def test_stop_timeouts_leave_room_for_the_graceful_stop() -> None:
         grace = layered_values(daemon(role), args, env={})[grace_key]
         stop = float(one(parse_unit(UNITS[role]), "Service", "TimeoutStopSec"))
         assert grace + extra < stop, (role, grace, stop)
+
+
+DROP_INS = {
+    mode: DEPLOY / "systemd" / "comfyfleet-agent.service.d" / f"{mode}.conf"
+    for mode in ("process", "docker")
+}
+
+
+def agent_config(mode: str) -> AgentConfig:
+    args = argparse.Namespace(config=DEPLOY / "config" / f"agent-{mode}.toml", set=[])
+    values = layered_values("agent", args, env={})
+    values.setdefault("agent_id", "gpu-host-01")
+    config: AgentConfig = build(AgentConfig, values)
+    return config
+
+
+@pytest.mark.parametrize("mode", sorted(DROP_INS))
+def test_agent_unit_has_a_drop_in_and_an_example_per_managed_mode(mode: str) -> None:
+    drop = parse_unit(DROP_INS[mode])
+    assert set(drop) <= {"Unit", "Service"}
+    assert "comfyui.service" in one(drop, "Unit", "Conflicts").split()  # no second ComfyUI
+    config = agent_config(mode)
+    assert config.comfyui_mode == mode
+    specs = plan(config, gpu_count=2)  # one ComfyUI per GPU
+    assert [(s.kind, s.port, s.gpu) for s in specs] == [(mode, 8188, 0), (mode, 8189, 1)]
+    if mode == "process":
+        # ComfyUI runs as the agent's child: the agent stops it on SIGTERM, leftovers die too
+        assert one(drop, "Service", "KillMode") == "mixed"
+        assert "/opt/ComfyUI" in one(drop, "Service", "ReadWritePaths").split()
+        assert specs[0].command[0].startswith("/opt/ComfyUI/")
+        grace = config.drain_grace_s + config.comfyui_stop_grace_s + 30.0
+        assert grace < float(one(drop, "Service", "TimeoutStopSec"))
+    else:
+        # the Docker socket (root:docker 0660); containers outlive the agent and are adopted
+        assert "docker" in one(drop, "Service", "SupplementaryGroups").split()
+        assert "docker.service" in one(drop, "Unit", "After").split()
+        assert "KillMode" not in drop["Service"]
+        assert specs[0].docker is not None and specs[0].docker.mem_limit_mb > 0
+        assert all(m.read_only for m in specs[0].docker.mounts if m.target.endswith("models"))
+    unit = parse_unit(UNITS["agent"])
+    for key in HARDENING:  # the drop-in keeps the hardening of the unit
+        assert key not in drop.get("Service", {}), key
+    assert one(unit, "Service", "NoNewPrivileges") == "yes"
+
+
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None,
+    reason="systemd-analyze not installed; the parse tests above still ran",
+)
+@pytest.mark.parametrize("mode", sorted(DROP_INS))
+def test_systemd_analyze_verify_accepts_the_unit_with_its_drop_in(
+    mode: str, tmp_path: Path
+) -> None:
+    """A drop-in is read after the unit: verify the two as one file."""
+    text = UNITS["agent"].read_text() + "\n" + DROP_INS[mode].read_text()
+    verify(text, tmp_path / "comfyfleet-agent.service")

@@ -29,6 +29,11 @@ def job_with(reason: str, error: dict[str, str] | None = None) -> JobRecord:
         ("not started within 30 s", None, "assign_timeout"),
         ("agent restarted without this job", None, "agent_restart"),
         ("agent did not confirm the cancel", None, "cancel_unconfirmed"),
+        (
+            "ComfyUI restarted (exited: killed by SIGKILL; log: lost) while the job was on it",
+            {"code": "comfyui_restarted"},
+            "comfyui_restart",
+        ),
         ("CUDA out of memory", {"code": "OOM"}, "oom"),
         ("something new", None, "other"),
     ],

@@ -106,10 +106,22 @@ function renderAgents() {
         ` · ComfyUI ${a.instances.filter((i) => i.healthy).length}/${a.instances.length} healthy`),
       a.gpus.map((g) => el("div", { class: "gpu" },
         `GPU ${g.index} ${g.name}: used ${gb(g.vram_used_mb)}, reserved ${gb(g.vram_reserved_mb || 0)}, free ${gb(g.vram_free_mb)} of ${gb(g.vram_total_mb)}`,
-        vramBar(g)))));
+        vramBar(g))),
+      a.instances.filter((i) => i.kind && i.kind !== "external").map(instanceLine)));
   }
   box.append(el("div", { class: "meta legend" }, el("i", { style: "background:var(--warn)" }), "used",
     el("i", { style: "background:var(--res)" }), "reserved", el("i", { style: "background:#23303c" }), "free"));
+}
+
+// a ComfyUI the agent runs (process or docker): its state, uptime and restarts
+function instanceLine(i) {
+  const counts = Object.values(i.restart_counts || {}).reduce((n, c) => n + c, 0);
+  const last = (i.restarts || []).slice(-1)[0];
+  return el("div", { class: "instance meta", "data-instance": i.instance_id, "data-state": i.state || "" },
+    `ComfyUI ${i.instance_id} (${i.kind}): ${i.state || "?"}`,
+    i.state === "ready" && i.up_since ? `, up ${ago(i.up_since)}` : "",
+    ` · restarts ${counts}`,
+    last ? ` · last: ${last.reason} ${ago(last.at)} ago` : "");
 }
 
 async function refreshAgents() {
@@ -244,7 +256,7 @@ function dispatch(kind, raw) {
     upsertJob({ job_id: d.job_id, progress: d }); renderJobs();
   } else if (kind === "preview") {
     const j = upsertJob({ job_id: d.job_id }); j.preview = d.url; renderJobs();
-  } else if (kind === "agent") {
+  } else if (kind === "agent" || kind === "comfyui_restarted") {
     agentsSoon();
   }
 }
