@@ -163,7 +163,6 @@ class Leadership:
             "role": "leader" if leading else "follower",
             "leader": self.leader_url(),
             "epoch": self.term.epoch if leading and self.term else None,
-            "holder": self.holder,
         }
 
     # ---------------------------------------------------------------- the loop
