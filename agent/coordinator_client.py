@@ -112,6 +112,7 @@ class CoordinatorClient:
         self.polling: tuple[str, asyncio.Future[p.LeaseReply]] | None = None
         self.auth = {"Authorization": f"Bearer {token}"} if token else {}
         self.ssl: ssl.SSLContext | bool = ssl_context or True
+        self.direct_uploads = False  # outputs go to object storage (the coordinator says so)
 
     @property
     def base(self) -> str:
@@ -253,6 +254,10 @@ class CoordinatorClient:
     ) -> None:
         """Send one output file in chunks, resuming from what the coordinator already holds;
         retries (REPORT) until the coordinator has it all, however long it is unavailable."""
+        if self.direct_uploads:
+            from comfyfleet.agent.direct_upload import upload_direct
+
+            return await upload_direct(self, job, name, path, size, sha256)
         url = f"jobs/{job.job_id}/outputs/{name}"  # under the coordinator in use at each try
         params = {"agent_id": self.agent_id, "attempt": str(job.attempt), "size": str(size)}
         offset = 0

@@ -246,6 +246,7 @@ class Agent:
         self.heartbeat_interval = reply.heartbeat_interval_s
         self.lease_wait = reply.lease_wait_s
         self.chunk_size = reply.chunk_size
+        self.coord.direct_uploads = reply.direct_uploads
         dropped = {(d.job_id, d.attempt) for d in reply.drop}
         for key in dropped:
             if key in self.runners:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -443,6 +445,20 @@ class JobRunner:
         ack = await self.coord.finish(report.finish)
         self.log.info("job_finished", outcome=report.finish.outcome, status=ack.status)
 
+    async def _text_output(self, ref: ev.OutputRef, spool: Path) -> p.OutputFile:
+        original = names.original_name("", ref.filename)
+        name = names.stored_name(original)
+        size, sha256 = await asyncio.to_thread(_write_text, spool / name, ref.text or "")
+        return p.OutputFile(
+            name=name,
+            original=original,
+            size=size,
+            sha256=sha256,
+            content_type="text/plain; charset=utf-8",
+            node_id=ref.node_id,
+            kind="text",
+        )
+
     async def _collect(self, outcome: PromptOutcome) -> list[p.OutputFile]:
         """Fetch each output file into the spool under its stored name (shared/names.py)."""
         spool = self.outbox.folder(*self.key)
@@ -450,6 +466,10 @@ class JobRunner:
         seen: set[str] = set()
         files: list[p.OutputFile] = []
         for ref in outcome.outputs:
+            if ref.text is not None:  # a node's text result: stored as a text file (the
+                if not self.job.forward_frames:  # ComfyUI facade relays ComfyUI's own frames)
+                    files.append(await self._text_output(ref, spool))
+                continue
             if ref.type != "output" and not self.job.forward_frames:
                 continue  # previews (temp) are not results (the ComfyUI facade shows them)
             if not ref.filename:
@@ -482,6 +502,12 @@ class JobRunner:
                 )
             )
         return files
+
+
+def _write_text(path: Path, text: str) -> tuple[int, str]:
+    data = text.encode("utf-8", "surrogatepass")
+    path.write_bytes(data)
+    return len(data), hashlib.sha256(data).hexdigest()
 
 
 def given_back(report: Report, code: str, message: str) -> Report:

@@ -75,6 +75,7 @@ class AgentLink(Part):
             lease_wait_s=self.config.lease_wait_s,
             chunk_size=self.config.chunk_size,
             drop=list(verdict.drop),
+            direct_uploads=self.config.output_store != "local",
         )
 
     def _registered(self, msg: p.Register, now: float) -> None:

@@ -14,8 +14,10 @@ from comfyfleet.coordinator.api import (
     agent_routes,
     client_routes,
     graceful,
+    object_routes,
     openapi,
     stream_routes,
+    tenant_routes,
 )
 from comfyfleet.coordinator.api.auth import KEYRING, auth_middleware, exposure_problem
 from comfyfleet.coordinator.api.errors import errors_middleware
@@ -27,12 +29,15 @@ from comfyfleet.coordinator.config import CoordinatorConfig
 from comfyfleet.coordinator.errors import CoordinatorError
 from comfyfleet.coordinator.keyring import KeyRing
 from comfyfleet.coordinator.leader import Leadership, SoleLeader
+from comfyfleet.coordinator.object_outputs import ObjectOutputs, parse_location
 from comfyfleet.coordinator.outputs import OutputFiles
 from comfyfleet.coordinator.service import Coordinator
 from comfyfleet.coordinator.store import open_store
 from comfyfleet.coordinator.store.base import SharedStore
 from comfyfleet.coordinator.store.dsn import mask_url
 from comfyfleet.coordinator.web import routes as web_routes
+from comfyfleet.coordinator.webhooks.signing import secret_key
+from comfyfleet.shared.errors import InvalidInput
 from comfyfleet.shared.settings import ConfigError
 from comfyfleet.shared.supervisor import Supervisor
 from comfyfleet.shared.tls import server_context
@@ -41,6 +46,7 @@ log = structlog.get_logger("coordinator")
 
 
 def create_app(config: CoordinatorConfig, *, loops: bool = True) -> web.Application:
+    check_config(config)
     app = web.Application(
         middlewares=[
             request_log_middleware,
@@ -66,10 +72,17 @@ def create_app(config: CoordinatorConfig, *, loops: bool = True) -> web.Applicat
     app.add_routes(stream_routes.routes)
     app.add_routes(web_routes.routes)
     app.add_routes(openapi.routes)
+    app.add_routes(tenant_routes.routes)
+    app.add_routes(object_routes.routes)
 
     async def coordinator_ctx(app: web.Application) -> AsyncIterator[None]:
         store = open_store(config.data_dir, config.store)
-        coord = Coordinator(config, store, OutputFiles(config.outputs_dir, config.max_output_bytes))
+        outputs = (
+            OutputFiles(config.outputs_dir, config.max_output_bytes)
+            if config.output_store == "local"
+            else ObjectOutputs(config)
+        )
+        coord = Coordinator(config, store, outputs)
         if isinstance(store, SharedStore):  # several coordinators: each begins as a follower
             leadership = Leadership(config, store, coord)
             leadership.start()
@@ -94,6 +107,8 @@ def create_app(config: CoordinatorConfig, *, loops: bool = True) -> web.Applicat
             coord = app[COORDINATOR]
             supervisor.start("scheduler", coord.scheduler_loop)
             supervisor.start("sweeper", coord.sweeper_loop)
+            supervisor.start("webhooks", coord.outbox.run)
+            supervisor.start("retention", coord.retention.loop)
         yield
         await supervisor.stop()
         if isinstance(role, Leadership):
@@ -107,6 +122,21 @@ def create_app(config: CoordinatorConfig, *, loops: bool = True) -> web.Applicat
     app.cleanup_ctx.append(coordinator_ctx)
     app.cleanup_ctx.append(loops_ctx)
     return app
+
+
+def check_config(config: CoordinatorConfig) -> None:
+    """Settings that parse but cannot be used: a ConfigError naming the key."""
+    if config.webhook_secret is not None:
+        try:
+            secret_key(config.webhook_secret)
+        except InvalidInput as exc:
+            raise ConfigError("webhook_secret", exc.message) from None
+    if not 0 < config.disk_high_water <= 1:
+        raise ConfigError("disk_high_water", "must be a fraction above 0 and at most 1")
+    if config.output_store != "local":
+        parse_location(config.output_store)  # ConfigError naming output_store
+    if config.webhook_concurrency < 1:
+        raise ConfigError("webhook_concurrency", "must be at least 1")
 
 
 async def serve(config: CoordinatorConfig) -> int:

@@ -64,6 +64,24 @@ class CoordinatorConfig:
     # HOST:PORT of a second listener that speaks ComfyUI's own API (coordinator/comfy/); off
     comfy_listen: str | None = None
     comfy_max_upload_bytes: int = 100 << 20  # /upload/image and /upload/mask bodies
+    # results that leave the coordinator (issue 17): webhooks and retention
+    webhook_secret: str | None = None  # whsec_...: signs webhooks of tenants without their own
+    webhook_allow_private_addresses: bool = False  # let webhooks reach loopback/private hosts
+    webhook_retry_first_s: float = 1.0  # the wait after a first failed try (then doubling)
+    webhook_retry_cap_s: float = 600.0  # the longest wait between tries
+    webhook_retry_for_s: float = 86_400.0  # a message not delivered within this is given up
+    webhook_timeout_s: float = 10.0  # one try: connect, send, answer
+    webhook_concurrency: int = 32  # tries in flight at once
+    retention_s: float = 7 * 86_400.0  # finished jobs and their outputs are deleted after this
+    retention_sweep_s: float = 60.0  # how often expired jobs are looked for
+    disk_high_water: float = 0.9  # local outputs' filesystem fuller than this: shed oldest
+    # where outputs live: "local" (data_dir/outputs) or "s3://BUCKET/PREFIX" (S3-compatible
+    # object storage; credentials and region from the usual AWS environment variables or files)
+    output_store: str = "local"
+    s3_endpoint_url: str | None = None  # an S3-compatible service other than AWS
+    s3_region: str | None = None  # default: AWS_DEFAULT_REGION / the AWS config file
+    s3_part_size: int = 16 << 20  # outputs larger than this go up in parts of this size
+    s3_url_ttl_s: int = 900  # lifetime of presigned upload and download URLs
 
     @property
     def lost_after_s(self) -> float:

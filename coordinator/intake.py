@@ -23,6 +23,8 @@ from comfyfleet.coordinator.inventory import check_fleet_can_run, decode_inputs
 from comfyfleet.coordinator.ledger import Change
 from comfyfleet.coordinator.model import JobRecord, WorkflowFacts
 from comfyfleet.coordinator.parts import Part
+from comfyfleet.coordinator.tenants import require_secret
+from comfyfleet.coordinator.webhooks.guard import check_url
 from comfyfleet.shared.errors import InvalidInput
 from comfyfleet.shared.jobspec import JobSpec
 from comfyfleet.shared.status import TERMINAL, JobEvent, JobStatus
@@ -64,6 +66,9 @@ class Intake(Part):
         now = self.clock()
         if spec.inputs:
             decode_inputs(spec.inputs, self.config.max_input_bytes)
+        if spec.webhook_url is not None:
+            check_url(spec.webhook_url, self.config.webhook_allow_private_addresses)
+            require_secret(self.tenants, tenant, self.config.webhook_secret, "webhook_url")
         facts = WorkflowFacts.of(spec.workflow)
         live_agents = [a for a in self.live.agents.values() if a.status != AgentStatus.LOST]
         check_fleet_can_run(spec, facts, self.live.agents.values())

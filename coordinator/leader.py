@@ -4,12 +4,13 @@ With one coordinator (SQLite, memory) `SoleLeader` says this process leads, alwa
 store (PostgreSQL) `Leadership.run` is one of the daemon's loops: a follower tries to take the
 lease every `leader_poll_s`; the coordinator that takes it begins a term (`Coordinator.lead`:
 fresh memory, writes fenced by the new epoch, recovery, agents given the restart grace) and runs
-the term's loops (scheduler, sweeper, orders and their NOTIFY listener). A `LeaseKeeper` thread
-renews the lease every `leader_renew_s`, apart from the event loop, so a long recovery or a busy
-loop does not lose it. The term ends when a renewal is refused (another epoch began), when the
-lease could not be renewed before the holder's own deadline (`lease.believed_until`), or on
-shutdown, which gives the lease up so that a follower takes over at once. A term that ends leaves
-the process a follower: it stops its loops, drops its memory and sends agents to the new leader.
+the term's loops (scheduler, sweeper, orders and their NOTIFY listener, webhook deliveries from
+the outbox, retention). A `LeaseKeeper` thread renews the lease every `leader_renew_s`, apart
+from the event loop, so a long recovery or a busy loop does not lose it. The term ends when a
+renewal is refused (another epoch began), when the lease could not be renewed before the
+holder's own deadline (`lease.believed_until`), or on shutdown, which gives the lease up so that
+a follower takes over at once. A term that ends leaves the process a follower: it stops its
+loops, drops its memory and sends agents to the new leader.
 """
 
 from __future__ import annotations
@@ -217,6 +218,8 @@ class Leadership:
         self._start_loop("sweeper", coord.sweeper_loop)
         self._start_loop("orders", coord.orders.orders_loop)
         self._start_loop("orders-listener", coord.orders.listen_loop)
+        self._start_loop("webhooks", coord.outbox.run)
+        self._start_loop("retention", coord.retention.loop)
         log.info(
             "leader_elected",
             epoch=epoch,

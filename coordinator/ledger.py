@@ -4,7 +4,8 @@ Callers compute the new record with a pure move (`jobs.py`) and hand the pair to
 store writes the changes in one transaction, each guarded by the status and attempt the row must
 still have; only the writes that went through reach the in-memory indexes (`state.Live.index`),
 followed by each change's own memory effects (`Change.then`). A store fault (StoreUnavailable)
-raises before memory is touched, so memory never holds what the store does not.
+raises before memory is touched, so memory never holds what the store does not. The webhook
+messages a change causes (`Notices`, the outbox) are written in the same transaction.
 
 With several coordinators the ledger belongs to one leader's term: its store fences every write by
 the term's `epoch`, and each move it writes is stamped with that epoch in the job's history.
@@ -16,14 +17,14 @@ import asyncio
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import structlog
 
 from comfyfleet.coordinator import jobs as moves
 from comfyfleet.coordinator.errors import Conflict, StoreUnavailable
-from comfyfleet.coordinator.model import AgentRecord, JobRecord
+from comfyfleet.coordinator.model import AgentRecord, JobRecord, WebhookMessage
 from comfyfleet.coordinator.outputs import OutputFiles
 from comfyfleet.coordinator.state import Live
 from comfyfleet.coordinator.store import Store
@@ -43,13 +44,27 @@ class Change:
     then: Callable[[JobRecord], None] | None = None
 
 
+class Notices(Protocol):
+    """The webhook outbox as the ledger sees it (webhooks/outbox.py)."""
+
+    def messages(self, old: JobRecord | None, new: JobRecord) -> list[WebhookMessage]: ...
+
+    def written(self) -> None: ...
+
+
 class Ledger:
     def __init__(
-        self, store: Store, live: Live, outputs: OutputFiles, epoch: int | None = None
+        self,
+        store: Store,
+        live: Live,
+        outputs: OutputFiles,
+        notices: Notices | None = None,
+        epoch: int | None = None,
     ) -> None:
         self.store = store
         self.live = live
         self.outputs = outputs
+        self.notices = notices
         self.epoch = epoch  # the leader's term (None: the one coordinator, no terms)
 
     def stamped(self, old: JobRecord | None, new: JobRecord) -> JobRecord:
@@ -70,7 +85,11 @@ class Ledger:
             return []
         if self.epoch is not None:
             changes = [dataclasses.replace(c, new=self.stamped(c.old, c.new)) for c in changes]
-        oks = self.store.update_jobs([(c.new, c.old.status, c.old.attempt) for c in changes])
+        items = [(c.new, c.old.status, c.old.attempt) for c in changes]
+        outbox = [self.notices.messages(c.old, c.new) for c in changes] if self.notices else []
+        oks = self.store.update_jobs(items, outbox)
+        if self.notices is not None and any(m for m, ok in zip(outbox, oks, strict=True) if ok):
+            self.notices.written()
         for change, ok in zip(changes, oks, strict=True):
             if ok:
                 self.live.index(change.old, change.new)

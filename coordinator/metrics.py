@@ -10,12 +10,12 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from comfyfleet.coordinator.fleet import AgentState, AgentStatus, agent_view
-from comfyfleet.coordinator.model import JobRecord
+from comfyfleet.coordinator.model import JobRecord, output_bytes
 from comfyfleet.shared.status import JobStatus
 
 if TYPE_CHECKING:
@@ -101,6 +101,35 @@ class Metrics:
             "comfyfleet_failures", "Jobs that failed, by reason", ["reason"], registry=r
         )
         self.agents_lost = Counter("comfyfleet_agents_lost", "Agents declared lost", registry=r)
+        # results that leave the coordinator (issue 17)
+        self.webhook_tries = Counter(
+            "comfyfleet_webhook_tries",
+            "Webhook delivery tries, by result (delivered, failed, gave_up)",
+            ["result"],
+            registry=r,
+        )
+        self.webhook_latency = Histogram(
+            "comfyfleet_webhook_latency_seconds",
+            "Time from the job change to the receiver's 2xx",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.output_bytes_stored = Gauge(
+            "comfyfleet_output_bytes_stored",
+            "Bytes of job outputs the output store holds",
+            registry=r,
+        )
+        self.output_bytes_deleted = Counter(
+            "comfyfleet_output_bytes_deleted",
+            "Bytes of job outputs deleted by retention",
+            registry=r,
+        )
+        self.jobs_expired = Counter(
+            "comfyfleet_jobs_expired",
+            "Finished jobs deleted with their outputs, by reason (ttl, disk)",
+            ["reason"],
+            registry=r,
+        )
 
     def watch(self, coord: Coordinator) -> None:
         self.registry.register(FleetCollector(coord))
@@ -117,6 +146,8 @@ class Metrics:
             self.requeues.labels(requeue_reason(new)).inc()
         elif status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED):
             self.finished.labels(status.value).inc()
+            if status == JobStatus.COMPLETED:
+                self.output_bytes_stored.inc(output_bytes(new))
             started = new.timestamps.get(JobStatus.RUNNING.value)
             if started is not None and old.status == JobStatus.RUNNING:
                 self.job_duration.labels(status.value).observe(max(0.0, now - started))

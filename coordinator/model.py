@@ -75,6 +75,11 @@ class JobRecord:
         return self.timestamps.get(JobStatus.QUEUED.value, self.created_at)
 
 
+def output_bytes(job: JobRecord) -> int:
+    """What a job's stored outputs take, by their declared sizes."""
+    return sum(int(o.get("size", 0)) for o in job.outputs)
+
+
 @dataclass(slots=True)
 class AgentRecord:
     """What the store remembers of an agent: its last registration (hardware, labels)."""
@@ -82,3 +87,43 @@ class AgentRecord:
     agent_id: str
     registered_at: float
     info: dict[str, Any]  # the Register message as a plain dict
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryTry:
+    """One try to deliver a webhook message: the HTTP status, or the error, and how long."""
+
+    at: float
+    status: int | None
+    error: str | None
+    ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookMessage:
+    """A webhook message in the store's outbox: written in the same transaction as the job
+    change it tells of, then delivered (at least once) by the outbox loop.
+
+    `id` is the Standard Webhooks `webhook-id`: the same on every try. `state` is "pending"
+    (to deliver at `next_at`), "delivered" or "failed" (given up, `tries[-1]` says why)."""
+
+    id: str
+    job_id: str
+    tenant: str
+    url: str
+    event: str  # "job.completed", ...
+    payload: str  # the JSON body, signed as stored
+    created_at: float
+    next_at: float
+    attempts: int = 0
+    state: str = "pending"
+    tries: tuple[DeliveryTry, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Doomed:
+    """A job whose record is deleted and whose outputs are still to be removed (retention)."""
+
+    job_id: str
+    tenant: str
+    output_bytes: int

@@ -13,6 +13,7 @@ from comfyfleet.coordinator.outputs import OutputFiles
 from comfyfleet.coordinator.state import Live
 from comfyfleet.coordinator.store import Store
 from comfyfleet.coordinator.store.base import SharedStore
+from comfyfleet.coordinator.tenants import Tenants
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +26,7 @@ class Parts:
     learning: Learning
     metrics: Metrics
     clock: Callable[[], float]
+    tenants: Tenants  # per-tenant settings: webhook subscriptions and secret, retention
     shared: SharedStore | None = None  # the same store, when several coordinators share it
 
 
@@ -40,4 +42,5 @@ class Part:
         self.learning = parts.learning
         self.metrics = parts.metrics
         self.clock = parts.clock
+        self.tenants = parts.tenants
         self.shared = parts.shared

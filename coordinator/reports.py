@@ -155,6 +155,16 @@ class Reports(Part):
             complete=have == size and (self.outputs.final_path(job_id, attempt, name).exists()),
         )
 
+    def output_store_refused(self, agent_id: str, job_id: str, attempt: int, why: str) -> None:
+        """Object storage refuses the coordinator (credentials, bucket): the attempt cannot
+        deliver its outputs anywhere, so the job fails with the reason (not retried: another
+        attempt would meet the same refusal). The agent hears its attempt is stale."""
+        job = self.fenced(agent_id, job_id, attempt)
+        err = {"code": "output_store_refused", "message": why}
+        self.ledger.commit(job, moves.advance(job, JobEvent.FAIL, self.clock(), why, error=err))
+        log.error("job_failed", job_id=job_id, agent_id=agent_id, attempt=attempt, code=err["code"])
+        raise StaleAttempt(f"job {job_id} failed: {why}", "attempt")
+
     def finish(self, msg: p.Finish) -> p.Ack:
         job = self.fenced(msg.agent_id, msg.job_id, msg.attempt)
         now = self.clock()

@@ -36,17 +36,22 @@ from comfyfleet.coordinator.learning import Learning
 from comfyfleet.coordinator.ledger import Ledger
 from comfyfleet.coordinator.metrics import Metrics
 from comfyfleet.coordinator.model import JobRecord
+from comfyfleet.coordinator.object_outputs import ObjectOutputs
 from comfyfleet.coordinator.orders import Orders
+from comfyfleet.coordinator.output_store import LocalOutputs
 from comfyfleet.coordinator.outputs import OutputFiles
 from comfyfleet.coordinator.parts import Parts
 from comfyfleet.coordinator.placement import Placer
 from comfyfleet.coordinator.recovery import recover
 from comfyfleet.coordinator.reports import Reports
+from comfyfleet.coordinator.retention import Retention
 from comfyfleet.coordinator.scheduler.model import JobRequest
 from comfyfleet.coordinator.state import Live, LiveProgress
 from comfyfleet.coordinator.store import Store
 from comfyfleet.coordinator.store.base import SharedStore
 from comfyfleet.coordinator.sweeper import Sweeper
+from comfyfleet.coordinator.tenants import Tenants
+from comfyfleet.coordinator.webhooks.outbox import Outbox
 from comfyfleet.shared import protocol as p
 
 __all__ = ["Coordinator", "LiveProgress"]
@@ -78,7 +83,9 @@ class Coordinator:
         self.outputs = outputs
         self.live = Live(config, self.feed, clock)
         self.learning = Learning(config, self.live.counters, self.emit)
-        self.ledger = Ledger(store, self.live, outputs, epoch)
+        self.tenants = Tenants(store)
+        self.outbox = Outbox(config, store, self.tenants, self.metrics, clock)
+        self.ledger = Ledger(store, self.live, outputs, self.outbox, epoch)
         shared = store if isinstance(store, SharedStore) else None
         parts = Parts(
             config,
@@ -89,6 +96,7 @@ class Coordinator:
             self.learning,
             self.metrics,
             clock,
+            self.tenants,
             shared,
         )
         self.intake = Intake(parts) if self.leading else FollowerIntake(parts)
@@ -97,6 +105,8 @@ class Coordinator:
         self.placer = Placer(parts)
         self.sweeper = Sweeper(parts)
         self.orders = Orders(parts, self.intake)
+        kept = outputs if isinstance(outputs, ObjectOutputs) else LocalOutputs(outputs.root)
+        self.retention = Retention(parts, kept)
         # client calls (any coordinator)
         self.submit = self.intake.submit
         self.get = self.intake.get
@@ -133,8 +143,10 @@ class Coordinator:
             self.intake.refresh()
 
     def _fresh_outputs(self) -> OutputFiles:
-        # Its caches may be stale once another coordinator has written the shared directory.
-        return OutputFiles(self.outputs.root, self.outputs.max_bytes)
+        # A local directory's caches may be stale once another coordinator has written to it.
+        if type(self.outputs) is OutputFiles:
+            return OutputFiles(self.outputs.root, self.outputs.max_bytes)
+        return self.outputs
 
     def _let_go(self) -> None:
         """End this memory's part: jobs not yet handed out stay with the store, and the agents'

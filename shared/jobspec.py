@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -10,6 +10,9 @@ NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 MAX_VRAM_MB = 4_000_000  # 4 TB: anything above is a typo, not a GPU
 MAX_RAM_MB = 64_000_000
 MAX_TIMEOUT_S = 7 * 86_400
+MAX_WEBHOOK_URL = 2048
+WebhookEvent = Literal["running", "completed", "failed", "cancelled"]
+DEFAULT_WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("completed", "failed", "cancelled")
 
 
 class Resources(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -39,3 +42,11 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # input files (e.g. images for LoadImage): file name -> base64 content; the agent uploads
     # them to its ComfyUI's input folder before the prompt and the workflow names them
     inputs: dict[Annotated[str, msgspec.Meta(min_length=1, max_length=128)], str] = {}
+    # a URL told of this job's events (signed per Standard Webhooks; the coordinator checks the
+    # address); which events: by default the three terminal ones
+    webhook_url: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_WEBHOOK_URL)] | None = (
+        None
+    )
+    webhook_events: Annotated[list[WebhookEvent], msgspec.Meta(min_length=1, max_length=4)] = (
+        msgspec.field(default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS))
+    )

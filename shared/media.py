@@ -38,6 +38,9 @@ TYPES: dict[str, str] = {
     "opus": "audio/opus",
     "m4a": "audio/mp4",
     "aac": "audio/aac",
+    # 3D (ComfyUI's SaveGLB and friends report them under `3d`): downloads
+    "glb": "model/gltf-binary",
+    "gltf": "model/gltf+json",
     # data and text
     "json": "application/json",
     "txt": "text/plain; charset=utf-8",

@@ -116,6 +116,8 @@ class RegisterReply(Msg, frozen=True, kw_only=True):
     lease_wait_s: float
     chunk_size: int
     drop: list[JobRef] = []  # reported jobs the agent must stop at once (stale or unknown)
+    # outputs go straight to object storage (UploadPlan), not in chunks to the coordinator
+    direct_uploads: bool = False
 
 
 class Heartbeat(Msg, frozen=True, kw_only=True):
@@ -281,3 +283,23 @@ class UploadState(Msg, frozen=True, kw_only=True):
     received: int
     size: int
     complete: bool
+
+
+class UploadPart(Msg, frozen=True, kw_only=True):
+    """One piece of an output to PUT to object storage: bytes [offset, offset + size) of the
+    file to `url` (presigned, short-lived; no other credential). `number` 0: the whole file in
+    one PUT; 1 and up: a part of a multipart upload."""
+
+    number: Annotated[int, msgspec.Meta(ge=0, le=10_000)]
+    offset: Annotated[int, msgspec.Meta(ge=0)]
+    size: Annotated[int, msgspec.Meta(ge=0)]
+    url: str
+
+
+class UploadPlan(Msg, frozen=True, kw_only=True):
+    """What is left to upload of one output to object storage: the parts not there yet (after a
+    restart of the agent, only those), then `.../complete`; `complete`: nothing left to do."""
+
+    name: str
+    complete: bool = False
+    parts: list[UploadPart] = []

@@ -26,6 +26,7 @@ from comfyfleet.sim.images import (
     preview_bytes,
     write_png,
 )
+from comfyfleet.sim.media_files import VIDEO_FORMATS, SimAudio, write_animation, write_wav
 from comfyfleet.sim.naming import save_image_path
 
 __all__ = ["BEHAVIOURS", "NodeContext", "NodeFailure", "NodeResult", "pixel_factor"]
@@ -197,6 +198,59 @@ async def _preview_any(ctx: NodeContext, a: dict[str, Any]) -> NodeResult:
     return NodeResult((), {"text": [value]})
 
 
+async def _video_combine(ctx: NodeContext, a: dict[str, Any]) -> NodeResult:
+    """VideoHelperSuite's Video Combine: the batch as the frames of one animation, told of
+    under `gifs` (output, or temp when save_output is off)."""
+    images: SimImage = a["images"]
+    fmt = a.get("format", "image/gif")
+    ext = VIDEO_FORMATS[fmt]
+    save = bool(a.get("save_output", True))
+    folder = ctx.config.output_dir if save else ctx.config.resolved_temp_dir
+    target = save_image_path(a.get("filename_prefix", "AnimateDiff"), str(folder))
+    file = f"{target.filename}_{target.counter:05}.{ext}"
+    frame_rate = float(a.get("frame_rate", 8.0))
+    await asyncio.to_thread(
+        write_animation,
+        Path(target.folder) / file,
+        images.width,
+        images.height,
+        images.batch,
+        images.color,
+        ext,
+        frame_rate,
+    )
+    ctx.saved(1)
+    await ctx.work(ctx.config.node_ms * max(1, images.batch))
+    entry = {
+        "filename": file,
+        "subfolder": target.subfolder,
+        "type": "output" if save else "temp",
+        "format": fmt,
+        "frame_rate": frame_rate,
+        "workflow": f"{target.filename}_{target.counter:05}.png",
+        "fullpath": str(Path(target.folder) / file),
+    }
+    return NodeResult(((save, [entry["fullpath"]]),), {"gifs": [entry]})
+
+
+async def _empty_audio(ctx: NodeContext, a: dict[str, Any]) -> NodeResult:
+    await ctx.work(ctx.config.node_ms)
+    return NodeResult((SimAudio(a["duration"], a["sample_rate"], a["channels"]),))
+
+
+async def _save_audio(ctx: NodeContext, a: dict[str, Any]) -> NodeResult:
+    """SaveAudio: one file per clip, told of under `audio` (WAV here, FLAC in ComfyUI)."""
+    audio: SimAudio = a["audio"]
+    target = save_image_path(a["filename_prefix"], str(ctx.config.output_dir))
+    file = f"{target.filename}_{target.counter:05}_.wav"
+    await asyncio.to_thread(write_wav, Path(target.folder) / file, audio)
+    ctx.saved(1)
+    await ctx.work(ctx.config.node_ms)
+    return NodeResult(
+        (), {"audio": [{"filename": file, "subfolder": target.subfolder, "type": "output"}]}
+    )
+
+
 async def _checkpoint_loader(ctx: NodeContext, a: dict[str, Any]) -> NodeResult:
     model = ctx.model(a["ckpt_name"])
     await ctx.ensure_loaded(model)
@@ -259,6 +313,9 @@ BEHAVIOURS: Mapping[str, Behaviour] = {
     "SaveImageWebsocket": _save_image_websocket,
     "GetImageSize": _get_image_size,
     "PreviewAny": _preview_any,
+    "VHS_VideoCombine": _video_combine,
+    "EmptyAudio": _empty_audio,
+    "SaveAudio": _save_audio,
     "CheckpointLoaderSimple": _checkpoint_loader,
     "CLIPTextEncode": _clip_text_encode,
     "EmptyLatentImage": _empty_latent,

@@ -377,7 +377,59 @@ _SPECS: tuple[NodeSpec, ...] = (
     ),
 )
 
-CATALOGUE: Mapping[str, NodeSpec] = {spec.name: spec for spec in _SPECS}
+# Media: VideoHelperSuite's Video Combine (outputs under `gifs`), ComfyUI's EmptyAudio and
+# SaveAudio (outputs under `audio`); sim/media_files.py writes the files.
+_MEDIA_SPECS: tuple[NodeSpec, ...] = (
+    NodeSpec(
+        name="VHS_VideoCombine",
+        display_name="Video Combine 🎥🅥🅗🅢",
+        category="Video Helper Suite 🎥🅥🅗🅢",
+        python_module="custom_nodes.ComfyUI-VideoHelperSuite",
+        required={
+            "images": ("IMAGE",),
+            "frame_rate": ("FLOAT", {"default": 8, "min": 1, "step": 1}),
+            "loop_count": ("INT", {"default": 0, "min": 0, "max": 100, "step": 1}),
+            "filename_prefix": ("STRING", {"default": "AnimateDiff"}),
+            "format": (["image/gif", "image/webp"],),
+            "pingpong": ("BOOLEAN", {"default": False}),
+            "save_output": ("BOOLEAN", {"default": True}),
+        },
+        hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO", "unique_id": "UNIQUE_ID"},
+        return_types=("VHS_FILENAMES",),
+        return_names=("Filenames",),
+        output_node=True,
+        uses_unique_id=True,
+    ),
+    NodeSpec(
+        name="EmptyAudio",
+        display_name="Empty Audio",
+        category="audio",
+        python_module="comfy_extras.nodes_audio",
+        required={
+            "duration": (
+                "FLOAT",
+                {"default": 60.0, "min": 0.0, "max": 1.8446744073709552e19, "step": 0.01},
+            ),
+            "sample_rate": ("INT", {"default": 44100, "min": 1, "max": 192000}),
+            "channels": ("INT", {"default": 2, "min": 1, "max": 2}),
+        },
+        return_types=("AUDIO",),
+    ),
+    NodeSpec(
+        name="SaveAudio",
+        display_name="Save Audio (FLAC)",
+        category="audio",
+        python_module="comfy_extras.nodes_audio",
+        required={
+            "audio": ("AUDIO",),
+            "filename_prefix": ("STRING", {"default": "audio/ComfyUI"}),
+        },
+        hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+        output_node=True,
+    ),
+)
+
+CATALOGUE: Mapping[str, NodeSpec] = {spec.name: spec for spec in (*_SPECS, *_MEDIA_SPECS)}
 
 
 def node_info(spec: NodeSpec, ctx: CatalogueContext) -> dict[str, Any]:

@@ -47,8 +47,9 @@ class OutputRef:
 
     filename: str
     subfolder: str
-    type: str  # "output" | "temp" | "input"
+    type: str  # "output" | "temp" | "input"; "text": a string the node showed, not a file
     node_id: str
+    text: str | None = field(default=None, repr=False, compare=False)  # type "text" only
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -176,14 +177,16 @@ def interrupted_from(data: Mapping[str, Any]) -> Interrupted:
 
 
 def output_refs(node_id: str, output: Any) -> tuple[OutputRef, ...]:
-    """File references in one node's UI output (``images``, ``gifs``, ``audio``, ... lists)."""
+    """The results in one node's UI output: every file (``images``, ``gifs``, ``audio``,
+    ``3d``, ... lists of {filename, subfolder, type}) and every string of ``text`` (PreviewAny
+    and other text nodes), which becomes a ``type="text"`` result the agent stores as a file."""
     if not isinstance(output, Mapping):
         return ()
     refs: list[OutputRef] = []
-    for value in output.values():
+    for key, value in output.items():
         if not isinstance(value, list):
             continue
-        for item in value:
+        for index, item in enumerate(value):
             if isinstance(item, Mapping) and isinstance(item.get("filename"), str):
                 refs.append(
                     OutputRef(
@@ -191,6 +194,16 @@ def output_refs(node_id: str, output: Any) -> tuple[OutputRef, ...]:
                         subfolder=str(item.get("subfolder") or ""),
                         type=str(item.get("type") or "output"),
                         node_id=str(node_id),
+                    )
+                )
+            elif key == "text" and isinstance(item, str):
+                refs.append(
+                    OutputRef(
+                        filename=f"text_{node_id}_{index}.txt",
+                        subfolder="",
+                        type="text",
+                        node_id=str(node_id),
+                        text=item,
                     )
                 )
     return tuple(refs)

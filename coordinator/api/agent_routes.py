@@ -81,7 +81,7 @@ def _int(request: web.Request, name: str) -> int:
     return value
 
 
-def _output_target(request: web.Request) -> tuple[str, str, int, str, int]:
+def output_target(request: web.Request) -> tuple[str, str, int, str, int]:
     agent_id = request.query.get("agent_id", "")
     if not _ID.match(agent_id):
         raise InvalidInput("agent_id", "query parameter is required", "missing")
@@ -98,7 +98,7 @@ def _output_target(request: web.Request) -> tuple[str, str, int, str, int]:
 @routes.put(PREFIX + "/jobs/{job_id}/outputs/{name}")
 async def upload_chunk(request: web.Request) -> web.Response:
     """Raw bytes of one chunk: ?agent_id&attempt&offset&size&sha256 (of the whole file)."""
-    agent_id, job_id, attempt, name, size = _output_target(request)
+    agent_id, job_id, attempt, name, size = output_target(request)
     offset = _int(request, "offset")
     sha256 = request.query.get("sha256", "")
     if not _SHA.match(sha256):
@@ -125,7 +125,7 @@ async def upload_chunk(request: web.Request) -> web.Response:
 @routes.get(PREFIX + "/jobs/{job_id}/outputs/{name}")
 async def upload_state(request: web.Request) -> web.Response:
     """How many bytes of this output the coordinator holds (to resume an upload)."""
-    agent_id, job_id, attempt, name, size = _output_target(request)
+    agent_id, job_id, attempt, name, size = output_target(request)
     return reply(
         request, request.app[COORDINATOR].upload_state(agent_id, job_id, attempt, name, size)
     )

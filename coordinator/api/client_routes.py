@@ -11,6 +11,7 @@ from comfyfleet.coordinator.api.body import decode_body, reply
 from comfyfleet.coordinator.api.keys import CONFIG, COORDINATOR, ROLE
 from comfyfleet.coordinator.api.views import agent_json, job_json
 from comfyfleet.coordinator.errors import NotFound
+from comfyfleet.coordinator.object_outputs import ObjectOutputs
 from comfyfleet.shared import names
 from comfyfleet.shared.errors import InvalidInput
 from comfyfleet.shared.jobspec import JobSpec
@@ -117,18 +118,24 @@ async def get_output(request: web.Request) -> web.StreamResponse:
     entry = next((o for o in job.outputs if o["name"] == name), None)
     if entry is None:
         raise NotFound(f"job {job.id} has no output {name!r}", "name")
-    path = coord.outputs.final_path(job.id, entry["attempt"], name)
     served = served_as(name)  # never the type the agent declared
+    # attachment unless image/video; named as ComfyUI named the file
+    disposition = names.content_disposition(
+        entry.get("original") or names.original_of(name) or name, inline=served.inline
+    )
+    if isinstance(coord.outputs, ObjectOutputs):  # a short-lived presigned GET, same headers
+        url = coord.outputs.download_url(
+            job.tenant, job.id, entry["attempt"], name, served.content_type, disposition
+        )
+        raise web.HTTPTemporaryRedirect(url, headers={"Cache-Control": "no-store"})
+    path = coord.outputs.final_path(job.id, entry["attempt"], name)
     return web.FileResponse(
         path,
         headers={
             "Content-Type": served.content_type,
             "X-Content-Type-Options": "nosniff",
             "ETag": f'"{entry["sha256"]}"',
-            # attachment unless image/video; named as ComfyUI named the file
-            "Content-Disposition": names.content_disposition(
-                entry.get("original") or names.original_of(name) or name, inline=served.inline
-            ),
+            "Content-Disposition": disposition,
         },
     )
 

@@ -15,6 +15,7 @@ import msgspec
 from aiohttp import web
 
 from comfyfleet.coordinator.api.schemas import EVENT_KINDS, SCHEMAS
+from comfyfleet.coordinator.tenants import TenantSettings
 from comfyfleet.shared import protocol as p
 from comfyfleet.shared.jobspec import JobSpec
 from comfyfleet.shared.status import JobStatus
@@ -23,6 +24,7 @@ routes = web.RouteTableDef()
 REF = "#/components/schemas/{name}"
 BODY_TYPES: tuple[type[Any], ...] = (
     JobSpec,
+    TenantSettings,
     p.Register,
     p.Heartbeat,
     p.LeaseRequest,
@@ -34,6 +36,7 @@ BODY_TYPES: tuple[type[Any], ...] = (
     p.LeaseReply,
     p.Ack,
     p.UploadState,
+    p.UploadPlan,
 )
 
 ERROR_SCHEMA: dict[str, Any] = {
@@ -197,6 +200,19 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("get", "/v1/agents/{agent_id}"): _op(
         "One agent", params=[_path("agent_id")], errors=("400", "404"), answer="Agent"
     ),
+    ("get", "/v1/tenants/{tenant}"): _op(
+        "A tenant's settings: webhook subscriptions, retention",
+        params=[_path("tenant")],
+        errors=("400", "404"),
+        answer="Tenant",
+    ),
+    ("put", "/v1/tenants/{tenant}"): _op(
+        "Replace a tenant's settings (retention: admin only)",
+        params=[_path("tenant")],
+        body=_json_body("TenantSettings"),
+        errors=("400", "403", "404", "413", "415"),
+        answer="Tenant",
+    ),
     ("post", "/v1/agents/{agent_id}/drain"): _op(
         "Drain an agent", "202", params=[_path("agent_id")], errors=("400", "404"), answer="Agent"
     ),
@@ -239,6 +255,23 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         tag="agent",
         params=_AGENT_OUTPUT_PARAMS,
         errors=("400", "404", "409"),
+        answer="UploadState",
+    ),
+    ("post", "/agent/v1/jobs/{job_id}/outputs/{name}/plan"): _op(
+        "Agent protocol, outputs in object storage: the parts still to PUT, presigned",
+        tag="agent",
+        params=_AGENT_OUTPUT_PARAMS,
+        errors=("400", "404", "409", "502", "503"),
+        answer="UploadPlan",
+    ),
+    ("post", "/agent/v1/jobs/{job_id}/outputs/{name}/complete"): _op(
+        "Agent protocol, outputs in object storage: finish and verify one output",
+        tag="agent",
+        params=[
+            *_AGENT_OUTPUT_PARAMS,
+            _query("sha256", {"type": "string", "pattern": "^[0-9a-f]{64}$"}, True),
+        ],
+        errors=("400", "404", "409", "502", "503"),
         answer="UploadState",
     ),
 }

@@ -107,6 +107,35 @@ NODE_TIMING = obj(
     {"node": "node id", "node_type": "its class", "ms": "run time", "cached": "served from cache"}
 )
 
+DELIVERY_TRY = obj(
+    {
+        "at": "unix time the try started",
+        "status": "the receiver's HTTP status (null: no answer)",
+        "error": "why the try failed (null when it was delivered)",
+        "ms": "how long the try took",
+    }
+)
+WEBHOOK = obj(
+    {
+        "id": "the webhook-id header: the same on every try",
+        "event": "job.running, job.completed, job.failed or job.cancelled",
+        "url": "where it is sent",
+        "state": "pending, delivered or failed (given up)",
+        "attempts": "tries so far",
+        "created_at": "unix time of the change it tells of",
+        "next_at": "unix time of the next try (null unless pending)",
+        "tries": arr(DELIVERY_TRY),
+    }
+)
+TENANT = obj(
+    {
+        "webhooks": arr(obj({"url": "where events are sent", "events": "which events"})),
+        "webhook_secret": "set, or null when the coordinator's webhook_secret signs",
+        "retention_s": "the tenant's own retention (null: the coordinator's)",
+        "effective_retention_s": "the retention that applies",
+    }
+)
+
 # GET /v1/jobs/{id} (and the answers of submit and cancel)
 JOB_SUMMARY_FIELDS: dict[str, str | Schema] = {
     "id": "job id",
@@ -150,6 +179,7 @@ JOB_DETAIL_FIELDS: dict[str, str | Schema] = {
     "vram_peak_mb": "the VRAM peak the agent measured during the completed attempt",
     "profile": arr(NODE_TIMING),
     "inputs": arr("names of the input files sent with the job"),
+    "webhooks": arr(WEBHOOK),
 }
 JOB = obj({**JOB_SUMMARY_FIELDS, **JOB_DETAIL_FIELDS})
 JOB_SUMMARY = obj(JOB_SUMMARY_FIELDS)
@@ -321,5 +351,6 @@ SCHEMAS: dict[str, Schema] = {
     "Agent": AGENT,
     "AgentList": AGENT_LIST,
     "Health": HEALTH,
+    "Tenant": TENANT,
     **EVENTS,
 }

@@ -10,7 +10,7 @@ import msgspec
 from comfyfleet.coordinator.eta import eta
 from comfyfleet.coordinator.feed import output_json
 from comfyfleet.coordinator.fleet import AgentState, agent_view
-from comfyfleet.coordinator.model import JobRecord
+from comfyfleet.coordinator.model import JobRecord, WebhookMessage
 from comfyfleet.coordinator.service import Coordinator
 from comfyfleet.coordinator.state import LiveProgress
 from comfyfleet.shared.status import JobStatus
@@ -71,6 +71,8 @@ def job_json(
         out["vram_peak_mb"] = job.vram_peak_mb
         out["profile"] = job.profile
         out["inputs"] = sorted(spec.inputs)
+        if coord is not None:
+            out["webhooks"] = webhooks_json(coord.store.messages_of_job(job.id))
     return out
 
 
@@ -129,3 +131,20 @@ def agent_json(
         "jobs": visible_job_ids(coord, agent.jobs, tenant),
         "ram_reserved_mb": view.ram_reserved_mb,
     }
+
+
+def webhooks_json(messages: list[WebhookMessage]) -> list[dict[str, Any]]:
+    """A job's webhook delivery log: each message and its tries."""
+    return [
+        {
+            "id": m.id,
+            "event": m.event,
+            "url": m.url,
+            "state": m.state,
+            "attempts": m.attempts,
+            "created_at": m.created_at,
+            "next_at": m.next_at if m.state == "pending" else None,
+            "tries": [msgspec.to_builtins(t) for t in m.tries],
+        }
+        for m in messages
+    ]

@@ -4,7 +4,7 @@ ComfyUI answers a bad prompt with `{"error": {"type", "message", "details", "ext
 "node_errors": {...}}`; where ComfyUI itself would fail with a 500 (a body that is not JSON, a
 `max_items` that is no number, ...) the facade answers 400 in that same shape, naming the field
 in `details`. Routes that ComfyUI answers with a bare status (`/view`, `/upload/image`) raise
-`Bare`.
+`Bare`. Comfy API v2's routes (`/api/v2/...`) answer in v2's own envelope (`v2.errors`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from comfyfleet.coordinator.admission import retry_after
 from comfyfleet.coordinator.api.body import read_limited
 from comfyfleet.coordinator.api.errors import Handler
 from comfyfleet.coordinator.comfy.keys import COMFY_CONFIG
+from comfyfleet.coordinator.comfy.v2.errors import is_v2, v2_errors
 from comfyfleet.coordinator.errors import CoordinatorError
 from comfyfleet.shared.errors import InvalidInput, SharedError
 
@@ -48,6 +49,8 @@ def comfy_error(
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if is_v2(request.path):
+        return await v2_errors(request, handler)
     try:
         return await handler(request)
     except Bare as exc:

@@ -10,9 +10,13 @@ Beyond ComfyUI: the end of a prompt (its last frames) that finds no socket for i
 kept (bounded, for `MISSED_TTL_S`) and sent when the client connects again, so a client that
 reconnects after a drop or a coordinator restart still gets its prompt's end.
 
-The coordinator calls `job_changed` and `comfy_events` synchronously; frames are queued per
-socket (bounded) and written by one task per socket, so a slow client never slows the fleet and
-is disconnected when it falls `SEND_QUEUE` frames behind (ComfyUI clients reconnect).
+The coordinator calls `job_changed` and `comfy_events` synchronously. A frame for a socket
+that is keeping up is written to its connection at once, as WebSocket bytes encoded once for
+every socket it goes to (`ws_frame`): a `status` to 1,000 sockets is one encoding and 1,000
+writes, not 1,000 task switches. A socket that is behind (its connection's send buffer above
+`WRITE_BUFFER`, or frames already waiting) gets its frames queued (bounded) and written by its
+own task, in order, so a slow client never slows the fleet and is disconnected when it falls
+`SEND_QUEUE` frames behind (ComfyUI clients reconnect).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from comfyfleet.coordinator.comfy.stream import (
     Status,
     Text,
 )
+from comfyfleet.coordinator.comfy.v2.shapes import V2
 from comfyfleet.coordinator.model import JobRecord
 from comfyfleet.shared.protocol import JobEvent
 from comfyfleet.shared.status import TERMINAL, JobStatus
@@ -49,6 +54,7 @@ __all__ = ["Hub", "encode_binary", "status_msg"]
 log = structlog.get_logger("coordinator.comfy")
 
 SEND_QUEUE = 2048  # frames a socket may fall behind before it is closed
+WRITE_BUFFER = 64 << 10  # bytes in a connection's send buffer past which frames are queued
 MISSED_PER_CLIENT = 64  # prompt ends kept for a client with no socket
 MISSED_CLIENTS = 10_000  # clients with ends kept (the oldest go first)
 MISSED_TTL_S = 3600.0
@@ -83,25 +89,59 @@ def encode_binary(frame: Binary, prompt_id: str, metadata: bool) -> bytes:
     return struct.pack(">II", 1, _PREVIEW_FORMAT.get(frame.mime, 1)) + frame.payload
 
 
+def ws_frame(item: str | bytes) -> bytes:
+    """One unfragmented server-to-client WebSocket message (RFC 6455 §5.2: FIN, text or binary
+    opcode, no mask), ready to write to the connection."""
+    payload, opcode = (item.encode(), 0x1) if isinstance(item, str) else (item, 0x2)
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", 0x80 | opcode, size)
+    elif size < 1 << 16:
+        header = struct.pack("!BBH", 0x80 | opcode, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 127, size)
+    return header + payload
+
+
 @dataclass(eq=False, slots=True)
 class Socket:
     tenant: str
     sid: str
     ws: web.WebSocketResponse
+    # the connection under the WebSocket (None: every frame goes through the queue)
+    transport: asyncio.BaseTransport | None = None
     metadata: bool = False  # sent feature_flags asking for preview metadata
     queue: asyncio.Queue[str | bytes | None] = field(
         default_factory=lambda: asyncio.Queue(SEND_QUEUE)
     )
+    pending: int = 0  # frames queued and not yet written
     closed: bool = False
 
-    def put(self, item: str | bytes) -> None:
+    def put(self, item: str | bytes, frame: bytes | None = None) -> None:
+        """Send `item` (`frame`: its bytes as `ws_frame` encodes them, when the caller has
+        them): at once when nothing waits and the connection keeps up, else through the queue,
+        so frames always go out in order."""
         if self.closed:
+            return
+        if self.pending == 0 and self._keeps_up():
+            assert isinstance(self.transport, asyncio.WriteTransport)
+            self.transport.write(frame if frame is not None else ws_frame(item))
             return
         try:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:
             log.warning("comfy_ws_lagging", sid=self.sid)
             self.close()
+            return
+        self.pending += 1
+
+    def _keeps_up(self) -> bool:
+        transport = self.transport
+        return (
+            isinstance(transport, asyncio.WriteTransport)
+            and not transport.is_closing()
+            and transport.get_write_buffer_size() < WRITE_BUFFER
+        )
 
     def close(self) -> None:
         if not self.closed:
@@ -120,6 +160,7 @@ class Socket:
                     await self.ws.send_bytes(item)
                 else:
                     await self.ws.send_str(item)
+                self.pending -= 1
         except (ConnectionError, RuntimeError):  # the client went away mid-send
             self.closed = True
 
@@ -132,6 +173,7 @@ class Prompt:
     client_id: str | None
     stream: PromptStream
     ran: bool = False  # went RUNNING (once: status is sent on the first start only)
+    keep_end: bool = True  # keep the end for a client that has no socket (not for v2 jobs)
     legacy: LegacyOrder = field(default_factory=LegacyOrder)  # for a client without metadata
 
 
@@ -156,6 +198,7 @@ class Hub:
         if meta is None:
             return None
         prompt = Prompt(job.tenant, meta.client_id, PromptStream(job.id, meta.prompt_id, started))
+        prompt.keep_end = V2 not in job.spec.metadata  # a v2 client follows its job over SSE
         prompt.ran = started
         self.prompts[job.id] = prompt
         self.open_count[job.tenant] = self.open_count.get(job.tenant, 0) + 1
@@ -230,18 +273,24 @@ class Hub:
 
     def _broadcast_status(self, tenant: str, skip: str | None = None) -> None:
         text = json.dumps(status_msg(self.remaining(tenant)))
+        frame = ws_frame(text)  # encoded once for every socket
         for (t, sid), sock in self.sockets.items():
             if t == tenant and sid != skip:
-                sock.put(text)
+                sock.put(text, frame)
 
     def _route(self, prompt: Prompt, outs: list[Out], final: bool) -> None:
         tenant, client = prompt.tenant, prompt.client_id
         if client is None:  # ComfyUI: no execution events; status and progress_state to all
-            shared = [o for o in outs if isinstance(o, Status | Text) and _public(o)]
+            texts = [
+                self._encode(o, prompt, None)
+                for o in outs
+                if isinstance(o, Status | Text) and _public(o)
+            ]
+            encoded = [(text, ws_frame(text)) for text in texts]
             for (t, _), each in list(self.sockets.items()):
                 if t == tenant:
-                    for out in shared:
-                        each.put(self._encode(out, prompt, each))
+                    for text, frame in encoded:
+                        each.put(text, frame)
             return
         sock = self.sockets.get((tenant, client))
         if sock is not None and not sock.closed:
@@ -252,7 +301,7 @@ class Hub:
             for out in outs:
                 sock.put(self._encode(out, prompt, sock))
             return
-        if final:  # keep the end for the client's next socket
+        if final and prompt.keep_end:  # keep the end for the client's next socket
             frames = [self._encode(o, prompt, None) for o in outs if not isinstance(o, Binary)]
             self._keep_missed((tenant, client), frames)
 

@@ -3,24 +3,32 @@ this): submit, cancel and read jobs, the stored output files, and the fleet's ag
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from comfyfleet.coordinator.comfy.catalog import FleetGpu, merge_object_info, model_folders
-from comfyfleet.coordinator.comfy.hub import Hub
 from comfyfleet.coordinator.comfy.prompts import meta_of
 from comfyfleet.coordinator.errors import NotFound
+from comfyfleet.coordinator.feed import FeedWatcher
 from comfyfleet.coordinator.fleet import AgentStatus
 from comfyfleet.coordinator.model import JobRecord
 from comfyfleet.coordinator.service import Coordinator
 from comfyfleet.shared.jobspec import JobSpec
 from comfyfleet.shared.status import ACTIVE, TERMINAL, JobStatus
 
-__all__ = ["FleetPort", "FleetView"]
+__all__ = ["FleetPort", "FleetView", "Watcher"]
+
+
+class Watcher(FeedWatcher, Protocol):
+    """A feed watcher that also takes the open jobs found at start (hub, v2 streams)."""
+
+    def adopt(self, jobs: Iterable[JobRecord]) -> None: ...
+
 
 HISTORY_SCAN = 10_000  # jobs read at most to answer one /history listing
+WAITING = (JobStatus.SUBMITTED, JobStatus.QUEUED, JobStatus.ASSIGNED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,18 +48,21 @@ class FleetPort:
         self._view_key: tuple[Any, ...] | None = None
         self._view_docs: tuple[dict[str, Any], dict[str, list[str]]] = ({}, {})
 
-    def watch(self, hub: Hub) -> None:
-        hub.adopt(self.coord.jobs.values())
-        self.coord.feed.watchers.append(hub)
+    def watch(self, watcher: Watcher) -> None:
+        """Follow the coordinator's jobs: the open ones now, then every change."""
+        watcher.adopt(self.coord.jobs.values())
+        self.coord.feed.watchers.append(watcher)
 
-    def unwatch(self, hub: Hub) -> None:
-        if hub in self.coord.feed.watchers:
-            self.coord.feed.watchers.remove(hub)
+    def unwatch(self, watcher: Watcher) -> None:
+        if watcher in self.coord.feed.watchers:
+            self.coord.feed.watchers.remove(watcher)
 
     # -- jobs --------------------------------------------------------------------------------
 
-    def submit(self, spec: JobSpec, tenant: str, job_id: str) -> tuple[JobRecord, bool]:
-        return self.coord.submit(spec, None, tenant, job_id=job_id)
+    def submit(
+        self, spec: JobSpec, tenant: str, job_id: str, idempotency_key: str | None = None
+    ) -> tuple[JobRecord, bool]:
+        return self.coord.submit(spec, idempotency_key, tenant, job_id=job_id)
 
     def record(self, job_id: str) -> JobRecord | None:
         """The whole stored record (workflow included), or None."""
@@ -101,6 +112,31 @@ class FleetPort:
             seen += len(page)
             if cursor is None or not page:
                 return
+
+    def page(
+        self, tenant: str, statuses: list[JobStatus] | None, limit: int, cursor: str | None
+    ) -> tuple[list[JobRecord], str | None]:
+        """A page of the tenant's jobs, newest first (any kind; the caller filters)."""
+        return self.coord.store.list_jobs(
+            statuses=statuses, tenant=tenant, limit=limit, cursor=cursor
+        )
+
+    def queue_position(self, job: JobRecord) -> int | None:
+        """1-based place of a waiting facade job among its tenant's waiting facade jobs, in
+        the scheduler's order (priority, then age); None when it does not wait."""
+        if job.status not in WAITING:
+            return None
+        ahead = 0
+        for other in self.coord.jobs.values():
+            if (
+                other.tenant == job.tenant
+                and other.status in WAITING
+                and other.id != job.id
+                and (-other.spec.priority, other.queued_at) < (-job.spec.priority, job.queued_at)
+                and meta_of(other.spec.metadata) is not None
+            ):
+                ahead += 1
+        return ahead + 1
 
     def output_path(self, job: JobRecord, entry: dict[str, Any]) -> Path:
         return self.coord.outputs.final_path(job.id, int(entry["attempt"]), str(entry["name"]))

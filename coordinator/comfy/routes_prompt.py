@@ -7,26 +7,18 @@ errors middleware shape refusals.
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 from typing import Any
 
 from aiohttp import web
 
+from comfyfleet.coordinator.comfy.admit import admit
 from comfyfleet.coordinator.comfy.auth import tenant
-from comfyfleet.coordinator.comfy.catalog import upload_choices
 from comfyfleet.coordinator.comfy.errors import read_json
 from comfyfleet.coordinator.comfy.history import history_entry, queue_lists
 from comfyfleet.coordinator.comfy.keys import DELETED, HUB, NUMBERS, PORT, UPLOADS
-from comfyfleet.coordinator.comfy.prompts import (
-    carry_name,
-    job_id_for,
-    meta_of,
-    parse_prompt,
-    to_spec,
-    upload_refs,
-)
-from comfyfleet.coordinator.comfy.validation import no_prompt, validate
+from comfyfleet.coordinator.comfy.prompts import job_id_for, meta_of, parse_prompt, to_spec
+from comfyfleet.shared.comfy_validation import no_prompt
 from comfyfleet.shared.errors import InvalidInput
 from comfyfleet.shared.status import JobStatus
 
@@ -53,42 +45,14 @@ async def post_prompt(request: web.Request) -> web.Response:
         meta = meta_of(existing.spec.metadata)
         number = meta.number if meta is not None else req.number
         return _json({"prompt_id": req.prompt_id, "number": number, "node_errors": {}})
-    fleet = port.fleet()
-    agent_files = upload_choices(fleet.object_info)
-
-    def file_exists(value: str) -> bool:
-        return value in agent_files or uploads.named(who, value) is not None
-
-    if fleet.object_info:
-        verdict = validate(req.prompt, fleet.object_info, file_exists, req.partial_targets)
-        if not verdict.ok:
-            return _json(verdict.body(), 400)
-        workflow, outputs, node_errors = verdict.prompt, verdict.outputs, verdict.node_errors
-    else:  # no agent has described its ComfyUI yet: the job waits, as on /v1/jobs
-        if not isinstance(req.prompt, dict):
-            raise InvalidInput("prompt", "must be an object mapping node ids to nodes")
-        workflow, outputs, node_errors = dict(req.prompt), [], {}
-    inputs = await asyncio.to_thread(_carry_uploads, uploads, who, workflow, fleet.object_info)
-    spec = to_spec(req, workflow, outputs, inputs)
+    admitted = await admit(port.fleet(), uploads, who, req.prompt, req.partial_targets)
+    if admitted.refused is not None:
+        return _json(admitted.refused.body(), 400)
+    spec = to_spec(req, admitted.workflow, admitted.outputs, admitted.inputs)
     port.submit(spec, who, job_id)
-    return _json({"prompt_id": req.prompt_id, "number": req.number, "node_errors": node_errors})
-
-
-def _carry_uploads(
-    uploads: Any, who: str, workflow: dict[str, Any], defs: dict[str, Any]
-) -> dict[str, str]:
-    """Uploads the prompt names, as job inputs (name -> base64); the workflow is changed to
-    the plain names they travel under."""
-    inputs: dict[str, str] = {}
-    for node_id, name, value in upload_refs(workflow, defs):
-        path = uploads.named(who, value)
-        if path is None:
-            continue  # a file the agents have themselves
-        key = carry_name(value)
-        inputs[key] = base64.b64encode(path.read_bytes()).decode()
-        node = workflow[node_id]
-        workflow[node_id] = {**node, "inputs": {**node["inputs"], name: key}}
-    return inputs
+    return _json(
+        {"prompt_id": req.prompt_id, "number": req.number, "node_errors": admitted.node_errors}
+    )
 
 
 async def get_prompt(request: web.Request) -> web.Response:

@@ -24,7 +24,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, heartbeat=None)
     await ws.prepare(request)
     hub = request.app[HUB]
-    sock = Socket(tenant(request), sid, ws)
+    sock = Socket(tenant(request), sid, ws, request.transport)
     writer = asyncio.create_task(sock.writer(), name=f"comfy-ws-{sid}")
     hub.connect(sock)
     first = True

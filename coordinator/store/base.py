@@ -16,7 +16,7 @@ from collections.abc import Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from comfyfleet.coordinator.errors import StoreUnavailable
-from comfyfleet.coordinator.model import AgentRecord, JobRecord
+from comfyfleet.coordinator.model import AgentRecord, Doomed, JobRecord, WebhookMessage
 from comfyfleet.shared.status import JobStatus
 
 if TYPE_CHECKING:
@@ -56,8 +56,16 @@ class Store(Protocol):
         """
         ...
 
-    def update_jobs(self, items: Sequence[GuardedUpdate]) -> list[bool]:
-        """Many guarded updates, applied in order in one transaction; one result per item."""
+    def update_jobs(
+        self,
+        items: Sequence[GuardedUpdate],
+        outbox: Sequence[Sequence[WebhookMessage]] = (),
+    ) -> list[bool]:
+        """Many guarded updates, applied in order in one transaction; one result per item.
+
+        `outbox`, when given, has one entry per item: the webhook messages that item's change
+        causes, inserted in the same transaction if and only if the item was written.
+        """
         ...
 
     def get_job(self, job_id: str) -> JobRecord | None: ...
@@ -94,6 +102,65 @@ class Store(Protocol):
 
     def load_agents(self) -> list[AgentRecord]:
         """Every saved agent, ordered by agent_id."""
+        ...
+
+    # --- webhook outbox (coordinator/webhooks/) ---
+
+    def due_messages(
+        self, now: float, limit: int, exclude: Collection[str] = ()
+    ) -> list[WebhookMessage]:
+        """Pending messages with `next_at <= now`, soonest first, leaving out `exclude` ids."""
+        ...
+
+    def next_message_at(self) -> float | None:
+        """The soonest `next_at` of a pending message; None when none is pending."""
+        ...
+
+    def save_message(self, msg: WebhookMessage) -> None:
+        """Record a delivery try: attempts, state, next_at and tries of an existing message
+        (nothing happens when it is gone, e.g. its job expired meanwhile)."""
+        ...
+
+    def messages_of_job(self, job_id: str) -> list[WebhookMessage]:
+        """Every message about the job, oldest first (its delivery log)."""
+        ...
+
+    # --- tenant settings (coordinator/tenants.py) ---
+
+    def load_tenants(self) -> dict[str, str]:
+        """Every tenant's settings document (JSON text), by tenant."""
+        ...
+
+    def save_tenant(self, tenant: str, settings: str) -> None:
+        """Insert or replace a tenant's settings document."""
+        ...
+
+    # --- retention (coordinator/retention.py) ---
+
+    def finished_jobs(
+        self,
+        before: float,
+        limit: int,
+        *,
+        tenant: str | None = None,
+        other_than: Collection[str] = (),
+    ) -> list[JobRecord]:
+        """Up to `limit` COMPLETED, FAILED or CANCELLED jobs last changed before `before`, with
+        no webhook message still pending, least recently changed first; only `tenant`'s when
+        given, and none of the tenants in `other_than`."""
+        ...
+
+    def delete_jobs(self, jobs: Sequence[JobRecord]) -> list[Doomed]:
+        """In one transaction: delete each job that is still finished, with its webhook
+        messages, and remember it as doomed (its outputs still to remove). Returns those."""
+        ...
+
+    def doomed(self, limit: int) -> list[Doomed]:
+        """Deleted jobs whose outputs may still exist (a sweep that stopped halfway)."""
+        ...
+
+    def forget_doomed(self, job_ids: Sequence[str]) -> None:
+        """The outputs of these deleted jobs are gone."""
         ...
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from comfyfleet.coordinator.model import AgentRecord, JobRecord
+from comfyfleet.coordinator.model import AgentRecord, DeliveryTry, JobRecord, WebhookMessage
 from comfyfleet.shared.errors import InvalidInput
 from comfyfleet.shared.history import Transition
 from comfyfleet.shared.jobspec import JobSpec
@@ -39,6 +39,7 @@ _MAX_CURSOR = 1024
 _encoder = msgspec.json.Encoder()
 _spec_decoder = msgspec.json.Decoder(JobSpec)
 _cursor_decoder = msgspec.json.Decoder(tuple[float, str])
+_tries_decoder = msgspec.json.Decoder(tuple[DeliveryTry, ...])
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,3 +209,44 @@ def status_counts(pairs: Iterable[tuple[str, int]]) -> dict[JobStatus, int]:
 def before_cursor(row: JobRow, position: tuple[float, str]) -> bool:
     """True when `row` comes after `position` in newest-first order."""
     return (row.created_at, row.id) < position
+
+
+# --- webhook messages ---------------------------------------------------------------------------
+
+# Column order of the `webhook_outbox` table.
+MESSAGE_COLUMNS = (
+    "id, job_id, tenant, url, event, payload, created_at, next_at, attempts, state, tries"
+)
+
+
+def encode_message(msg: WebhookMessage) -> tuple[object, ...]:
+    return (
+        msg.id,
+        msg.job_id,
+        msg.tenant,
+        msg.url,
+        msg.event,
+        msg.payload,
+        float(msg.created_at),
+        float(msg.next_at),
+        msg.attempts,
+        msg.state,
+        _encoder.encode(msg.tries).decode(),
+    )
+
+
+def decode_message(row: Sequence[Any]) -> WebhookMessage:
+    (id_, job_id, tenant, url, event, payload, created_at, next_at, attempts, state, tries) = row
+    return WebhookMessage(
+        id=id_,
+        job_id=job_id,
+        tenant=tenant,
+        url=url,
+        event=event,
+        payload=payload,
+        created_at=created_at,
+        next_at=next_at,
+        attempts=attempts,
+        state=state,
+        tries=_tries_decoder.decode(tries),
+    )

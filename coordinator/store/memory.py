@@ -6,10 +6,17 @@ record and callers never share a mutable object with the store.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Iterator, Sequence
 
 from comfyfleet.coordinator.errors import Conflict, StoreUnavailable
-from comfyfleet.coordinator.model import AgentRecord, JobRecord
+from comfyfleet.coordinator.model import (
+    AgentRecord,
+    Doomed,
+    JobRecord,
+    WebhookMessage,
+    output_bytes,
+)
 from comfyfleet.coordinator.store import codec
 from comfyfleet.coordinator.store.base import DEFAULT_PAGE, RECOVERY_PAGE, GuardedUpdate
 from comfyfleet.coordinator.store.codec import JobRow
@@ -25,6 +32,9 @@ class MemoryStore:
         self._jobs: dict[str, JobRow] = {}
         self._keys: dict[tuple[str, str], str] = {}  # (tenant, idempotency_key) -> job id
         self._agents: dict[str, tuple[float, str]] = {}
+        self._messages: dict[str, WebhookMessage] = {}  # frozen: never shared mutably
+        self._tenants: dict[str, str] = {}
+        self._doomed: dict[str, Doomed] = {}
         self._closed = False
 
     def _open(self) -> None:
@@ -51,7 +61,11 @@ class MemoryStore:
     def update_job(self, job: JobRecord, expect_status: JobStatus, expect_attempt: int) -> bool:
         return self.update_jobs([(job, expect_status, expect_attempt)])[0]
 
-    def update_jobs(self, items: Sequence[GuardedUpdate]) -> list[bool]:
+    def update_jobs(
+        self,
+        items: Sequence[GuardedUpdate],
+        outbox: Sequence[Sequence[WebhookMessage]] = (),
+    ) -> list[bool]:
         self._open()
         # Stage every change first and apply them together: an exception changes nothing.
         staged: dict[str, JobRow] = {}
@@ -65,6 +79,10 @@ class MemoryStore:
                 staged[job.id] = codec.apply_update(row, job)
             results.append(ok)
         self._jobs.update(staged)
+        for ok, messages in zip(results, outbox, strict=False):
+            if ok:
+                for msg in messages:
+                    self._messages.setdefault(msg.id, msg)
         return results
 
     def get_job(self, job_id: str) -> JobRecord | None:
@@ -121,6 +139,94 @@ class MemoryStore:
             codec.decode_agent(agent_id, at, info)
             for agent_id, (at, info) in sorted(self._agents.items())
         ]
+
+    def due_messages(
+        self, now: float, limit: int, exclude: Collection[str] = ()
+    ) -> list[WebhookMessage]:
+        self._open()
+        due = [
+            m
+            for m in self._messages.values()
+            if m.state == "pending" and m.next_at <= now and m.id not in exclude
+        ]
+        return sorted(due, key=lambda m: m.next_at)[:limit]
+
+    def next_message_at(self) -> float | None:
+        self._open()
+        return min(
+            (m.next_at for m in self._messages.values() if m.state == "pending"), default=None
+        )
+
+    def save_message(self, msg: WebhookMessage) -> None:
+        self._open()
+        old = self._messages.get(msg.id)
+        if old is not None:
+            self._messages[msg.id] = dataclasses.replace(
+                old, next_at=msg.next_at, attempts=msg.attempts, state=msg.state, tries=msg.tries
+            )
+
+    def messages_of_job(self, job_id: str) -> list[WebhookMessage]:
+        self._open()
+        found = [m for m in self._messages.values() if m.job_id == job_id]
+        return sorted(found, key=lambda m: (m.created_at, m.id))
+
+    def load_tenants(self) -> dict[str, str]:
+        self._open()
+        return dict(sorted(self._tenants.items()))
+
+    def save_tenant(self, tenant: str, settings: str) -> None:
+        self._open()
+        self._tenants[tenant] = settings
+
+    def finished_jobs(
+        self,
+        before: float,
+        limit: int,
+        *,
+        tenant: str | None = None,
+        other_than: Collection[str] = (),
+    ) -> list[JobRecord]:
+        self._open()
+        terminal = {s.value for s in TERMINAL}
+        waiting = {m.job_id for m in self._messages.values() if m.state == "pending"}
+        rows = [
+            r
+            for r in self._jobs.values()
+            if r.status in terminal
+            and r.updated_at < before
+            and r.id not in waiting
+            and (tenant is None or r.tenant == tenant)
+            and r.tenant not in other_than
+        ]
+        rows.sort(key=lambda r: (r.updated_at, r.id))
+        return [codec.decode_job(r) for r in rows[:limit]]
+
+    def delete_jobs(self, jobs: Sequence[JobRecord]) -> list[Doomed]:
+        self._open()
+        terminal = {s.value for s in TERMINAL}
+        doomed: list[Doomed] = []
+        for job in jobs:
+            row = self._jobs.get(job.id)
+            if row is None or row.status not in terminal:
+                continue
+            del self._jobs[job.id]
+            if row.idempotency_key is not None:
+                self._keys.pop((row.tenant, row.idempotency_key), None)
+            for msg_id in [m.id for m in self._messages.values() if m.job_id == job.id]:
+                del self._messages[msg_id]
+            entry = Doomed(job.id, row.tenant, output_bytes(job))
+            self._doomed[job.id] = entry
+            doomed.append(entry)
+        return doomed
+
+    def doomed(self, limit: int) -> list[Doomed]:
+        self._open()
+        return [self._doomed[k] for k in sorted(self._doomed)[:limit]]
+
+    def forget_doomed(self, job_ids: Sequence[str]) -> None:
+        self._open()
+        for job_id in job_ids:
+            self._doomed.pop(job_id, None)
 
     def close(self) -> None:
         self._closed = True

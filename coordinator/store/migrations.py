@@ -77,6 +77,68 @@ _POSTGRES_V1 = (
     """,
 )
 
+# Results that leave the coordinator (issue 17): the webhook outbox, tenant settings, and the
+# jobs deleted by retention whose outputs are still to remove.
+_SQLITE_V2 = (
+    """
+    CREATE TABLE webhook_outbox (
+        id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        url TEXT NOT NULL,
+        event TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        next_at REAL NOT NULL,
+        attempts INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        tries TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX webhook_outbox_due ON webhook_outbox (next_at) WHERE state = 'pending'",
+    "CREATE INDEX webhook_outbox_job ON webhook_outbox (job_id, created_at)",
+    "CREATE TABLE tenants (tenant TEXT PRIMARY KEY, settings TEXT NOT NULL)",
+    """
+    CREATE TABLE doomed_outputs (
+        job_id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        output_bytes INTEGER NOT NULL
+    )
+    """,
+    "CREATE INDEX jobs_finished ON jobs (updated_at) "
+    "WHERE status IN ('COMPLETED', 'FAILED', 'CANCELLED')",
+)
+
+_POSTGRES_V2 = (
+    """
+    CREATE TABLE webhook_outbox (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        job_id TEXT COLLATE "C" NOT NULL,
+        tenant TEXT COLLATE "C" NOT NULL,
+        url TEXT NOT NULL,
+        event TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        next_at DOUBLE PRECISION NOT NULL,
+        attempts INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        tries TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX webhook_outbox_due ON webhook_outbox (next_at) WHERE state = 'pending'",
+    "CREATE INDEX webhook_outbox_job ON webhook_outbox (job_id, created_at, id)",
+    'CREATE TABLE tenants (tenant TEXT COLLATE "C" PRIMARY KEY, settings TEXT NOT NULL)',
+    """
+    CREATE TABLE doomed_outputs (
+        job_id TEXT COLLATE "C" PRIMARY KEY,
+        tenant TEXT COLLATE "C" NOT NULL,
+        output_bytes BIGINT NOT NULL
+    )
+    """,
+    "CREATE INDEX jobs_finished ON jobs (updated_at, id) "
+    "WHERE status IN ('COMPLETED', 'FAILED', 'CANCELLED')",
+)
+
 # Several coordinators on one database (coordinator/lease.py, store/postgres_lead.py): the lease
 # row (its epoch fences every write of the leader), the log of terms (when each epoch began), the
 # orders that any coordinator leaves for the leader (a job submitted, a cancel, a drain), and the
@@ -84,7 +146,7 @@ _POSTGRES_V1 = (
 # FENCE_SQLSTATE when the given epoch does not hold the lease. SQLite has one coordinator:
 # nothing to add there.
 FENCE_SQLSTATE = "CF001"
-_POSTGRES_V2 = (
+_POSTGRES_V3 = (
     """
     CREATE TABLE comfyfleet_leader (
         id SMALLINT PRIMARY KEY CHECK (id = 1),
@@ -127,6 +189,7 @@ _POSTGRES_V2 = (
     """,
 )
 
-SQLITE: tuple[tuple[str, ...], ...] = (_SQLITE_V1, ())
-POSTGRES: tuple[tuple[str, ...], ...] = (_POSTGRES_V1, _POSTGRES_V2)
+
+SQLITE: tuple[tuple[str, ...], ...] = (_SQLITE_V1, _SQLITE_V2, ())
+POSTGRES: tuple[tuple[str, ...], ...] = (_POSTGRES_V1, _POSTGRES_V2, _POSTGRES_V3)
 LATEST = len(SQLITE)  # POSTGRES has as many (a test checks)

@@ -33,10 +33,16 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from comfyfleet.coordinator.errors import Conflict, NotLeader, StoreUnavailable
-from comfyfleet.coordinator.lease import Leader
-from comfyfleet.coordinator.model import AgentRecord, JobRecord
+from comfyfleet.coordinator.model import (
+    AgentRecord,
+    Doomed,
+    JobRecord,
+    WebhookMessage,
+    output_bytes,
+)
 from comfyfleet.coordinator.store import codec
 from comfyfleet.coordinator.store import postgres_lead as lead
+from comfyfleet.coordinator.store import results_sql as results
 from comfyfleet.coordinator.store.base import (
     DEFAULT_PAGE,
     RECOVERY_PAGE,
@@ -50,7 +56,7 @@ from comfyfleet.coordinator.store.migrations import (
     POSTGRES,
     POSTGRES_OPEN_STATUSES,
 )
-from comfyfleet.coordinator.store.postgres_lead import Order, TermRecord
+from comfyfleet.coordinator.store.results_sql import postgres as pg
 from comfyfleet.shared.errors import InvalidInput
 from comfyfleet.shared.settings import ConfigError
 from comfyfleet.shared.status import JobStatus
@@ -136,7 +142,7 @@ def _problem(exc: BaseException) -> str:
 RAW, LEADER, FOLLOWER = "raw", "leader", "follower"  # how a store view writes
 
 
-class PostgresStore:
+class PostgresStore(lead.LeaseAndOrders):
     def __init__(self, url: str, options: PostgresOptions | None = None) -> None:
         self._shown = mask_url(url)
         self._options = options or PostgresOptions()
@@ -220,38 +226,6 @@ class PostgresStore:
     def _fence(self, params: Sequence[object]) -> tuple[object, ...]:
         """The parameters of a fenced statement: `params`, then this view's epoch."""
         return (*params, self._epoch)
-
-    def try_lead(self, holder: str, url: str, ttl_s: float) -> int | None:
-        """Take the lease if it has ended: the new epoch, or None."""
-        with self._conn() as conn:
-            return lead.take(conn, holder, url, ttl_s)
-
-    def renew(self, epoch: int, holder: str, ttl_s: float) -> bool:
-        with self._conn() as conn:
-            return lead.renew(conn, epoch, holder, ttl_s)
-
-    def release(self, epoch: int, holder: str) -> None:
-        with self._conn() as conn:
-            lead.release(conn, epoch, holder)
-
-    def leader(self) -> Leader | None:
-        with self._conn() as conn:
-            return lead.leader(conn)
-
-    def terms(self) -> list[TermRecord]:
-        """Every epoch so far and when it began (the server's clock)."""
-        with self._conn() as conn:
-            return lead.terms(conn)
-
-    def put_order(
-        self, kind: str, at: float, job_id: str | None = None, agent_id: str | None = None
-    ) -> None:
-        with self._conn() as conn:
-            lead.order(conn, self.channel, kind, job_id, agent_id, at)
-
-    def orders(self, limit: int = 1000) -> list[Order]:
-        with self._conn() as conn:
-            return lead.orders(conn, limit)
 
     def done_orders(self, seqs: Sequence[int]) -> None:
         """Forget orders the leader has applied (fenced: only the leader)."""
@@ -369,27 +343,40 @@ class PostgresStore:
     def update_job(self, job: JobRecord, expect_status: JobStatus, expect_attempt: int) -> bool:
         return self.update_jobs([(job, expect_status, expect_attempt)])[0]
 
-    def update_jobs(self, items: Sequence[GuardedUpdate]) -> list[bool]:
+    def update_jobs(
+        self,
+        items: Sequence[GuardedUpdate],
+        outbox: Sequence[Sequence[WebhookMessage]] = (),
+    ) -> list[bool]:
         self._leader_only("update_jobs")
         params = [codec.update_values(*item) for item in items]
         if not params:
             return []
         query = _UPDATE
-        if self._mode == LEADER:
+        if self._mode == LEADER:  # each UPDATE fenced; the first one's lock holds to the commit
             query, params = _UPDATE_FENCED, [self._fence(p) for p in params]
-        if len(params) == 1:  # one statement is atomic on its own: no BEGIN/COMMIT round trips
+        if len(params) == 1 and not any(outbox):  # one statement is atomic on its own
             with self._conn() as conn:
                 return [conn.execute(query, params[0]).fetchone() is not None]
-        results: list[bool] = []
-        with self._conn() as conn, conn.pipeline(), conn.transaction(), conn.cursor() as cur:
-            # BEGIN, the UPDATEs and COMMIT in one pipeline; each UPDATE sees the ones before it
-            # (a fence that fails aborts them all).
-            cur.executemany(query, params, returning=True)
-            while True:
-                results.append(cur.fetchone() is not None)
-                if not cur.nextset():
-                    break
-        return results
+        oks: list[bool] = []
+        with self._conn() as conn, conn.transaction():
+            with conn.pipeline(), conn.cursor() as cur:
+                # the UPDATEs in one pipeline; each UPDATE sees the ones before it
+                cur.executemany(query, params, returning=True)
+                while True:
+                    oks.append(cur.fetchone() is not None)
+                    if not cur.nextset():
+                        break
+            written = [
+                codec.encode_message(m)
+                for ok, messages in zip(oks, outbox, strict=False)
+                if ok
+                for m in messages
+            ]
+            if written:  # in the same transaction as the changes that caused them
+                with conn.cursor() as cur:
+                    cur.executemany(pg(results.INSERT_MESSAGE), written)
+        return oks
 
     def get_job(self, job_id: str) -> JobRecord | None:
         if "\x00" in job_id:  # no job has such an id (codec.check_key_text)
@@ -439,6 +426,66 @@ class PostgresStore:
                 "SELECT agent_id, registered_at, info FROM agents ORDER BY agent_id"
             ).fetchall()
         return [codec.decode_agent(*r) for r in rows]
+
+    def _select(self, query: Any, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        with self._conn() as conn:
+            return conn.execute(query, params).fetchall()
+
+    def due_messages(
+        self, now: float, limit: int, exclude: Collection[str] = ()
+    ) -> list[WebhookMessage]:
+        query, params = results.due_messages(now, limit, exclude)
+        return [codec.decode_message(r) for r in self._select(pg(query), params)]
+
+    def next_message_at(self) -> float | None:
+        rows = self._select(results.NEXT_MESSAGE_AT)
+        return rows[0][0] if rows and rows[0][0] is not None else None
+
+    def save_message(self, msg: WebhookMessage) -> None:
+        with self._conn() as conn:
+            conn.execute(pg(results.SAVE_MESSAGE), results.save_message_values(msg))
+
+    def messages_of_job(self, job_id: str) -> list[WebhookMessage]:
+        rows = self._select(pg(results.MESSAGES_OF_JOB), (job_id,))
+        return [codec.decode_message(r) for r in rows]
+
+    def load_tenants(self) -> dict[str, str]:
+        return dict(self._select(results.LOAD_TENANTS))
+
+    def save_tenant(self, tenant: str, settings: str) -> None:
+        with self._conn() as conn:
+            conn.execute(pg(results.SAVE_TENANT), (tenant, settings))
+
+    def finished_jobs(
+        self,
+        before: float,
+        limit: int,
+        *,
+        tenant: str | None = None,
+        other_than: Collection[str] = (),
+    ) -> list[JobRecord]:
+        query, params = results.finished_jobs(_SELECT, before, limit, tenant, other_than)
+        return [codec.decode_job(r) for r in self._rows(pg(query), params)]
+
+    def delete_jobs(self, jobs: Sequence[JobRecord]) -> list[Doomed]:
+        doomed: list[Doomed] = []
+        with self._conn() as conn, conn.transaction():
+            for job in jobs:
+                if conn.execute(pg(results.DELETE_FINISHED_JOB), (job.id,)).rowcount != 1:
+                    continue
+                conn.execute(pg(results.DELETE_MESSAGES_OF_JOB), (job.id,))
+                entry = Doomed(job.id, job.tenant, output_bytes(job))
+                conn.execute(pg(results.INSERT_DOOMED), results.doomed_values(entry))
+                doomed.append(entry)
+        return doomed
+
+    def doomed(self, limit: int) -> list[Doomed]:
+        return [Doomed(*r) for r in self._select(pg(results.DOOMED), (limit,))]
+
+    def forget_doomed(self, job_ids: Sequence[str]) -> None:
+        with self._conn() as conn, conn.transaction():
+            for job_id in job_ids:
+                conn.execute(pg(results.FORGET_DOOMED), (job_id,))
 
     def close(self) -> None:
         """Close the pool (a view made by as_leader/as_follower only lets go of it)."""

@@ -18,6 +18,7 @@ channel (a hint: the leader also polls).
 from __future__ import annotations
 
 import asyncio
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,37 +112,37 @@ def _lease_statement(conn: psycopg.Connection[Any], query: str, params: dict[str
         return None
 
 
-def take(conn: psycopg.Connection[Any], holder: str, url: str, ttl_s: float) -> int | None:
+def take_lease(conn: psycopg.Connection[Any], holder: str, url: str, ttl_s: float) -> int | None:
     row = _lease_statement(conn, _TAKE, {"holder": holder, "url": url, "ttl": ttl_s})
     return int(row[0]) if row else None
 
 
-def renew(conn: psycopg.Connection[Any], epoch: int, holder: str, ttl_s: float) -> bool:
+def renew_lease(conn: psycopg.Connection[Any], epoch: int, holder: str, ttl_s: float) -> bool:
     row = _lease_statement(conn, _RENEW, {"epoch": epoch, "holder": holder, "ttl": ttl_s})
     return row is not None
 
 
-def release(conn: psycopg.Connection[Any], epoch: int, holder: str) -> None:
+def release_lease(conn: psycopg.Connection[Any], epoch: int, holder: str) -> None:
     with conn.transaction():
         conn.execute(f"SET LOCAL lock_timeout = {LEASE_LOCK_TIMEOUT_MS}")
         conn.execute(_RELEASE, {"epoch": epoch, "holder": holder})
 
 
-def leader(conn: psycopg.Connection[Any]) -> Leader | None:
+def current_leader(conn: psycopg.Connection[Any]) -> Leader | None:
     row = conn.execute(_LEADER).fetchone()
     return Leader(int(row[0]), str(row[1]), str(row[2])) if row else None
 
 
-def terms(conn: psycopg.Connection[Any]) -> list[TermRecord]:
+def all_terms(conn: psycopg.Connection[Any]) -> list[TermRecord]:
     return [TermRecord(int(e), str(h), str(u), float(b)) for e, h, u, b in conn.execute(_TERMS)]
 
 
-def orders(conn: psycopg.Connection[Any], limit: int) -> list[Order]:
+def read_orders(conn: psycopg.Connection[Any], limit: int) -> list[Order]:
     rows = conn.execute(_ORDERS, (limit,))
     return [Order(int(s), str(k), j, a, float(t)) for s, k, j, a, t in rows]
 
 
-def order(
+def add_order(
     conn: psycopg.Connection[Any],
     channel: str,
     kind: str,
@@ -161,3 +162,44 @@ async def listen(conninfo: str, channel: str, woken: asyncio.Event, timeout_s: f
         await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
         async for _ in conn.notifies():
             woken.set()
+
+
+class LeaseAndOrders:
+    """The lease and the orders, as methods of PostgresStore (which provides `_conn`)."""
+
+    channel: str
+
+    def _conn(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        raise NotImplementedError
+
+    def try_lead(self, holder: str, url: str, ttl_s: float) -> int | None:
+        """Take the lease if it has ended: the new epoch, or None."""
+        with self._conn() as conn:
+            return take_lease(conn, holder, url, ttl_s)
+
+    def renew(self, epoch: int, holder: str, ttl_s: float) -> bool:
+        with self._conn() as conn:
+            return renew_lease(conn, epoch, holder, ttl_s)
+
+    def release(self, epoch: int, holder: str) -> None:
+        with self._conn() as conn:
+            release_lease(conn, epoch, holder)
+
+    def leader(self) -> Leader | None:
+        with self._conn() as conn:
+            return current_leader(conn)
+
+    def terms(self) -> list[TermRecord]:
+        """Every epoch so far and when it began (the server's clock)."""
+        with self._conn() as conn:
+            return all_terms(conn)
+
+    def put_order(
+        self, kind: str, at: float, job_id: str | None = None, agent_id: str | None = None
+    ) -> None:
+        with self._conn() as conn:
+            add_order(conn, self.channel, kind, job_id, agent_id, at)
+
+    def orders(self, limit: int = 1000) -> list[Order]:
+        with self._conn() as conn:
+            return read_orders(conn, limit)

@@ -6,10 +6,18 @@ import sqlite3
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from comfyfleet.coordinator.errors import Conflict, StoreUnavailable
-from comfyfleet.coordinator.model import AgentRecord, JobRecord
+from comfyfleet.coordinator.model import (
+    AgentRecord,
+    Doomed,
+    JobRecord,
+    WebhookMessage,
+    output_bytes,
+)
 from comfyfleet.coordinator.store import codec
+from comfyfleet.coordinator.store import results_sql as sql
 from comfyfleet.coordinator.store.base import (
     DEFAULT_PAGE,
     RECOVERY_PAGE,
@@ -151,12 +159,22 @@ class SqliteStore:
     def update_job(self, job: JobRecord, expect_status: JobStatus, expect_attempt: int) -> bool:
         return self.update_jobs([(job, expect_status, expect_attempt)])[0]
 
-    def update_jobs(self, items: Sequence[GuardedUpdate]) -> list[bool]:
+    def update_jobs(
+        self,
+        items: Sequence[GuardedUpdate],
+        outbox: Sequence[Sequence[WebhookMessage]] = (),
+    ) -> list[bool]:
         params = [codec.update_values(*item) for item in items]
         if not params:
             return []
         with self._write() as conn:
-            return [conn.execute(_UPDATE, p).rowcount == 1 for p in params]
+            oks = [conn.execute(_UPDATE, p).rowcount == 1 for p in params]
+            for ok, messages in zip(oks, outbox, strict=False):
+                if ok:
+                    conn.executemany(
+                        sql.INSERT_MESSAGE, [codec.encode_message(m) for m in messages]
+                    )
+            return oks
 
     def get_job(self, job_id: str) -> JobRecord | None:
         rows = self._rows(f"{_SELECT} WHERE id = ?", (job_id,))
@@ -225,6 +243,67 @@ class SqliteStore:
                 "SELECT agent_id, registered_at, info FROM agents ORDER BY agent_id"
             ).fetchall()
         return [codec.decode_agent(*r) for r in rows]
+
+    def _select(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        conn = self._live()
+        with _translated(self._path):
+            return conn.execute(sql, params).fetchall()
+
+    def due_messages(
+        self, now: float, limit: int, exclude: Collection[str] = ()
+    ) -> list[WebhookMessage]:
+        query, params = sql.due_messages(now, limit, exclude)
+        return [codec.decode_message(r) for r in self._select(query, params)]
+
+    def next_message_at(self) -> float | None:
+        rows = self._select(sql.NEXT_MESSAGE_AT)
+        return rows[0][0] if rows and rows[0][0] is not None else None
+
+    def save_message(self, msg: WebhookMessage) -> None:
+        with self._write() as conn:
+            conn.execute(sql.SAVE_MESSAGE, sql.save_message_values(msg))
+
+    def messages_of_job(self, job_id: str) -> list[WebhookMessage]:
+        rows = self._select(sql.MESSAGES_OF_JOB, (job_id,))
+        return [codec.decode_message(r) for r in rows]
+
+    def load_tenants(self) -> dict[str, str]:
+        return dict(self._select(sql.LOAD_TENANTS))
+
+    def save_tenant(self, tenant: str, settings: str) -> None:
+        with self._write() as conn:
+            conn.execute(sql.SAVE_TENANT, (tenant, settings))
+
+    def finished_jobs(
+        self,
+        before: float,
+        limit: int,
+        *,
+        tenant: str | None = None,
+        other_than: Collection[str] = (),
+    ) -> list[JobRecord]:
+        query, params = sql.finished_jobs(_SELECT, before, limit, tenant, other_than)
+        return [codec.decode_job(r) for r in self._rows(query, params)]
+
+    def delete_jobs(self, jobs: Sequence[JobRecord]) -> list[Doomed]:
+        doomed: list[Doomed] = []
+        with self._write() as conn:
+            for job in jobs:
+                if conn.execute(sql.DELETE_FINISHED_JOB, (job.id,)).rowcount != 1:
+                    continue
+                conn.execute(sql.DELETE_MESSAGES_OF_JOB, (job.id,))
+                entry = Doomed(job.id, job.tenant, output_bytes(job))
+                conn.execute(sql.INSERT_DOOMED, sql.doomed_values(entry))
+                doomed.append(entry)
+        return doomed
+
+    def doomed(self, limit: int) -> list[Doomed]:
+        return [Doomed(*r) for r in self._select(sql.DOOMED, (limit,))]
+
+    def forget_doomed(self, job_ids: Sequence[str]) -> None:
+        with self._write() as conn:
+            for job_id in job_ids:
+                conn.execute(sql.FORGET_DOOMED, (job_id,))
 
     def close(self) -> None:
         conn, self._conn = self._conn, None

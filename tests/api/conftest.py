@@ -83,3 +83,19 @@ def harness(aiohttp_client: Any, tmp_path: Path) -> MakeHarness:
         return Harness(client)
 
     return make
+
+
+@pytest.fixture
+async def open_facade(aiohttp_client: Any, tmp_path: Path) -> Any:
+    """The ComfyUI facade with no keys (tests/helpers/comfy_facade.py)."""
+    from tests.helpers.comfy_facade import make
+
+    return await make(aiohttp_client, tmp_path, keys=False)
+
+
+@pytest.fixture
+async def keyed(aiohttp_client: Any, tmp_path: Path) -> Any:
+    """The ComfyUI facade with keys: tenants acme and beta, and agent gpu-1's token."""
+    from tests.helpers.comfy_facade import make
+
+    return await make(aiohttp_client, tmp_path, keys=True)

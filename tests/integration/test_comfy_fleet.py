@@ -52,6 +52,14 @@ class ComfyFleet:
             assert time.monotonic() < deadline, self.fleet.logs()
             await asyncio.sleep(0.2)
 
+    async def gpus(self, *names: str, step_ms: int = 5) -> None:
+        """A simulated ComfyUI and its agent per name, described to the facade."""
+        for name in names:
+            self.fleet.add_sim(name, 24576, "--step-ms", str(step_ms))
+            self.fleet.add_agent(name, name)
+        async with aiohttp.ClientSession() as session:
+            await self.ready(session, gpus=len(names))
+
 
 @pytest.fixture
 def comfy(tmp_path: Path) -> Iterator[ComfyFleet]:
@@ -93,12 +101,9 @@ async def one_client(
 
 
 async def test_24_clients_each_get_their_own_events_and_image(comfy: ComfyFleet) -> None:
-    for name in ("a", "b"):
-        comfy.fleet.add_sim(name, 24576, "--step-ms", "5")
-        comfy.fleet.add_agent(name, name)
+    await comfy.gpus("a", "b")
     rng = random.Random(24)
     async with aiohttp.ClientSession() as session:
-        await comfy.ready(session, gpus=2)
         results = await asyncio.gather(
             *(one_client(session, comfy.url, n, rng.choice(SIZES)) for n in range(24))
         )

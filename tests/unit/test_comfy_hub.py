@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import struct
 from typing import Any
 
-from comfyfleet.coordinator.comfy.hub import SEND_QUEUE, Hub, Socket
+from hypothesis import given
+from hypothesis import strategies as st
+
+from comfyfleet.coordinator.comfy.hub import SEND_QUEUE, WRITE_BUFFER, Hub, Socket, ws_frame
 from comfyfleet.coordinator.comfy.prompts import COMFY
 from comfyfleet.coordinator.model import JobRecord
 from comfyfleet.shared.jobspec import JobSpec
@@ -127,3 +132,86 @@ async def test_kept_ends_are_bounded_in_count_and_age() -> None:
     now[0] = 4000.0  # past the TTL: the next end sweeps the old ones out
     run(hub, "new", "fresh")
     assert list(hub.missed) == [("t", "fresh")]
+
+
+# --- writing frames: at once while the connection keeps up, else queued, always in order ----
+
+
+class FakeTransport(asyncio.WriteTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self.buffered = 0
+
+    def write(self, data: Any) -> None:
+        self.written.append(bytes(data))
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def parse_frame(data: bytes) -> tuple[int, bytes]:
+    """(opcode, payload) of one unmasked frame, as a client reads it (RFC 6455 §5.2)."""
+    assert data[0] & 0x80 and not data[1] & 0x80  # FIN, no mask
+    size, at = data[1] & 0x7F, 2
+    if size == 126:
+        size, at = struct.unpack("!H", data[2:4])[0], 4
+    elif size == 127:
+        size, at = struct.unpack("!Q", data[2:10])[0], 10
+    assert len(data) == at + size
+    return data[0] & 0x0F, data[at:]
+
+
+@given(st.one_of(st.text(max_size=70_000), st.binary(max_size=70_000)))
+def test_ws_frame_is_one_whole_message(item: str | bytes) -> None:
+    opcode, payload = parse_frame(ws_frame(item))
+    if isinstance(item, str):
+        assert (opcode, payload) == (1, item.encode())
+    else:
+        assert (opcode, payload) == (2, item)
+
+
+def test_a_socket_that_keeps_up_is_written_at_once_and_one_behind_is_queued_in_order() -> None:
+    transport = FakeTransport()
+    s = Socket("t", "c", ws=None, transport=transport)  # type: ignore[arg-type]
+    s.put("a")
+    assert [parse_frame(f)[1] for f in transport.written] == [b"a"] and s.queue.empty()
+    transport.buffered = WRITE_BUFFER  # the client stopped reading
+    s.put("b")
+    transport.buffered = 0
+    s.put(b"c")  # "b" still waits: "c" must not overtake it
+    queued = [s.queue.get_nowait() for _ in range(s.queue.qsize())]
+    assert len(transport.written) == 1 and queued == ["b", b"c"] and s.pending == 2
+
+
+async def test_the_writer_empties_the_queue_in_order_then_frames_go_direct_again() -> None:
+    sent: list[str | bytes] = []
+
+    class FakeWs:
+        async def send_str(self, text: str) -> None:
+            sent.append(text)
+
+        async def send_bytes(self, data: bytes) -> None:
+            sent.append(data)
+
+        async def close(self) -> None:
+            sent.append("closed")
+
+    transport = FakeTransport()
+    transport.buffered = WRITE_BUFFER
+    s = Socket("t", "c", ws=FakeWs(), transport=transport)  # type: ignore[arg-type]
+    writer = asyncio.create_task(s.writer())
+    s.put("1")
+    s.put(b"2")
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert sent == ["1", b"2"] and s.pending == 0
+    transport.buffered = 0
+    s.put("3")
+    assert [parse_frame(f)[1] for f in transport.written] == [b"3"]
+    s.close()
+    await writer
+    assert sent[-1] == "closed"

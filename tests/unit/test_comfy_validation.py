@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from comfyfleet.coordinator.comfy.validation import no_prompt, types_match, validate
+from comfyfleet.shared.comfy_validation import no_prompt, types_match, validate
 from comfyfleet.sim.nodes import CATALOGUE, CatalogueContext, object_info
 from comfyfleet.sim.recording import normalise, shape
 from comfyfleet.sim.validation import ValidationContext, validate_prompt

@@ -236,7 +236,9 @@ def test_text_frame() -> None:
     (text,) = [u for u in ups if isinstance(u, Text)]
     assert text.text == "width: 320, height: 200\n batch size: 3"
     (executed,) = [u for u in ups if isinstance(u, Executed)]
-    assert executed.outputs == () and executed.ui == {"text": ["320"]}
+    assert executed.ui == {"text": ["320"]}
+    (result,) = executed.outputs  # PreviewAny's text is a result (stored as a text file)
+    assert (result.type, result.node_id, result.text) == ("text", "3", "320")
     assert brief(ups)[-2:] == ["Succeeded", "Done"]
 
 
@@ -613,3 +615,29 @@ def test_apply_seeds_properties(graph: dict[str, Any], seed: int) -> None:
             else:
                 assert got == value and type(got) is type(value)
     assert set(seeds) <= set(graph)
+
+
+def test_every_file_kind_an_executed_event_names_is_an_output() -> None:
+    """images, VideoHelperSuite's gifs, audio, 3D: any list of {filename, subfolder, type};
+    each string of text (PreviewAny) a text result."""
+    from comfyfleet.agent.comfyui.events import output_refs
+
+    ui = {
+        "images": [{"filename": "a.png", "subfolder": "", "type": "output"}],
+        "gifs": [
+            {"filename": "c.mp4", "subfolder": "v", "type": "output", "format": "video/h264-mp4"}
+        ],
+        "audio": [{"filename": "s.flac", "subfolder": "audio", "type": "output"}],
+        "3d": [{"filename": "m.glb", "subfolder": "mesh", "type": "output"}],
+        "text": ["width: 320"],
+        "animated": [True],
+    }
+    refs = output_refs("9", ui)
+    assert [(r.filename, r.subfolder, r.type, r.node_id) for r in refs] == [
+        ("a.png", "", "output", "9"),
+        ("c.mp4", "v", "output", "9"),
+        ("s.flac", "audio", "output", "9"),
+        ("m.glb", "mesh", "output", "9"),
+        ("text_9_0.txt", "", "text", "9"),
+    ]
+    assert [r.text for r in refs] == [None, None, None, None, "width: 320"]

@@ -16,6 +16,11 @@ from comfyfleet.shared.media import BINARY, TYPES, served_as
         ("SHOT.JPG", "image/jpeg", True),
         ("clip.webm", "video/webm", True),
         ("voice.flac", "audio/flac", False),
+        ("clip.mp4", "video/mp4", True),
+        ("anim.gif", "image/gif", True),
+        ("voice.wav", "audio/wav", False),
+        ("mesh_00001_.glb", "model/gltf-binary", False),  # 3D: a download
+        ("scene.gltf", "model/gltf+json", False),
         ("meta.json", "application/json", False),
         ("notes.txt", "text/plain; charset=utf-8", False),
         ("page.html", BINARY, False),

@@ -1,11 +1,15 @@
-"""ComfyUI's prompt validation over the fleet's node definitions (pure, no I/O).
+"""ComfyUI's prompt validation over `/object_info` node definitions (pure, no I/O).
 
-The rules and the error bodies are ComfyUI's (`execution.validate_prompt` / `validate_inputs`,
-recorded in tests/fixtures/comfyui-traces/06_validation_errors.json); the node definitions are the
-`/object_info` entries the agents report, merged into one catalogue (`catalog.py`). What ComfyUI
-checks with Python code that object_info does not describe (`VALIDATE_INPUTS`) is reduced to the
-one case that matters to a fleet: an input declared `image_upload` (LoadImage, LoadImageMask)
-must name a file the fleet has (an upload, or a file some agent lists).
+One implementation of ComfyUI's rules for both sides: the coordinator's ComfyUI facade validates
+against the `/object_info` entries the agents report, merged into one catalogue
+(`coordinator/comfy/catalog.py`), and the ComfyUI simulator against the entries of its own node
+catalogue (`sim/validation.py`). The rules and the error bodies are ComfyUI's
+(`execution.validate_prompt` / `validate_inputs`, recorded in
+tests/fixtures/comfyui-traces/06_validation_errors.json). What ComfyUI checks with Python code
+that object_info does not describe (`VALIDATE_INPUTS`) is reduced to the one case that matters:
+an input declared `image_upload` (LoadImage, LoadImageMask) must name a file that exists (the
+caller's `file_exists`: for the facade an upload or a file some agent lists, for the simulator
+its input folder).
 
 Mistakes that make ComfyUI's own code raise while following a link (a link to a missing node, an
 output index past the end) are reported with the exception type and message that ComfyUI's code
@@ -23,7 +27,7 @@ __all__ = ["NodeDefs", "Verdict", "no_prompt", "validate"]
 NodeDefs = Mapping[str, Mapping[str, Any]]  # class_type -> its /object_info entry
 
 # Where a fleet "raised": ComfyUI reports a traceback (a list of str); ours names this module.
-_TRACEBACK = ['  File "comfyfleet/coordinator/comfy/validation.py", in validate_inputs\n']
+_TRACEBACK = ['  File "comfyfleet/shared/comfy_validation.py", in validate_inputs\n']
 _CONVERT: dict[str, Callable[[Any], Any]] = {
     "INT": int,
     "FLOAT": float,
