@@ -75,8 +75,9 @@ class CoordinatorConfig:
     retention_s: float = 7 * 86_400.0  # finished jobs and their outputs are deleted after this
     retention_sweep_s: float = 60.0  # how often expired jobs are looked for
     disk_high_water: float = 0.9  # local outputs' filesystem fuller than this: shed oldest
-    # where outputs live: "local" (data_dir/outputs) or "s3://BUCKET/PREFIX" (S3-compatible
-    # object storage; credentials and region from the usual AWS environment variables or files)
+    # where outputs live: "local" (outputs_root, default data_dir/outputs) or "s3://BUCKET/PREFIX"
+    # (S3-compatible object storage; credentials and region from the usual AWS environment
+    # variables or files)
     output_store: str = "local"
     s3_endpoint_url: str | None = None  # an S3-compatible service other than AWS
     s3_region: str | None = None  # default: AWS_DEFAULT_REGION / the AWS config file
