@@ -145,7 +145,8 @@ class Leadership:
         self.term: Term | None = None
         self.keeper: LeaseKeeper | None = None
         self.known: Leader | None = None  # the leader as last read from the store
-        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}  # the term's loops
+        self.chores: set[asyncio.Task[Any]] = set()  # the term's one-off work
         self.refreshed_at = float("-inf")
 
     # ---------------------------------------------------------------- Role
@@ -220,6 +221,7 @@ class Leadership:
         self._start_loop("orders-listener", coord.orders.listen_loop)
         self._start_loop("webhooks", coord.outbox.run)
         self._start_loop("retention", coord.retention.loop)
+        self._chore(self._sweep(epoch))
         log.info(
             "leader_elected",
             epoch=epoch,
@@ -272,6 +274,19 @@ class Leadership:
 
         self.tasks[name] = asyncio.create_task(loop(), name=f"leader:{name}")
 
+    def _chore(self, work: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(work)
+        self.chores.add(task)
+        task.add_done_callback(self.chores.discard)
+
+    async def _sweep(self, epoch: int) -> None:
+        try:
+            swept = await self.coord.sweep_attempt_files()
+        except StoreUnavailable as exc:  # the next leader sweeps again
+            log.warning("attempt_folders_not_swept", epoch=epoch, error=exc.message)
+            return
+        log.info("attempt_folders_swept", epoch=epoch, count=swept)
+
     def _check_loops(self) -> None:
         """A term's loop that died stops the daemon, as any background loop does."""
         for name, task in self.tasks.items():
@@ -280,7 +295,7 @@ class Leadership:
                 raise RuntimeError(f"leader loop {name} ended: {exc!r}") from exc
 
     async def _stop_loops(self) -> None:
-        tasks, self.tasks = list(self.tasks.values()), {}
+        tasks, self.tasks = [*self.tasks.values(), *self.chores], {}
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import structlog
 
 from comfyfleet.coordinator import jobs as moves
@@ -17,9 +19,12 @@ from comfyfleet.shared.status import JobEvent, JobStatus
 log = structlog.get_logger("coordinator")
 
 
-def recover(live: Live, ledger: Ledger, learning: Learning, store: Store) -> None:
+def recover(
+    live: Live, ledger: Ledger, learning: Learning, store: Store, sweep: bool = True
+) -> None:
     """Load agents, active jobs and estimates; nothing is requeued before the reconnect grace
-    (every known agent is RECONNECTING until then)."""
+    (every known agent is RECONNECTING until then). `sweep=False` leaves the sweep of attempt
+    files to the caller (a new leader sweeps a shared directory after it has begun placing)."""
     now = live.clock()
     deadline = now + live.config.restart_grace_s
     for rec in store.load_agents():
@@ -39,7 +44,7 @@ def recover(live: Live, ledger: Ledger, learning: Learning, store: Store) -> Non
         elif job.status == JobStatus.RUNNING:
             live.held[job.id] = now  # its agent said it started it, before the restart
     learning.learn_from_store(store)
-    swept = sweep_attempt_files(live, store, ledger.outputs)
+    swept = sweep_attempt_files(live, store, ledger.outputs) if sweep else 0
     log.info(
         "recovered",
         jobs=len(live.jobs),
@@ -55,19 +60,26 @@ def sweep_attempt_files(live: Live, store: Store, outputs: OutputFiles) -> int:
     job's, and every attempt but its latest of any other job. A crash between the store write
     that ends an attempt and the removal of its files leaves such folders. Returns how many went.
     """
+    return sum(sweep_job_dir(job_dir, live, store, outputs) for job_dir in job_dirs(outputs))
+
+
+def job_dirs(outputs: OutputFiles) -> list[Path]:
+    return [d for d in outputs.root.iterdir() if d.is_dir()] if outputs.root.is_dir() else []
+
+
+def sweep_job_dir(job_dir: Path, live: Live, store: Store, outputs: OutputFiles) -> int:
+    """`sweep_attempt_files` for one job's folder; how many attempt folders went."""
     removed = 0
-    job_dirs = [d for d in outputs.root.iterdir() if d.is_dir()] if outputs.root.is_dir() else []
-    for job_dir in job_dirs:
-        job = live.jobs.get(job_dir.name) or store.get_job(job_dir.name)
-        if job is None:
-            continue  # not a job this store knows: not ours to judge
-        keep = None if job.status in (JobStatus.FAILED, JobStatus.CANCELLED) else job.attempt
-        for attempt_dir in list(job_dir.iterdir()):
-            if attempt_dir.name.isdigit() and int(attempt_dir.name) != keep:
-                outputs.drop_attempt(job.id, int(attempt_dir.name))
-                removed += 1
-        if keep is None and not any(job_dir.iterdir()):
-            job_dir.rmdir()
+    job = live.jobs.get(job_dir.name) or store.get_job(job_dir.name)
+    if job is None:
+        return 0  # not a job this store knows: not ours to judge
+    keep = None if job.status in (JobStatus.FAILED, JobStatus.CANCELLED) else job.attempt
+    for attempt_dir in list(job_dir.iterdir()):
+        if attempt_dir.name.isdigit() and int(attempt_dir.name) != keep:
+            outputs.drop_attempt(job.id, int(attempt_dir.name))
+            removed += 1
+    if keep is None and not any(job_dir.iterdir()):
+        job_dir.rmdir()
     return removed
 
 

@@ -19,6 +19,7 @@ the epoch and recovery; `follow(store)` answers clients as a follower (`follower
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -42,7 +43,7 @@ from comfyfleet.coordinator.output_store import LocalOutputs
 from comfyfleet.coordinator.outputs import OutputFiles
 from comfyfleet.coordinator.parts import Parts
 from comfyfleet.coordinator.placement import Placer
-from comfyfleet.coordinator.recovery import recover
+from comfyfleet.coordinator.recovery import job_dirs, recover, sweep_job_dir
 from comfyfleet.coordinator.reports import Reports
 from comfyfleet.coordinator.retention import Retention
 from comfyfleet.coordinator.scheduler.model import JobRequest
@@ -129,7 +130,7 @@ class Coordinator:
         self._let_go()
         self.leading = True
         self._build(store, self._fresh_outputs(), epoch)
-        self.recover()
+        recover(self.live, self.ledger, self.learning, self.store, sweep=False)
 
     def follow(self, store: SharedStore) -> None:
         """Serve clients as a follower (its view of the fleet: `refresh`)."""
@@ -159,6 +160,19 @@ class Coordinator:
 
     def recover(self) -> None:
         recover(self.live, self.ledger, self.learning, self.store)
+
+    async def sweep_attempt_files(self, batch: int = 100) -> int:
+        """The sweep of recovery, after it: a few folders at a time between other work (a
+        shared output directory holds every job's folder; the next leader must not wait)."""
+        live, store, outputs = self.live, self.store, self.outputs
+        folders = await asyncio.to_thread(job_dirs, outputs)
+        removed = 0
+        for k, folder in enumerate(folders, 1):
+            if folder.exists():
+                removed += sweep_job_dir(folder, live, store, outputs)
+            if k % batch == 0:
+                await asyncio.sleep(0)
+        return removed
 
     def emit(self, kind: str, data: dict[str, Any], job_id: str | None = None) -> None:
         """Publish a fleet event (e.g. `workflow_blocked`) to the live streams."""
