@@ -17,7 +17,7 @@ import pytest
 from comfyfleet.coordinator import jobs as moves
 from comfyfleet.coordinator.errors import NotLeader
 from comfyfleet.coordinator.lease import Leader
-from comfyfleet.coordinator.model import AgentRecord, JobRecord
+from comfyfleet.coordinator.model import AgentRecord, JobRecord, WebhookMessage
 from comfyfleet.coordinator.store.postgres import PostgresOptions, PostgresStore
 from comfyfleet.coordinator.store.postgres_lead import FENCE
 from comfyfleet.shared.jobspec import JobSpec
@@ -106,6 +106,37 @@ def test_an_ended_epoch_writes_nothing(open_pg: Callable[..., Any]) -> None:
     assert len(store.list_jobs()[0]) == 1
     assert second.update_jobs([(requeued, JobStatus.ASSIGNED, 1)]) == [True]
     assert store.get_job(job.id).status == JobStatus.QUEUED  # type: ignore[union-attr]
+
+
+def test_an_ended_epoch_writes_neither_a_change_nor_its_webhook_messages(
+    open_pg: Callable[..., Any],
+) -> None:
+    """A batch with outbox messages is one transaction: the fence refuses all of it."""
+    store = open_pg()
+    jobs = [new_job(), new_job()]
+    for job in jobs:
+        store.insert_job(job)
+    leader = store.as_leader(store.try_lead("a", "http://a", TTL))
+    now = time.time()
+
+    def message(job: JobRecord, n: int) -> WebhookMessage:
+        return WebhookMessage(
+            f"msg_{job.id}_{n}", job.id, "default", "https://h/x", "e", "{}", now, now
+        )
+
+    placed = [moves.assigned(job, now, "ag", "0", 0) for job in jobs]
+    items = [(p, JobStatus.QUEUED, 0) for p in placed]
+    assert leader.update_jobs(items, [[message(j, 1)] for j in jobs]) == [True, True]
+    wait_out()
+    store.try_lead("b", "http://b", 30)
+    requeued = [moves.released(p, time.time(), "x", spend_retry=False) for p in placed]
+    with pytest.raises(NotLeader):
+        leader.update_jobs(
+            [(r, JobStatus.ASSIGNED, 1) for r in requeued], [[message(j, 2)] for j in jobs]
+        )
+    for job in jobs:
+        assert store.get_job(job.id).status == JobStatus.ASSIGNED  # type: ignore[union-attr]
+        assert [m.id for m in store.messages_of_job(job.id)] == [f"msg_{job.id}_1"]
 
 
 def test_a_follower_refuses_the_leaders_writes_and_orders_the_leader(
