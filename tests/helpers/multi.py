@@ -3,12 +3,13 @@ ComfyUIs and agents that know every coordinator (the fleet of tests/helpers/flee
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,26 @@ class MultiFleet(Fleet):
         for p in [*self.coords, *self.sims.values(), *self.agents.values()]:
             parts.append(f"===== {p.name}\n{p.log()[-4000:]}")
         return "\n".join(parts)
+
+
+@contextlib.contextmanager
+def running_multi_fleet(
+    tmp: Path, store_url: str, coordinators: int, sims: dict[str, list[str]]
+) -> Iterator[MultiFleet]:
+    """Coordinators on `store_url`, and a simulator with `sims[name]` as its arguments and an
+    agent of the same name for each; stopped at the end, their logs printed on a failure."""
+    fleet = MultiFleet(tmp, store_url, coordinators)
+    try:
+        fleet.start_coordinator()
+        for name, extra in sims.items():
+            fleet.add_sim(name, 24576, *extra)
+            fleet.add_agent(name, name)
+        yield fleet
+    except BaseException:
+        print(fleet.logs())
+        raise
+    finally:
+        fleet.stop()
 
 
 def terms(store_url: str) -> list[tuple[int, str, str, float]]:

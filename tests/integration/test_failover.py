@@ -24,6 +24,7 @@ from tests.helpers.multi import (
     MultiFleet,
     evidence,
     fencing_violations,
+    running_multi_fleet,
     terminate_backends_of,
     terms,
 )
@@ -55,7 +56,7 @@ class Load:
     async def submit(self, n: int, tag: str) -> None:
         for i in range(n):
             size = SIZES[i % len(SIZES)]
-            body = {"workflow": txt2img(*size, steps=10, prefix=f"{tag}{i}"), "max_retries": 8}
+            body = {"workflow": txt2img(*size, steps=10, prefix=f"{tag}{i}")}  # default retries
             key = f"{tag}-{i}"
             while True:
                 url = self.fleet.urls[next(self.turn) % len(self.fleet.urls)]
@@ -113,13 +114,8 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
-def start(tmp: Path, store_url: str, coordinators: int, agents: int) -> MultiFleet:
-    fleet = MultiFleet(tmp, store_url, coordinators)
-    fleet.start_coordinator()
-    for i in range(agents):
-        fleet.add_sim(f"s{i}", 24576, "--step-ms", "8000")
-        fleet.add_agent(f"a{i}", f"s{i}")
-    return fleet
+def sims(agents: int) -> dict[str, list[str]]:
+    return {f"a{i}": ["--step-ms", "8000"] for i in range(agents)}
 
 
 def assert_clean(verdict: Any, fencing: list[str]) -> None:
@@ -132,8 +128,7 @@ def assert_clean(verdict: Any, fencing: list[str]) -> None:
 async def test_sigkill_of_the_leader_of_two(
     tmp_path: Path, store_url: str, session: aiohttp.ClientSession
 ) -> None:
-    fleet = start(tmp_path, store_url, 2, 2)
-    try:
+    with running_multi_fleet(tmp_path, store_url, 2, sims(2)) as fleet:
         load = Load(fleet, session)
         old = fleet.leader()
         await load.submit(8, "before")
@@ -151,19 +146,13 @@ async def test_sigkill_of_the_leader_of_two(
         assert epochs == sorted(epochs) and len(epochs) >= 2
         placed_by = {e["epoch"] for h in histories for e in h if e["event"] == "assign"}
         assert {epochs[0], epochs[-1]} <= placed_by  # both leaders placed jobs
-    except BaseException:
-        print(fleet.logs())
-        raise
-    finally:
-        fleet.stop()
 
 
 async def test_sigstop_of_the_leader_past_its_lease(
     tmp_path: Path, store_url: str, session: aiohttp.ClientSession
 ) -> None:
     """The paused leader must find itself a follower on SIGCONT and write nothing more."""
-    fleet = start(tmp_path, store_url, 3, 2)
-    try:
+    with running_multi_fleet(tmp_path, store_url, 3, sims(2)) as fleet:
         load = Load(fleet, session)
         old = fleet.leader()
         await load.submit(8, "before")
@@ -191,18 +180,12 @@ async def test_sigstop_of_the_leader_past_its_lease(
             if '"leader_stepped_down"' in line
         ]
         assert [e["epoch"] for e in stepped] == [old_epoch], stepped
-    except BaseException:
-        print(fleet.logs())
-        raise
-    finally:
-        fleet.stop()
 
 
 async def test_the_leaders_database_connections_killed(
     tmp_path: Path, store_url: str, pg_cluster: Cluster, session: aiohttp.ClientSession
 ) -> None:
-    fleet = start(tmp_path, store_url, 2, 2)
-    try:
+    with running_multi_fleet(tmp_path, store_url, 2, sims(2)) as fleet:
         load = Load(fleet, session)
         await load.submit(6, "before")
         killed = 0
@@ -215,8 +198,3 @@ async def test_the_leaders_database_connections_killed(
         await load.settle()
         verdict, fencing, _ = await load.verdict(store_url)
         assert_clean(verdict, fencing)
-    except BaseException:
-        print(fleet.logs())
-        raise
-    finally:
-        fleet.stop()

@@ -22,7 +22,7 @@ import pytest
 
 from comfyfleet.client import Client
 from tests.helpers.fleet import txt2img
-from tests.helpers.multi import MultiFleet
+from tests.helpers.multi import MultiFleet, running_multi_fleet
 from tests.helpers.postgres import Cluster
 from tests.helpers.procs import free_port
 
@@ -34,17 +34,11 @@ DONE = {"COMPLETED", "FAILED", "CANCELLED"}
 @pytest.fixture
 def fleet(tmp_path: Path, pg_cluster: Cluster) -> Iterator[MultiFleet]:
     schema = pg_cluster.new_schema()
-    fleet = MultiFleet(tmp_path, pg_cluster.url(search_path=schema), 2)
     try:
-        fleet.start_coordinator()
-        fleet.add_sim("s", 24576, "--step-ms", "8000")
-        fleet.add_agent("a", "s")
-        yield fleet
-    except BaseException:
-        print(fleet.logs())
-        raise
+        url = pg_cluster.url(search_path=schema)
+        with running_multi_fleet(tmp_path, url, 2, {"a": ["--step-ms", "8000"]}) as fleet:
+            yield fleet
     finally:
-        fleet.stop()
         pg_cluster.drop_schemas([schema])
 
 
