@@ -43,7 +43,8 @@ test: $(STAMP) browser postgres docker
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # A long chaos run (thousands of jobs, dozens of faults); e.g. make chaos ARGS="--jobs 500 --seed 3"
-chaos: $(STAMP)
+# Several coordinators: make chaos ARGS="--coordinators 3 --store postgres"
+chaos: $(STAMP) postgres
 	$(BIN)/python -m tests.chaos $(ARGS)
 
 # Coordinator RSS with a deep queue (no agents): make bench-memory ARGS="--jobs 50000"
@@ -56,7 +57,7 @@ demo: $(STAMP)
 # Benchmarks (bench/, not installed): rewrites BENCHMARKS.md; `make bench ARGS=--quick` is small.
 # COMFY_URL=http://HOST:PORT (and COMFY_OUTPUT_DIR=its output folder) adds a real ComfyUI, driven
 # directly and through comfyfleet in turn (bench/real_comfy.py); without it, the simulator.
-bench: $(STAMP)
+bench: $(STAMP) postgres
 	$(BIN)/python -m bench.run $(ARGS)
 
 # Open-job reads with 100,000 finished jobs, PostgreSQL against SQLite: make bench-store ARGS="--finished 20000"

@@ -33,7 +33,7 @@ class InstanceConfig:
 
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
-    coordinator_url: str
+    coordinator_url: str  # one URL, or several comma-separated (every coordinator of a store)
     agent_id: str
     data_dir: Path
     comfyui_urls: tuple[str, ...] = ()  # external instances (comfyui_mode = "external")

@@ -1,5 +1,9 @@
 """The agent's side of the protocol: msgpack over HTTP, every call under the one retry policy
-(shared/retry.py) with the limit its call site needs."""
+(shared/retry.py) with the limit its call site needs.
+
+The agent may know several coordinators of one store (`Endpoints`): a request that gets no
+answer moves on to the next URL, a follower's redirect (307) moves to the leader.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ import structlog
 
 from comfyfleet.shared import codec
 from comfyfleet.shared import protocol as p
+from comfyfleet.shared.endpoints import Endpoints
+from comfyfleet.shared.errors import InvalidInput
 from comfyfleet.shared.retry import ONCE, RetryPolicy, Transient, retry_after_s, retryable_status
 
 log = structlog.get_logger("agent.coordinator")
@@ -26,6 +32,13 @@ STARTED = RetryPolicy(deadline_s=30.0)
 EVENTS = RetryPolicy(attempts=2, wait_max_s=1.0)  # progress is best effort
 REPORT = RetryPolicy()  # outputs and finish: until the coordinator answers, however long
 OFFSET_CONFLICTS = 8  # an upload out of step this many times running gives up
+MAX_REDIRECTS = 3
+# With several coordinators, one that accepts connections but does not answer (a paused process,
+# a dead host) must not hold the agent for the full request timeout: an answer must start within
+# READ_S, a heartbeat must be answered within max(HEARTBEAT_MIN_S, 2 intervals), and a heartbeat
+# that failed ends the lease long-poll waiting on the same coordinator.
+READ_S = 15.0
+HEARTBEAT_MIN_S = 2.0
 
 
 class AgentError(Exception):
@@ -90,17 +103,25 @@ class CoordinatorClient:
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.session = session
-        self.base = base_url.rstrip("/") + "/agent/v1"
+        self.endpoints = Endpoints(base_url)  # one URL, or several (comma-separated)
         self.agent_id = agent_id
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=5)
+        self.several = len(self.endpoints.urls) > 1
+        read = READ_S if self.several else None
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=5, sock_read=read)
+        self.heartbeat_timeout: aiohttp.ClientTimeout | None = None
+        self.polling: tuple[str, asyncio.Future[p.LeaseReply]] | None = None
         self.auth = {"Authorization": f"Bearer {token}"} if token else {}
         self.ssl: ssl.SSLContext | bool = ssl_context or True
         self.direct_uploads = False  # outputs go to object storage (the coordinator says so)
 
+    @property
+    def base(self) -> str:
+        return self.endpoints.current + "/agent/v1"
+
     async def _request(
         self,
         method: str,
-        url: str,
+        path: str,
         reply: type[T],
         *,
         params: dict[str, str] | None = None,
@@ -108,26 +129,46 @@ class CoordinatorClient:
         content_type: str | None = None,
         http_timeout: aiohttp.ClientTimeout | None = None,
     ) -> T:
-        """One HTTP request, no retry; transport failures become CoordinatorUnavailable."""
+        """One HTTP request to `path` under the agent API of the coordinator in use, no retry:
+        a follower's redirect is followed (the leader is used from now on); a transport failure
+        moves on to the next coordinator and becomes CoordinatorUnavailable."""
         headers = {"Accept": codec.MSGPACK, **self.auth}
         if content_type:
             headers["Content-Type"] = content_type
+        for _ in range(MAX_REDIRECTS + 1):
+            url = f"{self.base}/{path}"
+            try:
+                async with self.session.request(
+                    method,
+                    url,
+                    params=params,
+                    data=data,
+                    timeout=http_timeout or self.timeout,
+                    headers=headers,
+                    ssl=self.ssl,
+                    allow_redirects=False,
+                ) as resp:
+                    body = await resp.read()
+                    location = resp.headers.get("Location")
+                    if resp.status in (307, 308) and location:
+                        self._redirected(location, path)
+                        continue
+                    return answer(
+                        resp.status, resp.content_type, body, reply, resp.headers.get("Retry-After")
+                    )
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self.endpoints.failed()
+                raise CoordinatorUnavailable(
+                    f"{method} {url}: {type(exc).__name__}: {exc}"
+                ) from exc
+        raise CoordinatorUnavailable(f"{method} {path}: more than {MAX_REDIRECTS} redirects")
+
+    def _redirected(self, location: str, path: str) -> None:
         try:
-            async with self.session.request(
-                method,
-                url,
-                params=params,
-                data=data,
-                timeout=http_timeout or self.timeout,
-                headers=headers,
-                ssl=self.ssl,
-            ) as resp:
-                body = await resp.read()
-                return answer(
-                    resp.status, resp.content_type, body, reply, resp.headers.get("Retry-After")
-                )
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise CoordinatorUnavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+            self.endpoints.redirected(location)
+        except InvalidInput as exc:
+            raise CoordinatorUnavailable(f"{path}: redirected to {exc.message}") from None
+        log.info("coordinator_redirect", leader=self.endpoints.current)
 
     async def call(
         self,
@@ -138,19 +179,34 @@ class CoordinatorClient:
         http_timeout: aiohttp.ClientTimeout | None = None,
     ) -> T:
         body = codec.encode(msg)
-        url = f"{self.base}/{path}"
         return await policy.call(
             lambda: self._request(
-                "POST", url, reply, data=body, content_type=codec.MSGPACK, http_timeout=http_timeout
+                "POST",
+                path,
+                reply,
+                data=body,
+                content_type=codec.MSGPACK,
+                http_timeout=http_timeout,
             ),
             path,
         )
 
     async def register(self, msg: p.Register) -> p.RegisterReply:
-        return await self.call("register", msg, p.RegisterReply, REGISTER)
+        reply = await self.call("register", msg, p.RegisterReply, REGISTER)
+        if self.several:
+            total = max(HEARTBEAT_MIN_S, 2 * reply.heartbeat_interval_s)
+            self.heartbeat_timeout = aiohttp.ClientTimeout(total=total, sock_connect=5)
+        return reply
 
     async def heartbeat(self, msg: p.Heartbeat) -> p.HeartbeatReply:
-        return await self.call("heartbeat", msg, p.HeartbeatReply, ONCE)
+        url = self.endpoints.current
+        try:
+            return await self.call("heartbeat", msg, p.HeartbeatReply, ONCE, self.heartbeat_timeout)
+        except CoordinatorUnavailable:
+            polling = self.polling
+            if polling is not None and polling[0] == url and not polling[1].done():
+                polling[1].cancel()  # the long-poll waits on a coordinator that does not answer
+            raise
 
     async def lease(
         self, free: dict[str, int], wait_s: float, finishing: list[p.JobRef] | None = None
@@ -159,7 +215,18 @@ class CoordinatorClient:
             agent_id=self.agent_id, free=free, wait_s=wait_s, finishing=finishing or []
         )
         timeout = aiohttp.ClientTimeout(total=wait_s + 15, sock_connect=5)
-        return await self.call("lease", msg, p.LeaseReply, ONCE, timeout)
+        call = asyncio.ensure_future(self.call("lease", msg, p.LeaseReply, ONCE, timeout))
+        self.polling = (self.endpoints.current, call)
+        try:
+            return await call
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if call.cancelled() and task is not None and not task.cancelling():
+                raise CoordinatorUnavailable("lease: its coordinator stopped answering") from None
+            raise
+        finally:
+            self.polling = None
+            call.cancel()
 
     async def started(self, job: p.Assignment, prompt_id: str, seeds: dict[str, int]) -> p.Ack:
         return await self.call(
@@ -195,7 +262,7 @@ class CoordinatorClient:
             from comfyfleet.agent.direct_upload import upload_direct
 
             return await upload_direct(self, job, name, path, size, sha256)
-        url = f"{self.base}/jobs/{job.job_id}/outputs/{name}"
+        url = f"jobs/{job.job_id}/outputs/{name}"  # under the coordinator in use at each try
         params = {"agent_id": self.agent_id, "attempt": str(job.attempt), "size": str(size)}
         offset = 0
         resume = False  # ask where to resume first (after a failed or out-of-step chunk)

@@ -44,7 +44,9 @@ from comfyfleet.shared.supervisor import Supervisor
 from comfyfleet.shared.tls import client_context
 
 log = structlog.get_logger("agent")
-REGISTERED = RetryPolicy(retry_also=(AgentError,))  # no limit: the agent is useless unregistered
+# No limit: the agent is useless unregistered. At most ~3 s apart: a coordinators' failover takes
+# seconds, and a follower's 503 during the election asks for 1 s (Retry-After).
+REGISTERED = RetryPolicy(retry_also=(AgentError,), wait_max_s=2.0)
 
 
 class Agent:
@@ -61,9 +63,7 @@ class Agent:
             config.request_timeout_s,
             token=config.agent_token,
             ssl_context=(
-                client_context(config.ca_file)
-                if config.coordinator_url.startswith("https:")
-                else None
+                client_context(config.ca_file) if "https:" in config.coordinator_url else None
             ),
         )
         self.instances = {
@@ -308,7 +308,7 @@ class Agent:
         self.registered.set()
         log.info(
             "registered",
-            coordinator=self.config.coordinator_url,
+            coordinator=self.coord.endpoints.current,
             instances=len(self.instances),
             running=len(self.runners),
             dropped=len(dropped),

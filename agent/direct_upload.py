@@ -33,7 +33,7 @@ async def upload_direct(
         _read_at,
     )
 
-    url = f"{client.base}/jobs/{job.job_id}/outputs/{name}"
+    url = f"jobs/{job.job_id}/outputs/{name}"  # under the coordinator in use at each try
     params = {"agent_id": client.agent_id, "attempt": str(job.attempt), "size": str(size)}
 
     async def put(part: p.UploadPart) -> None:

@@ -193,3 +193,17 @@ async def submit_many(
     t0 = time.monotonic()
     await gather_limited([one(b) for b in bodies], concurrency)
     return ids, len(bodies) / max(1e-9, time.monotonic() - t0)
+
+
+def wait_leading(url: str, wait_s: float = 30.0) -> None:
+    """Until the coordinator at `url` says it leads (at once with one coordinator on SQLite)."""
+    import json
+    import urllib.request
+
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=5) as resp:
+            if json.loads(resp.read()).get("role") == "leader":
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not lead within {wait_s} s")

@@ -107,9 +107,13 @@ async def measure(coord: common.Coordinator, agents: int, jobs: int) -> dict[str
     return out
 
 
-def run(tmp: Path, agents: int, jobs: int) -> dict[str, Any]:
-    coord = common.Coordinator(tmp, ["--heartbeat-interval", "5"]).start()
+def run(
+    tmp: Path, agents: int, jobs: int, coordinator_args: list[str] | None = None
+) -> dict[str, Any]:
+    coord = common.Coordinator(tmp, ["--heartbeat-interval", "5", *(coordinator_args or [])])
+    coord.start()
     try:
+        common.wait_leading(coord.url)  # on PostgreSQL it takes the lease first
         return asyncio.run(measure(coord, agents, jobs))
     finally:
         coord.stop()

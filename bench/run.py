@@ -26,6 +26,7 @@ import psutil
 from bench import (
     comfy_facade,
     dispatch,
+    failover,
     heartbeat,
     object_store,
     placement,
@@ -48,6 +49,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "comfy": {"jobs": 1000, "sockets": 1000, "posts": 30},
         "webhook_jobs": 300,
         "object_store_mb": 256,
+        "failover_kills": 20,
+        "stores": (1000, 5000),
         "real_comfy": {"jobs": 100, "rounds": 3, "after": 20000},
     },
     "quick": {
@@ -60,6 +63,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "comfy": {"jobs": 200, "sockets": 1000, "posts": 10},
         "webhook_jobs": 100,
         "object_store_mb": 64,
+        "failover_kills": 5,
+        "stores": (200, 1000),
         "real_comfy": {"jobs": 100, "rounds": 2, "after": 0},
     },
 }
@@ -127,6 +132,10 @@ def bench_all(
         timed("webhooks", lambda d: webhooks.run(d, size["webhook_jobs"]))
     if want("object_store"):
         timed("object_store", lambda d: object_store.run(d, size["object_store_mb"]))
+    if want("failover"):
+        timed("failover", lambda d: failover.run(d, size["failover_kills"]))
+    if want("stores"):
+        timed("stores", lambda d: failover.compare_stores(d, *size["stores"]))
     if want("real_comfy"):  # a real ComfyUI when COMFY_URL answers, else the simulator
         timed("real_comfy", lambda d: real_comfy.run(d, **size["real_comfy"]))
     return res
@@ -205,6 +214,8 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str]]:
                     _ok(u["efficiency_pct"], lambda v: v >= 95),
                 )
             )
+    for label, value, good in failover.target_rows(res):
+        rows.append((label, value, "met" if good else "**missed**"))
     st = res.get("streaming", {})
     if "end_to_end_mb_s" in st:
         rows.append(
@@ -462,6 +473,7 @@ def render(
         "wall time ratio.",
         "",
     ]
+    out += failover.render(res)
     notes = ROOT / "bench" / "notes.md"
     if notes.exists():
         out += [notes.read_text().rstrip(), ""]
@@ -483,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
             "comfy",
             "webhooks",
             "object_store",
+            "failover",
+            "stores",
         ],
     )
     ap.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")

@@ -19,8 +19,10 @@ def add_check(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     cmd = sub.add_parser("check", help="check the connection, TLS and API key to a coordinator")
     cmd.add_argument(
         "--coordinator",
+        action="append",
         default=None,
-        help=f"coordinator URL (env COMFYFLEET_COORDINATOR; default {DEFAULT_URL})",
+        help="coordinator URL; repeat it or separate URLs with commas to check each "
+        f"(env COMFYFLEET_COORDINATOR; default {DEFAULT_URL})",
     )
     cmd.add_argument(
         "--ca-file",
@@ -41,14 +43,24 @@ def add_check(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
 
 def run_check(args: argparse.Namespace) -> int:
     from comfyfleet.main import CliError
-    from comfyfleet.shared.tls import client_context
+    from comfyfleet.shared.endpoints import parse_urls
+    from comfyfleet.shared.errors import InvalidInput
 
-    url = args.coordinator or os.environ.get("COMFYFLEET_COORDINATOR") or DEFAULT_URL
-    url = url.rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise CliError(f"{url!r} is not an http(s) URL")
+    given = ",".join(args.coordinator or ()) or os.environ.get("COMFYFLEET_COORDINATOR")
+    try:
+        urls = parse_urls(given or DEFAULT_URL)
+    except InvalidInput as exc:
+        raise CliError(exc.message) from None
     ca_env = os.environ.get("COMFYFLEET_CA_FILE")
     ca_file = args.ca_file or (Path(ca_env) if ca_env else None)
+    for url in urls:
+        _check_one(url, ca_file, args.api_key_env)
+    return 0
+
+
+def _check_one(url: str, ca_file: Path | None, api_key_env: str) -> None:
+    from comfyfleet.shared.tls import client_context
+
     context = client_context(ca_file) if url.startswith("https://") else None
     health = _get(f"{url}/healthz", context, None)
     tls = (
@@ -56,17 +68,18 @@ def run_check(args: argparse.Namespace) -> int:
         if context
         else "plain HTTP"
     )
+    role = health.get("role", "leader")
+    leader = "" if role == "leader" else f" (leader: {health.get('leader') or 'none now'})"
     print(
-        f"coordinator {url}: up, {health.get('agents', '?')} agents, "
+        f"coordinator {url}: up, {role}{leader}, {health.get('agents', '?')} agents, "
         f"{health.get('queued', '?')} queued; {tls}"
     )
-    key = os.environ.get(args.api_key_env)
+    key = os.environ.get(api_key_env)
     if key:
         _get(f"{url}/v1/jobs?limit=1", context, key)
-        print(f"API key from {args.api_key_env}: accepted")
+        print(f"API key from {api_key_env}: accepted")
     else:
-        print(f"no API key in {args.api_key_env}: not checked")
-    return 0
+        print(f"no API key in {api_key_env}: not checked")
 
 
 def _get(url: str, context: ssl.SSLContext | None, key: str | None) -> dict[str, Any]:

@@ -11,14 +11,18 @@ import msgspec
 
 from comfyfleet.client import APIError, ClientError, resolve_api_key, resolve_url
 from comfyfleet.client.aio import AsyncClient
+from comfyfleet.shared.endpoints import parse_urls
+from comfyfleet.shared.errors import InvalidInput
 
 
 def add_client_options(cmd: argparse.ArgumentParser, json_flag: bool = True) -> None:
     cmd.add_argument(
         "--coordinator",
         metavar="URL",
+        action="append",
         default=None,
-        help="coordinator URL (env COMFYFLEET_COORDINATOR, or coordinator in "
+        help="coordinator URL; repeat it, or separate URLs with commas, to name every "
+        "coordinator of one store (env COMFYFLEET_COORDINATOR, or coordinator in "
         "the client config file; default http://127.0.0.1:8787)",
     )
     cmd.add_argument(
@@ -33,10 +37,12 @@ def add_client_options(cmd: argparse.ArgumentParser, json_flag: bool = True) -> 
 
 def client_of(args: argparse.Namespace) -> AsyncClient:
     url = resolve_url(args.coordinator)
-    if not url.startswith(("http://", "https://")):
+    try:
+        parse_urls(url)
+    except InvalidInput as exc:
         from comfyfleet.main import CliError
 
-        raise CliError(f"{url!r} is not an http(s) URL")
+        raise CliError(exc.message) from None
     return AsyncClient(url, api_key=resolve_api_key(args.api_key))
 
 

@@ -120,9 +120,20 @@ def check(role: str, values: Mapping[str, Any]) -> None:
     if role == "agent":
         for key in ("coordinator_url", "comfyui_urls"):
             urls = values.get(key)
-            for url in (urls,) if isinstance(urls, str) else urls or ():
-                if not url.startswith(("http://", "https://")):
+            if isinstance(urls, str):  # coordinator_url: one URL, or several comma-separated
+                urls = urls.split(",") if key == "coordinator_url" else [urls]
+            for url in urls or ():
+                if not url.strip().startswith(("http://", "https://")):
                     raise ConfigError(key, f"{url!r} is not an http(s) URL")
+    if role == "coordinator":
+        url = values.get("advertise_url")
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ConfigError("advertise_url", f"{url!r} is not an http(s) URL")
+        lease, renew = values.get("leader_lease_s", 3.0), values.get("leader_renew_s", 1.0)
+        if not 0 < renew < lease:
+            raise ConfigError(
+                "leader_renew_s", f"must be above 0 and below leader_lease_s ({lease:g})"
+            )
     mode = values.get("comfyui_mode")
     if mode is not None and mode not in ("external", "process", "docker"):
         raise ConfigError("comfyui_mode", "must be external, process or docker")

@@ -140,7 +140,9 @@ def add_agent(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     cmd.add_argument(
         "--coordinator",
         dest="coordinator_url",
-        help="coordinator URL (env COMFYFLEET_COORDINATOR_URL)",
+        action="append",
+        help="coordinator URL; repeat it, or separate URLs with commas, for several coordinators"
+        " on one store (env COMFYFLEET_COORDINATOR_URL)",
     )
     cmd.add_argument(
         "--comfyui",
@@ -283,6 +285,8 @@ def run_agent(args: argparse.Namespace) -> int:
     from comfyfleet.shared.tls import client_context
 
     flags = _flags(args, AGENT_FLAGS)
+    if args.coordinator_url:
+        flags["coordinator_url"] = ",".join(args.coordinator_url)
     if args.comfyui_urls:
         flags["comfyui_urls"] = tuple(args.comfyui_urls)
     if args.label:
@@ -302,7 +306,7 @@ def run_agent(args: argparse.Namespace) -> int:
             "at least one --comfyui URL is required (or set COMFYFLEET_COMFYUI_URLS, "
             "or comfyui_urls in the config file), or --comfyui-mode process|docker"
         )
-    if values["coordinator_url"].startswith("https:"):
+    if "https:" in values["coordinator_url"]:
         client_context(values.get("ca_file"))  # refuse a bad CA file now, naming the key
     data_dir = values["data_dir"]
     try:

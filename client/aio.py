@@ -19,6 +19,8 @@ from comfyfleet.client.errors import APIError, ClientError, UIFormatWorkflow
 from comfyfleet.client.models import Agent, AgentList, Job, JobList, StreamEvent
 from comfyfleet.client.settings import resolve_api_key, resolve_url
 from comfyfleet.client.sse import SSEParser
+from comfyfleet.shared.endpoints import Endpoints, backoff_s
+from comfyfleet.shared.errors import InvalidInput
 
 T = TypeVar("T")
 
@@ -42,17 +44,24 @@ def load_workflow(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 class AsyncClient:
-    """`async with AsyncClient(url, api_key=...) as c: job = await c.submit(workflow)`."""
+    """`async with AsyncClient(url, api_key=...) as c: job = await c.submit(workflow)`.
+
+    `url` may name several coordinators of one store (a list, or comma-separated): a request
+    that cannot reach one, or that finds no leader there, is tried on the next, after a jittered
+    backoff; a follower sends what only the leader answers to the leader (followed)."""
 
     def __init__(
         self,
-        url: str | None = None,
+        url: str | list[str] | None = None,
         *,
         api_key: str | None = None,
         timeout_s: float = 30.0,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
-        self.url = resolve_url(url)
+        try:
+            self.endpoints = Endpoints(resolve_url(url))
+        except InvalidInput as exc:
+            raise ClientError(f"coordinator URL: {exc.message}") from None
         self.api_key = resolve_api_key(api_key)
         self.timeout_s = timeout_s
         self._session = session
@@ -65,6 +74,11 @@ class AsyncClient:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+    @property
+    def url(self) -> str:
+        """The coordinator in use now."""
+        return self.endpoints.current
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -101,13 +115,34 @@ class AsyncClient:
         hdrs = self._headers(headers)
         if data is not None:
             hdrs["Content-Type"] = "application/json"
+        tries = 1 if len(self.endpoints.urls) == 1 else 2 * len(self.endpoints.urls)
+        for attempt in range(1, tries + 1):
+            try:
+                return await self._request_once(method, path, type_, data, params, hdrs)
+            except (ClientError, APIError) as exc:
+                moving_on = not isinstance(exc, APIError) or exc.status in (502, 503, 504)
+                if not moving_on or attempt == tries:
+                    raise
+                self.endpoints.failed()
+                await asyncio.sleep(backoff_s(attempt, 0.2, 2.0))
+        raise ClientError(f"no coordinator of {self.endpoints} answered")
+
+    async def _request_once(
+        self,
+        method: str,
+        path: str,
+        type_: type[T],
+        data: bytes | None,
+        params: Mapping[str, str] | None,
+        headers: dict[str, str],
+    ) -> T:
         try:
             async with self.session.request(
                 method,
                 self.url + path,
                 data=data,
                 params=params,
-                headers=hdrs,
+                headers=headers,
                 timeout=aiohttp.ClientTimeout(total=self.timeout_s),
             ) as resp:
                 body = await resp.read()
@@ -205,6 +240,7 @@ class AsyncClient:
                             return
             except (aiohttp.ClientError, TimeoutError) as exc:
                 failures += 1
+                self.endpoints.failed()  # several coordinators: resume the stream on another
                 if not reconnect or failures > 10:
                     raise ClientError(f"event stream from {self.url} broke: {exc}") from None
             if not reconnect:

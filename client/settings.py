@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +47,16 @@ def load_config(env: Mapping[str, str]) -> dict[str, Any]:
     return data
 
 
-def resolve_url(url: str | None = None, env: Mapping[str, str] | None = None) -> str:
+def resolve_url(
+    url: str | Sequence[str] | None = None, env: Mapping[str, str] | None = None
+) -> str:
+    """The coordinator URL, or several comma-separated (every coordinator of one store: the
+    client moves to another when one fails)."""
     env = os.environ if env is None else env
+    if url is not None and not isinstance(url, str):
+        url = ",".join(url)
     value = url or env.get(URL_ENV) or load_config(env).get("coordinator") or DEFAULT_URL
-    return str(value).rstrip("/")
+    return ",".join(part.strip().rstrip("/") for part in str(value).split(",") if part.strip())
 
 
 def resolve_api_key(key: str | None = None, env: Mapping[str, str] | None = None) -> str | None:

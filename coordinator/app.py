@@ -21,16 +21,19 @@ from comfyfleet.coordinator.api import (
 )
 from comfyfleet.coordinator.api.auth import KEYRING, auth_middleware, exposure_problem
 from comfyfleet.coordinator.api.errors import errors_middleware
-from comfyfleet.coordinator.api.keys import CONFIG, COORDINATOR, SUPERVISOR
+from comfyfleet.coordinator.api.keys import CONFIG, COORDINATOR, ROLE, SUPERVISOR
 from comfyfleet.coordinator.api.requestlog import request_log_middleware
+from comfyfleet.coordinator.api.role import role_middleware
 from comfyfleet.coordinator.api.upload import UPLOAD_LOCKS, UploadLocks
 from comfyfleet.coordinator.config import CoordinatorConfig
 from comfyfleet.coordinator.errors import CoordinatorError
 from comfyfleet.coordinator.keyring import KeyRing
+from comfyfleet.coordinator.leader import Leadership, SoleLeader
 from comfyfleet.coordinator.object_outputs import ObjectOutputs, parse_location
 from comfyfleet.coordinator.outputs import OutputFiles
 from comfyfleet.coordinator.service import Coordinator
 from comfyfleet.coordinator.store import open_store
+from comfyfleet.coordinator.store.base import SharedStore
 from comfyfleet.coordinator.store.dsn import mask_url
 from comfyfleet.coordinator.web import routes as web_routes
 from comfyfleet.coordinator.webhooks.signing import secret_key
@@ -50,6 +53,7 @@ def create_app(config: CoordinatorConfig, *, loops: bool = True) -> web.Applicat
             graceful.inflight_middleware,
             errors_middleware,
             auth_middleware,
+            role_middleware,
         ],
         client_max_size=max(config.max_body_bytes, config.max_chunk_bytes),
         handler_args={
@@ -79,7 +83,13 @@ def create_app(config: CoordinatorConfig, *, loops: bool = True) -> web.Applicat
             else ObjectOutputs(config)
         )
         coord = Coordinator(config, store, outputs)
-        coord.recover()
+        if isinstance(store, SharedStore):  # several coordinators: each begins as a follower
+            leadership = Leadership(config, store, coord)
+            leadership.start()
+            app[ROLE] = leadership
+        else:
+            coord.recover()
+            app[ROLE] = SoleLeader(config.url)
         app[COORDINATOR] = coord
         yield
         for agent in coord.agents.values():
@@ -90,7 +100,10 @@ def create_app(config: CoordinatorConfig, *, loops: bool = True) -> web.Applicat
     async def loops_ctx(app: web.Application) -> AsyncIterator[None]:
         supervisor = Supervisor("coordinator")
         app[SUPERVISOR] = supervisor
-        if loops:
+        role = app[ROLE]
+        if loops and isinstance(role, Leadership):
+            supervisor.start("leadership", role.run)
+        elif loops:
             coord = app[COORDINATOR]
             supervisor.start("scheduler", coord.scheduler_loop)
             supervisor.start("sweeper", coord.sweeper_loop)
@@ -98,6 +111,8 @@ def create_app(config: CoordinatorConfig, *, loops: bool = True) -> web.Applicat
             supervisor.start("retention", coord.retention.loop)
         yield
         await supervisor.stop()
+        if isinstance(role, Leadership):
+            await role.close()  # idempotent: gives the lease up if the loop did not
 
     async def close_streams(app: web.Application) -> None:
         if COORDINATOR in app:

@@ -16,6 +16,19 @@ class CoordinatorConfig:
     store: str | None = field(default=None, metadata={"mask": mask_url})
     host: str = "127.0.0.1"
     port: int = 8188
+    # The URL agents and clients reach this coordinator at; followers send agents to the leader's.
+    # Default: http(s)://HOST:PORT (this machine's name when HOST is a wildcard address).
+    advertise_url: str | None = None
+    # Where outputs live; default DATA_DIR/outputs. Several coordinators: one shared directory
+    # (NFS, CephFS, ...) that every coordinator mounts at this path.
+    outputs_root: Path | None = None
+    # Several coordinators on one PostgreSQL store (DESIGN.md §8): the leader's lease lasts
+    # leader_lease_s and is renewed every leader_renew_s; followers try to take it every
+    # leader_poll_s and the leader reads the orders they leave at least every orders_poll_s.
+    leader_lease_s: float = 3.0
+    leader_renew_s: float = 1.0
+    leader_poll_s: float = 0.5
+    orders_poll_s: float = 1.0
     heartbeat_interval_s: float = 5.0
     lost_grace_s: float = 5.0  # an agent silent for 3 intervals + this is lost
     restart_grace_s: float = 30.0  # after a coordinator restart, time for agents to come back
@@ -62,8 +75,9 @@ class CoordinatorConfig:
     retention_s: float = 7 * 86_400.0  # finished jobs and their outputs are deleted after this
     retention_sweep_s: float = 60.0  # how often expired jobs are looked for
     disk_high_water: float = 0.9  # local outputs' filesystem fuller than this: shed oldest
-    # where outputs live: "local" (data_dir/outputs) or "s3://BUCKET/PREFIX" (S3-compatible
-    # object storage; credentials and region from the usual AWS environment variables or files)
+    # where outputs live: "local" (outputs_root, default data_dir/outputs) or "s3://BUCKET/PREFIX"
+    # (S3-compatible object storage; credentials and region from the usual AWS environment
+    # variables or files)
     output_store: str = "local"
     s3_endpoint_url: str | None = None  # an S3-compatible service other than AWS
     s3_region: str | None = None  # default: AWS_DEFAULT_REGION / the AWS config file
@@ -84,9 +98,24 @@ class CoordinatorConfig:
 
     @property
     def outputs_dir(self) -> Path:
-        return self.data_dir / "outputs"
+        return self.outputs_root or self.data_dir / "outputs"
 
     @property
     def comfy_dir(self) -> Path:
         """The ComfyUI facade's own files: uploads, history deletions."""
         return self.data_dir / "comfy"
+
+    @property
+    def url(self) -> str:
+        """This coordinator's URL as others reach it (advertise_url, or made from host:port)."""
+        if self.advertise_url:
+            return self.advertise_url.rstrip("/")
+        scheme = "https" if self.tls_cert and self.tls_key else "http"
+        host = self.host
+        if host in ("0.0.0.0", "::", ""):
+            import socket
+
+            host = socket.getfqdn()
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{self.port}"

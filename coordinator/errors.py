@@ -44,6 +44,13 @@ class StoreUnavailable(CoordinatorError):
     code = "store_unavailable"
 
 
+class NotLeader(StoreUnavailable):
+    """A write that only the leader may make, refused: this coordinator does not hold the lease
+    (a follower), or its epoch has ended (the store's fence refused it; nothing was written)."""
+
+    code = "not_leader"
+
+
 __all__ = [
     "CoordinatorError",
     "NotFound",
@@ -51,5 +58,6 @@ __all__ = [
     "Conflict",
     "Unprocessable",
     "StoreUnavailable",
+    "NotLeader",
     "InvalidInput",
 ]

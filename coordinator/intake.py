@@ -1,8 +1,10 @@
-"""What any coordinator may do against the store for clients: submit, cancel, drain, reads.
+"""The client calls of the coordinator that places jobs: submit, cancel, drain, reads.
 
 These calls validate, compute the job's change with a pure move and write it through the
 ledger. They read the placing coordinator's live state only as a cache (a job's latest record)
 and for admission (queue depth, the fleet's inventory and VRAM, learned estimates).
+A coordinator that does not place jobs (a follower) answers the same calls with
+`follower.FollowerIntake`: the same validation, the job stored, cancels and drains left as orders.
 """
 
 from __future__ import annotations
@@ -39,9 +41,28 @@ class Intake(Part):
         tenant: str = "default",
         job_id: str | None = None,  # chosen by the caller (the ComfyUI facade); else a new one
     ) -> tuple[JobRecord, bool]:
+        job = self.accept(spec, idempotency_key, tenant, job_id)
+        stored, created = self.store_new(job)
+        if created:
+            log.info(
+                "job_submitted", job_id=stored.id, vram_mb=stored.vram_mb, priority=spec.priority
+            )
+        return stored, created
+
+    def store_new(self, job: JobRecord) -> tuple[JobRecord, bool]:
+        return self.ledger.insert(job)
+
+    def waiting(self) -> int:
+        """Jobs waiting for a GPU, for admission control."""
+        return len(self.live.queued)
+
+    def accept(
+        self, spec: JobSpec, idempotency_key: str | None, tenant: str, job_id: str | None = None
+    ) -> JobRecord:
+        """The new job's record (QUEUED), or the refusal: bad input, full queue, no agent able."""
         validate_workflow(spec.workflow)
         check_depth(spec.metadata, "metadata")
-        check_queue(len(self.live.queued), self.config.max_queued_jobs, self.config.retry_after_s)
+        check_queue(self.waiting(), self.config.max_queued_jobs, self.config.retry_after_s)
         now = self.clock()
         if spec.inputs:
             decode_inputs(spec.inputs, self.config.max_input_bytes)
@@ -71,10 +92,7 @@ class Intake(Part):
             vram_mb=vram,
             facts=facts,
         )
-        stored, created = self.ledger.insert(moves.created(job, now))
-        if created:
-            log.info("job_submitted", job_id=stored.id, vram_mb=vram, priority=spec.priority)
-        return stored, created
+        return moves.created(job, now)
 
     def get(self, job_id: str) -> JobRecord:
         job = self.live.jobs.get(job_id) or self.store.get_job(job_id)

@@ -6,15 +6,20 @@ still have; only the writes that went through reach the in-memory indexes (`stat
 followed by each change's own memory effects (`Change.then`). A store fault (StoreUnavailable)
 raises before memory is touched, so memory never holds what the store does not. The webhook
 messages a change causes (`Notices`, the outbox) are written in the same transaction.
+
+With several coordinators the ledger belongs to one leader's term: its store fences every write by
+the term's `epoch`, and each move it writes is stamped with that epoch in the job's history.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import msgspec
 import structlog
 
 from comfyfleet.coordinator import jobs as moves
@@ -49,12 +54,26 @@ class Notices(Protocol):
 
 class Ledger:
     def __init__(
-        self, store: Store, live: Live, outputs: OutputFiles, notices: Notices | None = None
+        self,
+        store: Store,
+        live: Live,
+        outputs: OutputFiles,
+        notices: Notices | None = None,
+        epoch: int | None = None,
     ) -> None:
         self.store = store
         self.live = live
         self.outputs = outputs
         self.notices = notices
+        self.epoch = epoch  # the leader's term (None: the one coordinator, no terms)
+
+    def stamped(self, old: JobRecord | None, new: JobRecord) -> JobRecord:
+        """`new` with the moves it adds to `old`'s history stamped with this term's epoch."""
+        done = len(old.history) if old is not None else 0
+        if self.epoch is None or len(new.history) <= done:
+            return new
+        added = [msgspec.structs.replace(t, epoch=self.epoch) for t in new.history[done:]]
+        return dataclasses.replace(new, history=[*new.history[:done], *added])
 
     def apply(self, changes: Sequence[Change], *, strict: bool = True) -> list[bool]:
         """Write `changes` (guarded, one transaction), then apply the ones written to memory.
@@ -64,6 +83,8 @@ class Ledger:
         """
         if not changes:
             return []
+        if self.epoch is not None:
+            changes = [dataclasses.replace(c, new=self.stamped(c.old, c.new)) for c in changes]
         items = [(c.new, c.old.status, c.old.attempt) for c in changes]
         outbox = [self.notices.messages(c.old, c.new) for c in changes] if self.notices else []
         oks = self.store.update_jobs(items, outbox)
@@ -81,12 +102,13 @@ class Ledger:
 
     def commit(self, old: JobRecord, new: JobRecord) -> JobRecord:
         """`apply` of one change that must go through; returns the new record."""
+        new = self.stamped(old, new)
         self.apply([Change(old, new)])
         return new
 
     def insert(self, job: JobRecord) -> tuple[JobRecord, bool]:
         """Store a new job (or find the one its idempotency key names), then index it."""
-        stored, created = self.store.insert_job(job)
+        stored, created = self.store.insert_job(self.stamped(None, job))
         if created:
             self.live.index(None, stored)
         return stored, created

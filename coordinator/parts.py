@@ -12,6 +12,7 @@ from comfyfleet.coordinator.metrics import Metrics
 from comfyfleet.coordinator.outputs import OutputFiles
 from comfyfleet.coordinator.state import Live
 from comfyfleet.coordinator.store import Store
+from comfyfleet.coordinator.store.base import SharedStore
 from comfyfleet.coordinator.tenants import Tenants
 
 
@@ -26,6 +27,7 @@ class Parts:
     metrics: Metrics
     clock: Callable[[], float]
     tenants: Tenants  # per-tenant settings: webhook subscriptions and secret, retention
+    shared: SharedStore | None = None  # the same store, when several coordinators share it
 
 
 class Part:
@@ -41,3 +43,4 @@ class Part:
         self.metrics = parts.metrics
         self.clock = parts.clock
         self.tenants = parts.tenants
+        self.shared = parts.shared

@@ -10,10 +10,16 @@ The parts, by who may run them once several coordinators share one store:
 
 Every job change goes through `ledger.Ledger.apply`: pure move, guarded store write, then memory.
 This class holds no logic of its own; it builds the parts and forwards to them.
+
+With one coordinator (SQLite, memory) the parts are built once and lead for the process's life.
+With several on one shared store (PostgreSQL) the parts are rebuilt at each change of role
+(`leader.Leadership`): `lead(store, epoch)` starts a term with fresh memory, a store view fenced by
+the epoch and recovery; `follow(store)` answers clients as a follower (`follower.FollowerIntake`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,23 +30,26 @@ from comfyfleet.coordinator.config import CoordinatorConfig
 from comfyfleet.coordinator.estimates import Estimate
 from comfyfleet.coordinator.events import EventBus
 from comfyfleet.coordinator.feed import Feed
-from comfyfleet.coordinator.fleet import AgentState
+from comfyfleet.coordinator.fleet import AgentState, AgentStatus
+from comfyfleet.coordinator.follower import FollowerIntake
 from comfyfleet.coordinator.intake import Intake
 from comfyfleet.coordinator.learning import Learning
 from comfyfleet.coordinator.ledger import Ledger
 from comfyfleet.coordinator.metrics import Metrics
 from comfyfleet.coordinator.model import JobRecord
 from comfyfleet.coordinator.object_outputs import ObjectOutputs
+from comfyfleet.coordinator.orders import Orders
 from comfyfleet.coordinator.output_store import LocalOutputs
 from comfyfleet.coordinator.outputs import OutputFiles
 from comfyfleet.coordinator.parts import Parts
 from comfyfleet.coordinator.placement import Placer
-from comfyfleet.coordinator.recovery import recover
+from comfyfleet.coordinator.recovery import job_dirs, recover, sweep_job_dir
 from comfyfleet.coordinator.reports import Reports
 from comfyfleet.coordinator.retention import Retention
 from comfyfleet.coordinator.scheduler.model import JobRequest
 from comfyfleet.coordinator.state import Live, LiveProgress
 from comfyfleet.coordinator.store import Store
+from comfyfleet.coordinator.store.base import SharedStore
 from comfyfleet.coordinator.sweeper import Sweeper
 from comfyfleet.coordinator.tenants import Tenants
 from comfyfleet.coordinator.webhooks.outbox import Outbox
@@ -60,17 +69,25 @@ class Coordinator:
         metrics: Metrics | None = None,
     ) -> None:
         self.config = config
-        self.store = store
-        self.outputs = outputs
         self.clock = clock
         self.bus = bus or EventBus(start_id=int(clock() * 1_000_000))
         self.metrics = metrics or Metrics()
         self.feed = Feed(self.bus, self.metrics)
+        self.leading = True
+        self._build(store, outputs, None)
+        self.metrics.watch(self)
+
+    def _build(self, store: Store, outputs: OutputFiles, epoch: int | None) -> None:
+        """Fresh parts over `store`: this coordinator's memory starts empty."""
+        config, clock = self.config, self.clock
+        self.store = store
+        self.outputs = outputs
         self.live = Live(config, self.feed, clock)
         self.learning = Learning(config, self.live.counters, self.emit)
         self.tenants = Tenants(store)
         self.outbox = Outbox(config, store, self.tenants, self.metrics, clock)
-        self.ledger = Ledger(store, self.live, outputs, self.outbox)
+        self.ledger = Ledger(store, self.live, outputs, self.outbox, epoch)
+        shared = store if isinstance(store, SharedStore) else None
         parts = Parts(
             config,
             store,
@@ -81,15 +98,16 @@ class Coordinator:
             self.metrics,
             clock,
             self.tenants,
+            shared,
         )
-        self.intake = Intake(parts)
+        self.intake = Intake(parts) if self.leading else FollowerIntake(parts)
         self.agent_link = AgentLink(parts)
         self.reports = Reports(parts)
         self.placer = Placer(parts)
         self.sweeper = Sweeper(parts)
+        self.orders = Orders(parts, self.intake)
         kept = outputs if isinstance(outputs, ObjectOutputs) else LocalOutputs(outputs.root)
         self.retention = Retention(parts, kept)
-        self.metrics.watch(self)
         # client calls (any coordinator)
         self.submit = self.intake.submit
         self.get = self.intake.get
@@ -107,8 +125,54 @@ class Coordinator:
         self.sweep = self.sweeper.sweep
         self.sweeper_loop = self.sweeper.sweeper_loop
 
+    def lead(self, store: SharedStore, epoch: int) -> None:
+        """Begin a leader's term: fresh memory over `store` (fenced by `epoch`), then recovery."""
+        self._let_go()
+        self.leading = True
+        self._build(store, self._fresh_outputs(), epoch)
+        recover(self.live, self.ledger, self.learning, self.store, sweep=False)
+
+    def follow(self, store: SharedStore) -> None:
+        """Serve clients as a follower (its view of the fleet: `refresh`)."""
+        self._let_go()
+        self.leading = False
+        self._build(store, self._fresh_outputs(), None)
+
+    def refresh(self) -> None:
+        """A follower's view of the fleet, read again from the store."""
+        if isinstance(self.intake, FollowerIntake):
+            self.intake.refresh()
+
+    def _fresh_outputs(self) -> OutputFiles:
+        # A local directory's caches may be stale once another coordinator has written to it.
+        if type(self.outputs) is OutputFiles:
+            return OutputFiles(self.outputs.root, self.outputs.max_bytes)
+        return self.outputs
+
+    def _let_go(self) -> None:
+        """End this memory's part: jobs not yet handed out stay with the store, and the agents'
+        long-polls on it end now (LOST here only ends them: this memory is dropped)."""
+        for agent in self.live.agents.values():
+            agent.to_deliver.clear()
+            agent.to_cancel.clear()
+            agent.status = AgentStatus.LOST
+            agent.wake.set()
+
     def recover(self) -> None:
         recover(self.live, self.ledger, self.learning, self.store)
+
+    async def sweep_attempt_files(self, batch: int = 100) -> int:
+        """The sweep of recovery, after it: a few folders at a time between other work (a
+        shared output directory holds every job's folder; the next leader must not wait)."""
+        live, store, outputs = self.live, self.store, self.outputs
+        folders = await asyncio.to_thread(job_dirs, outputs)
+        removed = 0
+        for k, folder in enumerate(folders, 1):
+            if folder.exists():
+                removed += sweep_job_dir(folder, live, store, outputs)
+            if k % batch == 0:
+                await asyncio.sleep(0)
+        return removed
 
     def emit(self, kind: str, data: dict[str, Any], job_id: str | None = None) -> None:
         """Publish a fleet event (e.g. `workflow_blocked`) to the live streams."""

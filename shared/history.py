@@ -11,7 +11,9 @@ import msgspec
 
 class Transition(msgspec.Struct, frozen=True):
     """A move through the transition table (`shared/status.py`): when, from and to which status,
-    by which event, why, in which attempt, and on which agent."""
+    by which event, why, in which attempt, on which agent, and in which leader's term (`epoch`,
+    with several coordinators on PostgreSQL; None with one coordinator, and for a job stored by
+    a follower)."""
 
     at: float
     from_status: str | None
@@ -20,3 +22,4 @@ class Transition(msgspec.Struct, frozen=True):
     reason: str
     attempt: int
     agent_id: str | None = None
+    epoch: int | None = None

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from comfyfleet.coordinator.api.auth import principal, tenant_filter
 from comfyfleet.coordinator.api.body import decode_body, reply
-from comfyfleet.coordinator.api.keys import CONFIG, COORDINATOR
+from comfyfleet.coordinator.api.keys import CONFIG, COORDINATOR, ROLE
 from comfyfleet.coordinator.api.views import agent_json, job_json
 from comfyfleet.coordinator.errors import NotFound
 from comfyfleet.coordinator.object_outputs import ObjectOutputs
@@ -37,6 +37,7 @@ async def healthz(request: web.Request) -> web.Response:
         request,
         {
             "ok": True,
+            **request.app[ROLE].describe(),
             "jobs_active": len(coord.jobs),
             "queued": len(coord.queued),
             "agents": len(coord.agents),

@@ -87,6 +87,8 @@ TRANSITION = obj(
         "reason": "why, in words",
         "attempt": "the attempt it belongs to",
         "agent_id": "the agent, where one is involved",
+        "epoch": "the leader's term that made the move (several coordinators on PostgreSQL); "
+        "null with one coordinator, and for a job stored by a follower",
     }
 )
 ETA = nullable(
@@ -260,9 +262,13 @@ AGENT_LIST = obj({"agents": arr(AGENT)})
 HEALTH = obj(
     {
         "ok": "true",
-        "jobs_active": "jobs not yet ended",
-        "queued": "jobs waiting for a GPU",
-        "agents": "agents known",
+        "role": "leader (places jobs, serves agents) or follower (several coordinators on one "
+        "PostgreSQL store; one coordinator is always the leader)",
+        "leader": "the leader's URL; null while none is elected",
+        "epoch": "the leader's term (its fencing token), on the leader; else null",
+        "jobs_active": "jobs not yet ended (in this coordinator's memory: 0 on a follower)",
+        "queued": "jobs waiting for a GPU (likewise)",
+        "agents": "agents known (a follower: as registered in the store)",
         "counters": "placements, requeues, lost_agents, placements_warm, workflow_blocked, …",
     }
 )

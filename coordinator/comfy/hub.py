@@ -17,6 +17,12 @@ writes, not 1,000 task switches. A socket that is behind (its connection's send 
 `WRITE_BUFFER`, or frames already waiting) gets its frames queued (bounded) and written by its
 own task, in order, so a slow client never slows the fleet and is disconnected when it falls
 `SEND_QUEUE` frames behind (ComfyUI clients reconnect).
+
+One ComfyUI runs a client's prompts one after another, so a client never sees a prompt start
+before the one before it ended. The fleet runs them side by side, and a prompt's end is held
+until the coordinator decides it (`PromptStream`), so another prompt's frames could overtake it.
+While one prompt of a client holds its end, the frames of that client's other prompts wait
+(bounded by `WAITING_MAX`) and follow, in arrival order, once the end went out.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ WRITE_BUFFER = 64 << 10  # bytes in a connection's send buffer past which frames
 MISSED_PER_CLIENT = 64  # prompt ends kept for a client with no socket
 MISSED_CLIENTS = 10_000  # clients with ends kept (the oldest go first)
 MISSED_TTL_S = 3600.0
+WAITING_MAX = 1024  # batches of frames kept behind a held end; past it, order gives way
 _PREVIEW_FORMAT = {"image/jpeg": 1, "image/png": 2}
 
 
@@ -175,6 +182,10 @@ class Prompt:
     ran: bool = False  # went RUNNING (once: status is sent on the first start only)
     keep_end: bool = True  # keep the end for a client that has no socket (not for v2 jobs)
     legacy: LegacyOrder = field(default_factory=LegacyOrder)  # for a client without metadata
+    ended: bool = False  # the coordinator decided its end
+
+    def holds_end(self) -> bool:
+        return not self.ended and self.stream.holding
 
 
 class Hub:
@@ -184,6 +195,9 @@ class Hub:
         self.prompts: dict[str, Prompt] = {}  # job_id -> open facade prompt
         self.open_count: dict[str, int] = {}  # tenant -> open prompts (queue_remaining)
         self.missed: dict[tuple[str, str], deque[tuple[float, list[str | bytes]]]] = {}
+        # per client: the prompt whose held end the client's other prompts wait behind
+        self.gates: dict[tuple[str, str], Prompt] = {}
+        self.waiting: dict[tuple[str, str], deque[tuple[Prompt, list[Out], bool]]] = {}
 
     # -- what the coordinator tells -----------------------------------------------------------
 
@@ -216,6 +230,7 @@ class Hub:
             return
         if new.status in TERMINAL:
             del self.prompts[new.id]
+            prompt.ended = True
             self.open_count[prompt.tenant] = max(0, self.open_count.get(prompt.tenant, 1) - 1)
             self._route(prompt, prompt.stream.end(new), final=True)
             if prompt.client_id is not None:  # (without one, the end went to every socket)
@@ -234,6 +249,8 @@ class Hub:
             outs.extend(prompt.stream.feed(attempt, event))
         if outs:
             self._route(prompt, outs, final=False)
+        elif prompt.client_id is not None and prompt.holds_end():  # all it had is held
+            self.gates.setdefault((prompt.tenant, prompt.client_id), prompt)
 
     # -- sockets -----------------------------------------------------------------------------
 
@@ -279,6 +296,62 @@ class Hub:
                 sock.put(text, frame)
 
     def _route(self, prompt: Prompt, outs: list[Out], final: bool) -> None:
+        client = prompt.client_id
+        if client is None:
+            self._deliver(prompt, outs, final)
+            return
+        key = (prompt.tenant, client)
+        if self._waits(key, prompt):
+            queue = self.waiting.setdefault(key, deque())
+            queue.append((prompt, outs, final))
+            if len(queue) > WAITING_MAX:  # bounded: let everything through, in order
+                self.gates.pop(key, None)
+                self._flush(key)
+            return
+        self._deliver(prompt, outs, final)
+        self._gate(key, prompt)
+
+    def _waits(self, key: tuple[str, str], prompt: Prompt) -> bool:
+        """Whether `prompt`'s frames must wait behind another prompt's held end. The prompt
+        others wait for always goes first; a gate whose prompt no longer holds its end (a retry,
+        or its end went out) opens, and what waited follows first, in order."""
+        if self.gates.get(key) is prompt:
+            return False
+        owner = self._owner(key)
+        if owner is None and self.waiting.get(key):
+            self._flush(key)
+            owner = self._owner(key)
+        return owner is not None and owner is not prompt
+
+    def _owner(self, key: tuple[str, str]) -> Prompt | None:
+        owner = self.gates.get(key)
+        if owner is not None and not owner.holds_end():
+            del self.gates[key]
+            return None
+        return owner
+
+    def _gate(self, key: tuple[str, str], prompt: Prompt) -> None:
+        """After `prompt`'s frames went out: it holds its end now (the client's other prompts
+        wait), or it was the one they waited for and its end went out (they follow)."""
+        if prompt.holds_end():
+            self.gates.setdefault(key, prompt)
+        elif self.gates.get(key) is prompt:
+            del self.gates[key]
+            self._flush(key)
+
+    def _flush(self, key: tuple[str, str]) -> None:
+        queue = self.waiting.pop(key, None)
+        while queue:
+            owner = self._owner(key)
+            if owner is not None and queue[0][0] is not owner:
+                self.waiting[key] = queue  # a prompt that went out meanwhile holds its end
+                return
+            prompt, outs, final = queue.popleft()
+            self._deliver(prompt, outs, final)
+            if prompt.holds_end():
+                self.gates.setdefault(key, prompt)
+
+    def _deliver(self, prompt: Prompt, outs: list[Out], final: bool) -> None:
         tenant, client = prompt.tenant, prompt.client_id
         if client is None:  # ComfyUI: no execution events; status and progress_state to all
             texts = [

@@ -11,12 +11,17 @@ update that does not match returns False, a repeated idempotency key returns the
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection, Iterator, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from comfyfleet.coordinator.errors import StoreUnavailable
 from comfyfleet.coordinator.model import AgentRecord, Doomed, JobRecord, WebhookMessage
 from comfyfleet.shared.status import JobStatus
+
+if TYPE_CHECKING:
+    from comfyfleet.coordinator.lease import Leader
+    from comfyfleet.coordinator.store.postgres_lead import Order
 
 RECOVERY_PAGE = 500  # jobs decoded at a time by non_terminal_jobs
 
@@ -162,3 +167,40 @@ class Store(Protocol):
         """Release the store; closing twice is harmless, any other call afterwards raises
         StoreUnavailable."""
         ...
+
+
+@runtime_checkable
+class SharedStore(Store, Protocol):
+    """A store several coordinators share (PostgreSQL): the leader's lease and the orders that
+    followers leave for it (coordinator/lease.py, store/postgres_lead.py)."""
+
+    @property
+    def epoch(self) -> int | None:
+        """The epoch that fences this view's writes (as_leader), else None."""
+        ...
+
+    def as_leader(self, epoch: int) -> SharedStore:
+        """This store with every write fenced by `epoch`: NotLeader once the epoch has ended."""
+        ...
+
+    def as_follower(self) -> SharedStore:
+        """This store refusing the leader's writes (NotLeader); a stored job orders the leader."""
+        ...
+
+    def try_lead(self, holder: str, url: str, ttl_s: float) -> int | None: ...
+
+    def renew(self, epoch: int, holder: str, ttl_s: float) -> bool: ...
+
+    def release(self, epoch: int, holder: str) -> None: ...
+
+    def leader(self) -> Leader | None: ...
+
+    def put_order(
+        self, kind: str, at: float, job_id: str | None = None, agent_id: str | None = None
+    ) -> None: ...
+
+    def orders(self, limit: int = 1000) -> list[Order]: ...
+
+    def done_orders(self, seqs: Sequence[int]) -> None: ...
+
+    async def listen(self, woken: asyncio.Event) -> None: ...

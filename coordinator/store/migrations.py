@@ -139,6 +139,57 @@ _POSTGRES_V2 = (
     "WHERE status IN ('COMPLETED', 'FAILED', 'CANCELLED')",
 )
 
-SQLITE: tuple[tuple[str, ...], ...] = (_SQLITE_V1, _SQLITE_V2)
-POSTGRES: tuple[tuple[str, ...], ...] = (_POSTGRES_V1, _POSTGRES_V2)
+# Several coordinators on one database (coordinator/lease.py, store/postgres_lead.py): the lease
+# row (its epoch fences every write of the leader), the log of terms (when each epoch began), the
+# orders that any coordinator leaves for the leader (a job submitted, a cancel, a drain), and the
+# fence itself: true, with a share lock on the lease row until the transaction ends, or it raises
+# FENCE_SQLSTATE when the given epoch does not hold the lease. SQLite has one coordinator:
+# nothing to add there.
+FENCE_SQLSTATE = "CF001"
+_POSTGRES_V3 = (
+    """
+    CREATE TABLE comfyfleet_leader (
+        id SMALLINT PRIMARY KEY CHECK (id = 1),
+        epoch BIGINT NOT NULL,
+        holder TEXT NOT NULL,
+        url TEXT NOT NULL,
+        expires_at TIMESTAMPTZ NOT NULL
+    )
+    """,
+    "INSERT INTO comfyfleet_leader (id, epoch, holder, url, expires_at) "
+    "VALUES (1, 0, '', '', '-infinity')",
+    """
+    CREATE TABLE comfyfleet_terms (
+        epoch BIGINT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        url TEXT NOT NULL,
+        began_at TIMESTAMPTZ NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE comfyfleet_orders (
+        seq BIGSERIAL PRIMARY KEY,
+        kind TEXT NOT NULL,
+        job_id TEXT COLLATE "C",
+        agent_id TEXT COLLATE "C",
+        at DOUBLE PRECISION NOT NULL
+    )
+    """,
+    f"""
+    CREATE FUNCTION comfyfleet_fence(want BIGINT) RETURNS boolean LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM 1 FROM comfyfleet_leader
+            WHERE id = 1 AND epoch = want AND expires_at > clock_timestamp() FOR SHARE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'leader epoch % has ended', want USING ERRCODE = '{FENCE_SQLSTATE}';
+        END IF;
+        RETURN true;
+    END
+    $$
+    """,
+)
+
+
+SQLITE: tuple[tuple[str, ...], ...] = (_SQLITE_V1, _SQLITE_V2, ())
+POSTGRES: tuple[tuple[str, ...], ...] = (_POSTGRES_V1, _POSTGRES_V2, _POSTGRES_V3)
 LATEST = len(SQLITE)  # POSTGRES has as many (a test checks)

@@ -10,10 +10,17 @@ background; a call that still cannot reach the server raises StoreUnavailable wi
 The schema is versioned (migrations.POSTGRES, applied under an advisory lock, so coordinators
 starting together migrate once). Open jobs have their own partial index, so finished jobs, however
 many, do not slow recovery or the queue's reads.
+
+Several coordinators share one database (store/postgres_lead.py): the store opened here writes
+unfenced (tests, tools); a coordinator writes through `as_leader(epoch)`, whose every write is
+fenced by the epoch in its own transaction, or `as_follower()`, which refuses the leader's writes
+and turns each stored job into an order for the leader.
 """
 
 from __future__ import annotations
 
+import asyncio
+import copy
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +32,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from comfyfleet.coordinator.errors import Conflict, StoreUnavailable
+from comfyfleet.coordinator.errors import Conflict, NotLeader, StoreUnavailable
 from comfyfleet.coordinator.model import (
     AgentRecord,
     Doomed,
@@ -34,6 +41,7 @@ from comfyfleet.coordinator.model import (
     output_bytes,
 )
 from comfyfleet.coordinator.store import codec
+from comfyfleet.coordinator.store import postgres_lead as lead
 from comfyfleet.coordinator.store import results_sql as results
 from comfyfleet.coordinator.store.base import (
     DEFAULT_PAGE,
@@ -43,7 +51,11 @@ from comfyfleet.coordinator.store.base import (
 )
 from comfyfleet.coordinator.store.codec import JobRow
 from comfyfleet.coordinator.store.dsn import mask_url
-from comfyfleet.coordinator.store.migrations import POSTGRES, POSTGRES_OPEN_STATUSES
+from comfyfleet.coordinator.store.migrations import (
+    FENCE_SQLSTATE,
+    POSTGRES,
+    POSTGRES_OPEN_STATUSES,
+)
 from comfyfleet.coordinator.store.results_sql import postgres as pg
 from comfyfleet.shared.errors import InvalidInput
 from comfyfleet.shared.settings import ConfigError
@@ -59,14 +71,32 @@ OPEN_FIRST = f"{_SELECT} WHERE {_OPEN} ORDER BY created_at, id LIMIT %s"
 OPEN_AFTER = (
     f"{_SELECT} WHERE {_OPEN} AND (created_at, id) > (%s, %s) ORDER BY created_at, id LIMIT %s"
 )
-_INSERT = (
-    f"INSERT INTO jobs ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+_VALUES = ", ".join(["%s"] * 10)
+_KEYED = (
     "ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
     "RETURNING id"
+)
+_INSERT = f"INSERT INTO jobs ({_COLUMNS}) VALUES ({_VALUES}) {_KEYED}"
+_INSERT_FENCED = f"INSERT INTO jobs ({_COLUMNS}) SELECT {_VALUES} WHERE {lead.FENCE} {_KEYED}"
+_INSERT_ORDERED = (  # a follower's insert: the job, an order that the leader picks it up, NOTIFY
+    f"WITH ins AS ({_INSERT}), "
+    "ord AS (INSERT INTO comfyfleet_orders (kind, job_id, at) SELECT 'submit', id, %s FROM ins "
+    "RETURNING job_id) "
+    "SELECT job_id, pg_notify(%s, '') FROM ord"
 )
 _UPDATE = (
     "UPDATE jobs SET status = %s, attempt = %s, updated_at = %s, state = %s "
     "WHERE id = %s AND status = %s AND attempt = %s RETURNING 1"
+)
+_UPDATE_FENCED = lead.fenced(_UPDATE)
+_AGENT_SET = (
+    "ON CONFLICT (agent_id) DO UPDATE SET "
+    "registered_at = excluded.registered_at, info = excluded.info"
+)
+_SAVE_AGENT = f"INSERT INTO agents (agent_id, registered_at, info) VALUES (%s, %s, %s) {_AGENT_SET}"
+_SAVE_AGENT_FENCED = (
+    f"INSERT INTO agents (agent_id, registered_at, info) SELECT %s, %s, %s "
+    f"WHERE {lead.FENCE} {_AGENT_SET}"
 )
 _MIGRATE_LOCK = "SELECT pg_advisory_xact_lock(hashtext('comfyfleet-migrate'), hashtext(%s))"
 
@@ -77,6 +107,9 @@ class PostgresOptions:
     pool_max: int = 4
     connect_timeout_s: float = 5.0  # also the longest a call waits for a pooled connection
     statement_timeout_ms: int = 10_000  # no call blocks the event loop on a lock for longer
+    # A session idle inside a transaction for this long is ended by the server, with its locks: a
+    # paused leader cannot hold the lease row (every transaction here is sent in one go).
+    idle_in_transaction_ms: int = 1_000
 
 
 # What a failure of the server or the network is called in StoreUnavailable; anything else
@@ -86,6 +119,7 @@ _MEDIUM = (
     psycopg.InterfaceError,  # the connection is closed
     pg_errors.ReadOnlySqlTransaction,
     pg_errors.InsufficientPrivilege,
+    pg_errors.IdleInTransactionSessionTimeout,  # this process was paused inside a transaction
 )
 
 
@@ -98,20 +132,31 @@ def _problem(exc: BaseException) -> str:
         return "permission denied"
     if isinstance(exc, pg_errors.QueryCanceled):
         return "statement timed out"
+    if isinstance(exc, pg_errors.IdleInTransactionSessionTimeout):
+        return "the server ended a transaction left idle (was this process paused?)"
     if isinstance(exc, PoolTimeout):
         return "no connection to PostgreSQL in time"
     return "PostgreSQL unavailable"
 
 
-class PostgresStore:
+RAW, LEADER, FOLLOWER = "raw", "leader", "follower"  # how a store view writes
+
+
+class PostgresStore(lead.LeaseAndOrders):
     def __init__(self, url: str, options: PostgresOptions | None = None) -> None:
         self._shown = mask_url(url)
         self._options = options or PostgresOptions()
+        self._mode = RAW
+        self._epoch = 0
+        self._owner = True
         conninfo = self._conninfo(url)
+        self._conninfo_str = conninfo
         with self._translated():
             with self._first_connection(conninfo) as conn:
                 self._check_encoding(conn)
                 self._migrate(conn)
+                row = conn.execute("SELECT current_schema()").fetchone()
+                self.channel = lead.channel_of(str(row[0]) if row else "public")
             pool: ConnectionPool = ConnectionPool(
                 conninfo,
                 min_size=self._options.pool_min,
@@ -151,6 +196,55 @@ class PostgresStore:
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute(f"SET statement_timeout = {int(self._options.statement_timeout_ms)}")
+        idle = int(self._options.idle_in_transaction_ms)
+        conn.execute(f"SET idle_in_transaction_session_timeout = {idle}")
+
+    # ------------------------------------------------------------------ leader and followers
+
+    def _view(self, mode: str, epoch: int = 0) -> PostgresStore:
+        view = copy.copy(self)
+        view._mode, view._epoch, view._owner = mode, epoch, False
+        return view
+
+    def as_leader(self, epoch: int) -> PostgresStore:
+        """This store, every write fenced by `epoch` (NotLeader once the epoch has ended)."""
+        return self._view(LEADER, epoch)
+
+    def as_follower(self) -> PostgresStore:
+        """This store for a coordinator that does not lead: the leader's writes raise NotLeader;
+        a stored job leaves an order for the leader."""
+        return self._view(FOLLOWER)
+
+    @property
+    def epoch(self) -> int | None:
+        return self._epoch if self._mode == LEADER else None
+
+    def _leader_only(self, what: str) -> None:
+        if self._mode == FOLLOWER:
+            raise NotLeader(f"{what}: this coordinator is a follower; only the leader writes it")
+
+    def _fence(self, params: Sequence[object]) -> tuple[object, ...]:
+        """The parameters of a fenced statement: `params`, then this view's epoch."""
+        return (*params, self._epoch)
+
+    def done_orders(self, seqs: Sequence[int]) -> None:
+        """Forget orders the leader has applied (fenced: only the leader)."""
+        self._leader_only("done_orders")
+        if seqs:
+            with self._conn() as conn:
+                if self._mode == LEADER:
+                    conn.execute(lead.fenced(lead.DONE), self._fence([list(seqs)]))
+                else:
+                    conn.execute(lead.DONE, (list(seqs),))
+
+    async def listen(self, woken: asyncio.Event) -> None:
+        """Set `woken` on every order's NOTIFY until the listening connection fails."""
+        try:
+            await lead.listen(
+                self._conninfo_str, self.channel, woken, self._options.connect_timeout_s
+            )
+        except _MEDIUM as exc:
+            raise StoreUnavailable(f"job store {self._shown}: {_problem(exc)}") from exc
 
     def _check_encoding(self, conn: psycopg.Connection[Any]) -> None:
         row = conn.execute("SHOW server_encoding").fetchone()
@@ -192,7 +286,14 @@ class PostgresStore:
     def _translated(self) -> Iterator[None]:
         try:
             yield
-        except _MEDIUM as exc:
+        except psycopg.Error as exc:
+            if exc.sqlstate == FENCE_SQLSTATE:
+                raise NotLeader(
+                    f"job store {self._shown}: leader epoch {self._epoch} has ended; "
+                    "nothing was written"
+                ) from exc
+            if not isinstance(exc, _MEDIUM):
+                raise
             detail = mask_url(str(exc).strip().splitlines()[0] if str(exc).strip() else "")
             raise StoreUnavailable(
                 f"job store {self._shown}: {_problem(exc)} ({type(exc).__name__}: {detail})"
@@ -216,13 +317,21 @@ class PostgresStore:
 
     def insert_job(self, job: JobRecord) -> tuple[JobRecord, bool]:
         row = codec.encode_job(job)
+        values = codec.row_values(row)
+        try:
+            with self._conn() as conn:
+                if self._mode == LEADER:  # fenced; the leader indexes its own jobs
+                    query, params = _INSERT_FENCED, self._fence(values)
+                elif self._mode == FOLLOWER:  # ordering the leader to pick the job up
+                    query, params = _INSERT_ORDERED, (*values, row.created_at, self.channel)
+                else:
+                    query, params = _INSERT, values
+                inserted = conn.execute(query, params).fetchone()  # type: ignore[arg-type]
+        except pg_errors.UniqueViolation:
+            raise Conflict(f"job {job.id} already exists", field="id") from None
+        if inserted is not None:
+            return codec.decode_job(row), True
         with self._conn() as conn:
-            try:
-                inserted = conn.execute(_INSERT, codec.row_values(row)).fetchone()
-            except pg_errors.UniqueViolation:
-                raise Conflict(f"job {job.id} already exists", field="id") from None
-            if inserted is not None:
-                return codec.decode_job(row), True
             found = conn.execute(
                 f"{_SELECT} WHERE tenant = %s AND idempotency_key = %s",
                 (row.tenant, row.idempotency_key),
@@ -239,17 +348,21 @@ class PostgresStore:
         items: Sequence[GuardedUpdate],
         outbox: Sequence[Sequence[WebhookMessage]] = (),
     ) -> list[bool]:
+        self._leader_only("update_jobs")
         params = [codec.update_values(*item) for item in items]
         if not params:
             return []
+        query = _UPDATE
+        if self._mode == LEADER:  # each UPDATE fenced; the first one's lock holds to the commit
+            query, params = _UPDATE_FENCED, [self._fence(p) for p in params]
         if len(params) == 1 and not any(outbox):  # one statement is atomic on its own
             with self._conn() as conn:
-                return [conn.execute(_UPDATE, params[0]).fetchone() is not None]
+                return [conn.execute(query, params[0]).fetchone() is not None]
         oks: list[bool] = []
         with self._conn() as conn, conn.transaction():
             with conn.pipeline(), conn.cursor() as cur:
                 # the UPDATEs in one pipeline; each UPDATE sees the ones before it
-                cur.executemany(_UPDATE, params, returning=True)
+                cur.executemany(query, params, returning=True)
                 while True:
                     oks.append(cur.fetchone() is not None)
                     if not cur.nextset():
@@ -298,14 +411,14 @@ class PostgresStore:
             )
 
     def save_agent(self, agent: AgentRecord) -> None:
+        self._leader_only("save_agent")
         info = codec.encode_agent_info(agent)
+        params: tuple[object, ...] = (agent.agent_id, float(agent.registered_at), info)
+        query = _SAVE_AGENT
+        if self._mode == LEADER:
+            query, params = _SAVE_AGENT_FENCED, self._fence(params)
         with self._conn() as conn:
-            conn.execute(
-                "INSERT INTO agents (agent_id, registered_at, info) VALUES (%s, %s, %s) "
-                "ON CONFLICT (agent_id) DO UPDATE SET "
-                "registered_at = excluded.registered_at, info = excluded.info",
-                (agent.agent_id, float(agent.registered_at), info),
-            )
+            conn.execute(query, params)
 
     def load_agents(self) -> list[AgentRecord]:
         with self._conn() as conn:
@@ -375,8 +488,9 @@ class PostgresStore:
                 conn.execute(pg(results.FORGET_DOOMED), (job_id,))
 
     def close(self) -> None:
+        """Close the pool (a view made by as_leader/as_follower only lets go of it)."""
         pool, self._pool = self._pool, None
-        if pool is not None:
+        if pool is not None and self._owner:
             pool.close()
 
 

@@ -26,6 +26,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--coordinator-kills", type=int, default=5)
     ap.add_argument("--settle", type=float, default=300.0)
     ap.add_argument(
+        "--coordinators",
+        type=int,
+        default=1,
+        help="coordinators sharing one store (more than 1 needs --store postgres)",
+    )
+    ap.add_argument(
+        "--store",
+        choices=["sqlite", "postgres"],
+        default="sqlite",
+        help="postgres: a throwaway PostgreSQL cluster (Debian's postgresql) for every coordinator",
+    )
+    ap.add_argument(
         "--workdir",
         type=Path,
         default=None,
@@ -40,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         fault_gap_s=tuple(args.fault_gap),
         coordinator_kills=args.coordinator_kills,
         settle_s=args.settle,
+        coordinators=args.coordinators,
+        store=args.store,
     )
+    if cfg.coordinators > 1 and cfg.store != "postgres":
+        ap.error("--coordinators above 1 needs --store postgres")
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
         figures = asyncio.run(run_chaos(cfg, args.workdir))

@@ -5,6 +5,12 @@ Faults: SIGKILL an agent (restarted with the same id and data dir), SIGSTOP an a
 simulator (restarted on the same port), SIGKILL the coordinator (restarted on the same data dir).
 Afterwards every process is brought back, the run waits for every accepted job to end, gathers
 the evidence and hands it to the pure checker (tests/chaos/checker.py).
+
+With `coordinators > 1` (`store="postgres"`, a throwaway PostgreSQL cluster) the coordinators
+share one store and one output directory, agents and the client know them all, and each
+coordinator fault hits the leader: SIGKILL (restarted later as a follower), SIGSTOP past its lease
+then SIGCONT, or pg_terminate_backend on its database connections. Instead of SQLite's
+integrity check the run checks the fencing: no move of an epoch after the next epoch began.
 """
 
 from __future__ import annotations
@@ -23,11 +29,21 @@ from typing import Any
 import aiohttp
 
 from tests.chaos.checker import JobEvidence, Verdict, check_run
+from tests.helpers import postgres
 from tests.helpers.fleet import Fleet, txt2img
+from tests.helpers.multi import (
+    FAST,
+    MultiFleet,
+    fencing_violations,
+    terminate_backends_of,
+    terms,
+)
 
 SIZES = [(64, 64), (96, 64), (64, 96), (128, 64), (80, 80), (64, 128)]
 FAULTS = ("agent_kill", "agent_stop", "sim_kill", "coordinator_kill")
+LEADER_FAULTS = ("coordinator_kill", "leader_stop", "leader_db_kill")
 AGENT_DEATH_REASONS = (" lost (silent ", "agent restarted without this job")
+OPEN = "SUBMITTED,QUEUED,ASSIGNED,RUNNING"
 
 
 @dataclass(frozen=True)
@@ -44,6 +60,9 @@ class ChaosConfig:
     step_ms: int = 3000  # per step at 512x512; scales with pixels (64x64: ~47 ms)
     steps: tuple[int, int] = (4, 14)
     # jobs are submitted with the default max_retries: a run must not hide retry-burning bugs
+    coordinators: int = 1  # more than one needs store="postgres"
+    store: str = "sqlite"  # or "postgres": a throwaway cluster, every coordinator on it
+    leader_stop_s: tuple[float, float] = (3.0, 6.0)  # SIGSTOP of the leader; its lease is 2 s
 
 
 @dataclass
@@ -67,8 +86,8 @@ class Figures:
         c = self.config
         req = "n/a" if self.max_requeue_s is None else f"{self.max_requeue_s:.2f} s"
         lines = [
-            f"chaos seed={c.seed} agents={c.agents} window={c.duration_s:g}s "
-            f"wall={self.wall_s:.0f}s",
+            f"chaos seed={c.seed} agents={c.agents} coordinators={c.coordinators} "
+            f"store={c.store} window={c.duration_s:g}s wall={self.wall_s:.0f}s",
             f"jobs accepted (201): {v.accepted}   by status: {dict(sorted(v.by_status.items()))}",
             f"faults injected: {sum(self.faults.values())}   {dict(sorted(self.faults.items()))}",
             f"lost: {v.lost}   duplicated: {v.duplicated}   ended other than asked: "
@@ -76,7 +95,7 @@ class Figures:
             f"max time to requeue after an agent death: {req} "
             f"(over {self.requeues_after_death} requeues)",
             f"submit retries (coordinator down/overloaded): {self.submit_retries}",
-            f"settle after faults: {self.settle_wait_s:.1f} s   integrity_check: {self.integrity}",
+            f"settle after faults: {self.settle_wait_s:.1f} s   integrity: {self.integrity}",
         ]
         lines += [f"  VIOLATION {x}" for x in v.violations[:40]]
         return "\n".join(lines)
@@ -84,12 +103,26 @@ class Figures:
 
 class ChaosRun:
     def __init__(self, cfg: ChaosConfig, workdir: Path) -> None:
+        if cfg.coordinators > 1 and cfg.store != "postgres":
+            raise ValueError("several coordinators need store='postgres'")
         self.cfg = cfg
         self.rng = random.Random(cfg.seed)
-        self.fleet = Fleet(
-            workdir,
-            ["--heartbeat-interval", "0.5", "--restart-grace", "3", "--assign-timeout", "10"],
-        )
+        self.cluster: postgres.Cluster | None = None
+        self.multi: MultiFleet | None = None
+        self.store_url = ""
+        args = ["--heartbeat-interval", "0.5", "--restart-grace", "3", "--assign-timeout", "10"]
+        if cfg.store == "postgres":
+            self.cluster = postgres.start_cluster()
+            self.store_url = self.cluster.url(self.cluster.new_database())
+            self.multi = MultiFleet(workdir, self.store_url, cfg.coordinators, [*FAST, *args[4:]])
+            self.fleet: Fleet = self.multi
+            self.urls = list(self.multi.urls)
+            self.outputs = self.multi.outputs
+        else:
+            self.fleet = Fleet(workdir, args)
+            self.urls = [self.fleet.url]
+            self.outputs = workdir / "coord" / "outputs"
+        self.turn = 0
         self.names = [f"a{i}" for i in range(cfg.agents)]
         self.sim_ports: dict[str, int] = {}
         self.busy: set[str] = set()  # processes in the middle of a fault
@@ -132,8 +165,43 @@ class ChaosRun:
         self.background.add(task)
         task.add_done_callback(self.background.discard)
 
+    def url(self) -> str:
+        """The next coordinator, round-robin (the client knows them all)."""
+        self.turn += 1
+        return self.urls[self.turn % len(self.urls)]
+
+    async def inject_leader(self, kind: str) -> bool:
+        """A fault of the leader of several coordinators."""
+        multi, rng, cfg = self.multi, self.rng, self.cfg
+        assert multi is not None and self.cluster is not None
+        if "coordinator" in self.busy:
+            return False
+        try:
+            leader = await asyncio.to_thread(multi.leader, 15.0)
+        except AssertionError:
+            return False  # an election is under way: not now
+        proc = multi.coords[leader]
+        if kind == "coordinator_kill":
+            self.busy.add("coordinator")
+            proc.kill(signal.SIGKILL)
+            restart = lambda: multi.start_coordinator(leader)  # noqa: E731
+            self._spawn(self._restart_later("coordinator", rng.uniform(*cfg.down_s), restart))
+        elif kind == "leader_stop":
+            self.busy.add("coordinator")
+            proc.signal(signal.SIGSTOP)
+            resume = lambda: proc.signal(signal.SIGCONT)  # noqa: E731
+            self._spawn(self._restart_later("coordinator", rng.uniform(*cfg.leader_stop_s), resume))
+        else:
+            if proc.proc is None:
+                return False
+            await asyncio.to_thread(terminate_backends_of, self.cluster, proc.proc.pid)
+        self.faults[kind] += 1
+        return True
+
     async def inject(self, kind: str) -> bool:
         rng, cfg = self.rng, self.cfg
+        if kind == "coordinator_kill" and self.multi is not None:
+            return await self.inject_leader(self.rng.choice(LEADER_FAULTS))
         if kind == "coordinator_kill":
             if "coordinator" in self.busy:
                 return False
@@ -200,7 +268,7 @@ class ChaosRun:
         while True:
             try:
                 async with s.post(
-                    f"{self.fleet.url}/v1/jobs",
+                    f"{self.url()}/v1/jobs",
                     json=body,
                     headers={"Idempotency-Key": key},
                     timeout=aiohttp.ClientTimeout(total=10),
@@ -235,7 +303,7 @@ class ChaosRun:
         for _ in range(100):
             try:
                 async with s.get(
-                    f"{self.fleet.url}{path}", timeout=aiohttp.ClientTimeout(total=20)
+                    f"{self.url()}{path}", timeout=aiohttp.ClientTimeout(total=20)
                 ) as r:
                     return r.status, await r.read()
             except (aiohttp.ClientError, TimeoutError):
@@ -246,6 +314,10 @@ class ChaosRun:
         """Restore every process, then wait until no accepted job is still open."""
         while self.background:
             await asyncio.gather(*list(self.background), return_exceptions=True)
+        if self.multi is not None:
+            for proc in self.multi.coords:
+                proc.signal(signal.SIGCONT)
+            await asyncio.to_thread(self.multi.start_coordinator)
         for name in self.names:
             agent = self.fleet.agents[name]
             agent.signal(signal.SIGCONT)
@@ -255,8 +327,8 @@ class ChaosRun:
                 await asyncio.to_thread(self._add_sim, name)
         t0 = time.monotonic()
         while time.monotonic() - t0 < self.cfg.settle_s:
-            _, raw = await self._get(s, "/healthz")
-            if b'"jobs_active":0' in raw:
+            status, raw = await self._get(s, f"/v1/jobs?status={OPEN}&limit=1")
+            if status == 200 and not json.loads(raw)["jobs"]:
                 break
             await asyncio.sleep(0.5)
         return time.monotonic() - t0
@@ -272,7 +344,7 @@ class ChaosRun:
 
     async def evidence(self, s: aiohttp.ClientSession) -> dict[str, JobEvidence]:
         out: dict[str, JobEvidence] = {}
-        root = self.fleet.tmp / "coord" / "outputs"
+        root = self.outputs
         for job_id, size in self.accepted.values():
             status, raw = await self._get(s, f"/v1/jobs/{job_id}")
             job = json.loads(raw) if status == 200 else None
@@ -304,9 +376,16 @@ class ChaosRun:
         return times
 
     async def run(self) -> Figures:
-        t0 = time.monotonic()
-        await self.start()
         try:
+            return await self._run()
+        finally:
+            if self.cluster is not None:
+                self.cluster.stop()
+
+    async def _run(self) -> Figures:
+        t0 = time.monotonic()
+        try:
+            await self.start()
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
                 await asyncio.gather(self.submit_loop(s), self.fault_loop())
                 settle = await self.settle(s)
@@ -316,12 +395,7 @@ class ChaosRun:
             self.fleet.stop()
         verdict = check_run(evidence, replays)
         times = self.requeue_times(evidence)
-        db = self.fleet.tmp / "coord" / "coordinator.db"
-        conn = sqlite3.connect(db)
-        try:
-            integrity = str(conn.execute("PRAGMA integrity_check").fetchone()[0])
-        finally:
-            conn.close()
+        integrity = self.integrity(evidence)
         return Figures(
             self.cfg,
             verdict,
@@ -333,6 +407,19 @@ class ChaosRun:
             time.monotonic() - t0,
             settle,
         )
+
+    def integrity(self, evidence: dict[str, JobEvidence]) -> str:
+        """SQLite: PRAGMA integrity_check. PostgreSQL: the fencing of the leaders' epochs."""
+        if self.cluster is None:
+            conn = sqlite3.connect(self.fleet.tmp / "coord" / "coordinator.db")
+            try:
+                return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+            finally:
+                conn.close()
+        histories = {j: (ev.job or {}).get("history", []) for j, ev in evidence.items()}
+        began = {e: at for e, _, _, at in terms(self.store_url)}
+        wrong = fencing_violations(histories, began)
+        return "ok" if not wrong else f"{len(wrong)} fencing violations: {wrong[:5]}"
 
 
 async def run_chaos(cfg: ChaosConfig, workdir: Path) -> Figures:

@@ -215,3 +215,40 @@ async def test_the_writer_empties_the_queue_in_order_then_frames_go_direct_again
     s.close()
     await writer
     assert sent[-1] == "closed"
+
+
+def test_a_clients_next_prompt_never_overtakes_the_held_end_of_the_one_before() -> None:
+    """One ComfyUI ends a client's prompt before it starts the next. On the fleet the next may
+    run while the first one's end waits for the coordinator's verdict: its frames wait, in
+    order, and follow the end. Another client's frames are not held up."""
+    hub = Hub()
+    mine, other = sock("me"), sock("you")
+    for s in (mine, other):
+        hub.connect(s)
+    first, second, theirs = (job(j, JobStatus.RUNNING, c) for j, c in
+                             (("a", "me"), ("b", "me"), ("c", "you")))  # fmt: skip
+    for j in (first, second, theirs):
+        hub.job_changed(None, job(j.id, JobStatus.QUEUED, j.spec.metadata[COMFY]["client_id"]))
+        hub.job_changed(None, j)
+    drain(mine), drain(other)
+    hub.comfy_events(first, 1, [frame("execution_start"), frame("executing", node="1")])
+    hub.comfy_events(first, 1, [frame("execution_interrupted"), frame("executing", node=None)])
+    hub.comfy_events(second, 1, [frame("execution_start"), frame("executing", node="1")])
+    hub.comfy_events(theirs, 1, [frame("execution_start")])
+    got = drain(mine)
+    assert [(f["type"], f["data"].get("prompt_id")) for f in got] == [
+        ("execution_start", "p-a"),
+        ("executing", "p-a"),
+    ]  # the first prompt's end is held, and the second prompt waits behind it
+    assert types(drain(other)) == ["execution_start"]  # another client is not held up
+    hub.job_changed(first, job("a", JobStatus.CANCELLED, "me"))
+    got = [f for f in drain(mine) if f["type"] != "status"]
+    assert [(f["type"], f["data"].get("prompt_id")) for f in got] == [
+        ("execution_interrupted", "p-a"),
+        ("executing", "p-a"),
+        ("execution_start", "p-b"),
+        ("executing", "p-b"),
+    ]
+    hub.comfy_events(second, 1, [frame("progress_state", nodes={})])  # flows again at once
+    assert types(drain(mine)) == ["progress_state"]
+    assert hub.gates == {} and hub.waiting == {}

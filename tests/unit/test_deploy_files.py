@@ -24,7 +24,16 @@ DEPLOY = ROOT / "deploy"
 UNITS = {
     "coordinator": DEPLOY / "systemd" / "comfyfleet-coordinator.service",
     "agent": DEPLOY / "systemd" / "comfyfleet-agent.service",
+    # one of several coordinators on a PostgreSQL store (leader or follower)
+    "coordinator-shared": DEPLOY / "systemd" / "comfyfleet-coordinator-shared.service",
 }
+
+
+def daemon(name: str) -> str:
+    """The daemon a unit runs: coordinator-shared is a coordinator."""
+    return name.split("-")[0]
+
+
 HARDENING = (
     "NoNewPrivileges",
     "ProtectSystem",
@@ -71,7 +80,7 @@ def test_unit_has_the_promised_shape(role: str) -> None:
     unit = parse_unit(UNITS[role])
     assert set(unit) == {"Unit", "Service", "Install"}
     assert one(unit, "Service", "User") == one(unit, "Service", "Group") == "comfyfleet"
-    assert one(unit, "Service", "StateDirectory") == f"comfyfleet/{role}"
+    assert one(unit, "Service", "StateDirectory") == f"comfyfleet/{daemon(role)}"
     assert one(unit, "Service", "Restart") == "on-failure"
     assert one(unit, "Service", "KillSignal") == "SIGTERM"
     for key in HARDENING:
@@ -96,7 +105,7 @@ def test_unit_command_exists_and_its_arguments_parse(role: str) -> None:
     installed = Path(sys.prefix) / "bin" / "comfyfleet"  # the same entry point, in this venv
     assert installed.exists() and installed.stat().st_mode & 0o111
     args = build_parser().parse_args(argv[1:])
-    assert args.command == role
+    assert args.command == daemon(role)
     config = Path(args.config)
     assert config.parent == Path("/etc/comfyfleet")
     assert (DEPLOY / "config" / config.name).exists(), "ship an example for the config it reads"
@@ -127,13 +136,36 @@ def verify(text: str, unit: Path) -> None:
     assert "Unknown" not in report and "not executable" not in report, report
 
 
-@pytest.mark.parametrize("name", ["coordinator", "agent", "agent-process", "agent-docker"])
+@pytest.mark.parametrize(
+    "name", ["coordinator", "agent", "agent-process", "agent-docker", "coordinator-shared"]
+)
 def test_example_configs_load_with_no_unknown_keys(name: str) -> None:
-    role = name.split("-")[0]
+    role = daemon(name)
     args = argparse.Namespace(config=DEPLOY / "config" / f"{name}.toml", set=[])
     values = layered_values(role, args, env={})
     assert values["data_dir"] == Path(f"/var/lib/comfyfleet/{role}")
     assert not any("token" in key for key in values), "secrets belong in the env file"
+    assert "store" not in values, "the store URL holds a password: it belongs in the env file"
+
+
+def test_the_shared_coordinator_writes_the_shared_outputs_and_reads_its_store_from_env() -> None:
+    unit = parse_unit(UNITS["coordinator-shared"])
+    args = argparse.Namespace(config=DEPLOY / "config" / "coordinator-shared.toml", set=[])
+    values = layered_values("coordinator", args, env={})
+    shared = one(unit, "Unit", "RequiresMountsFor")
+    assert values["outputs_root"] == Path(one(unit, "Service", "ReadWritePaths"))
+    assert values["outputs_root"].is_relative_to(shared)
+    assert values["keys_file"].is_relative_to(shared)
+    assert values["advertise_url"].startswith("https://")
+    env_file = Path(one(unit, "Service", "EnvironmentFile"))
+    example = DEPLOY / "config" / f"{env_file.stem}.env.example"
+    env = dict(
+        line.split("=", 1)
+        for line in example.read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    with_env = layered_values("coordinator", args, env=env)
+    assert with_env["store"].startswith("postgresql://")
 
 
 @pytest.mark.parametrize("role", ["coordinator", "agent"])
@@ -154,9 +186,10 @@ def test_stop_timeouts_leave_room_for_the_graceful_stop() -> None:
     for role, grace_key, extra in (
         ("coordinator", "shutdown_grace_s", 10.0),
         ("agent", "drain_grace_s", 30.0),
+        ("coordinator-shared", "shutdown_grace_s", 10.0),
     ):
         args = argparse.Namespace(config=DEPLOY / "config" / f"{role}.toml", set=[])
-        grace = layered_values(role, args, env={})[grace_key]
+        grace = layered_values(daemon(role), args, env={})[grace_key]
         stop = float(one(parse_unit(UNITS[role]), "Service", "TimeoutStopSec"))
         assert grace + extra < stop, (role, grace, stop)
 

@@ -179,8 +179,9 @@ transitions = st.builds(
     attempt=st.integers(0, 100),
     agent_id=st.none() | texts,
 )
-# Ids, tenants and idempotency keys never hold NUL: every store refuses it (see below).
-key_text = st.characters(exclude_characters="\x00")
+# Ids, tenants and idempotency keys never hold NUL: every store refuses it (see below); nor a
+# lone surrogate, which no JSON or msgpack body decodes to.
+key_text = st.characters(exclude_characters="\x00", exclude_categories=("Cs",))
 records = st.builds(
     JobRecord,
     id=st.text(key_text, min_size=1, max_size=40),
