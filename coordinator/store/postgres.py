@@ -28,7 +28,6 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -42,6 +41,7 @@ from comfyfleet.coordinator.model import (
 )
 from comfyfleet.coordinator.store import codec
 from comfyfleet.coordinator.store import postgres_lead as lead
+from comfyfleet.coordinator.store import postgres_sql as q
 from comfyfleet.coordinator.store import results_sql as results
 from comfyfleet.coordinator.store.base import (
     DEFAULT_PAGE,
@@ -54,51 +54,10 @@ from comfyfleet.coordinator.store.dsn import mask_url
 from comfyfleet.coordinator.store.migrations import (
     FENCE_SQLSTATE,
     POSTGRES,
-    POSTGRES_OPEN_STATUSES,
 )
 from comfyfleet.coordinator.store.results_sql import postgres as pg
-from comfyfleet.shared.errors import InvalidInput
 from comfyfleet.shared.settings import ConfigError
 from comfyfleet.shared.status import JobStatus
-
-_COLUMNS = (
-    "id, tenant, status, attempt, created_at, updated_at, priority, idempotency_key, spec, state"
-)
-_SELECT = f"SELECT {_COLUMNS} FROM jobs"
-_OPEN = "status IN ({})".format(", ".join(f"'{s}'" for s in POSTGRES_OPEN_STATUSES))
-# Spelled exactly as the predicate of the partial index jobs_open, so the planner uses it.
-OPEN_FIRST = f"{_SELECT} WHERE {_OPEN} ORDER BY created_at, id LIMIT %s"
-OPEN_AFTER = (
-    f"{_SELECT} WHERE {_OPEN} AND (created_at, id) > (%s, %s) ORDER BY created_at, id LIMIT %s"
-)
-_VALUES = ", ".join(["%s"] * 10)
-_KEYED = (
-    "ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
-    "RETURNING id"
-)
-_INSERT = f"INSERT INTO jobs ({_COLUMNS}) VALUES ({_VALUES}) {_KEYED}"
-_INSERT_FENCED = f"INSERT INTO jobs ({_COLUMNS}) SELECT {_VALUES} WHERE {lead.FENCE} {_KEYED}"
-_INSERT_ORDERED = (  # a follower's insert: the job, an order that the leader picks it up, NOTIFY
-    f"WITH ins AS ({_INSERT}), "
-    "ord AS (INSERT INTO comfyfleet_orders (kind, job_id, at) SELECT 'submit', id, %s FROM ins "
-    "RETURNING job_id) "
-    "SELECT job_id, pg_notify(%s, '') FROM ord"
-)
-_UPDATE = (
-    "UPDATE jobs SET status = %s, attempt = %s, updated_at = %s, state = %s "
-    "WHERE id = %s AND status = %s AND attempt = %s RETURNING 1"
-)
-_UPDATE_FENCED = lead.fenced(_UPDATE)
-_AGENT_SET = (
-    "ON CONFLICT (agent_id) DO UPDATE SET "
-    "registered_at = excluded.registered_at, info = excluded.info"
-)
-_SAVE_AGENT = f"INSERT INTO agents (agent_id, registered_at, info) VALUES (%s, %s, %s) {_AGENT_SET}"
-_SAVE_AGENT_FENCED = (
-    f"INSERT INTO agents (agent_id, registered_at, info) SELECT %s, %s, %s "
-    f"WHERE {lead.FENCE} {_AGENT_SET}"
-)
-_MIGRATE_LOCK = "SELECT pg_advisory_xact_lock(hashtext('comfyfleet-migrate'), hashtext(%s))"
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,7 +224,7 @@ class PostgresStore(lead.LeaseAndOrders):
                         f"job store {self._shown}: no schema to create tables in "
                         "(check search_path in the URL's options)"
                     )
-                conn.execute(_MIGRATE_LOCK, (schema[0],))
+                conn.execute(q.MIGRATE_LOCK, (schema[0],))
                 version = _version(conn)
                 if version > len(POSTGRES):
                     raise SchemaTooNew(
@@ -321,11 +280,11 @@ class PostgresStore(lead.LeaseAndOrders):
         try:
             with self._conn() as conn:
                 if self._mode == LEADER:  # fenced; the leader indexes its own jobs
-                    query, params = _INSERT_FENCED, self._fence(values)
+                    query, params = q.INSERT_FENCED, self._fence(values)
                 elif self._mode == FOLLOWER:  # ordering the leader to pick the job up
-                    query, params = _INSERT_ORDERED, (*values, row.created_at, self.channel)
+                    query, params = q.INSERT_ORDERED, (*values, row.created_at, self.channel)
                 else:
-                    query, params = _INSERT, values
+                    query, params = q.INSERT, values
                 inserted = conn.execute(query, params).fetchone()  # type: ignore[arg-type]
         except pg_errors.UniqueViolation:
             raise Conflict(f"job {job.id} already exists", field="id") from None
@@ -333,7 +292,7 @@ class PostgresStore(lead.LeaseAndOrders):
             return codec.decode_job(row), True
         with self._conn() as conn:
             found = conn.execute(
-                f"{_SELECT} WHERE tenant = %s AND idempotency_key = %s",
+                f"{q.SELECT} WHERE tenant = %s AND idempotency_key = %s",
                 (row.tenant, row.idempotency_key),
             ).fetchone()
         if found is None:  # the key's job vanished between the two statements: nothing deletes
@@ -352,9 +311,9 @@ class PostgresStore(lead.LeaseAndOrders):
         params = [codec.update_values(*item) for item in items]
         if not params:
             return []
-        query = _UPDATE
+        query = q.UPDATE
         if self._mode == LEADER:  # each UPDATE fenced; the first one's lock holds to the commit
-            query, params = _UPDATE_FENCED, [self._fence(p) for p in params]
+            query, params = q.UPDATE_FENCED, [self._fence(p) for p in params]
         if len(params) == 1 and not any(outbox):  # one statement is atomic on its own
             with self._conn() as conn:
                 return [conn.execute(query, params[0]).fetchone() is not None]
@@ -381,7 +340,7 @@ class PostgresStore(lead.LeaseAndOrders):
     def get_job(self, job_id: str) -> JobRecord | None:
         if "\x00" in job_id:  # no job has such an id (codec.check_key_text)
             return None
-        rows = self._rows(f"{_SELECT} WHERE id = %s", (job_id,))
+        rows = self._rows(f"{q.SELECT} WHERE id = %s", (job_id,))
         return codec.decode_job(rows[0]) if rows else None
 
     def list_jobs(
@@ -392,15 +351,15 @@ class PostgresStore(lead.LeaseAndOrders):
         limit: int = DEFAULT_PAGE,
         cursor: str | None = None,
     ) -> tuple[list[JobRecord], str | None]:
-        query, params = list_query(statuses, tenant, limit, cursor)
+        query, params = q.list_query(statuses, tenant, limit, cursor)
         if tenant is not None and "\x00" in tenant:  # no job has such a tenant
             return [], None
         return codec.page_of(self._rows(query, params), limit)
 
     def non_terminal_jobs(self, page: int = RECOVERY_PAGE) -> Iterator[JobRecord]:
         return codec.keyset_pages(
-            lambda: self._rows(OPEN_FIRST, (page,)),
-            lambda last: self._rows(OPEN_AFTER, (last.created_at, last.id, page)),
+            lambda: self._rows(q.OPEN_FIRST, (page,)),
+            lambda last: self._rows(q.OPEN_AFTER, (last.created_at, last.id, page)),
             page,
         )
 
@@ -414,9 +373,9 @@ class PostgresStore(lead.LeaseAndOrders):
         self._leader_only("save_agent")
         info = codec.encode_agent_info(agent)
         params: tuple[object, ...] = (agent.agent_id, float(agent.registered_at), info)
-        query = _SAVE_AGENT
+        query = q.SAVE_AGENT
         if self._mode == LEADER:
-            query, params = _SAVE_AGENT_FENCED, self._fence(params)
+            query, params = q.SAVE_AGENT_FENCED, self._fence(params)
         with self._conn() as conn:
             conn.execute(query, params)
 
@@ -464,7 +423,7 @@ class PostgresStore(lead.LeaseAndOrders):
         tenant: str | None = None,
         other_than: Collection[str] = (),
     ) -> list[JobRecord]:
-        query, params = results.finished_jobs(_SELECT, before, limit, tenant, other_than)
+        query, params = results.finished_jobs(q.SELECT, before, limit, tenant, other_than)
         return [codec.decode_job(r) for r in self._rows(pg(query), params)]
 
     def delete_jobs(self, jobs: Sequence[JobRecord]) -> list[Doomed]:
@@ -492,37 +451,6 @@ class PostgresStore(lead.LeaseAndOrders):
         pool, self._pool = self._pool, None
         if pool is not None and self._owner:
             pool.close()
-
-
-def list_query(
-    statuses: Collection[JobStatus] | None, tenant: str | None, limit: int, cursor: str | None
-) -> tuple[sql.Composed, list[object]]:
-    """The query of one list_jobs page (one row more than `limit`, to know if another follows)
-    and its parameters; InvalidInput for a bad limit or cursor."""
-    if limit < 1:
-        raise InvalidInput("limit", "limit must be at least 1")
-    where: list[sql.Composable] = []
-    params: list[object] = []
-    if cursor is not None:
-        where.append(sql.SQL("(created_at, id) < (%s, %s)"))
-        params.extend(codec.decode_cursor(cursor))
-    if statuses is not None:
-        # Literals (JobStatus values), not parameters: the planner then proves that a set of open
-        # statuses implies the predicate of the partial index jobs_open, even in a generic plan.
-        wanted = sorted({JobStatus(s).value for s in statuses})
-        where.append(
-            sql.SQL("status IN ({})").format(sql.SQL(", ").join(map(sql.Literal, wanted)))
-            if wanted
-            else sql.SQL("FALSE")
-        )
-    if tenant is not None:
-        where.append(sql.SQL("tenant = %s"))
-        params.append(tenant)
-    clause = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL("")
-    query = sql.SQL("{}{} ORDER BY created_at DESC, id DESC LIMIT %s").format(
-        sql.SQL(_SELECT), clause
-    )
-    return query, [*params, limit + 1]
 
 
 def _version(conn: psycopg.Connection[Any]) -> int:

@@ -18,7 +18,7 @@ from psycopg import sql
 from comfyfleet.coordinator.errors import StoreUnavailable
 from comfyfleet.coordinator.model import AgentRecord, JobRecord
 from comfyfleet.coordinator.store import SchemaTooNew, migrations, open_store
-from comfyfleet.coordinator.store import postgres as pg
+from comfyfleet.coordinator.store import postgres_sql as pg_sql
 from comfyfleet.coordinator.store.postgres import PostgresOptions, PostgresStore
 from comfyfleet.shared.jobspec import JobSpec
 from comfyfleet.shared.status import TERMINAL, JobStatus
@@ -183,12 +183,12 @@ def test_open_job_reads_never_visit_finished_jobs(
     store.insert_job(job("running", S.RUNNING, at=5001.0))
     sql_in(pg_cluster, schema, "ANALYZE jobs")
     plans = {
-        "recovery, first page": plan_of(pg_cluster, schema, pg.OPEN_FIRST, [500]),
-        "recovery, next page": plan_of(pg_cluster, schema, pg.OPEN_AFTER, [1.0, "x", 500]),
+        "recovery, first page": plan_of(pg_cluster, schema, pg_sql.OPEN_FIRST, [500]),
+        "recovery, next page": plan_of(pg_cluster, schema, pg_sql.OPEN_AFTER, [1.0, "x", 500]),
     }
     assert all("jobs_open" in plan for plan in plans.values()), plans
     for statuses in ([S.QUEUED], [S.RUNNING, S.ASSIGNED], [s for s in S if s not in TERMINAL]):
-        query, params = pg.list_query(statuses, "default", 100, None)
+        query, params = pg_sql.list_query(statuses, "default", 100, None)
         plans[f"list {statuses}"] = plan_of(pg_cluster, schema, query, params)
     for name, plan in plans.items():
         assert "Seq Scan" not in plan and "Rows Removed by Filter" not in plan, (name, plan)
@@ -288,7 +288,7 @@ def test_a_write_blocked_by_a_lock_times_out_instead_of_hanging(
 def test_statements_are_our_own_constants() -> None:
     """Nothing from a caller is spliced into SQL text: values travel as parameters, statuses
     as JobStatus literals."""
-    query, params = pg.list_query([S.QUEUED], "t'); DROP TABLE jobs; --", 5, None)
+    query, params = pg_sql.list_query([S.QUEUED], "t'); DROP TABLE jobs; --", 5, None)
     text = query.as_string(None)
     assert "DROP TABLE" not in text and "'QUEUED'" in text
     assert params == ["t'); DROP TABLE jobs; --", 6]
