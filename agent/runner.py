@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import msgspec
 import structlog
 
 from comfyfleet.agent import comfy_files as cf
+from comfyfleet.agent.collect import COMFYUI_FETCH, collect_outputs
 from comfyfleet.agent.comfyui import events as ev
-from comfyfleet.agent.comfyui.client import ComfyUIClient, ComfyUIError, OutputMissing
+from comfyfleet.agent.comfyui.client import ComfyUIClient, ComfyUIError
 from comfyfleet.agent.comfyui.driver import PromptOutcome, attach_prompt, run_prompt
 from comfyfleet.agent.comfyui.frames import Frame
 from comfyfleet.agent.comfyui.seeds import apply_seeds
@@ -28,13 +27,7 @@ from comfyfleet.agent.outbox import Outbox, Report
 from comfyfleet.agent.profile import VramWatch, profile_of
 from comfyfleet.agent.state import HeldJob, StateFile
 from comfyfleet.agent.verdict import Verdict, verdict_of
-from comfyfleet.shared import names
 from comfyfleet.shared import protocol as p
-from comfyfleet.shared.retry import RetryPolicy
-
-# The ComfyUI calls the runner makes itself (the driver follows the prompt): fetching outputs
-# and uploading inputs ride out brief trouble, then the attempt goes back.
-COMFYUI_FETCH = RetryPolicy(deadline_s=30.0, wait_max_s=5.0)
 
 
 class SubmitHook(ComfyUIClient):
@@ -374,7 +367,13 @@ class JobRunner:
         files: list[p.OutputFile] = []
         if verdict.outcome == "completed":
             try:
-                files = await self._collect(outcome)
+                files = await collect_outputs(
+                    outcome,
+                    self.outbox.folder(*self.key),
+                    self.client,
+                    self.job.forward_frames,
+                    self.config.max_output_bytes,
+                )
             except (ComfyUIError, OSError) as exc:
                 self.log.warning("outputs_fetch_failed", error=str(exc))
                 verdict = self.caught or Verdict(  # caught: its ComfyUI restarted meanwhile
@@ -482,70 +481,6 @@ class JobRunner:
             )
         ack = await self.coord.finish(report.finish)
         self.log.info("job_finished", outcome=report.finish.outcome, status=ack.status)
-
-    async def _text_output(self, ref: ev.OutputRef, spool: Path) -> p.OutputFile:
-        original = names.original_name("", ref.filename)
-        name = names.stored_name(original)
-        size, sha256 = await asyncio.to_thread(_write_text, spool / name, ref.text or "")
-        return p.OutputFile(
-            name=name,
-            original=original,
-            size=size,
-            sha256=sha256,
-            content_type="text/plain; charset=utf-8",
-            node_id=ref.node_id,
-            kind="text",
-        )
-
-    async def _collect(self, outcome: PromptOutcome) -> list[p.OutputFile]:
-        """Fetch each output file into the spool under its stored name (shared/names.py)."""
-        spool = self.outbox.folder(*self.key)
-        await asyncio.to_thread(spool.mkdir, parents=True, exist_ok=True)
-        seen: set[str] = set()
-        files: list[p.OutputFile] = []
-        for ref in outcome.outputs:
-            if ref.text is not None:  # a node's text result: stored as a text file (the
-                if not self.job.forward_frames:  # ComfyUI facade relays ComfyUI's own frames)
-                    files.append(await self._text_output(ref, spool))
-                continue
-            if ref.type != "output" and not self.job.forward_frames:
-                continue  # previews (temp) are not results (the ComfyUI facade shows them)
-            if not ref.filename:
-                raise OutputMissing(f"node {ref.node_id} reported an output without a name")
-            original = names.original_name(ref.subfolder, ref.filename, ref.type)
-            if original in seen:
-                continue  # one file reported twice
-            seen.add(original)
-            name = names.stored_name(original)
-            got = await COMFYUI_FETCH.call(
-                lambda ref=ref, path=spool / name: self.client.view(
-                    ref, path, self.config.max_output_bytes
-                ),
-                "comfyui view",
-            )
-            files.append(
-                p.OutputFile(
-                    name=name,
-                    original=original,
-                    size=got.size,
-                    sha256=got.sha256,
-                    content_type=got.content_type,
-                    node_id=ref.node_id,
-                    kind=ref.type,
-                    comfy_ref=p.ComfyRef(
-                        filename=ref.filename, subfolder=ref.subfolder, type=ref.type
-                    )
-                    if self.job.forward_frames
-                    else None,
-                )
-            )
-        return files
-
-
-def _write_text(path: Path, text: str) -> tuple[int, str]:
-    data = text.encode("utf-8", "surrogatepass")
-    path.write_bytes(data)
-    return len(data), hashlib.sha256(data).hexdigest()
 
 
 def given_back(report: Report, code: str, message: str) -> Report:
