@@ -278,7 +278,7 @@ def stable_agent_id(data_dir: Path) -> str:
 
 def run_agent(args: argparse.Namespace) -> int:
     from comfyfleet.agent.config import AgentConfig
-    from comfyfleet.agent.daemon import serve
+    from comfyfleet.agent.serve import serve
     from comfyfleet.daemon_config import layered_values, process_env
     from comfyfleet.shared.logs import configure
     from comfyfleet.shared.settings import build
