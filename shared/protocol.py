@@ -279,6 +279,48 @@ class Ack(Msg, frozen=True, kw_only=True):
     status: str | None = None
 
 
+class Report(Msg, frozen=True, kw_only=True):
+    """One report in a batch (`Reports`): exactly one of `started`, `events` or `finish`."""
+
+    started: Started | None = None
+    events: Events | None = None
+    finish: Finish | None = None
+
+    def __post_init__(self) -> None:
+        if sum(x is not None for x in (self.started, self.events, self.finish)) != 1:
+            raise ValueError("a report holds exactly one of started, events or finish")
+
+
+class Reports(Msg, frozen=True, kw_only=True):
+    """Several reports of one agent in one request (POST agent/v1/reports), applied in order and
+    written in one store transaction: a store fault fails the whole batch (503), nothing of it
+    applied. Each report names this agent."""
+
+    agent_id: Id
+    reports: Annotated[list[Report], msgspec.Meta(min_length=1, max_length=256)]
+
+
+class ReportError(Msg, frozen=True, kw_only=True):
+    """Why the coordinator refused one report of a batch: the HTTP status and error body the
+    same report alone would have got (e.g. 409 stale_attempt, 422 outputs)."""
+
+    status: Annotated[int, msgspec.Meta(ge=400, le=499)]
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ReportAck(Msg, frozen=True, kw_only=True):
+    """The answer to one report of a batch: its Ack, or its refusal."""
+
+    ack: Ack | None = None
+    error: ReportError | None = None
+
+
+class ReportsReply(Msg, frozen=True, kw_only=True):
+    acks: list[ReportAck]  # one per report, in order
+
+
 class UploadState(Msg, frozen=True, kw_only=True):
     """Answer to an output chunk: how many bytes of the file the coordinator holds."""
 
