@@ -51,8 +51,10 @@ class JobRunner:
     """Runs one assignment; `stop(reason)` asks it to end (cancel, drain, drop).
 
     Its result goes through the outbox: the finish report (with the outputs in the spool) is
-    kept on disk before anything is sent, and sent until the coordinator acknowledges it. A
-    runner made with `report` (found in the outbox after a restart) only sends it.
+    sent until the coordinator acknowledges it, and kept on disk when that takes longer than
+    `report_keep_s` (or the agent stops first); until then the state file holds the prompt, so
+    a restarted agent re-attaches to it and fetches its outcome from ComfyUI again. A runner
+    made with `report` (found in the outbox after a restart) only sends it.
     """
 
     def __init__(
@@ -160,15 +162,23 @@ class JobRunner:
                         )
 
     async def _run(self) -> bool:
+        kept = self.report is not None
         report = self.report if self.report is not None else await self._run_prompt()
         if report is not None and self.stop_reason != "drop":
             self.delivery = asyncio.ensure_future(self._deliver(report))
             try:
+                if not kept:  # most reports are acknowledged before they need the disk
+                    await asyncio.wait({self.delivery}, timeout=self.config.report_keep_s)
+                    if not self.delivery.done():
+                        kept = await self._keep(report)
                 await self.delivery
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if self.stop_reason != "drop" or (task is not None and task.cancelling()):
-                    raise  # the agent stops: not settled
+                    self.delivery.cancel()
+                    if not kept:  # the agent stops: the report waits in the outbox
+                        self._keep_now(report)
+                    raise  # not settled
         if self.stop_reason == "drop":
             self.log.info("job_dropped", reason="coordinator says this attempt is stale")
         return True
@@ -277,8 +287,13 @@ class JobRunner:
         return {n: stored.get(own[n], own[n]) for n in self.job.inputs}
 
     async def _report_started(self) -> None:
-        """Tell the coordinator the prompt runs (once, at the first sign of execution)."""
+        """Tell the coordinator the prompt runs (once, at the first sign of execution), once
+        the state file holds it: a RUNNING job can be re-attached after an agent restart."""
         self.started_sent = True
+        try:
+            await self.state.sync()
+        except OSError as exc:  # the job goes on; only a restart could not re-attach to it
+            self.log.error("state_file_write_failed", error=str(exc))
         try:
             ack = await self.coord.started(self.job, self.prompt_id, self.seeds)
         except Refused as exc:
@@ -406,8 +421,6 @@ class JobRunner:
                 profile=profile_of(outcome.timings, outcome.cached, self.job.workflow),
             ),
         )
-        if await self._keep(report):
-            self.state.remove(*self.key)  # the outbox holds the attempt now, not ComfyUI
         return report
 
     def _with_comfy_frames(self, verdict: Verdict, outcome: PromptOutcome) -> Verdict:
@@ -439,12 +452,22 @@ class JobRunner:
         return msgspec.structs.replace(err, details={**err.details, "comfy": self.comfy_end})
 
     async def _keep(self, report: Report) -> bool:
+        """Keep `report` in the outbox; from then on it, not ComfyUI, holds the attempt."""
         try:
             await asyncio.to_thread(self.outbox.put, report)
-            return True
         except OSError as exc:  # disk trouble: the report is still sent, only not durably
             self.log.error("outbox_write_failed", error=str(exc))
             return False
+        self.state.remove(*self.key)
+        return True
+
+    def _keep_now(self, report: Report) -> None:
+        """`_keep`, blocking: the agent stops meanwhile."""
+        try:
+            self.outbox.put(report)
+            self.state.remove(*self.key)
+        except OSError as exc:
+            self.log.error("outbox_write_failed", error=str(exc))
 
     async def _deliver(self, report: Report) -> None:
         """Send the report until the coordinator acknowledges it; a refusal (4xx, not stale)
