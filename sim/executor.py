@@ -21,6 +21,7 @@ import structlog
 from comfyfleet.sim import events
 from comfyfleet.sim.behaviours import BEHAVIOURS, NodeFailure, NodeResult
 from comfyfleet.sim.config import SimConfig
+from comfyfleet.sim.costs import burn
 from comfyfleet.sim.faults import Faults
 from comfyfleet.sim.files import annotated_input_path
 from comfyfleet.sim.graph import cache_keys, execution_order, is_link
@@ -429,7 +430,10 @@ class _NodeRun:
         self.config = run.ex.config
 
     async def work(self, ms: float) -> None:
-        await asyncio.sleep(max(0.0, ms) / 1000.0)
+        if self.config.node_cpu:  # off the event loop, as ComfyUI's prompt worker thread
+            await asyncio.to_thread(burn, ms)
+        else:
+            await asyncio.sleep(max(0.0, ms) / 1000.0)
 
     async def step(self, value: int, maximum: int, preview: tuple[str, bytes] | None) -> None:
         await self._ex.checkpoint()
