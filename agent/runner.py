@@ -388,6 +388,7 @@ class JobRunner:
                     self.client,
                     self.job.forward_frames,
                     self.config.max_output_bytes,
+                    self.files.folders.output if self.files is not None else None,
                 )
             except (ComfyUIError, OSError) as exc:
                 self.log.warning("outputs_fetch_failed", error=str(exc))
