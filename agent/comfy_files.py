@@ -136,10 +136,12 @@ class ComfyFiles:
             json.dump({"outputs": list(whole.outputs), "inputs": list(whole.inputs)}, fh)
         os.replace(tmp, entry)
 
-    def release(self, job_id: str, attempt: int) -> int:
-        """Remove the attempt's files from ComfyUI's folders, then its ledger entry."""
+    def release(self, job_id: str, attempt: int, also: Created | None = None) -> int:
+        """Remove the attempt's files from ComfyUI's folders (its ledger entry's and `also`,
+        what it made but never needed to record), then its ledger entry."""
         entry = self._entry(job_id, attempt)
-        count = remove_created(self.folders, read_entry(entry))
+        created = read_entry(entry)
+        count = remove_created(self.folders, created.merged(also) if also else created)
         entry.unlink(missing_ok=True)
         self.removed += count
         return count

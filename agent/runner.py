@@ -77,6 +77,7 @@ class JobRunner:
     ) -> None:
         self.job = job
         self.files = files  # the instance's folders: what this attempt creates there goes after
+        self.made = cf.Created()  # outputs it created there, not yet in the files ledger
         self.vram = vram  # the instance's shared VRAM reading (no per-job /system_stats)
         self.ref = p.JobRef(job_id=job.job_id, attempt=job.attempt)
         self.client = client
@@ -158,7 +159,7 @@ class JobRunner:
                     await asyncio.to_thread(self.outbox.remove, self.job.job_id, self.job.attempt)
                     if self.files is not None:  # the coordinator has them: out of ComfyUI's folders
                         await asyncio.to_thread(
-                            self.files.release, self.job.job_id, self.job.attempt
+                            self.files.release, self.job.job_id, self.job.attempt, self.made
                         )
 
     async def _run(self) -> bool:
@@ -374,11 +375,9 @@ class JobRunner:
         """Fetch the outputs into the spool and keep the finish report in the outbox."""
         verdict = verdict_of(outcome, self.stop_reason, self.caught)
         if self.files is not None and self.files.folders.output is not None:
-            made = cf.Created(outputs=cf.created_outputs(outcome.outputs, outcome.cached))
-            try:
-                await asyncio.to_thread(self.files.record, self.job.job_id, self.job.attempt, made)
-            except OSError as exc:  # the files stay in ComfyUI's folder; the job goes on
-                self.log.warning("comfy_files_record_failed", error=str(exc))
+            # in the ledger only with the report in the outbox (`_keep`): until then the state
+            # file holds the prompt, and a restarted agent learns its outputs from ComfyUI again
+            self.made = cf.Created(outputs=cf.created_outputs(outcome.outputs, outcome.cached))
         files: list[p.OutputFile] = []
         if verdict.outcome == "completed":
             try:
@@ -453,9 +452,10 @@ class JobRunner:
         return msgspec.structs.replace(err, details={**err.details, "comfy": self.comfy_end})
 
     async def _keep(self, report: Report) -> bool:
-        """Keep `report` in the outbox; from then on it, not ComfyUI, holds the attempt."""
+        """Keep `report` in the outbox (and the outputs it made in the files ledger); from then
+        on the outbox, not ComfyUI, holds the attempt."""
         try:
-            await asyncio.to_thread(self.outbox.put, report)
+            await asyncio.to_thread(self._put, report)
         except OSError as exc:  # disk trouble: the report is still sent, only not durably
             self.log.error("outbox_write_failed", error=str(exc))
             return False
@@ -465,10 +465,18 @@ class JobRunner:
     def _keep_now(self, report: Report) -> None:
         """`_keep`, blocking: the agent stops meanwhile."""
         try:
-            self.outbox.put(report)
+            self._put(report)
             self.state.remove(*self.key)
         except OSError as exc:
             self.log.error("outbox_write_failed", error=str(exc))
+
+    def _put(self, report: Report) -> None:
+        if self.files is not None and self.made.outputs:
+            try:
+                self.files.record(self.job.job_id, self.job.attempt, self.made)
+            except OSError as exc:  # the files stay in ComfyUI's folder; the job goes on
+                self.log.warning("comfy_files_record_failed", error=str(exc))
+        self.outbox.put(report)
 
     async def _deliver(self, report: Report) -> None:
         """Send the report until the coordinator acknowledges it; a refusal (4xx, not stale)
