@@ -72,6 +72,7 @@ async def test_node_cpu_spends_the_node_time_as_cpu(tmp_path: Path) -> None:
     class Run:
         ex = type("Ex", (), {"config": SimConfig.for_data_dir(tmp_path, node_cpu=True)})()
         item = type("Item", (), {"prompt": {}, "extra_data": {}})()
+        work_due = None
 
     node = _NodeRun(Run(), "1", "EmptyImage")  # type: ignore[arg-type]
     cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -82,3 +83,29 @@ async def test_node_cpu_spends_the_node_time_as_cpu(tmp_path: Path) -> None:
     cpu0 = time.process_time()
     await _NodeRun(Run(), "1", "EmptyImage").work(30.0)  # type: ignore[arg-type]
     assert time.process_time() - cpu0 < 0.015
+
+
+async def test_a_prompts_own_bookkeeping_is_absorbed_into_its_nodes_nominal_time(
+    tmp_path: Path,
+) -> None:
+    """Node work waits until the prompt's work so far is due, counted from execution_start:
+    time the simulator spends between nodes (frames, PNG files) does not lengthen a prompt
+    beyond its nominal time (bench.utilisation measures the fleet's gaps, not the sim's)."""
+    import asyncio
+
+    from comfyfleet.sim.costs import burn
+    from comfyfleet.sim.executor import _NodeRun
+
+    class Run:
+        ex = type("Ex", (), {"config": SimConfig.for_data_dir(tmp_path)})()
+        item = type("Item", (), {"prompt": {}, "extra_data": {}})()
+        work_due: float | None = None
+
+    run = Run()
+    t0 = time.perf_counter()
+    run.work_due = asyncio.get_running_loop().time()  # execution_start
+    await _NodeRun(run, "1", "EmptyImage").work(40.0)  # type: ignore[arg-type]
+    burn(15.0)  # the simulator's own work between two nodes
+    await _NodeRun(run, "2", "SaveImage").work(40.0)  # type: ignore[arg-type]
+    elapsed = time.perf_counter() - t0
+    assert 0.079 <= elapsed < 0.092, elapsed
