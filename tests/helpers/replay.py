@@ -314,10 +314,7 @@ async def queue_delete_and_targeted_interrupt(t: Target) -> None:
         return [f["msg"]["data"]["status"]["exec_info"]["queue_remaining"] for f in stream
                 if f["msg"]["type"] == "status"]  # fmt: skip
 
-    got, rec = remaining(frames), remaining(trace["ws"])
-    assert len(got) == len(rec) and got[-1] == rec[-1] == 0, (got, rec)
-    if t.exact_queue_counts:
-        assert got == rec
+    assert remaining(frames) == remaining(trace["ws"])
     hist_a = (await get_json(t, f"/history/{pids[0]}"))[pids[0]]
     assert_interrupted(hist_a, trace["history_A_interrupted"]["json"][rec_ids[0]])
     hist_b = await get_json(t, f"/history/{pids[1]}")

@@ -37,8 +37,7 @@ class Target:
     hands a cached rerun the same file. `dedupes_prompt_ids`: a second POST /prompt with a
     prompt_id it knows answers that prompt again instead of queueing a run. `output_dir`: the
     folder the target saves outputs in, where the test can see it (the simulator's).
-    `exact_queue_counts`: every status frame's queue_remaining is ComfyUI's; the facade's are
-    as many, ending at 0, but after a targeted interrupt one says 2 where ComfyUI says 1."""
+    """
 
     name: str
     http: Any  # an aiohttp ClientSession or TestClient on the target's address
@@ -47,7 +46,6 @@ class Target:
     copies_outputs: bool = False
     dedupes_prompt_ids: bool = False
     output_dir: Path | None = None
-    exact_queue_counts: bool = True
 
 
 def load(name: str) -> Any:

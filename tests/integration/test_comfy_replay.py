@@ -62,7 +62,7 @@ async def target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         url = request.getfixturevalue("facade_url")  # one fleet for the module, started on use
         async with aiohttp.ClientSession(base_url=url) as http:
             yield Target("facade", http, wait_s=30, view=unjob, copies_outputs=True,
-                         dedupes_prompt_ids=True, exact_queue_counts=False)  # fmt: skip
+                         dedupes_prompt_ids=True)  # fmt: skip
         return
     config = SimConfig.for_data_dir(tmp_path, step_ms=2, node_ms=0.5, load_ms_per_gb=5, seed=1)
     exits: list[int] = []
