@@ -240,11 +240,17 @@ class Hub:
             if prompt.client_id is not None:  # (without one, the end went to every socket)
                 self._broadcast_status(prompt.tenant, skip=prompt.client_id)
             return
-        if new.status == JobStatus.RUNNING and not prompt.ran:
-            prompt.ran = True
+        if new.status == JobStatus.QUEUED:  # requeued: in the queue again, on no instance
+            prompt.place = (None, None)
+            if not prompt.counted:
+                prompt.counted = True
+                self.open_count[prompt.tenant] = self.open_count.get(prompt.tenant, 0) + 1
+        if new.status == JobStatus.RUNNING:
             prompt.place = (new.agent_id, new.instance_id)
             self._let_go_before(prompt)
-            self._broadcast_status(prompt.tenant)
+            if not prompt.ran:
+                prompt.ran = True
+                self._broadcast_status(prompt.tenant)
 
     def _let_go_before(self, prompt: Prompt) -> None:
         """A ComfyUI runs one prompt at a time: when `prompt` starts on an instance, the prompt
