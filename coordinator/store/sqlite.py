@@ -81,6 +81,7 @@ class SqliteStore:
                 conn.close()
                 raise
         self._conn: sqlite3.Connection | None = conn
+        self._batched = False  # inside batch(): writes are savepoints of its transaction
 
     @staticmethod
     def _configure(conn: sqlite3.Connection) -> None:
@@ -114,9 +115,46 @@ class SqliteStore:
         return self._conn
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: committed on success, rolled back on any exception."""
+    def batch(self) -> Iterator[None]:
+        if self._batched:  # joins the open batch
+            yield
+            return
         conn = self._live()
+        with _translated(self._path):
+            conn.execute("BEGIN IMMEDIATE")
+            self._batched = True
+            try:
+                yield
+                self._still_in_batch(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+            finally:
+                self._batched = False
+
+    def _still_in_batch(self, conn: sqlite3.Connection) -> None:
+        """SQLite rolls a whole transaction back on some faults (disk full, I/O): the batch
+        has then lost its writes and must fail, not go on in autocommit."""
+        if not conn.in_transaction:
+            raise StoreUnavailable(f"job store {self._path}: the batch's transaction was lost")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed on success, rolled back on any exception (inside
+        a batch: a savepoint of the batch's transaction)."""
+        conn = self._live()
+        if self._batched:
+            self._still_in_batch(conn)
+            with _translated(self._path):
+                conn.execute("SAVEPOINT write")
+                try:
+                    yield conn
+                    conn.execute("RELEASE write")
+                except BaseException:
+                    _rollback_to(conn, "write")
+                    raise
+            return
         with _translated(self._path):
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -313,6 +351,15 @@ class SqliteStore:
 
 def _user_version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _rollback_to(conn: sqlite3.Connection, savepoint: str) -> None:
+    if conn.in_transaction:
+        try:
+            conn.execute(f"ROLLBACK TO {savepoint}")
+            conn.execute(f"RELEASE {savepoint}")
+        except sqlite3.Error:
+            pass  # SQLite has rolled the whole transaction back; the batch fails with it
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
