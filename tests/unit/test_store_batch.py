@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +16,11 @@ from comfyfleet.coordinator.store import SqliteStore, Store
 from comfyfleet.coordinator.store.postgres import PostgresStore
 from comfyfleet.shared.status import JobEvent, JobStatus
 from tests.helpers.postgres import Cluster
-from tests.unit.test_store_contract import (  # noqa: F401  (fixtures)
-    S,
-    conn_of,
-    integrity,
-    job,
-    make_store,
-    moved,
-    store,
-)
+from tests.unit import test_store_contract as contract
+from tests.unit.test_store_contract import S, conn_of, integrity, job, moved
+
+make_store = contract.make_store  # the contract suite's backends: memory, SQLite, PostgreSQL
+store = contract.store
 
 
 class Boom(Exception):
