@@ -4,7 +4,8 @@ coordinator whose store is failing does; everything else passes through.
 
 Control: `POST /__outage?seconds=S&retry_after=R[&only=finish,jobs]` starts an outage of S seconds
 (for those kinds of agent request only; a `reports` request is of the kinds of the reports it
-carries too, so `only=finish` refuses a batch holding a finish);
+carries too, so `only=finish` refuses a batch holding a finish); with `&delay=D` those requests
+are not refused but forwarded D seconds late (a slow coordinator);
 `GET /__outage` says how many 503s were served, by path. Run it as its own process with
 `python -m tests.helpers.outage_proxy --port P --upstream URL`, or mount `create_app` in a test.
 """
@@ -12,6 +13,7 @@ carries too, so `only=finish` refuses a batch holding a finish);
 from __future__ import annotations
 
 import argparse
+import asyncio
 import time
 from collections import Counter
 
@@ -33,6 +35,7 @@ async def control(request: web.Request) -> web.Response:
         state["retry_after"] = request.query.get("retry_after", "5")
         only = request.query.get("only", "")
         state["only"] = set(only.split(",")) if only else None
+        state["delay"] = float(request.query.get("delay", "0"))
     left = max(0.0, state["until"] - time.monotonic())
     return web.json_response({"left_s": left, "served_503": dict(state["served"])})
 
@@ -59,7 +62,9 @@ async def forward(request: web.Request) -> web.StreamResponse:
     kinds = kinds_of(request.path, body)
     only = state["only"]
     hit = [k for k in kinds if only is None or k in only]
-    if hit and time.monotonic() < state["until"]:
+    if hit and time.monotonic() < state["until"] and state["delay"] > 0:
+        await asyncio.sleep(state["delay"])
+    elif hit and time.monotonic() < state["until"]:
         for kind in hit:
             state["served"][kind] += 1
         return web.json_response(
@@ -83,7 +88,8 @@ async def forward(request: web.Request) -> web.StreamResponse:
 def create_app(upstream: str) -> web.Application:
     app = web.Application(client_max_size=64 << 20)
     app[UPSTREAM] = upstream.rstrip("/")
-    app[STATE] = {"until": 0.0, "retry_after": "5", "only": None, "served": Counter()}
+    app[STATE] = {"until": 0.0, "retry_after": "5", "only": None, "delay": 0.0}
+    app[STATE]["served"] = Counter()
 
     async def session(app: web.Application):  # type: ignore[no-untyped-def]
         timeout = aiohttp.ClientTimeout(total=120)
