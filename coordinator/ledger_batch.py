@@ -32,21 +32,26 @@ _ABSENT = object()
 Entry = tuple[dict[str, Any] | set[str], bool, Any]
 
 
-def _entries(holder: object, job_id: str, skip: tuple[object, ...] = ()) -> list[Entry]:
-    """The job's entries in every dict and set attribute of `holder` (Live, an AgentState)
-    but those in `skip` (tables not keyed by job id)."""
+def tables(holder: object, skip: tuple[object, ...] = ()) -> list[dict[str, Any] | set[str]]:
+    """Every dict and set attribute of `holder` (Live, an AgentState) but those in `skip`
+    (tables not keyed by job id)."""
     if dataclasses.is_dataclass(holder):
         values = [getattr(holder, f.name) for f in dataclasses.fields(holder)]
     else:
         values = list(vars(holder).values())
+    return [
+        t for t in values if isinstance(t, (dict, set)) and not any(t is other for other in skip)
+    ]
+
+
+def _entries(holder_tables: list[dict[str, Any] | set[str]], job_id: str) -> list[Entry]:
+    """The job's entry (or its absence) in each table."""
     out: list[Entry] = []
-    for table in values:
-        if any(table is other for other in skip):
-            continue
+    for table in holder_tables:
         if isinstance(table, dict):
             value = table.get(job_id, _ABSENT)
             out.append((table, value is not _ABSENT, value))
-        elif isinstance(table, set):
+        else:
             out.append((table, job_id in table, None))
     return out
 
@@ -77,18 +82,22 @@ class Pending:
         self.later: list[Callable[[], None]] = []
         self.before: dict[str, list[Entry]] = {}
         self.agents_seen: set[tuple[str, str]] = set()  # (job id, agent id) already kept
+        self.live_tables = tables(live, (live.agents, live.counters))
+        self.agent_tables: dict[str, list[dict[str, Any] | set[str]]] = {}
 
     def touch(self, old: JobRecord, new: JobRecord) -> None:
         """Keep the job's memory entries before its change from `old` to `new` is indexed."""
         entries = self.before.get(new.id)
         if entries is None:
-            skip = (self.live.agents, self.live.counters)
-            entries = self.before[new.id] = _entries(self.live, new.id, skip)
+            entries = self.before[new.id] = _entries(self.live_tables, new.id)
         for agent_id in (old.agent_id, new.agent_id):
             agent = self.live.agents.get(agent_id or "")
             if agent is not None and (new.id, agent.agent_id) not in self.agents_seen:
                 self.agents_seen.add((new.id, agent.agent_id))
-                entries.extend(_entries(agent, new.id))
+                held = self.agent_tables.get(agent.agent_id)
+                if held is None:
+                    held = self.agent_tables[agent.agent_id] = tables(agent)
+                entries.extend(_entries(held, new.id))
 
     def undo(self) -> None:
         """Memory as before the batch (the batch's store writes were rolled back)."""

@@ -73,8 +73,9 @@ class Store(Protocol):
         """One transaction around several calls: every write made inside it (update_jobs,
         insert_job, ...) joins it and is committed when the block ends, or rolled back, all of
         it, when the block raises or the commit fails (StoreUnavailable). Reads inside it see
-        its writes. A write that fails inside it leaves nothing of itself (the block may go on);
-        a batch inside a batch joins the outer one."""
+        its writes. A write refused inside it (Conflict: a duplicate id) leaves nothing of itself
+        and the block may go on; a fault of the medium fails the whole batch. A batch inside a
+        batch joins the outer one."""
         ...
 
     def get_job(self, job_id: str) -> JobRecord | None: ...

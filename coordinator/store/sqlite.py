@@ -140,12 +140,17 @@ class SqliteStore:
             raise StoreUnavailable(f"job store {self._path}: the batch's transaction was lost")
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: committed on success, rolled back on any exception (inside
-        a batch: a savepoint of the batch's transaction)."""
+    def _write(self, refusable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed on success, rolled back on any exception. Inside a
+        batch it joins the batch's transaction, in a savepoint when the write may be refused
+        (`refusable`: a Conflict the batch goes on after); a fault fails the whole batch."""
         conn = self._live()
         if self._batched:
             self._still_in_batch(conn)
+            if not refusable:
+                with _translated(self._path):
+                    yield conn
+                return
             with _translated(self._path):
                 conn.execute("SAVEPOINT write")
                 try:
@@ -205,7 +210,7 @@ class SqliteStore:
         params = [codec.update_values(*item) for item in items]
         if not params:
             return []
-        with self._write() as conn:
+        with self._write(refusable=False) as conn:  # a guard that fails is a result
             oks = [conn.execute(_UPDATE, p).rowcount == 1 for p in params]
             for ok, messages in zip(oks, outbox, strict=False):
                 if ok:
