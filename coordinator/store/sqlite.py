@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -120,16 +120,11 @@ class SqliteStore:
             yield
             return
         conn = self._live()
-        with _translated(self._path):
-            conn.execute("BEGIN IMMEDIATE")
+        with _translated(self._path), _step(conn, "BEGIN IMMEDIATE", "COMMIT", _rollback):
             self._batched = True
             try:
                 yield
                 self._still_in_batch(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                _rollback(conn)
-                raise
             finally:
                 self._batched = False
 
@@ -151,23 +146,11 @@ class SqliteStore:
                 with _translated(self._path):
                     yield conn
                 return
-            with _translated(self._path):
-                conn.execute("SAVEPOINT write")
-                try:
-                    yield conn
-                    conn.execute("RELEASE write")
-                except BaseException:
-                    _rollback_to(conn, "write")
-                    raise
-            return
-        with _translated(self._path):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _translated(self._path), _step(conn, "SAVEPOINT w", "RELEASE w", _rollback_to):
                 yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                _rollback(conn)
-                raise
+            return
+        with _translated(self._path), _step(conn, "BEGIN IMMEDIATE", "COMMIT", _rollback):
+            yield conn
 
     def _rows(self, sql: str, params: Sequence[object] = ()) -> list[JobRow]:
         conn = self._live()
@@ -358,11 +341,26 @@ def _user_version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
-def _rollback_to(conn: sqlite3.Connection, savepoint: str) -> None:
+@contextmanager
+def _step(
+    conn: sqlite3.Connection, begin: str, end: str, undo: Callable[[sqlite3.Connection], None]
+) -> Iterator[None]:
+    """`begin`, the block, `end`; `undo` if anything raises."""
+    conn.execute(begin)
+    try:
+        yield
+        conn.execute(end)
+    except BaseException:
+        undo(conn)
+        raise
+
+
+def _rollback_to(conn: sqlite3.Connection) -> None:
+    """Undo savepoint `w` (a write inside a batch)."""
     if conn.in_transaction:
         try:
-            conn.execute(f"ROLLBACK TO {savepoint}")
-            conn.execute(f"RELEASE {savepoint}")
+            conn.execute("ROLLBACK TO w")
+            conn.execute("RELEASE w")
         except sqlite3.Error:
             pass  # SQLite has rolled the whole transaction back; the batch fails with it
 
