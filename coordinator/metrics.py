@@ -91,6 +91,12 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
+        self.report_batch_size = Histogram(
+            "comfyfleet_agent_report_batch_size",
+            "Reports per agent request to POST agent/v1/reports (one store transaction each)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
         self.finished = Counter(
             "comfyfleet_jobs_finished", "Jobs that reached a terminal state", ["status"], registry=r
         )

@@ -44,6 +44,7 @@ from comfyfleet.coordinator.outputs import OutputFiles
 from comfyfleet.coordinator.parts import Parts
 from comfyfleet.coordinator.placement import Placer
 from comfyfleet.coordinator.recovery import job_dirs, recover, sweep_job_dir
+from comfyfleet.coordinator.report_batch import Refusal, apply_batch
 from comfyfleet.coordinator.reports import Reports
 from comfyfleet.coordinator.retention import Retention
 from comfyfleet.coordinator.scheduler.model import JobRequest
@@ -196,6 +197,9 @@ class Coordinator:
 
     def finish(self, msg: p.Finish) -> p.Ack:
         return self.reports.finish(msg)
+
+    def report_batch(self, msg: p.Reports, refusal: Refusal) -> p.ReportsReply:
+        return apply_batch(self.reports, msg, refusal)
 
     # Read-only views of live memory (the API's views, metrics, tests).
     @property
