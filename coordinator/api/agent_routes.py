@@ -80,10 +80,11 @@ def report_error(exc: Exception) -> p.ReportError | None:
 
 @routes.post(PREFIX + "/reports")
 async def reports(request: web.Request) -> web.Response:
-    """Several started/events/finish reports of one agent, in one store transaction."""
+    """Several started/events/finish reports of one agent; the requests of one event loop turn
+    are written in one store transaction (report_batch.ReportWriter)."""
     msg = await _msg(request, p.Reports)
     check_agent(request, msg.agent_id)
-    return reply(request, request.app[COORDINATOR].report_batch(msg, report_error))
+    return reply(request, await request.app[COORDINATOR].report_batch(msg, report_error))
 
 
 def _int(request: web.Request, name: str) -> int:

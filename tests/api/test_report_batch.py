@@ -4,12 +4,14 @@ COMMIT, fails the whole request with 503 and leaves the store and memory as they
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from comfyfleet.coordinator.api.agent_routes import report_error
 from comfyfleet.coordinator.errors import StoreUnavailable
 from comfyfleet.shared import protocol as p
 from tests.api.conftest import Harness, MakeHarness
@@ -203,3 +205,59 @@ async def test_a_batch_is_one_transaction_and_counted(harness: MakeHarness) -> N
     assert batches[0] == 1
     text = await (await h.client.get("/metrics")).text()
     assert "comfyfleet_agent_report_batch_size_sum 6.0" in text
+
+
+async def two_agents_reporting(h: Harness) -> tuple[list[p.Reports], list[str]]:
+    """Two agents, each holding a leased job, and each agent's started+finish request."""
+    msgs, ids = [], []
+    for name in ("a1", "a2"):
+        agent = h.agent(name, gpus=[("Sim GPU", 24576)])
+        await agent.register()
+        await h.submit()
+        jobs: list[p.Assignment] = []
+        while not jobs:
+            jobs = (await agent.lease(2.0)).jobs
+        job = jobs[0]
+        reports = [started(agent, job), p.Report(finish=agent.finish_msg(job))]
+        msgs.append(p.Reports(agent_id=name, reports=reports))
+        ids.append(job.job_id)
+    return msgs, ids
+
+
+async def test_requests_of_one_loop_turn_are_one_transaction(harness: MakeHarness) -> None:
+    """The single writer: several agents' requests that arrive together share one commit."""
+    h = await harness()
+    msgs, ids = await two_agents_reporting(h)
+    store, batches = h.coord.store, [0]
+    inner = store.batch
+
+    def counting() -> Any:
+        batches[0] += 1
+        return inner()
+
+    store.batch = counting  # type: ignore[method-assign]
+    replies = await asyncio.gather(*(h.coord.report_batch(m, report_error) for m in msgs))
+    assert [[a.ack.status for a in r.acks if a.ack] for r in replies] == [
+        ["RUNNING", "COMPLETED"]
+    ] * 2
+    assert batches[0] == 1
+    assert [h.coord.store.get_job(j).status.value for j in ids] == ["COMPLETED"] * 2  # type: ignore[union-attr]
+    text = await (await h.client.get("/metrics")).text()
+    assert "comfyfleet_agent_report_group_size_sum 2.0" in text
+
+
+async def test_a_store_fault_fails_every_request_of_the_group(harness: MakeHarness) -> None:
+    h = await harness()
+    msgs, ids = await two_agents_reporting(h)
+    stored = [h.coord.store.get_job(j) for j in ids]
+    before = memory(h)
+    with faulty(h, "commit"):
+        results = await asyncio.gather(
+            *(h.coord.report_batch(m, report_error) for m in msgs), return_exceptions=True
+        )
+    assert [type(r) for r in results] == [StoreUnavailable] * 2
+    assert [h.coord.store.get_job(j) for j in ids] == stored
+    assert memory(h) == before
+    replies = await asyncio.gather(*(h.coord.report_batch(m, report_error) for m in msgs))
+    assert all(a.ack is not None and a.ack.status for r in replies for a in r.acks)
+    assert [h.coord.store.get_job(j).status.value for j in ids] == ["COMPLETED"] * 2  # type: ignore[union-attr]
