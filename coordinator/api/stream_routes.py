@@ -66,7 +66,9 @@ async def _pump(
     view: Callable[[Event], Event | None] = lambda event: event,
 ) -> None:
     """Write events until the subscription closes (or the job's terminal event went out), each
-    as `view` shows it to this client; events `view` turns into None are not written."""
+    as `view` shows it to this client; events `view` turns into None are not written. The events
+    waiting when the writer wakes go out in one write (one send for a busy stream, not one per
+    event)."""
     while True:
         try:
             event = await sub.next(KEEPALIVE_S)
@@ -75,11 +77,20 @@ async def _pump(
             continue
         if event is None:
             return
-        shown = view(event)
-        if shown is None:
-            continue
-        await resp.write(sse_frame(shown))
-        if end_on_terminal and event.terminal:
+        frames: list[bytes] = []
+        while True:
+            shown = view(event)
+            if shown is not None:
+                frames.append(sse_frame(shown))
+            if end_on_terminal and event.terminal and shown is not None:
+                break
+            if not sub.buffer:
+                event = None
+                break
+            event = sub.buffer.popleft()
+        if frames:
+            await resp.write(b"".join(frames))
+        if event is not None:  # the terminal event went out
             return
 
 
