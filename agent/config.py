@@ -43,6 +43,11 @@ class AgentConfig:
     stall_s: float = 10.0  # no ComfyUI event for this long: ask /history
     health_interval_s: float = 2.0
     max_output_bytes: int = 2 << 30
+    # outputs of at most this many bytes go inside the finish report instead of being uploaded
+    # (when the coordinator takes them: RegisterReply.inline_output_bytes), up to
+    # inline_report_bytes of them per report (a reports request stays under coalesce.MAX_BYTES)
+    inline_output_bytes: int = 256 << 10
+    inline_report_bytes: int = 1 << 20
     events_flush_s: float = 0.1  # batch progress events for this long
     # a finished attempt's report is kept in the outbox (synced to disk) only when the coordinator
     # has not acknowledged it within this long; until then the state file holds the prompt

@@ -146,6 +146,9 @@ class CoordinatorClient:
         self.auth = {"Authorization": f"Bearer {token}"} if token else {}
         self.ssl: ssl.SSLContext | bool = ssl_context or True
         self.direct_uploads = False  # outputs go to object storage (the coordinator says so)
+        # outputs of at most this many bytes may go inside a finish report (the coordinator
+        # says so when it registers the agent; 0: none, as older coordinators)
+        self.inline_output_bytes = 0
         self.batches = True  # until the coordinator shows it has no reports route
         self.coalescer: Coalescer[p.Ack] = Coalescer(self._post_reports, _for_each)
 
@@ -228,6 +231,7 @@ class CoordinatorClient:
 
     async def register(self, msg: p.Register) -> p.RegisterReply:
         reply = await self.call("register", msg, p.RegisterReply, REGISTER)
+        self.inline_output_bytes = reply.inline_output_bytes
         if self.several:
             total = max(HEARTBEAT_MIN_S, 2 * reply.heartbeat_interval_s)
             self.heartbeat_timeout = aiohttp.ClientTimeout(total=total, sock_connect=5)

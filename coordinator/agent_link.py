@@ -76,6 +76,7 @@ class AgentLink(Part):
             chunk_size=self.config.chunk_size,
             drop=list(verdict.drop),
             direct_uploads=self.config.output_store != "local",
+            inline_output_bytes=self.config.inline_output_limit,
         )
 
     def _registered(self, msg: p.Register, now: float) -> None:

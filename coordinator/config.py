@@ -39,6 +39,9 @@ class CoordinatorConfig:
     max_body_bytes: int = 8 << 20  # job submissions and protocol messages
     max_chunk_bytes: int = 16 << 20
     max_output_bytes: int = 4 << 30
+    # an output of at most this many bytes may come inside its finish report instead of being
+    # uploaded (local output store only: agents upload to object storage themselves); 0: none
+    inline_output_bytes: int = 256 << 10
     default_vram_mb: int = 0  # reservation for a job that declares none
     starvation_s: float = 300.0
     sweep_interval_s: float = 0.5
@@ -83,6 +86,11 @@ class CoordinatorConfig:
     s3_region: str | None = None  # default: AWS_DEFAULT_REGION / the AWS config file
     s3_part_size: int = 16 << 20  # outputs larger than this go up in parts of this size
     s3_url_ttl_s: int = 900  # lifetime of presigned upload and download URLs
+
+    @property
+    def inline_output_limit(self) -> int:
+        """The largest output accepted inside a finish report (RegisterReply); 0: none."""
+        return self.inline_output_bytes if self.output_store == "local" else 0
 
     @property
     def lost_after_s(self) -> float:

@@ -122,6 +122,10 @@ class OutputFiles:
         if have and self.partial.get(key, (None, -1))[1] != have:
             self.partial[key] = (_sha256_of(part), have)
 
+    def stored(self, job_id: str, attempt: int, name: str) -> tuple[int, str]:
+        """(size, sha256) of a stored file (blocking: it may hash the file)."""
+        return self._stored((job_id, attempt, name), self.final_path(job_id, attempt, name))
+
     def _stored(self, key: tuple[str, int, str], final: Path) -> tuple[int, str]:
         """(size, sha256) of a stored file: as checked at upload or by `warm`, else hashed now."""
         known = self.verified.get(key)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from comfyfleet.coordinator.inline_outputs import InlineOutputs, Item, carries_files
 from comfyfleet.coordinator.reports import Reports
 from comfyfleet.shared import protocol as p
 from comfyfleet.shared.errors import InvalidInput
@@ -51,10 +52,15 @@ def check_names(msg: p.Reports) -> None:
             )
 
 
-def _acks(reports: Reports, msg: p.Reports, refusal: Refusal) -> list[p.ReportAck]:
+def _acks(
+    reports: Reports, msg: p.Reports, refusal: Refusal, refused: dict[int, Exception]
+) -> list[p.ReportAck]:
     acks: list[p.ReportAck] = []
-    for report in msg.reports:
+    for i, report in enumerate(msg.reports):
         try:
+            early = refused.get(i)  # refused while its inline files were stored
+            if early is not None:
+                raise early
             acks.append(p.ReportAck(ack=_apply(reports, report)))
         except Exception as exc:
             error = refusal(exc)
@@ -64,43 +70,57 @@ def _acks(reports: Reports, msg: p.Reports, refusal: Refusal) -> list[p.ReportAc
     return acks
 
 
-Waiting = tuple[p.Reports, Refusal, "asyncio.Future[p.ReportsReply]"]
+Waiting = tuple[p.Reports, Refusal, dict[int, Exception], "asyncio.Future[p.ReportsReply]"]
 
 
 class ReportWriter:
     """The one writer of agents' reports. A request joins the group of the current loop turn;
     the group is applied when the turn's other callbacks (the other requests whose bodies came
-    in together) have run: every request in arrival order, in one store transaction."""
+    in together) have run: every request in arrival order, in one store transaction.
 
-    def __init__(self, reports: Reports) -> None:
+    A finish carrying its outputs' bytes has them stored first (inline_outputs.py), before its
+    request joins a group; a store fault there fails the request alone (503, nothing applied)."""
+
+    def __init__(self, reports: Reports, inline: InlineOutputs) -> None:
         self.reports = reports
+        self.inline = inline
         self.waiting: list[Waiting] = []
 
     async def submit(self, msg: p.Reports, refusal: Refusal) -> p.ReportsReply:
         check_names(msg)
+        refused = await self._store_inline(msg)
         loop = asyncio.get_running_loop()
         done: asyncio.Future[p.ReportsReply] = loop.create_future()
-        self.waiting.append((msg, refusal, done))
+        self.waiting.append((msg, refusal, refused, done))
         if len(self.waiting) == 1:
             loop.call_soon(self.flush)
         return await done
 
+    async def _store_inline(self, msg: p.Reports) -> dict[int, Exception]:
+        """Store the inline outputs of the request's finish reports: the refusals met."""
+        at = [i for i, r in enumerate(msg.reports) if r.finish and carries_files(r.finish)]
+        if not at:
+            return {}
+        items = [Item(f, f"reports.{i}.finish.") for i in at if (f := msg.reports[i].finish)]
+        problems = await self.inline.store(items)
+        return {at[k]: exc for k, exc in problems.items()}
+
     def flush(self) -> None:
-        group = [w for w in self.waiting if not w[2].done()]  # a request cancelled meanwhile:
+        group = [w for w in self.waiting if not w[3].done()]  # a request cancelled meanwhile:
         self.waiting = []  # its agent sends it again
         if not group:
             return
         try:
             with self.reports.ledger.batch():
-                answers = [_acks(self.reports, msg, refusal) for msg, refusal, _ in group]
+                answers = [_acks(self.reports, *w[:3]) for w in group]
         except Exception as exc:  # the group fails as one: each request hears why (503)
-            for _, _, done in group:
+            for *_, done in group:
                 if not done.done():
                     done.set_exception(exc)
             return
         metrics = self.reports.metrics
         metrics.report_group_size.observe(len(group))
-        for (_, _, done), acks in zip(group, answers, strict=True):
+        for (*_, done), acks in zip(group, answers, strict=True):
             metrics.report_batch_size.observe(len(acks))
             if not done.done():
                 done.set_result(p.ReportsReply(acks=acks))

@@ -303,4 +303,5 @@ def _error_dict(err: p.ErrorInfo | None) -> dict[str, Any] | None:
 
 def _output_dict(o: p.OutputFile) -> dict[str, Any]:
     out: dict[str, Any] = msgspec.to_builtins(o)
+    out.pop("data", None)  # stored as a file (inline_outputs.py), never in the job's record
     return out

@@ -32,6 +32,7 @@ from comfyfleet.coordinator.events import EventBus
 from comfyfleet.coordinator.feed import Feed
 from comfyfleet.coordinator.fleet import AgentState, AgentStatus
 from comfyfleet.coordinator.follower import FollowerIntake
+from comfyfleet.coordinator.inline_outputs import InlineOutputs, Item
 from comfyfleet.coordinator.intake import Intake
 from comfyfleet.coordinator.learning import Learning
 from comfyfleet.coordinator.ledger import Ledger
@@ -104,7 +105,8 @@ class Coordinator:
         self.intake = Intake(parts) if self.leading else FollowerIntake(parts)
         self.agent_link = AgentLink(parts)
         self.reports = Reports(parts)
-        self.report_writer = ReportWriter(self.reports)
+        self.inline_outputs = InlineOutputs(self.reports, config.inline_output_limit)
+        self.report_writer = ReportWriter(self.reports, self.inline_outputs)
         self.placer = Placer(parts)
         self.sweeper = Sweeper(parts)
         self.orders = Orders(parts, self.intake)
@@ -197,6 +199,13 @@ class Coordinator:
         return self.reports.events(msg)
 
     def finish(self, msg: p.Finish) -> p.Ack:
+        return self.reports.finish(msg)
+
+    async def finish_report(self, msg: p.Finish) -> p.Ack:
+        """POST finish: its inline outputs stored first (inline_outputs.py), then `finish`."""
+        problems = await self.inline_outputs.store([Item(msg)])
+        if problems:
+            raise problems[0]
         return self.reports.finish(msg)
 
     async def report_batch(self, msg: p.Reports, refusal: Refusal) -> p.ReportsReply:

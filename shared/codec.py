@@ -19,6 +19,7 @@ _json_enc = msgspec.json.Encoder()
 _AT = re.compile(r" - at `\$\.?([^`]*)`$")
 _UNKNOWN = re.compile(r"unknown field `([^`]*)`")
 _MISSING = re.compile(r"missing required field `([^`]*)`")
+_NAMED = re.compile(r"^`([A-Za-z_][A-Za-z0-9_]*)` ")  # a check of one field (__post_init__)
 
 
 def encode(obj: Any, content_type: str = MSGPACK) -> bytes:
@@ -50,7 +51,7 @@ def validation_error(text: str) -> InvalidInput:
     if m:
         path = re.sub(r"\[(\d+)\]", r".\1", m.group(1)).replace("[...]", "").lstrip(".")
         message = text[: m.start()]
-    for pattern, code in ((_UNKNOWN, "unknown_field"), (_MISSING, "missing")):
+    for pattern, code in ((_UNKNOWN, "unknown_field"), (_MISSING, "missing"), (_NAMED, "invalid")):
         found = pattern.search(message)
         if found:
             name = found.group(1)

@@ -118,6 +118,9 @@ class RegisterReply(Msg, frozen=True, kw_only=True):
     drop: list[JobRef] = []  # reported jobs the agent must stop at once (stale or unknown)
     # outputs go straight to object storage (UploadPlan), not in chunks to the coordinator
     direct_uploads: bool = False
+    # an output of at most this many bytes may travel inside the finish report (OutputFile.data)
+    # instead of being uploaded; 0 (and older coordinators, which do not send it): none may
+    inline_output_bytes: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 class Heartbeat(Msg, frozen=True, kw_only=True):
@@ -221,8 +224,14 @@ class OutputFile(Msg, frozen=True, kw_only=True):
     kind: str = "output"  # ComfyUI's folder type: output or temp
     original: Annotated[str, msgspec.Meta(max_length=4096)] = ""  # "" from older agents
     comfy_ref: ComfyRef | None = None
+    # the file's bytes, inside the finish report instead of uploaded (msgpack bin): only when the
+    # coordinator announced it accepts files of this size (RegisterReply.inline_output_bytes);
+    # unset, the field is not sent at all (older coordinators refuse unknown fields)
+    data: bytes | msgspec.UnsetType = msgspec.UNSET
 
     def __post_init__(self) -> None:
+        if isinstance(self.data, bytes) and len(self.data) != self.size:
+            raise ValueError(f"`data` holds {len(self.data)} bytes, not the {self.size} of size")
         if not self.original:
             return
         if names.stored_name(self.original) != self.name:

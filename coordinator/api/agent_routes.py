@@ -63,7 +63,7 @@ PROTOCOL: dict[str, tuple[type[Any], Callable[[Coordinator, Any, bool], Any]]] =
     "lease": (p.LeaseRequest, _plain(Coordinator.lease)),
     "started": (p.Started, _plain(Coordinator.started)),
     "events": (p.Events, _plain(Coordinator.events)),
-    "finish": (p.Finish, _plain(Coordinator.finish)),
+    "finish": (p.Finish, _plain(Coordinator.finish_report)),
 }
 for _path, (_type, _call) in PROTOCOL.items():
     routes.post(f"{PREFIX}/{_path}")(_protocol_route(_type, _call))

@@ -46,6 +46,7 @@ async def running_job(h: Any) -> tuple[p.Assignment, CoordinatorClient]:
     agent = h.agent("a1")
     reply = await agent.register()
     assert reply.direct_uploads
+    assert reply.inline_output_bytes == 0  # outputs go to the bucket, never in a finish report
     lease = (await agent.lease(5.0)).jobs[0]
     await agent.started(lease)
     client = CoordinatorClient(h.client.session, str(h.client.make_url("/")), "a1")
@@ -120,6 +121,23 @@ async def test_completion_needs_matching_bytes_and_nothing_bad_stays(
         },
     )  # fmt: skip
     assert finish.status == 422  # never COMPLETE with outputs not verified
+
+
+async def test_outputs_inside_a_finish_are_refused_with_a_bucket(
+    harness: MakeHarness, s3: S3Server
+) -> None:
+    h = await harness(**store_config(s3))
+    job, _ = await running_job(h)
+    sha = hashlib.sha256(b"xyz").hexdigest()
+    finish = await h.client.post(
+        "/agent/v1/finish",
+        json={
+            "agent_id": "a1", "job_id": job.job_id, "attempt": job.attempt, "outcome": "completed",
+            "outputs": [{"name": "o.png", "size": 3, "sha256": sha, "data": "eHl6"}],
+        },
+    )  # fmt: skip
+    assert finish.status == 400 and (await finish.json())["error"]["field"] == "outputs.0.data"
+    assert s3.objects() == {}
 
 
 async def test_chunks_to_the_coordinator_are_refused_with_a_bucket(

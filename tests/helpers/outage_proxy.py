@@ -6,7 +6,8 @@ Control: `POST /__outage?seconds=S&retry_after=R[&only=finish,jobs]` starts an o
 (for those kinds of agent request only; a `reports` request is of the kinds of the reports it
 carries too, so `only=finish` refuses a batch holding a finish); with `&delay=D` those requests
 are not refused but forwarded D seconds late (a slow coordinator);
-`GET /__outage` says how many 503s were served, by path. Run it as its own process with
+`GET /__outage` says how many 503s were served, by path, and how many requests were forwarded, by
+method and kind (`forwarded`: e.g. `PUT jobs` counts output chunks). Run it as its own process with
 `python -m tests.helpers.outage_proxy --port P --upstream URL`, or mount `create_app` in a test.
 """
 
@@ -37,7 +38,8 @@ async def control(request: web.Request) -> web.Response:
         state["only"] = set(only.split(",")) if only else None
         state["delay"] = float(request.query.get("delay", "0"))
     left = max(0.0, state["until"] - time.monotonic())
-    return web.json_response({"left_s": left, "served_503": dict(state["served"])})
+    served, forwarded = dict(state["served"]), dict(state["forwarded"])
+    return web.json_response({"left_s": left, "served_503": served, "forwarded": forwarded})
 
 
 def kinds_of(path: str, body: bytes) -> list[str]:
@@ -72,6 +74,8 @@ async def forward(request: web.Request) -> web.StreamResponse:
             status=503,
             headers={"Retry-After": state["retry_after"]},
         )
+    if kinds:
+        state["forwarded"][f"{request.method} {kinds[0]}"] += 1
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
     async with request.app[SESSION].request(
         request.method,
@@ -90,6 +94,7 @@ def create_app(upstream: str) -> web.Application:
     app[UPSTREAM] = upstream.rstrip("/")
     app[STATE] = {"until": 0.0, "retry_after": "5", "only": None, "delay": 0.0}
     app[STATE]["served"] = Counter()
+    app[STATE]["forwarded"] = Counter()
 
     async def session(app: web.Application):  # type: ignore[no-untyped-def]
         timeout = aiohttp.ClientTimeout(total=120)

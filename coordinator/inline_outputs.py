@@ -1,0 +1,149 @@
+"""Outputs that come inside a finish report (`OutputFile.data`) instead of being uploaded.
+
+Before such a report is applied, its files are stored exactly as a completed upload stores them
+(outputs.py: `outputs/JOB/ATTEMPT/NAME`, the sha256 checked, the `verified` bookkeeping that the
+finish's check reads), off the event loop: one thread hop per request, one fsync per file, each
+file written under a temporary name and renamed into place. Then the report is applied as any
+other. The attempt is fenced before (a stale attempt writes nothing) and again after (an attempt
+gone stale meanwhile keeps no file: its release may have removed its folder before the files
+arrived). A fault of the store fails the whole request (503, nothing applied); a bad file (over
+the announced size, a checksum that does not match, a name already stored with other content)
+refuses its own report, naming the field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from comfyfleet.coordinator.errors import Conflict, StaleAttempt, StoreUnavailable
+from comfyfleet.coordinator.outputs import OutputFiles, check_name
+from comfyfleet.coordinator.reports import Reports
+from comfyfleet.shared import protocol as p
+from comfyfleet.shared.errors import InvalidInput
+
+Problems = dict[int, Exception]  # item index -> why its report is refused (4xx)
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One finish report and where it sits in its request (`reports.3.finish.` or "")."""
+
+    finish: p.Finish
+    field: str = ""
+
+
+def carries_files(finish: p.Finish) -> bool:
+    return finish.outcome == "completed" and any(isinstance(o.data, bytes) for o in finish.outputs)
+
+
+class InlineOutputs:
+    def __init__(self, reports: Reports, limit: int) -> None:
+        self.reports = reports
+        self.limit = limit  # RegisterReply.inline_output_bytes: 0, none accepted
+
+    async def store(self, items: Sequence[Item]) -> Problems:
+        """Store the inline files of `items` (finish reports of one request); answers the
+        refusal of each item that has one. StoreUnavailable: nothing of the request may be
+        applied."""
+        problems: Problems = {}
+        todo: dict[int, Item] = {}
+        for i, item in enumerate(items):
+            if not carries_files(item.finish):
+                continue
+            try:
+                self._check(item)
+                self.reports.fenced(item.finish.agent_id, item.finish.job_id, item.finish.attempt)
+            except Exception as exc:  # refused before a byte is written
+                problems[i] = exc
+                continue
+            todo[i] = item
+        if not todo:
+            return problems
+        outputs = self.reports.outputs
+        written = await asyncio.to_thread(_write_all, outputs, list(todo.values()))
+        faults: list[StoreUnavailable] = []
+        for (i, item), got in zip(todo.items(), written, strict=True):
+            finish = item.finish
+            try:  # fenced again: the attempt may have gone stale while its files were written
+                self.reports.fenced(finish.agent_id, finish.job_id, finish.attempt)
+            except StaleAttempt as exc:
+                outputs.drop_attempt(finish.job_id, finish.attempt)
+                problems[i] = exc
+                continue
+            if isinstance(got, StoreUnavailable):
+                faults.append(got)
+            elif got is not None:
+                problems[i] = got
+        if faults:
+            raise faults[0]
+        return problems
+
+    def _check(self, item: Item) -> None:
+        for j, o in enumerate(item.finish.outputs):
+            if not isinstance(o.data, bytes):
+                continue
+            field = f"{item.field}outputs.{j}"
+            if o.size > self.limit:
+                raise InvalidInput(
+                    f"{field}.data",
+                    f"{o.size} bytes inline; this coordinator takes outputs of at most "
+                    f"{self.limit} bytes inside a finish report (upload it)",
+                    "too_large",
+                )
+            check_name(o.name, f"{field}.name")
+
+
+def _write_all(files: OutputFiles, items: list[Item]) -> list[Exception | None]:
+    """Blocking (a worker thread): each item's files, or why not (its first problem)."""
+    out: list[Exception | None] = []
+    for item in items:
+        try:
+            _write_files(files, item)
+            out.append(None)
+        except (InvalidInput, Conflict, StoreUnavailable) as exc:
+            out.append(exc)
+    return out
+
+
+def _write_files(files: OutputFiles, item: Item) -> None:
+    finish = item.finish
+    job_id, attempt = finish.job_id, finish.attempt
+    todo: list[tuple[p.OutputFile, bytes]] = []
+    for j, o in enumerate(finish.outputs):  # every check first: a refusal writes nothing
+        if not isinstance(o.data, bytes):
+            continue
+        field = f"{item.field}outputs.{j}"
+        if hashlib.sha256(o.data).hexdigest() != o.sha256:
+            raise InvalidInput(f"{field}.sha256", f"checksum of {o.name}'s data does not match")
+        final = files.final_path(job_id, attempt, o.name)
+        if final.exists():
+            try:
+                stored = files.stored(job_id, attempt, o.name)
+            except OSError as exc:
+                raise StoreUnavailable(f"cannot read output {o.name}: {exc.strerror}") from exc
+            if stored != (o.size, o.sha256):
+                raise Conflict(f"output {o.name} was already stored with other content", field)
+            continue
+        todo.append((o, o.data))
+    if not todo:
+        return
+    folder = files.attempt_dir(job_id, attempt)
+    for o, data in todo:
+        final = folder / o.name
+        tmp = folder / f".inline-{secrets.token_hex(6)}-{o.name}"  # no stored name starts so
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StoreUnavailable(f"cannot store output {o.name}: {exc.strerror}") from exc
+        files.verified[(job_id, attempt, o.name)] = (o.size, o.sha256)
