@@ -7,6 +7,7 @@ terminal state. `GET /v1/events` is the fleet-wide stream the dashboard follows.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from comfyfleet.shared.status import TERMINAL
 
 routes = web.RouteTableDef()
 KEEPALIVE_S = 15.0
+GATHER_S = 0.005  # a writer that woke for one event waits this long for the ones after it
 
 
 def last_event_id(request: web.Request) -> int | None:
@@ -67,8 +69,8 @@ async def _pump(
 ) -> None:
     """Write events until the subscription closes (or the job's terminal event went out), each
     as `view` shows it to this client; events `view` turns into None are not written. The events
-    waiting when the writer wakes go out in one write (one send for a busy stream, not one per
-    event)."""
+    waiting when the writer wakes, and those that come within GATHER_S, go out in one write (one
+    send for a busy stream, not one per event)."""
     while True:
         try:
             event = await sub.next(KEEPALIVE_S)
@@ -77,6 +79,8 @@ async def _pump(
             continue
         if event is None:
             return
+        if not sub.buffer and not (end_on_terminal and event.terminal):
+            await asyncio.sleep(GATHER_S)  # a busy stream's next events join this write
         frames: list[bytes] = []
         while True:
             shown = view(event)

@@ -3,11 +3,12 @@ ends after its terminal event, leaving what came after it unsent."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
-from comfyfleet.coordinator.api.stream_routes import _pump, sse_frame
+from comfyfleet.coordinator.api.stream_routes import GATHER_S, _pump, sse_frame
 from comfyfleet.coordinator.events import Event, Subscription
 
 pytestmark = pytest.mark.timeout(10)
@@ -57,3 +58,18 @@ async def test_events_the_view_hides_are_left_out() -> None:
 
     await _pump(out, sub, end_on_terminal=False, view=odd)  # type: ignore[arg-type]
     assert out.writes == [sse_frame(evs[1]) + sse_frame(evs[3])]
+
+
+async def test_an_event_soon_after_joins_the_write_of_the_one_before() -> None:
+    sub = Subscription(None, 100)
+    out = Written()
+    pump = asyncio.ensure_future(_pump(out, sub, end_on_terminal=False))  # type: ignore[arg-type]
+    first, second = events(2)
+    sub.push(first)
+    await asyncio.sleep(0)  # the writer wakes for the first event and waits a moment
+    await asyncio.sleep(0)
+    sub.push(second)
+    await asyncio.sleep(GATHER_S * 4)
+    sub.close()
+    await asyncio.wait_for(pump, 5)
+    assert out.writes == [sse_frame(first) + sse_frame(second)]
