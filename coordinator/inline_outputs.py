@@ -19,6 +19,7 @@ import os
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from comfyfleet.coordinator.errors import Conflict, StaleAttempt, StoreUnavailable
 from comfyfleet.coordinator.outputs import OutputFiles, check_name
@@ -65,9 +66,8 @@ class InlineOutputs:
         if not todo:
             return problems
         outputs = self.reports.outputs
-        written = await asyncio.to_thread(_write_all, outputs, list(todo.values()))
-        faults: list[StoreUnavailable] = []
-        for (i, item), got in zip(todo.items(), written, strict=True):
+        refusals, fault = await asyncio.to_thread(_write_all, outputs, list(todo.values()))
+        for (i, item), refused in zip(todo.items(), refusals, strict=True):
             finish = item.finish
             try:  # fenced again: the attempt may have gone stale while its files were written
                 self.reports.fenced(finish.agent_id, finish.job_id, finish.attempt)
@@ -75,12 +75,10 @@ class InlineOutputs:
                 outputs.drop_attempt(finish.job_id, finish.attempt)
                 problems[i] = exc
                 continue
-            if isinstance(got, StoreUnavailable):
-                faults.append(got)
-            elif got is not None:
-                problems[i] = got
-        if faults:
-            raise faults[0]
+            if refused is not None:
+                problems[i] = refused
+        if fault is not None and any(i not in problems for i in todo):
+            raise fault
         return problems
 
     def _check(self, item: Item) -> None:
@@ -98,23 +96,45 @@ class InlineOutputs:
             check_name(o.name, f"{field}.name")
 
 
-def _write_all(files: OutputFiles, items: list[Item]) -> list[Exception | None]:
-    """Blocking (a worker thread): each item's files, or why not (its first problem)."""
-    out: list[Exception | None] = []
+def _write_all(
+    files: OutputFiles, items: list[Item]
+) -> tuple[list[Exception | None], StoreUnavailable | None]:
+    """Blocking (a worker thread): each item's refusal (None: its files are stored), and the
+    store's fault if it had one (then nothing was renamed into place)."""
+    refusals: list[Exception | None] = []
+    planned: list[Planned] = []
+    fault: StoreUnavailable | None = None
     for item in items:
         try:
-            _write_files(files, item)
-            out.append(None)
-        except (InvalidInput, Conflict, StoreUnavailable) as exc:
-            out.append(exc)
-    return out
+            planned.extend(_planned(files, item))
+            refusals.append(None)
+        except (InvalidInput, Conflict) as exc:
+            refusals.append(exc)
+        except StoreUnavailable as exc:
+            refusals.append(None)
+            fault = exc
+    if fault is None:
+        try:
+            _store(files, planned)
+        except StoreUnavailable as exc:
+            fault = exc
+    return refusals, fault
 
 
-def _write_files(files: OutputFiles, item: Item) -> None:
+@dataclass(frozen=True, slots=True)
+class Planned:
+    key: tuple[str, int, str]
+    final: Path
+    output: p.OutputFile
+    data: bytes
+
+
+def _planned(files: OutputFiles, item: Item) -> list[Planned]:
+    """The files of `item` to write; every check first, so that a refusal writes nothing."""
     finish = item.finish
     job_id, attempt = finish.job_id, finish.attempt
-    todo: list[tuple[p.OutputFile, bytes]] = []
-    for j, o in enumerate(finish.outputs):  # every check first: a refusal writes nothing
+    todo: list[Planned] = []
+    for j, o in enumerate(finish.outputs):
         if not isinstance(o.data, bytes):
             continue
         field = f"{item.field}outputs.{j}"
@@ -129,21 +149,29 @@ def _write_files(files: OutputFiles, item: Item) -> None:
             if stored != (o.size, o.sha256):
                 raise Conflict(f"output {o.name} was already stored with other content", field)
             continue
-        todo.append((o, o.data))
-    if not todo:
-        return
-    folder = files.attempt_dir(job_id, attempt)
-    for o, data in todo:
-        final = folder / o.name
-        tmp = folder / f".inline-{secrets.token_hex(6)}-{o.name}"  # no stored name starts so
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
+        todo.append(Planned((job_id, attempt, o.name), final, o, o.data))
+    return todo
+
+
+def _store(files: OutputFiles, planned: list[Planned]) -> None:
+    """Each file under a temporary name, then each synced (the first sync's journal commit
+    carries most of the others' data), then each renamed into place."""
+    tmps = [x.final.with_name(f".inline-{secrets.token_hex(6)}-{x.final.name}") for x in planned]
+    try:
+        for x, tmp in zip(planned, tmps, strict=True):  # no stored name starts with a dot
+            x.final.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-        except OSError as exc:
+                fh.write(x.data)
+        for tmp in tmps:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        for x, tmp in zip(planned, tmps, strict=True):
+            os.replace(tmp, x.final)
+            files.verified[x.key] = (x.output.size, x.output.sha256)
+    except OSError as exc:
+        for tmp in tmps:
             tmp.unlink(missing_ok=True)
-            raise StoreUnavailable(f"cannot store output {o.name}: {exc.strerror}") from exc
-        files.verified[(job_id, attempt, o.name)] = (o.size, o.sha256)
+        raise StoreUnavailable(f"cannot store outputs: {exc.strerror}") from exc
