@@ -16,8 +16,6 @@ import os
 import shutil
 from pathlib import Path
 
-import msgspec
-
 from comfyfleet.agent.comfy_files import inside
 from comfyfleet.agent.comfyui import events as ev
 from comfyfleet.agent.comfyui.client import (
@@ -111,32 +109,6 @@ def _write_text(path: Path, text: str) -> tuple[int, str]:
     data = text.encode("utf-8", "surrogatepass")
     path.write_bytes(data)
     return len(data), hashlib.sha256(data).hexdigest()
-
-
-def with_data(spool: Path, outputs: list[p.OutputFile], inline: set[str]) -> list[p.OutputFile]:
-    """`outputs`, those named in `inline` with their bytes read from `spool` (blocking). A file
-    that no longer holds its reported size is OSError (the spool is damaged)."""
-    out = []
-    for f in outputs:
-        if f.name in inline:
-            data = (spool / f.name).read_bytes()
-            if len(data) != f.size:
-                raise OSError(f"{f.name}: {len(data)} bytes in the spool, {f.size} reported")
-            f = msgspec.structs.replace(f, data=data)
-        out.append(f)
-    return out
-
-
-def inline_names(outputs: list[p.OutputFile], limit: int, budget: int) -> set[str]:
-    """The outputs to send inside the finish report: each of at most `limit` bytes, together at
-    most `budget`, smallest first (the rest are uploaded)."""
-    chosen: set[str] = set()
-    for f in sorted(outputs, key=lambda f: f.size):
-        if f.size > limit or f.size > budget:
-            break
-        chosen.add(f.name)
-        budget -= f.size
-    return chosen
 
 
 def take_output(

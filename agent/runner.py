@@ -14,7 +14,7 @@ import msgspec
 import structlog
 
 from comfyfleet.agent import comfy_files as cf
-from comfyfleet.agent.collect import COMFYUI_FETCH, collect_outputs, inline_names, with_data
+from comfyfleet.agent.collect import COMFYUI_FETCH, collect_outputs
 from comfyfleet.agent.comfyui import events as ev
 from comfyfleet.agent.comfyui.client import ComfyUIClient, ComfyUIError
 from comfyfleet.agent.comfyui.driver import PromptOutcome, attach_prompt, run_prompt
@@ -22,6 +22,7 @@ from comfyfleet.agent.comfyui.frames import Frame
 from comfyfleet.agent.comfyui.seeds import apply_seeds
 from comfyfleet.agent.config import AgentConfig
 from comfyfleet.agent.coordinator_client import AgentError, CoordinatorClient, Refused
+from comfyfleet.agent.deliver import send_finish
 from comfyfleet.agent.inputs import rename_inputs, upload_inputs
 from comfyfleet.agent.outbox import Outbox, Report
 from comfyfleet.agent.profile import VramWatch, profile_of
@@ -506,22 +507,9 @@ class JobRunner:
             self.log.error("job_give_back_failed", error=str(exc))
 
     async def _send(self, report: Report) -> None:
-        """Upload the outputs, but the small ones, which go inside the finish report (read
-        from the spool at each send: the outbox keeps the report without them)."""
-        spool = self.outbox.folder(*self.key)
-        outputs = report.finish.outputs
         limit = min(self.coord.inline_output_bytes, self.config.inline_output_bytes)
-        inline = inline_names(outputs, limit, self.config.inline_report_bytes)
-        for f in outputs:
-            if f.name not in inline:
-                await self.coord.upload(
-                    self.ref, f.name, spool / f.name, f.size, f.sha256, self.chunk_size
-                )
-        finish = report.finish
-        if inline:
-            outputs = await asyncio.to_thread(with_data, spool, outputs, inline)
-            finish = msgspec.structs.replace(finish, outputs=outputs)
-        ack = await self.coord.finish(finish)
+        spool, budget = self.outbox.folder(*self.key), self.config.inline_report_bytes
+        ack = await send_finish(self.coord, spool, report.finish, self.chunk_size, limit, budget)
         self.log.info("job_finished", outcome=report.finish.outcome, status=ack.status)
 
 

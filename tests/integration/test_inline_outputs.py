@@ -5,13 +5,13 @@ a large one (2048 px: about 59 KB) is still uploaded in a chunk. Every image is 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import procs
-from tests.helpers.fleet import Api, Fleet, api_session, running_fleet, txt2img
+from tests.helpers.fleet import Api, Fleet, running_fleet, txt2img
 from tests.integration.test_report_durability import outage, start_proxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -19,16 +19,10 @@ SMALL = 4
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
+def fleet(tmp_path: Path) -> Iterator[Fleet]:  # the conftest's `api` follows this one
     args = ["--heartbeat-interval", "0.5", "--set", "inline_output_bytes=10000"]
     with running_fleet(tmp_path, args) as f:
         yield f
-
-
-@pytest.fixture
-async def api(fleet: Fleet) -> AsyncIterator[Api]:
-    async with api_session(fleet.url) as a:
-        yield a
 
 
 async def test_small_outputs_need_no_upload_and_a_large_one_is_uploaded(

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from comfyfleet.agent.collect import inline_names, with_data
+from comfyfleet.agent.coordinator_client import Refused
+from comfyfleet.agent.deliver import inline_names, send_finish, with_data
 from comfyfleet.shared import codec
 from comfyfleet.shared import protocol as p
 from comfyfleet.shared.errors import InvalidInput
@@ -74,3 +75,52 @@ def test_with_data_reads_the_spool_and_refuses_a_changed_file(tmp_path: Path) ->
     (tmp_path / "a.png").write_bytes(b"abcd")
     with pytest.raises(OSError, match="a.png"):
         with_data(tmp_path, files, {"a.png"})
+
+
+class FakeCoordinator:
+    """What send_finish calls: uploads and finish reports, recorded; a finish carrying data is
+    refused as too large when `refuse_inline`."""
+
+    def __init__(self, refuse_inline: bool = False, refuse_field: str = "outputs.0.data") -> None:
+        self.refuse_inline, self.refuse_field = refuse_inline, refuse_field
+        self.uploads: list[str] = []
+        self.finishes: list[p.Finish] = []
+
+    async def upload(self, ref: p.JobRef, name: str, *_: object) -> None:
+        self.uploads.append(name)
+
+    async def finish(self, msg: p.Finish) -> p.Ack:
+        self.finishes.append(msg)
+        if self.refuse_inline and any(isinstance(o.data, bytes) for o in msg.outputs):
+            raise Refused(400, {"code": "too_large", "field": self.refuse_field})
+        return p.Ack(status="COMPLETED")
+
+
+def spooled(tmp_path: Path) -> p.Finish:
+    outputs = []
+    for name, data in (("a.png", b"abc"), ("big.png", b"x" * 20)):
+        (tmp_path / name).write_bytes(data)
+        outputs.append(p.OutputFile(name=name, size=len(data), sha256=SHA))
+    return p.Finish(agent_id="a", job_id="j", attempt=1, outcome="completed", outputs=outputs)
+
+
+async def test_small_outputs_go_inline_and_large_ones_are_uploaded(tmp_path: Path) -> None:
+    coord = FakeCoordinator()
+    ack = await send_finish(coord, tmp_path, spooled(tmp_path), 1 << 20, 10, 1 << 20)  # type: ignore[arg-type]
+    assert ack.status == "COMPLETED" and coord.uploads == ["big.png"]
+    assert [o.data for o in coord.finishes[0].outputs] == [b"abc", msgspec.UNSET]
+    coord = FakeCoordinator()
+    await send_finish(coord, tmp_path, spooled(tmp_path), 1 << 20, 0, 1 << 20)  # type: ignore[arg-type]
+    assert coord.uploads == ["a.png", "big.png"]  # an older coordinator: announced nothing
+
+
+async def test_a_refused_inline_file_is_uploaded_instead(tmp_path: Path) -> None:
+    coord = FakeCoordinator(refuse_inline=True)
+    ack = await send_finish(coord, tmp_path, spooled(tmp_path), 1 << 20, 10, 1 << 20)  # type: ignore[arg-type]
+    assert ack.status == "COMPLETED" and len(coord.finishes) == 2
+    assert sorted(coord.uploads) == ["a.png", "big.png", "big.png"]
+    assert all(o.data is msgspec.UNSET for o in coord.finishes[1].outputs)
+    other = FakeCoordinator(refuse_inline=True, refuse_field="outputs")  # not about inline data
+    with pytest.raises(Refused):
+        await send_finish(other, tmp_path, spooled(tmp_path), 1 << 20, 10, 1 << 20)  # type: ignore[arg-type]
+    assert len(other.finishes) == 1
