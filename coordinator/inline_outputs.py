@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from comfyfleet.coordinator.errors import Conflict, StaleAttempt, StoreUnavailable
+from comfyfleet.coordinator.errors import Conflict, NotFound, StaleAttempt, StoreUnavailable
 from comfyfleet.coordinator.outputs import OutputFiles, check_name
 from comfyfleet.coordinator.reports import Reports
 from comfyfleet.shared import protocol as p
@@ -59,7 +59,7 @@ class InlineOutputs:
             try:
                 self._check(item)
                 self.reports.fenced(item.finish.agent_id, item.finish.job_id, item.finish.attempt)
-            except Exception as exc:  # refused before a byte is written
+            except (InvalidInput, NotFound, StaleAttempt) as exc:  # refused before any write
                 problems[i] = exc
                 continue
             todo[i] = item
@@ -81,6 +81,13 @@ class InlineOutputs:
             raise fault
         return problems
 
+    async def finish(self, msg: p.Finish) -> p.Ack:
+        """One finish report (POST finish): its inline files stored, then the report applied."""
+        problems = await self.store([Item(msg)])
+        if problems:
+            raise problems[0]
+        return self.reports.finish(msg)
+
     def _check(self, item: Item) -> None:
         for j, o in enumerate(item.finish.outputs):
             if not isinstance(o.data, bytes):
@@ -100,7 +107,7 @@ def _write_all(
     files: OutputFiles, items: list[Item]
 ) -> tuple[list[Exception | None], StoreUnavailable | None]:
     """Blocking (a worker thread): each item's refusal (None: its files are stored), and the
-    store's fault if it had one (then nothing was renamed into place)."""
+    store's fault if it had one (then no report of the request may be applied)."""
     refusals: list[Exception | None] = []
     planned: list[Planned] = []
     fault: StoreUnavailable | None = None

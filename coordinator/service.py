@@ -32,7 +32,7 @@ from comfyfleet.coordinator.events import EventBus
 from comfyfleet.coordinator.feed import Feed
 from comfyfleet.coordinator.fleet import AgentState, AgentStatus
 from comfyfleet.coordinator.follower import FollowerIntake
-from comfyfleet.coordinator.inline_outputs import InlineOutputs, Item
+from comfyfleet.coordinator.inline_outputs import InlineOutputs
 from comfyfleet.coordinator.intake import Intake
 from comfyfleet.coordinator.learning import Learning
 from comfyfleet.coordinator.ledger import Ledger
@@ -202,11 +202,8 @@ class Coordinator:
         return self.reports.finish(msg)
 
     async def finish_report(self, msg: p.Finish) -> p.Ack:
-        """POST finish: its inline outputs stored first (inline_outputs.py), then `finish`."""
-        problems = await self.inline_outputs.store([Item(msg)])
-        if problems:
-            raise problems[0]
-        return self.reports.finish(msg)
+        """POST finish: its inline outputs stored first, then `finish`."""
+        return await self.inline_outputs.finish(msg)
 
     async def report_batch(self, msg: p.Reports, refusal: Refusal) -> p.ReportsReply:
         return await self.report_writer.submit(msg, refusal)

@@ -163,6 +163,10 @@ async def test_a_stale_attempt_is_refused_and_keeps_no_file(harness: MakeHarness
     status, error = await refused(agent.finish(stale, outputs=[inline("o.png", PNG)]))
     assert (status, error["code"]) == (409, "stale_attempt")
     assert not attempt_dir(h, stale).exists()
+    unknown = p.Assignment(**{**_fields(job), "job_id": "0" * 24})
+    status, error = await refused(agent.finish(unknown, outputs=[inline("o.png", PNG)]))
+    assert (status, error["field"]) == (404, "job_id")
+    assert not attempt_dir(h, unknown).exists()
 
 
 async def test_an_attempt_gone_stale_while_its_files_are_written_keeps_none(
