@@ -27,6 +27,7 @@ from comfyfleet.coordinator.store.base import (
 from comfyfleet.coordinator.store.codec import JobRow
 from comfyfleet.coordinator.store.migrations import SQLITE as MIGRATIONS
 from comfyfleet.shared.errors import InvalidInput
+from comfyfleet.shared.jobspec import JobSpec
 from comfyfleet.shared.status import TERMINAL, JobStatus
 
 BUSY_TIMEOUT_S = 5.0
@@ -34,6 +35,7 @@ _COLUMNS = (
     "id, tenant, status, attempt, created_at, updated_at, priority, idempotency_key, spec, state"
 )
 _SELECT = f"SELECT {_COLUMNS} FROM jobs"
+_IDS_PER_READ = 500  # ids bound in one IN (...) read, well under SQLite's variable limit
 _INSERT = f"INSERT INTO jobs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _UPDATE = (
     "UPDATE jobs SET status = ?, attempt = ?, updated_at = ?, state = ? "
@@ -179,6 +181,19 @@ class SqliteStore:
     def get_job(self, job_id: str) -> JobRecord | None:
         rows = self._rows(f"{_SELECT} WHERE id = ?", (job_id,))
         return codec.decode_job(rows[0]) if rows else None
+
+    def get_specs(self, job_ids: Sequence[str]) -> dict[str, JobSpec]:
+        conn = self._live()
+        found: dict[str, JobSpec] = {}
+        ids = list(dict.fromkeys(job_ids))
+        with _translated(self._path):
+            for start in range(0, len(ids), _IDS_PER_READ):
+                chunk = ids[start : start + _IDS_PER_READ]
+                marks = ", ".join("?" * len(chunk))
+                query = f"SELECT id, spec FROM jobs WHERE id IN ({marks})"
+                for job_id, spec in conn.execute(query, chunk).fetchall():
+                    found[job_id] = codec.decode_spec(spec)
+        return found
 
     def list_jobs(
         self,
