@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 
 # A job's static constraints (gpus, labels, models, GPU name glob, model files, node classes):
 # jobs with equal signatures see the same eligible slots (index.py)
@@ -43,14 +43,19 @@ class JobRequest:
     blocked_agents: frozenset[str]  # this job must not go there (hard)
     model_refs: tuple[str, ...] = ()  # model files the workflow loads (inventory + warm cache)
     node_classes: tuple[str, ...] = ()  # node classes the workflow uses (inventory)
+    # signatures already made (equal ones shared: a queued job's sets are most of its size)
+    shared: InitVar[dict[Signature, Signature] | None] = None
     # Derived once from the fields above (every plan reads them for every queued job):
     order: tuple[int, float, str] = field(init=False, repr=False, compare=False)
     signature: Signature = field(init=False, repr=False, compare=False)
     problem: str | None = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, shared: dict[Signature, Signature] | None) -> None:
+        sig = static_signature(self)
+        if shared is not None:
+            sig = shared.setdefault(sig, sig)
         object.__setattr__(self, "order", (-self.priority, self.submitted_at, self.job_id))
-        object.__setattr__(self, "signature", static_signature(self))
+        object.__setattr__(self, "signature", sig)
         object.__setattr__(self, "problem", job_problem(self))
 
 
