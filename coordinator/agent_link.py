@@ -211,7 +211,8 @@ class AgentLink(Part):
                 return reply
             agent.wake.clear()
             try:
-                await asyncio.wait_for(agent.wake.wait(), remaining)
+                async with asyncio.timeout(remaining):  # no task per wait, as wait_for makes
+                    await agent.wake.wait()
             except TimeoutError:
                 pass
 
