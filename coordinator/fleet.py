@@ -156,8 +156,8 @@ def has_free_slot(agent: AgentState, jobs: dict[str, JobRecord]) -> bool:
     schedulable agent with a healthy slot whose active jobs are fewer than its capacity."""
     if not agent.schedulable:
         return False
-    if not any(i.healthy and i.capacity > 0 for i in agent.instances):
-        return False
+    if not agent.jobs:  # (a load is never negative: with jobs, the test below is the whole one)
+        return any(i.healthy and i.capacity > 0 for i in agent.instances)
     load = slot_loads(agent, jobs)
     return any(i.healthy and i.capacity - load.get(i.instance_id, 0) > 0 for i in agent.instances)
 
@@ -166,13 +166,16 @@ def slot_loads(agent: AgentState, jobs: dict[str, JobRecord]) -> dict[str, int]:
     """Places taken on each of the agent's instances by its jobs (shared/slots.py)."""
     held: dict[str, int] = {}
     finishing: dict[str, int] = {}
+    done = agent.finishing
     for job_id in agent.jobs:
         job = jobs.get(job_id)
-        if job is None or job.instance_id is None:
+        if job is None or (iid := job.instance_id) is None:
             continue
-        held[job.instance_id] = held.get(job.instance_id, 0) + 1
-        if job_id in agent.finishing:
-            finishing[job.instance_id] = finishing.get(job.instance_id, 0) + 1
+        held[iid] = held.get(iid, 0) + 1
+        if done and job_id in done:
+            finishing[iid] = finishing.get(iid, 0) + 1
+    if not finishing:  # nothing finishing: every held job takes a place
+        return held
     capacity = {i.instance_id: i.capacity for i in agent.instances}
     return {
         iid: slot_load(n, finishing.get(iid, 0), capacity.get(iid, 0)) for iid, n in held.items()
