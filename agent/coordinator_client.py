@@ -3,6 +3,11 @@
 
 The agent may know several coordinators of one store (`Endpoints`): a request that gets no
 answer moves on to the next URL, a follower's redirect (307) moves to the leader.
+
+Reports (started, events, finish) travel together (`coalesce.Coalescer`, POST reports): while one
+request is in flight the next reports wait and go in one request. Each keeps its own retry policy
+and errors as if it went alone. A coordinator without the reports route (404/405: an older one)
+gets them one by one on their own routes from then on.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import aiohttp
 import msgspec
 import structlog
 
+from comfyfleet.agent.coalesce import Coalescer
 from comfyfleet.shared import codec
 from comfyfleet.shared import protocol as p
 from comfyfleet.shared.endpoints import Endpoints
@@ -59,14 +65,41 @@ class CoordinatorUnavailable(AgentError, Transient):
 class Refused(AgentError):
     """The coordinator answered 4xx (not 408 or 429): `status` and its error body."""
 
-    def __init__(self, status: int, error: dict[str, Any]) -> None:
+    def __init__(self, status: int, error: dict[str, Any], *, of_batch: bool = False) -> None:
         super().__init__(f"HTTP {status}: {error.get('message', error)}")
         self.status = status
         self.error = error
+        self.of_batch = of_batch  # the whole reports request was refused, not this report
 
     @property
     def stale(self) -> bool:
         return self.status == 409 and self.error.get("code") == "stale_attempt"
+
+
+class _Reports(msgspec.Struct, frozen=True, kw_only=True):
+    """protocol.Reports with each report already encoded (as the coalescer holds them)."""
+
+    agent_id: str
+    reports: list[msgspec.Raw]
+
+
+def _ack_of(item: p.ReportAck) -> p.Ack | Exception:
+    """One report's answer in a batch: its Ack, or the Refused it would have met alone."""
+    if item.error is not None:
+        e = item.error
+        return Refused(e.status, {"code": e.code, "message": e.message, "field": e.field})
+    if item.ack is None:
+        return CoordinatorUnavailable("reports: an answer with neither ack nor error")
+    return item.ack
+
+
+def _for_each(exc: Exception) -> Exception:
+    """What a failed reports request raises to each report in it (its own copy)."""
+    if isinstance(exc, Refused):
+        return Refused(exc.status, exc.error, of_batch=True)
+    if isinstance(exc, CoordinatorUnavailable):
+        return CoordinatorUnavailable(str(exc), exc.status, exc.retry_after_s)
+    return CoordinatorUnavailable(f"reports: {type(exc).__name__}: {exc}")
 
 
 def answer(status: int, ctype: str, data: bytes, reply: type[T], retry_after: str | None) -> T:
@@ -113,6 +146,8 @@ class CoordinatorClient:
         self.auth = {"Authorization": f"Bearer {token}"} if token else {}
         self.ssl: ssl.SSLContext | bool = ssl_context or True
         self.direct_uploads = False  # outputs go to object storage (the coordinator says so)
+        self.batches = True  # until the coordinator shows it has no reports route
+        self.coalescer: Coalescer[p.Ack] = Coalescer(self._post_reports, _for_each)
 
     @property
     def base(self) -> str:
@@ -229,29 +264,51 @@ class CoordinatorClient:
             call.cancel()
 
     async def started(self, job: p.Assignment, prompt_id: str, seeds: dict[str, int]) -> p.Ack:
-        return await self.call(
-            "started",
-            p.Started(
-                agent_id=self.agent_id,
-                job_id=job.job_id,
-                attempt=job.attempt,
-                prompt_id=prompt_id,
-                seeds=seeds,
-            ),
-            p.Ack,
-            STARTED,
+        msg = p.Started(
+            agent_id=self.agent_id,
+            job_id=job.job_id,
+            attempt=job.attempt,
+            prompt_id=prompt_id,
+            seeds=seeds,
         )
+        return await self._report("started", msg, p.Report(started=msg), STARTED)
 
     async def events(self, job: p.JobRef, events: list[p.JobEvent]) -> p.Ack:
-        return await self.call(
-            "events",
-            p.Events(agent_id=self.agent_id, job_id=job.job_id, attempt=job.attempt, events=events),
-            p.Ack,
-            EVENTS,
+        msg = p.Events(
+            agent_id=self.agent_id, job_id=job.job_id, attempt=job.attempt, events=events
         )
+        return await self._report("events", msg, p.Report(events=msg), EVENTS)
 
     async def finish(self, msg: p.Finish) -> p.Ack:
-        return await self.call("finish", msg, p.Ack, REPORT)
+        return await self._report("finish", msg, p.Report(finish=msg), REPORT)
+
+    async def _report(self, path: str, msg: Any, report: p.Report, policy: RetryPolicy) -> p.Ack:
+        """Send one report under `policy`: with the others in flight (POST reports), or alone
+        on its own route once the coordinator has shown it takes no batches."""
+        together = msgspec.Raw(codec.encode(report))
+
+        async def once() -> p.Ack:
+            if self.batches:
+                try:
+                    return await self.coalescer.send(together)
+                except Refused as exc:
+                    if not (exc.of_batch and exc.status in (404, 405)):
+                        raise
+                    if self.batches:
+                        self.batches = False
+                        log.info("coordinator_takes_reports_one_by_one", status=exc.status)
+            return await self._request(
+                "POST", path, p.Ack, data=codec.encode(msg), content_type=codec.MSGPACK
+            )
+
+        return await policy.call(once, path)
+
+    async def _post_reports(self, bodies: list[msgspec.Raw]) -> list[p.Ack | Exception]:
+        data = codec.encode(_Reports(agent_id=self.agent_id, reports=bodies))
+        reply = await self._request(
+            "POST", "reports", p.ReportsReply, data=data, content_type=codec.MSGPACK
+        )
+        return [_ack_of(item) for item in reply.acks]
 
     async def upload(
         self, job: p.JobRef, name: str, path: Path, size: int, sha256: str, chunk_size: int

@@ -185,7 +185,7 @@ def target_rows(res: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
 
 
 def render(res: dict[str, Any]) -> list[str]:
-    out = ["", "## 8. Several coordinators on PostgreSQL", ""]
+    out = ["", "## 10. Several coordinators on PostgreSQL", ""]
     fo = res.get("failover")
     if fo and "first_placement_s" in fo:
         e, p = fo["elected_s"], fo["first_placement_s"]

@@ -2,9 +2,11 @@
 
 A coordinator in its own process; N jobs of mixed sizes are queued first (no agent yet), then M
 lightweight agents (asyncio tasks in this process speaking the real agent protocol, msgpack over
-HTTP, 4 heterogeneous GPUs each) register, heartbeat every 5 s and run a lease -> started ->
-finish loop with 0 ms jobs until the queue is empty. The coordinator's RSS is read after the
-queue is filled (bytes per queued job) and after the agents registered (bytes per agent).
+HTTP, 4 heterogeneous GPUs each) register, heartbeat every 5 s and run a loop of lease, then one
+reports request holding started and finish of every job leased (0 ms jobs), until the queue is
+empty; `--single` sends started and finish one request each (the protocol before batches). The
+coordinator's RSS is read after the queue is filled (bytes per queued job) and after the agents
+registered (bytes per agent).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
+from comfyfleet.shared import protocol as p
 from tests.helpers.protocol_agent import ProtocolAgent
 
 
@@ -30,7 +33,9 @@ class Counter:
         self.finished = asyncio.Event()
 
 
-async def agent_loop(a: ProtocolAgent, c: Counter, heartbeat_s: float) -> None:
+async def agent_loop(
+    a: ProtocolAgent, c: Counter, heartbeat_s: float, single: bool = False
+) -> None:
     async def beat() -> None:
         while not c.finished.is_set():
             await asyncio.sleep(heartbeat_s * random.random() if c.done == 0 else heartbeat_s)
@@ -47,11 +52,18 @@ async def agent_loop(a: ProtocolAgent, c: Counter, heartbeat_s: float) -> None:
             c.last_lease = now
             c.leased += len(reply.jobs)
 
-            async def run(job: Any) -> None:
-                await a.started(job)
-                await a.finish(job, outputs=[])
+            if single:
 
-            await asyncio.gather(*(run(j) for j in reply.jobs))
+                async def run(job: Any) -> None:
+                    await a.started(job)
+                    await a.finish(job, outputs=[])
+
+                await asyncio.gather(*(run(j) for j in reply.jobs))
+            else:
+                await a.reports(
+                    [p.Report(started=a.started_msg(j)) for j in reply.jobs]
+                    + [p.Report(finish=a.finish_msg(j)) for j in reply.jobs]
+                )
             c.done += len(reply.jobs)
             c.last_done = time.monotonic()
             if c.done >= c.total:
@@ -72,11 +84,17 @@ def job_bodies(n: int, seed: int = 7) -> list[dict[str, Any]]:
     ]
 
 
-async def measure(coord: common.Coordinator, agents: int, jobs: int) -> dict[str, Any]:
+async def measure(
+    coord: common.Coordinator, agents: int, jobs: int, single: bool = False
+) -> dict[str, Any]:
     import psutil
 
     proc = psutil.Process(coord.pid)
-    out: dict[str, Any] = {"agents": agents, "jobs": jobs}
+    out: dict[str, Any] = {
+        "agents": agents,
+        "jobs": jobs,
+        "reports": "single" if single else "batch",
+    }
     async with common.session() as s:
         rss0 = proc.memory_info().rss
         _, rate = await common.submit_many(s, coord.url, job_bodies(jobs))
@@ -93,7 +111,7 @@ async def measure(coord: common.Coordinator, agents: int, jobs: int) -> dict[str
         me = common.Sampler(__import__("os").getpid())
         with common.Sampler(coord.pid) as sampler, me:
             t0 = time.monotonic()
-            tasks = [asyncio.create_task(agent_loop(a, c, 5.0)) for a in fleet]
+            tasks = [asyncio.create_task(agent_loop(a, c, 5.0, single)) for a in fleet]
             await c.finished.wait()
             wall = c.last_done - t0
         for t in tasks:
@@ -108,13 +126,17 @@ async def measure(coord: common.Coordinator, agents: int, jobs: int) -> dict[str
 
 
 def run(
-    tmp: Path, agents: int, jobs: int, coordinator_args: list[str] | None = None
+    tmp: Path,
+    agents: int,
+    jobs: int,
+    coordinator_args: list[str] | None = None,
+    single: bool = False,
 ) -> dict[str, Any]:
     coord = common.Coordinator(tmp, ["--heartbeat-interval", "5", *(coordinator_args or [])])
     coord.start()
     try:
         common.wait_leading(coord.url)  # on PostgreSQL it takes the lease first
-        return asyncio.run(measure(coord, agents, jobs))
+        return asyncio.run(measure(coord, agents, jobs, single))
     finally:
         coord.stop()
 
@@ -143,8 +165,9 @@ if __name__ == "__main__":
     import sys
     import tempfile
 
-    m = int(sys.argv[1]) if len(sys.argv) > 1 else 100
-    n = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    m = int(args[0]) if args else 100
+    n = int(args[1]) if len(args) > 1 else 2000
     with tempfile.TemporaryDirectory() as d:
-        print(run(Path(d), m, n))
+        print(run(Path(d), m, n, single="--single" in sys.argv))
     print(plan_only(m, n))

@@ -136,8 +136,16 @@ def bench_all(
         timed("failover", lambda d: failover.run(d, size["failover_kills"]))
     if want("stores"):
         timed("stores", lambda d: failover.compare_stores(d, *size["stores"]))
-    if want("real_comfy"):  # a real ComfyUI when COMFY_URL answers, else the simulator
-        timed("real_comfy", lambda d: real_comfy.run(d, **size["real_comfy"]))
+    if want("real_comfy"):  # the simulator with ComfyUI's costs; a real ComfyUI when one answers
+        rc = size["real_comfy"]
+        real = real_comfy.reachable(os.environ.get("COMFY_URL"))
+        after = 0 if real else rc["after"]  # the long run once, on the real one when there is one
+        timed(
+            "real_comfy_sim",
+            lambda d: real_comfy.compare(d, None, rc["jobs"], rc["rounds"], after=after),
+        )
+        if real:
+            timed("real_comfy", lambda d: real_comfy.run(d, **rc))
     return res
 
 
@@ -197,21 +205,15 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(
             ("≥ 2,000 agents at 5 s heartbeat, p99 < 50 ms", note, _ok(n, lambda v: v >= 2000))
         )
+    floors = {2000: 99, 200: 99, 20: 90}  # issue 18: 200 ms jobs >= 99 %, 20 ms jobs >= 90 %
     for u in res.get("utilisation", []) if isinstance(res.get("utilisation"), list) else []:
-        if u["gpu_ms"] == 2000:
+        floor = floors.get(int(u["gpu_ms"]))
+        if floor is not None:
             rows.append(
                 (
-                    "fleet efficiency ≥ 99 % (2 s jobs)",
+                    f"fleet efficiency ≥ {floor} % ({u['gpu_ms']:g} ms jobs)",
                     f"{u['efficiency_pct']} %",
-                    _ok(u["efficiency_pct"], lambda v: v >= 99),
-                )
-            )
-        if u["gpu_ms"] == 200:
-            rows.append(
-                (
-                    "fleet efficiency ≥ 95 % (200 ms jobs)",
-                    f"{u['efficiency_pct']} %",
-                    _ok(u["efficiency_pct"], lambda v: v >= 95),
+                    _ok(u["efficiency_pct"] - floor, lambda v: v >= 0),
                 )
             )
     for label, value, good in failover.target_rows(res):
@@ -248,6 +250,7 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str]]:
             )
         )
     rows += real_comfy_targets(res.get("real_comfy", {}))
+    rows += real_comfy_targets(res.get("real_comfy_sim", {}))
     return rows
 
 
@@ -283,6 +286,48 @@ def real_comfy_targets(rc: dict[str, Any]) -> list[tuple[str, str, str]]:
             )
         )
     return rows
+
+
+def render_real_comfy(res: dict[str, Any]) -> list[str]:
+    out = ["", "## 7. ComfyUI driven through comfyfleet vs directly", ""]
+    out += [
+        "The same model-free prompts (EmptyImage → ImageInvert → SaveImage, six sizes, a colour "
+        "each), all submitted at once: `direct` is one client on ComfyUI's own API (one "
+        "WebSocket, every prompt POSTed, one /view each); `fleet` is a coordinator and one agent "
+        "(real processes) in front of the same ComfyUI. Rounds alternate in one run; every "
+        "output is checked. CPU ms per job of each process over its round (psutil).",
+        "",
+    ]
+    for key in ("real_comfy", "real_comfy_sim"):
+        rc = res.get(key)
+        if not rc:
+            continue
+        if "error" in rc:
+            out += [f"{key}: failed: {rc['error']}", ""]
+            continue
+        out += [
+            f"**{rc.get('target', key)}**, {rc['jobs']} jobs per round: ratio **{rc['ratio']}** "
+            f"(median jobs/s: fleet {rc['fleet_jobs_per_s']}, direct {rc['direct_jobs_per_s']})",
+            "",
+            "| round | how | after jobs | jobs/s | ComfyUI CPU ms/job | coordinator | agent |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in rc.get("rounds", []):
+            out.append(
+                f"| {r['round']} | {r['how']} | {r['after_jobs']} | {r['jobs_per_s']} | "
+                f"{r.get('comfyui_cpu_ms_per_job', '')} | "
+                f"{r.get('coordinator_cpu_ms_per_job', '')} | "
+                f"{r.get('agent_cpu_ms_per_job', '')} |"
+            )
+        out.append("")
+    if "real_comfy" not in res:
+        out += [
+            "No real ComfyUI answered at `COMFY_URL` in this run: only the simulator, which "
+            "spends a real ComfyUI's measured CPU per request (`sim/costs.py`). See the issue 18 "
+            "notes below for runs against a real ComfyUI.",
+            "",
+        ]
+    return out
 
 
 def render(
@@ -428,6 +473,7 @@ def render(
         ]
     elif st:
         out.append(f"failed: {st}")
+    out += render_real_comfy(res)
     out += ["", "## 8. Webhook delivery (COMPLETED → the receiver holds the signed request)", ""]
     wh = res.get("webhooks")
     if wh and "jobs" in wh:
@@ -463,16 +509,6 @@ def render(
         ]
     elif ob:
         out.append(f"failed: {ob}")
-    out += [
-        "",
-        "## 7. Real ComfyUI overhead",
-        "",
-        "Not run: no real ComfyUI was available on this machine (the benchmarks use the "
-        "simulator). To run it by hand: the same 100 model-free workflows "
-        "(`bench.common.tiny_workflow`) posted straight to ComfyUI and through comfyfleet, "
-        "wall time ratio.",
-        "",
-    ]
     out += failover.render(res)
     notes = ROOT / "bench" / "notes.md"
     if notes.exists():
@@ -497,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
             "object_store",
             "failover",
             "stores",
+            "real_comfy",
         ],
     )
     ap.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")

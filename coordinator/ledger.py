@@ -7,6 +7,9 @@ followed by each change's own memory effects (`Change.then`). A store fault (Sto
 raises before memory is touched, so memory never holds what the store does not. The webhook
 messages a change causes (`Notices`, the outbox) are written in the same transaction.
 
+`batch()` puts several calls' changes in one store transaction (ledger_batch.py): a failed
+batch leaves nothing of itself in the store or in memory.
+
 With several coordinators the ledger belongs to one leader's term: its store fences every write by
 the term's `epoch`, and each move it writes is stamped with that epoch in the job's history.
 """
@@ -15,15 +18,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from functools import partial
+from typing import Any, Protocol, cast
 
 import msgspec
 import structlog
 
 from comfyfleet.coordinator import jobs as moves
 from comfyfleet.coordinator.errors import Conflict, StoreUnavailable
+from comfyfleet.coordinator.feed import Feed
+from comfyfleet.coordinator.ledger_batch import Later, Pending
 from comfyfleet.coordinator.model import AgentRecord, JobRecord, WebhookMessage
 from comfyfleet.coordinator.outputs import OutputFiles
 from comfyfleet.coordinator.state import Live
@@ -66,6 +73,42 @@ class Ledger:
         self.outputs = outputs
         self.notices = notices
         self.epoch = epoch  # the leader's term (None: the one coordinator, no terms)
+        self.pending: Pending | None = None  # the open batch
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Every change made inside goes into one store transaction, committed at the end.
+
+        Memory follows each change at once; the feed's calls and the after-effects (`after`,
+        `Change.then`) wait for the commit. If the block raises or the commit fails, the store
+        keeps nothing of the batch, memory is put back as it was, and the exception propagates.
+        Must be used with no await inside (other requests would see uncommitted memory). A
+        batch inside a batch joins it.
+        """
+        if self.pending is not None:
+            yield
+            return
+        pending = self.pending = Pending(self.live)
+        feed = self.live.feed
+        self.live.feed = cast(Feed, Later(feed, pending.later))
+        try:
+            with self.store.batch():
+                yield
+        except BaseException:
+            pending.undo()
+            raise
+        finally:
+            self.live.feed = feed
+            self.pending = None
+        pending.run()
+
+    def after(self, effect: Callable[[], None]) -> None:
+        """Run `effect` once the changes so far are durable: now, or at the open batch's commit
+        (never, if it fails)."""
+        if self.pending is None:
+            effect()
+        else:
+            self.pending.later.append(effect)
 
     def stamped(self, old: JobRecord | None, new: JobRecord) -> JobRecord:
         """`new` with the moves it adds to `old`'s history stamped with this term's epoch."""
@@ -89,12 +132,14 @@ class Ledger:
         outbox = [self.notices.messages(c.old, c.new) for c in changes] if self.notices else []
         oks = self.store.update_jobs(items, outbox)
         if self.notices is not None and any(m for m, ok in zip(outbox, oks, strict=True) if ok):
-            self.notices.written()
+            self.after(self.notices.written)
         for change, ok in zip(changes, oks, strict=True):
             if ok:
+                if self.pending is not None:
+                    self.pending.touch(change.old, change.new)
                 self.live.index(change.old, change.new)
                 if change.then is not None:
-                    change.then(change.new)
+                    self.after(partial(change.then, change.new))
         if strict and not all(oks):
             stale = next(c.old.id for c, ok in zip(changes, oks, strict=True) if not ok)
             raise Conflict(f"job {stale} changed concurrently; try again")
@@ -108,6 +153,8 @@ class Ledger:
 
     def insert(self, job: JobRecord) -> tuple[JobRecord, bool]:
         """Store a new job (or find the one its idempotency key names), then index it."""
+        if self.pending is not None:
+            raise RuntimeError("Ledger.insert inside a batch: a failed batch could not undo it")
         stored, created = self.store.insert_job(self.stamped(None, job))
         if created:
             self.live.index(None, stored)

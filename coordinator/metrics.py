@@ -91,6 +91,18 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
+        self.report_batch_size = Histogram(
+            "comfyfleet_agent_report_batch_size",
+            "Reports per agent request to POST agent/v1/reports",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
+        self.report_group_size = Histogram(
+            "comfyfleet_agent_report_group_size",
+            "Reports requests written in one store transaction (one event loop turn's)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
         self.finished = Counter(
             "comfyfleet_jobs_finished", "Jobs that reached a terminal state", ["status"], registry=r
         )

@@ -7,6 +7,7 @@ the job's current one (StaleAttempt), so a late or duplicate report never moves 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -68,7 +69,15 @@ class Reports(Part):
                     seeds=dict(msg.seeds),
                 ),
             )
-            log.info("job_running", job_id=job.id, agent_id=msg.agent_id, attempt=job.attempt)
+            self.ledger.after(
+                partial(
+                    log.info,
+                    "job_running",
+                    job_id=job.id,
+                    agent_id=msg.agent_id,
+                    attempt=job.attempt,
+                )
+            )
         return p.Ack(status="cancel" if job.desired != "run" else job.status.value)
 
     def events(self, msg: p.Events) -> p.Ack:
@@ -182,16 +191,20 @@ class Reports(Part):
                 error=err or {"code": "failed", "message": "failed"},
             )
             self.ledger.commit(job, new)
-            self.outputs.drop_attempt(job.id, job.attempt)
-            if agent is not None:
-                agent.recent_failures.append(now)
-            log.info(
-                "job_failed",
-                job_id=job.id,
-                agent_id=msg.agent_id,
-                attempt=job.attempt,
-                code=(err or {}).get("code"),
-            )
+
+            def failed() -> None:
+                self.outputs.drop_attempt(job.id, job.attempt)
+                if agent is not None:
+                    agent.recent_failures.append(now)
+                log.info(
+                    "job_failed",
+                    job_id=job.id,
+                    agent_id=msg.agent_id,
+                    attempt=job.attempt,
+                    code=(err or {}).get("code"),
+                )
+
+            self.ledger.after(failed)
             return p.Ack(status=new.status.value)
         if msg.outcome == "cancelled" and job.desired == "cancel":
             # an error here says where ComfyUI stopped (the ComfyUI facade's /history)
@@ -199,7 +212,7 @@ class Reports(Part):
                 job, JobEvent.CANCEL, now, "cancelled by user; agent confirmed", error=err
             )
             self.ledger.commit(job, new)
-            self.outputs.drop_attempt(job.id, job.attempt)
+            self.ledger.after(lambda: self.outputs.drop_attempt(job.id, job.attempt))
             return p.Ack(status=new.status.value)
         stopped = moves.stop_error(job)
         if stopped is not None:
@@ -210,10 +223,14 @@ class Reports(Part):
             job, now, reason, spend_retry=msg.spend_retry, error=err
         )
         self.ledger.apply([released])
-        if host_fault:  # this host lacks something: block the pair, try another host
-            self.learning.pair_failed(msg.agent_id, job.workflow_facts.shape, now, err)
-        if msg.outcome == "failed" and agent is not None:
-            agent.recent_failures.append(now)
+
+        def gave_back() -> None:
+            if host_fault:  # this host lacks something: block the pair, try another host
+                self.learning.pair_failed(msg.agent_id, job.workflow_facts.shape, now, err)
+            if msg.outcome == "failed" and agent is not None:
+                agent.recent_failures.append(now)
+
+        self.ledger.after(gave_back)
         return p.Ack(status=released.new.status.value)
 
     def _completed(
@@ -249,6 +266,13 @@ class Reports(Part):
         )
         changes.append(Change(running, new))
         self.ledger.apply(changes)
+        self.ledger.after(lambda: self._learn_completed(job, new, agent, msg.agent_id))
+        return p.Ack(status=new.status.value)
+
+    def _learn_completed(
+        self, job: JobRecord, new: JobRecord, agent: AgentState | None, agent_id: str
+    ) -> None:
+        """After a completion is durable: the attempt's upload checks go, learning learns."""
         self.outputs.forget(job.id, job.attempt)
         self.outputs.drop_other_attempts(job.id, job.attempt)
         self.learning.learn(new)
@@ -259,11 +283,10 @@ class Reports(Part):
         log.info(
             "job_completed",
             job_id=job.id,
-            agent_id=msg.agent_id,
+            agent_id=agent_id,
             attempt=job.attempt,
-            outputs=len(outputs),
+            outputs=len(new.outputs),
         )
-        return p.Ack(status=new.status.value)
 
 
 def _gpu_name(agent: AgentState | None, gpu_index: int | None) -> str | None:

@@ -44,6 +44,7 @@ from comfyfleet.coordinator.outputs import OutputFiles
 from comfyfleet.coordinator.parts import Parts
 from comfyfleet.coordinator.placement import Placer
 from comfyfleet.coordinator.recovery import job_dirs, recover, sweep_job_dir
+from comfyfleet.coordinator.report_batch import Refusal, ReportWriter
 from comfyfleet.coordinator.reports import Reports
 from comfyfleet.coordinator.retention import Retention
 from comfyfleet.coordinator.scheduler.model import JobRequest
@@ -103,6 +104,7 @@ class Coordinator:
         self.intake = Intake(parts) if self.leading else FollowerIntake(parts)
         self.agent_link = AgentLink(parts)
         self.reports = Reports(parts)
+        self.report_writer = ReportWriter(self.reports)
         self.placer = Placer(parts)
         self.sweeper = Sweeper(parts)
         self.orders = Orders(parts, self.intake)
@@ -196,6 +198,9 @@ class Coordinator:
 
     def finish(self, msg: p.Finish) -> p.Ack:
         return self.reports.finish(msg)
+
+    async def report_batch(self, msg: p.Reports, refusal: Refusal) -> p.ReportsReply:
+        return await self.report_writer.submit(msg, refusal)
 
     # Read-only views of live memory (the API's views, metrics, tests).
     @property

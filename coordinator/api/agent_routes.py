@@ -11,6 +11,7 @@ from aiohttp import web
 
 from comfyfleet.coordinator.api.auth import check_agent, principal
 from comfyfleet.coordinator.api.body import decode_body, reply
+from comfyfleet.coordinator.api.errors import refusal
 from comfyfleet.coordinator.api.keys import CONFIG, COORDINATOR
 from comfyfleet.coordinator.api.upload import UPLOAD_LOCKS, receive_chunk
 from comfyfleet.coordinator.service import Coordinator
@@ -66,6 +67,24 @@ PROTOCOL: dict[str, tuple[type[Any], Callable[[Coordinator, Any, bool], Any]]] =
 }
 for _path, (_type, _call) in PROTOCOL.items():
     routes.post(f"{PREFIX}/{_path}")(_protocol_route(_type, _call))
+
+
+def report_error(exc: Exception) -> p.ReportError | None:
+    """A refused report of a batch: the answer it would get alone (api/errors.py)."""
+    refused = refusal(exc)
+    if refused is None:
+        return None
+    status, code, message, field = refused
+    return p.ReportError(status=status, code=code, message=message, field=field)
+
+
+@routes.post(PREFIX + "/reports")
+async def reports(request: web.Request) -> web.Response:
+    """Several started/events/finish reports of one agent; the requests of one event loop turn
+    are written in one store transaction (report_batch.ReportWriter)."""
+    msg = await _msg(request, p.Reports)
+    check_agent(request, msg.agent_id)
+    return reply(request, await request.app[COORDINATOR].report_batch(msg, report_error))
 
 
 def _int(request: web.Request, name: str) -> int:

@@ -34,13 +34,31 @@ def error_response(
     )
 
 
+Refused = tuple[int, str, str, str | None]  # status, code, message, field
+
+
+def _shared_refusal(exc: SharedError) -> Refused:
+    if isinstance(exc, InvalidInput):
+        status = 422 if exc.code in ("ui_format", "unsupported") else 400
+        return status, exc.code, exc.message, exc.field
+    return 409, "conflict", str(exc), None
+
+
+def refusal(exc: Exception) -> Refused | None:
+    """The 4xx that answers `exc` (as the middleware does); None if it is no refusal."""
+    if isinstance(exc, SharedError):
+        return _shared_refusal(exc)
+    if isinstance(exc, CoordinatorError) and exc.status < 500:
+        return exc.status, exc.code, exc.message, exc.field
+    return None
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except InvalidInput as exc:
-        status = 422 if exc.code in ("ui_format", "unsupported") else 400
-        return error_response(status, exc.code, exc.message, exc.field)
+    except SharedError as exc:  # InvalidInput among them
+        return error_response(*_shared_refusal(exc))
     except CoordinatorError as exc:
         if exc.status >= 500:
             log.warning("refused", path=request.path, code=exc.code, message=exc.message)
@@ -51,8 +69,6 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             exc.field,
             headers=retry_after(exc, request.app[CONFIG].retry_after_s),
         )
-    except SharedError as exc:
-        return error_response(409, "conflict", str(exc))
     except web.HTTPRequestEntityTooLarge as exc:
         return error_response(413, "too_large", f"body too large: {exc.text}", "body")
     except web.HTTPException as exc:

@@ -31,10 +31,12 @@ BODY_TYPES: tuple[type[Any], ...] = (
     p.Started,
     p.Events,
     p.Finish,
+    p.Reports,
     p.RegisterReply,
     p.HeartbeatReply,
     p.LeaseReply,
     p.Ack,
+    p.ReportsReply,
     p.UploadState,
     p.UploadPlan,
 )
@@ -231,6 +233,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             ("started", p.Started, p.Ack),
             ("events", p.Events, p.Ack),
             ("finish", p.Finish, p.Ack),
+            ("reports", p.Reports, p.ReportsReply),
         )
     },
     ("put", "/agent/v1/jobs/{job_id}/outputs/{name}"): _op(

@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 Schema = dict[str, Any]
+Field = str | Schema  # a string is the description of a plain value
 
 
-def obj(fields: dict[str, str | Schema], required: bool = True) -> Schema:
-    """An object with these fields (a string is the description of a plain value)."""
+def _object(fields: dict[str, Field], required: bool) -> Schema:
     props = {k: ({"description": v} if isinstance(v, str) else v) for k, v in fields.items()}
     out: Schema = {"type": "object", "properties": props}
     if required:
@@ -23,7 +23,28 @@ def obj(fields: dict[str, str | Schema], required: bool = True) -> Schema:
     return out
 
 
-def arr(items: str | Schema) -> Schema:
+def obj(fields: dict[str, Field]) -> Schema:
+    """An object that always has these fields."""
+    return _object(fields, required=True)
+
+
+def optional(fields: dict[str, Field]) -> Schema:
+    """An object whose fields may each be missing."""
+    return _object(fields, required=False)
+
+
+def event(names: str, described: dict[str, Field] | None = None) -> Schema:
+    """An SSE event's data: the fields `names` lists, in order, always sent. Most repeat a field
+    of the job, its progress or the agent, described there; here only the others are."""
+    described = described or {}
+    order = names.split()
+    unknown = set(described) - set(order)
+    if unknown:
+        raise ValueError(f"described but not named: {sorted(unknown)}")
+    return obj({name: described.get(name, "") for name in order})
+
+
+def arr(items: Field) -> Schema:
     return {"type": "array", "items": {"description": items} if isinstance(items, str) else items}
 
 
@@ -31,7 +52,7 @@ def nullable(schema: Schema) -> Schema:
     return {"anyOf": [schema, {"type": "null"}]}
 
 
-OUTPUT = obj(
+OUTPUT = optional(
     {
         "name": "stored name; unique within the job",
         "original": "the file name ComfyUI wrote (subfolder/filename, any characters)",
@@ -41,21 +62,19 @@ OUTPUT = obj(
         "node_id": "the node that wrote it",
         "kind": "ComfyUI's folder type: output or temp",
         "comfy_ref": nullable(
-            obj(
+            optional(
                 {
                     "filename": "as ComfyUI named it",
                     "subfolder": "",
                     "type": "output or temp",
                     "key": "the ui key that listed it (images, gifs, …)",
-                },
-                required=False,
+                }
             )
         ),
         "url": "where to download it",
-    },
-    required=False,
+    }
 )
-ERROR_INFO = obj(
+ERROR_INFO = optional(
     {
         "code": "e.g. retries_exhausted, timeout, node_error, out_of_memory",
         "message": "what went wrong",
@@ -63,10 +82,9 @@ ERROR_INFO = obj(
         "node_type": "its class",
         "retryable": "whether the failure was outside the workflow",
         "details": "ComfyUI's own error details",
-    },
-    required=False,
+    }
 )
-PROGRESS = obj(
+PROGRESS = optional(
     {
         "fraction": "0..1, null until the agent reports",
         "node": "the node running now",
@@ -75,8 +93,7 @@ PROGRESS = obj(
         "max": "steps of the node",
         "cached_nodes": "nodes ComfyUI served from cache",
         "updated_at": "when the agent last reported",
-    },
-    required=False,
+    }
 )
 TRANSITION = obj(
     {
@@ -92,15 +109,14 @@ TRANSITION = obj(
     }
 )
 ETA = nullable(
-    obj(
+    optional(
         {
             "expected_s": "learned duration of this workflow shape (on this GPU model); null if "
             "only progress is known",
             "elapsed_s": "running for (running jobs)",
             "remaining_s": "time left",
             "eta_at": "unix time it should end (running jobs)",
-        },
-        required=False,
+        }
     )
 )
 NODE_TIMING = obj(
@@ -137,7 +153,7 @@ TENANT = obj(
 )
 
 # GET /v1/jobs/{id} (and the answers of submit and cancel)
-JOB_SUMMARY_FIELDS: dict[str, str | Schema] = {
+JOB_SUMMARY_FIELDS: dict[str, Field] = {
     "id": "job id",
     "status": "SUBMITTED, QUEUED, ASSIGNED, RUNNING, COMPLETED, FAILED or CANCELLED",
     "attempt": "placements so far (the fencing token)",
@@ -169,7 +185,7 @@ JOB_SUMMARY_FIELDS: dict[str, str | Schema] = {
     "metadata": "what the client sent",
     "eta": ETA,
 }
-JOB_DETAIL_FIELDS: dict[str, str | Schema] = {
+JOB_DETAIL_FIELDS: dict[str, Field] = {
     "seeds": "node id -> seed used (the -1 seeds replaced)",
     "constraints": obj({"labels": "", "gpu_name": "", "models": ""}),
     "timeout_s": "per attempt",
@@ -187,7 +203,7 @@ JOB_LIST = obj(
     {"jobs": arr(JOB_SUMMARY), "next_cursor": "the cursor of the next page, or null at the end"}
 )
 
-AGENT_GPU = obj(
+AGENT_GPU = optional(
     {
         "index": "GPU index on its host",
         "name": "model, e.g. NVIDIA GeForce RTX 4090",
@@ -199,8 +215,7 @@ AGENT_GPU = obj(
         "source": "nvml or comfyui (where the numbers come from)",
         "vram_reserved_mb": "reservations of the jobs placed on it",
         "vram_schedulable_mb": "what a new job could reserve now",
-    },
-    required=False,
+    }
 )
 RESTART = obj(
     {
@@ -231,7 +246,7 @@ AGENT = obj(
         ),
         "gpus": arr(AGENT_GPU),
         "instances": arr(
-            obj(
+            optional(
                 {
                     "instance_id": "",
                     "url": "",
@@ -246,8 +261,7 @@ AGENT = obj(
                     "last_restart_reason": "managed: why the agent last restarted it",
                     "restart_counts": "managed: reason -> restarts since the agent started",
                     "restarts": arr(RESTART),
-                },
-                required=False,
+                }
             )
         ),
         "models": "model files its ComfyUI has",
@@ -275,65 +289,33 @@ HEALTH = obj(
 
 # Server-sent events: `event: <kind>`, `id: <n>`, `data: <one of these>`
 EVENTS: dict[str, Schema] = {
-    "SseJob": obj(
+    "SseJob": event(
+        "job_id status attempt agent_id at reason pending_reason cancel_requested error outputs "
+        "timestamps",
         {
-            "job_id": "",
-            "status": "",
-            "attempt": "",
-            "agent_id": "",
             "at": "when",
             "reason": "the transition's reason",
-            "pending_reason": "",
-            "cancel_requested": "",
             "error": nullable(ERROR_INFO),
             "outputs": arr(OUTPUT),
-            "timestamps": "",
-        }
+        },
     ),
-    "SseProgress": obj(
+    "SseProgress": event(
+        "job_id attempt fraction node node_type value max cached_nodes at running_since",
+        {"running_since": "when the job entered RUNNING"},
+    ),
+    "SsePreview": event(
+        "job_id attempt mime url", {"mime": "image type", "url": "GET it for the frame"}
+    ),
+    "SseOutput": optional({"job_id": "", "attempt": "", **OUTPUT["properties"]}),
+    "SseAgent": event(
+        "agent_id event status draining jobs gpus",
         {
-            "job_id": "",
-            "attempt": "",
-            "fraction": "",
-            "node": "",
-            "node_type": "",
-            "value": "",
-            "max": "",
-            "cached_nodes": "",
-            "at": "",
-            "running_since": "when the job entered RUNNING",
-        }
-    ),
-    "SsePreview": obj(
-        {"job_id": "", "attempt": "", "mime": "image type", "url": "GET it for the frame"}
-    ),
-    "SseOutput": obj(
-        {"job_id": "", "attempt": "", **OUTPUT["properties"]},
-        required=False,
-    ),
-    "SseAgent": obj(
-        {
-            "agent_id": "",
             "event": "registered, heartbeat, lost, drain …",
-            "status": "",
-            "draining": "",
             "jobs": "ids of its active jobs the caller may see",
-            "gpus": arr(
-                obj(
-                    {
-                        "index": "",
-                        "name": "",
-                        "vram_total_mb": "",
-                        "vram_used_mb": "",
-                        "vram_free_mb": "",
-                    }
-                )
-            ),
-        }
+            "gpus": arr(event("index name vram_total_mb vram_used_mb vram_free_mb")),
+        },
     ),
-    "SseComfyuiRestarted": obj(
-        {"agent_id": "", "instance_id": "", **RESTART["properties"]},
-    ),
+    "SseComfyuiRestarted": obj({"agent_id": "", "instance_id": "", **RESTART["properties"]}),
 }
 # SSE `event:` name -> schema of its data
 EVENT_KINDS = {

@@ -183,6 +183,8 @@ class Prompt:
     keep_end: bool = True  # keep the end for a client that has no socket (not for v2 jobs)
     legacy: LegacyOrder = field(default_factory=LegacyOrder)  # for a client without metadata
     ended: bool = False  # the coordinator decided its end
+    place: tuple[str | None, str | None] = (None, None)  # (agent, ComfyUI instance) it ran on
+    counted: bool = True  # still in queue_remaining (ComfyUI has not let it go)
 
     def holds_end(self) -> bool:
         return not self.ended and self.stream.holding
@@ -214,6 +216,8 @@ class Hub:
         prompt = Prompt(job.tenant, meta.client_id, PromptStream(job.id, meta.prompt_id, started))
         prompt.keep_end = V2 not in job.spec.metadata  # a v2 client follows its job over SSE
         prompt.ran = started
+        if started:
+            prompt.place = (job.agent_id, job.instance_id)
         self.prompts[job.id] = prompt
         self.open_count[job.tenant] = self.open_count.get(job.tenant, 0) + 1
         return prompt
@@ -231,14 +235,36 @@ class Hub:
         if new.status in TERMINAL:
             del self.prompts[new.id]
             prompt.ended = True
-            self.open_count[prompt.tenant] = max(0, self.open_count.get(prompt.tenant, 1) - 1)
+            self._uncount(prompt)
             self._route(prompt, prompt.stream.end(new), final=True)
             if prompt.client_id is not None:  # (without one, the end went to every socket)
                 self._broadcast_status(prompt.tenant, skip=prompt.client_id)
             return
-        if new.status == JobStatus.RUNNING and not prompt.ran:
-            prompt.ran = True
-            self._broadcast_status(prompt.tenant)
+        if new.status == JobStatus.QUEUED:  # requeued: in the queue again, on no instance
+            prompt.place = (None, None)
+            if not prompt.counted:
+                prompt.counted = True
+                self.open_count[prompt.tenant] = self.open_count.get(prompt.tenant, 0) + 1
+        if new.status == JobStatus.RUNNING:
+            prompt.place = (new.agent_id, new.instance_id)
+            self._let_go_before(prompt)
+            if not prompt.ran:
+                prompt.ran = True
+                self._broadcast_status(prompt.tenant)
+
+    def _let_go_before(self, prompt: Prompt) -> None:
+        """A ComfyUI runs one prompt at a time: when `prompt` starts on an instance, the prompt
+        that ran there before has left ComfyUI's queue (its end may still be on its way, e.g.
+        an interrupted prompt's report comes after the next prompt's start), so it no longer
+        counts in queue_remaining, as ComfyUI's own status frame says."""
+        for other in self.prompts.values():
+            if other is not prompt and other.ran and other.place == prompt.place:
+                self._uncount(other)
+
+    def _uncount(self, prompt: Prompt) -> None:
+        if prompt.counted:
+            prompt.counted = False
+            self.open_count[prompt.tenant] = max(0, self.open_count.get(prompt.tenant, 1) - 1)
 
     def comfy_events(self, job: JobRecord, attempt: int, events: Iterable[JobEvent]) -> None:
         prompt = self.prompts.get(job.id)

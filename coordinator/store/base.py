@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Collection, Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from comfyfleet.coordinator.errors import StoreUnavailable
@@ -67,6 +68,15 @@ class Store(Protocol):
         `outbox`, when given, has one entry per item: the webhook messages that item's change
         causes, inserted in the same transaction if and only if the item was written.
         """
+        ...
+
+    def batch(self) -> AbstractContextManager[None]:
+        """One transaction around several calls: every write made inside it (update_jobs,
+        insert_job, ...) joins it and is committed when the block ends, or rolled back, all of
+        it, when the block raises or the commit fails (StoreUnavailable). Reads inside it see
+        its writes. A write refused inside it (Conflict: a duplicate id) leaves nothing of itself
+        and the block may go on; a fault of the medium fails the whole batch. A batch inside a
+        batch joins the outer one."""
         ...
 
     def get_job(self, job_id: str) -> JobRecord | None: ...

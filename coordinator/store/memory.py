@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 from comfyfleet.coordinator.errors import Conflict, StoreUnavailable
 from comfyfleet.coordinator.model import (
@@ -26,6 +28,7 @@ from comfyfleet.shared.jobspec import JobSpec
 from comfyfleet.shared.status import TERMINAL, JobStatus
 
 SCHEMA_VERSION = LATEST  # the memory store is always "fully migrated"
+_ABSENT = object()
 
 
 class MemoryStore:
@@ -37,10 +40,38 @@ class MemoryStore:
         self._tenants: dict[str, str] = {}
         self._doomed: dict[str, Doomed] = {}
         self._closed = False
+        # inside batch(): (table, key, value before) of every entry written, to roll back
+        self._undo: list[tuple[dict[Any, Any], Any, Any]] | None = None
 
     def _open(self) -> None:
         if self._closed:
             raise StoreUnavailable("store is closed")
+
+    def _keep(self, table: dict[Any, Any], key: Any) -> None:
+        """Inside a batch: remember `table[key]` as it was, before a write changes it."""
+        if self._undo is not None:
+            self._undo.append((table, key, table.get(key, _ABSENT)))
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        if self._undo is not None:  # joins the open batch
+            yield
+            return
+        self._open()
+        undo: list[tuple[dict[Any, Any], Any, Any]] = []
+        self._undo = undo
+        try:
+            yield
+            self._open()  # "commit": a store closed meanwhile keeps nothing of the batch
+        except BaseException:
+            for table, key, value in reversed(undo):
+                if value is _ABSENT:
+                    table.pop(key, None)
+                else:
+                    table[key] = value
+            raise
+        finally:
+            self._undo = None
 
     def schema_version(self) -> int:
         self._open()
@@ -54,8 +85,10 @@ class MemoryStore:
         if job.id in self._jobs:
             raise Conflict(f"job {job.id} already exists", field="id")
         row = codec.encode_job(job)
+        self._keep(self._jobs, row.id)
         self._jobs[row.id] = row
         if key is not None:
+            self._keep(self._keys, key)
             self._keys[key] = row.id
         return codec.decode_job(row), True
 
@@ -79,10 +112,13 @@ class MemoryStore:
             if ok and row is not None:
                 staged[job.id] = codec.apply_update(row, job)
             results.append(ok)
+        for job_id in staged:
+            self._keep(self._jobs, job_id)
         self._jobs.update(staged)
         for ok, messages in zip(results, outbox, strict=False):
             if ok:
                 for msg in messages:
+                    self._keep(self._messages, msg.id)
                     self._messages.setdefault(msg.id, msg)
         return results
 
@@ -137,6 +173,7 @@ class MemoryStore:
 
     def save_agent(self, agent: AgentRecord) -> None:
         self._open()
+        self._keep(self._agents, agent.agent_id)
         self._agents[agent.agent_id] = (float(agent.registered_at), codec.encode_agent_info(agent))
 
     def load_agents(self) -> list[AgentRecord]:
@@ -167,6 +204,7 @@ class MemoryStore:
         self._open()
         old = self._messages.get(msg.id)
         if old is not None:
+            self._keep(self._messages, msg.id)
             self._messages[msg.id] = dataclasses.replace(
                 old, next_at=msg.next_at, attempts=msg.attempts, state=msg.state, tries=msg.tries
             )
@@ -182,6 +220,7 @@ class MemoryStore:
 
     def save_tenant(self, tenant: str, settings: str) -> None:
         self._open()
+        self._keep(self._tenants, tenant)
         self._tenants[tenant] = settings
 
     def finished_jobs(
@@ -215,12 +254,16 @@ class MemoryStore:
             row = self._jobs.get(job.id)
             if row is None or row.status not in terminal:
                 continue
+            self._keep(self._jobs, job.id)
             del self._jobs[job.id]
             if row.idempotency_key is not None:
+                self._keep(self._keys, (row.tenant, row.idempotency_key))
                 self._keys.pop((row.tenant, row.idempotency_key), None)
             for msg_id in [m.id for m in self._messages.values() if m.job_id == job.id]:
+                self._keep(self._messages, msg_id)
                 del self._messages[msg_id]
             entry = Doomed(job.id, row.tenant, output_bytes(job))
+            self._keep(self._doomed, job.id)
             self._doomed[job.id] = entry
             doomed.append(entry)
         return doomed
@@ -232,6 +275,7 @@ class MemoryStore:
     def forget_doomed(self, job_ids: Sequence[str]) -> None:
         self._open()
         for job_id in job_ids:
+            self._keep(self._doomed, job_id)
             self._doomed.pop(job_id, None)
 
     def close(self) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections.abc import Collection, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,6 +109,7 @@ class PostgresStore(lead.LeaseAndOrders):
         self._mode = RAW
         self._epoch = 0
         self._owner = True
+        self._batch: psycopg.Connection[Any] | None = None  # inside batch(): its connection
         conninfo = self._conninfo(url)
         self._conninfo_str = conninfo
         with self._translated():
@@ -261,11 +262,42 @@ class PostgresStore(lead.LeaseAndOrders):
 
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection[Any]]:
+        if self._batch is not None:  # every call of a batch goes through its transaction
+            with self._translated():
+                yield self._batch
+            return
         pool = self._pool
         if pool is None:
             raise StoreUnavailable(f"job store {self._shown} is closed")
         with self._translated(), pool.connection() as conn:
             yield conn
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction on one pooled connection; a leader's writes in it stay fenced each
+        (the first fenced statement's share lock on the lease row holds to the COMMIT)."""
+        if self._batch is not None:  # joins the open batch
+            yield
+            return
+        pool = self._pool
+        if pool is None:
+            raise StoreUnavailable(f"job store {self._shown} is closed")
+        with self._translated(), pool.connection() as conn, conn.transaction():
+            self._batch = conn
+            try:
+                yield
+            finally:
+                self._batch = None
+
+    def _own_step(self, conn: psycopg.Connection[Any]) -> AbstractContextManager[Any]:
+        """Inside a batch, a savepoint: a statement that fails (a duplicate id) must not abort
+        the batch's transaction."""
+        return conn.transaction() if self._batch is not None else nullcontext()
+
+    def _transaction(self, conn: psycopg.Connection[Any]) -> AbstractContextManager[Any]:
+        """A transaction of its own, or inside a batch the batch's (a fault fails all of it;
+        no savepoint, two round trips fewer)."""
+        return conn.transaction() if self._batch is None else nullcontext()
 
     def _rows(self, query: Any, params: Sequence[object] = ()) -> list[JobRow]:
         with self._conn() as conn:
@@ -279,7 +311,7 @@ class PostgresStore(lead.LeaseAndOrders):
         row = codec.encode_job(job)
         values = codec.row_values(row)
         try:
-            with self._conn() as conn:
+            with self._conn() as conn, self._own_step(conn):
                 if self._mode == LEADER:  # fenced; the leader indexes its own jobs
                     query, params = q.INSERT_FENCED, self._fence(values)
                 elif self._mode == FOLLOWER:  # ordering the leader to pick the job up
@@ -319,7 +351,7 @@ class PostgresStore(lead.LeaseAndOrders):
             with self._conn() as conn:
                 return [conn.execute(query, params[0]).fetchone() is not None]
         oks: list[bool] = []
-        with self._conn() as conn, conn.transaction():
+        with self._conn() as conn, self._transaction(conn):
             with conn.pipeline(), conn.cursor() as cur:
                 # the UPDATEs in one pipeline; each UPDATE sees the ones before it
                 cur.executemany(query, params, returning=True)

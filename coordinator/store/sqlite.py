@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,7 @@ class SqliteStore:
                 conn.close()
                 raise
         self._conn: sqlite3.Connection | None = conn
+        self._batched = False  # inside batch(): writes are savepoints of its transaction
 
     @staticmethod
     def _configure(conn: sqlite3.Connection) -> None:
@@ -116,17 +117,42 @@ class SqliteStore:
         return self._conn
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: committed on success, rolled back on any exception."""
+    def batch(self) -> Iterator[None]:
+        if self._batched:  # joins the open batch
+            yield
+            return
         conn = self._live()
-        with _translated(self._path):
-            conn.execute("BEGIN IMMEDIATE")
+        with _translated(self._path), _step(conn, "BEGIN IMMEDIATE", "COMMIT", _rollback):
+            self._batched = True
             try:
+                yield
+                self._still_in_batch(conn)
+            finally:
+                self._batched = False
+
+    def _still_in_batch(self, conn: sqlite3.Connection) -> None:
+        """SQLite rolls a whole transaction back on some faults (disk full, I/O): the batch
+        has then lost its writes and must fail, not go on in autocommit."""
+        if not conn.in_transaction:
+            raise StoreUnavailable(f"job store {self._path}: the batch's transaction was lost")
+
+    @contextmanager
+    def _write(self, refusable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed on success, rolled back on any exception. Inside a
+        batch it joins the batch's transaction, in a savepoint when the write may be refused
+        (`refusable`: a Conflict the batch goes on after); a fault fails the whole batch."""
+        conn = self._live()
+        if self._batched:
+            self._still_in_batch(conn)
+            if not refusable:
+                with _translated(self._path):
+                    yield conn
+                return
+            with _translated(self._path), _step(conn, "SAVEPOINT w", "RELEASE w", _rollback_to):
                 yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                _rollback(conn)
-                raise
+            return
+        with _translated(self._path), _step(conn, "BEGIN IMMEDIATE", "COMMIT", _rollback):
+            yield conn
 
     def _rows(self, sql: str, params: Sequence[object] = ()) -> list[JobRow]:
         conn = self._live()
@@ -169,7 +195,7 @@ class SqliteStore:
         params = [codec.update_values(*item) for item in items]
         if not params:
             return []
-        with self._write() as conn:
+        with self._write(refusable=False) as conn:  # a guard that fails is a result
             oks = [conn.execute(_UPDATE, p).rowcount == 1 for p in params]
             for ok, messages in zip(oks, outbox, strict=False):
                 if ok:
@@ -328,6 +354,30 @@ class SqliteStore:
 
 def _user_version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+@contextmanager
+def _step(
+    conn: sqlite3.Connection, begin: str, end: str, undo: Callable[[sqlite3.Connection], None]
+) -> Iterator[None]:
+    """`begin`, the block, `end`; `undo` if anything raises."""
+    conn.execute(begin)
+    try:
+        yield
+        conn.execute(end)
+    except BaseException:
+        undo(conn)
+        raise
+
+
+def _rollback_to(conn: sqlite3.Connection) -> None:
+    """Undo savepoint `w` (a write inside a batch)."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK TO w")
+            conn.execute("RELEASE w")
+        except sqlite3.Error:
+            pass  # SQLite has rolled the whole transaction back; the batch fails with it
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

@@ -3,7 +3,9 @@ answers every agent request (`/agent/v1/...`) with a real `503` and `Retry-After
 coordinator whose store is failing does; everything else passes through.
 
 Control: `POST /__outage?seconds=S&retry_after=R[&only=finish,jobs]` starts an outage of S seconds
-(for those kinds of agent request only);
+(for those kinds of agent request only; a `reports` request is of the kinds of the reports it
+carries too, so `only=finish` refuses a batch holding a finish); with `&delay=D` those requests
+are not refused but forwarded D seconds late (a slow coordinator);
 `GET /__outage` says how many 503s were served, by path. Run it as its own process with
 `python -m tests.helpers.outage_proxy --port P --upstream URL`, or mount `create_app` in a test.
 """
@@ -11,11 +13,14 @@ Control: `POST /__outage?seconds=S&retry_after=R[&only=finish,jobs]` starts an o
 from __future__ import annotations
 
 import argparse
+import asyncio
 import time
 from collections import Counter
 
 import aiohttp
+import msgspec
 from aiohttp import web
+from msgspec import json, msgpack
 
 UPSTREAM = web.AppKey("upstream", str)
 STATE = web.AppKey("state", dict)
@@ -30,24 +35,43 @@ async def control(request: web.Request) -> web.Response:
         state["retry_after"] = request.query.get("retry_after", "5")
         only = request.query.get("only", "")
         state["only"] = set(only.split(",")) if only else None
+        state["delay"] = float(request.query.get("delay", "0"))
     left = max(0.0, state["until"] - time.monotonic())
     return web.json_response({"left_s": left, "served_503": dict(state["served"])})
 
 
+def kinds_of(path: str, body: bytes) -> list[str]:
+    """register, heartbeat, lease, started, events, finish, jobs (output chunks), reports (and
+    the kinds of the reports in it)."""
+    if not path.startswith("/agent/v1/"):
+        return []
+    kind = path.split("/")[3]
+    if kind != "reports":
+        return [kind]
+    try:
+        batch = msgpack.decode(body) if body[:1] != b"{" else json.decode(body)
+        inner = [k for r in batch["reports"] for k, v in r.items() if v is not None]
+    except (msgspec.DecodeError, KeyError, TypeError, AttributeError):
+        inner = []
+    return [kind, *dict.fromkeys(inner)]
+
+
 async def forward(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    kind = request.path.split("/")[3] if request.path.startswith("/agent/v1/") else ""
-    # kind: register, heartbeat, lease, started, events, finish, jobs (output chunks)
+    body = await request.read()
+    kinds = kinds_of(request.path, body)
     only = state["only"]
-    if kind and time.monotonic() < state["until"] and (only is None or kind in only):
-        await request.read()
-        state["served"][kind] += 1
+    hit = [k for k in kinds if only is None or k in only]
+    if hit and time.monotonic() < state["until"] and state["delay"] > 0:
+        await asyncio.sleep(state["delay"])
+    elif hit and time.monotonic() < state["until"]:
+        for kind in hit:
+            state["served"][kind] += 1
         return web.json_response(
             {"error": {"code": "store_unavailable", "message": "outage (test proxy)"}},
             status=503,
             headers={"Retry-After": state["retry_after"]},
         )
-    body = await request.read()
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
     async with request.app[SESSION].request(
         request.method,
@@ -64,7 +88,8 @@ async def forward(request: web.Request) -> web.StreamResponse:
 def create_app(upstream: str) -> web.Application:
     app = web.Application(client_max_size=64 << 20)
     app[UPSTREAM] = upstream.rstrip("/")
-    app[STATE] = {"until": 0.0, "retry_after": "5", "only": None, "served": Counter()}
+    app[STATE] = {"until": 0.0, "retry_after": "5", "only": None, "delay": 0.0}
+    app[STATE]["served"] = Counter()
 
     async def session(app: web.Application):  # type: ignore[no-untyped-def]
         timeout = aiohttp.ClientTimeout(total=120)

@@ -128,7 +128,8 @@ class ProtocolAgent:
             )
         return reply
 
-    async def started(self, job: p.Assignment, prompt_id: str = "prompt-1") -> p.Ack:
+    def started_msg(self, job: p.Assignment, prompt_id: str = "prompt-1") -> p.Started:
+        """The Started report of `job` (it now holds the job as started)."""
         self.held[job.job_id] = p.RunningJob(
             job_id=job.job_id,
             attempt=job.attempt,
@@ -136,13 +137,12 @@ class ProtocolAgent:
             prompt_id=prompt_id,
             started=True,
         )
-        return await self.call(
-            "started",
-            p.Started(
-                agent_id=self.agent_id, job_id=job.job_id, attempt=job.attempt, prompt_id=prompt_id
-            ),
-            p.Ack,
+        return p.Started(
+            agent_id=self.agent_id, job_id=job.job_id, attempt=job.attempt, prompt_id=prompt_id
         )
+
+    async def started(self, job: p.Assignment, prompt_id: str = "prompt-1") -> p.Ack:
+        return await self.call("started", self.started_msg(job, prompt_id), p.Ack)
 
     async def events(self, job: p.Assignment, events: list[p.JobEvent]) -> p.Ack:
         return await self.call(
@@ -207,20 +207,40 @@ class ProtocolAgent:
         spend_retry: bool,
         **extra: Any,
     ) -> p.Ack:
-        return await self.call(
-            "finish",
-            p.Finish(
-                agent_id=self.agent_id,
-                job_id=job.job_id,
-                attempt=job.attempt,
-                outcome=outcome,
-                outputs=outputs or [],
-                error=error,  # type: ignore[arg-type]
-                spend_retry=spend_retry,
-                **extra,
-            ),
-            p.Ack,
+        msg = self.finish_msg(job, outcome, outputs, error, spend_retry, **extra)
+        return await self.call("finish", msg, p.Ack)
+
+    def finish_msg(
+        self,
+        job: p.Assignment | p.JobRef,
+        outcome: str = "completed",
+        outputs: list[p.OutputFile] | None = None,
+        error: p.ErrorInfo | None = None,
+        spend_retry: bool = True,
+        **extra: Any,
+    ) -> p.Finish:
+        return p.Finish(
+            agent_id=self.agent_id,
+            job_id=job.job_id,
+            attempt=job.attempt,
+            outcome=outcome,  # type: ignore[arg-type]
+            outputs=outputs or [],
+            error=error,
+            spend_retry=spend_retry,
+            **extra,
         )
+
+    async def reports(self, reports: list[p.Report]) -> p.ReportsReply:
+        """Several reports in one request (POST agent/v1/reports); a finish answered (or
+        refused as stale) lets its job go, as a real agent does."""
+        reply = await self.call(
+            "reports", p.Reports(agent_id=self.agent_id, reports=reports), p.ReportsReply
+        )
+        for report, ack in zip(reports, reply.acks, strict=True):
+            done = ack.ack is not None or (ack.error is not None and ack.error.status == 409)
+            if report.finish is not None and done:
+                self._forget([p.JobRef(job_id=report.finish.job_id, attempt=report.finish.attempt)])
+        return reply
 
     async def run_one(self, wait_s: float = 5.0, data: bytes = b"png-bytes") -> p.Assignment:
         """Lease one job, start it, upload one output, complete it."""

@@ -2,8 +2,8 @@
 the agent keeps its outputs and finish report (the spool is its outbox) and sends them until the
 coordinator acknowledges them, however long that takes and across its own restart.
 
-- coordinator SIGKILLed while the job runs, down 60 s, started again on the same data dir;
-- coordinator answering every agent request with a real 503 + Retry-After for 60 s (a proxy
+- coordinator SIGKILLed while the job runs, down OUTAGE_S, started again on the same data dir;
+- coordinator answering every agent request with a real 503 + Retry-After for OUTAGE_S (a proxy
   process in front of it, as a coordinator whose store fails answers);
 - both the coordinator and the agent killed after the job ended; the restarted agent sends the
   report it kept.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -30,12 +31,14 @@ from tests.helpers import procs
 from tests.helpers.fleet import Api, Fleet, api_session, running_fleet, sim_stats, txt2img
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-OUTAGE_S = 60
+# 25 s: more than twice the ~11 s after which the old agent gave its report up (issue 12.2);
+# COMFYFLEET_OUTAGE_S=60 runs the outages the closing note of issue 12 measured
+OUTAGE_S = float(os.environ.get("COMFYFLEET_OUTAGE_S", "25"))
 
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    # heartbeats every 0.5 s; an agent silent for 90 s is lost (the 503 outage lasts 60 s, and
+    # heartbeats every 0.5 s; an agent silent for 90 s is lost (the 503 outage is shorter, and
     # a coordinator that hears nothing from an agent for longer rightly requeues its jobs)
     args = ["--heartbeat-interval", "0.5", "--restart-grace", "3", "--set", "lost_grace_s=90"]
     with running_fleet(tmp_path, args) as f:
@@ -65,7 +68,7 @@ async def completed_once(fleet: Fleet, api: Api, job_id: str, sim_url: str) -> N
     assert not list((fleet.tmp / "agent-a" / "spool").iterdir())  # acknowledged: gone
 
 
-async def test_coordinator_sigkill_for_60s_loses_no_result(fleet: Fleet, api: Api) -> None:
+async def test_coordinator_sigkilled_long_loses_no_result(fleet: Fleet, api: Api) -> None:
     sim = fleet.add_sim("a", 24576, "--step-ms", "100")
     fleet.add_agent("a", "a")
     job = await run_job_until_running(fleet, api, sim)
@@ -101,7 +104,7 @@ def outage(proxy: str, **query: str) -> dict[str, Any]:
         return dict(json.loads(resp.read()))
 
 
-async def test_coordinator_answering_503_for_60s_loses_no_result(fleet: Fleet, api: Api) -> None:
+async def test_coordinator_answering_503_long_loses_no_result(fleet: Fleet, api: Api) -> None:
     proxy_proc, proxy = start_proxy(fleet.tmp, fleet.url)
     try:
         sim = fleet.add_sim("a", 24576, "--step-ms", "100")
@@ -113,7 +116,7 @@ async def test_coordinator_answering_503_for_60s_loses_no_result(fleet: Fleet, a
             f"{fleet.url}/v1/agents/a",
         ).start(wait=False)
         job = await run_job_until_running(fleet, api, sim)
-        outage(proxy, seconds=str(OUTAGE_S), retry_after="5")
+        outage(proxy, seconds=f"{OUTAGE_S:g}", retry_after="5")
         await asyncio.sleep(OUTAGE_S)
         served = outage(proxy)["served_503"]
         # the agent went on asking, Retry-After apart, for its report and its other calls

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import struct
 from typing import Any
@@ -252,3 +253,34 @@ def test_a_clients_next_prompt_never_overtakes_the_held_end_of_the_one_before() 
     hub.comfy_events(second, 1, [frame("progress_state", nodes={})])  # flows again at once
     assert types(drain(mine)) == ["progress_state"]
     assert hub.gates == {} and hub.waiting == {}
+
+
+def test_queue_remaining_lets_go_of_the_prompt_before_on_the_same_instance() -> None:
+    """A ComfyUI runs one prompt at a time: when the next starts on an instance, the one that
+    ran there before left ComfyUI's queue even if its report is still on its way; a prompt on
+    another instance still counts, and a requeued prompt counts again."""
+    hub = Hub()
+    s = sock("me")
+    hub.connect(s)
+
+    def on(job_id: str, status: JobStatus, instance: str) -> JobRecord:
+        return dataclasses.replace(job(job_id, status, "me"), agent_id="a", instance_id=instance)
+
+    for j in ("a", "b", "c"):
+        hub.job_changed(None, on(j, JobStatus.QUEUED, "i0"))
+    hub.job_changed(None, on("a", JobStatus.RUNNING, "i0"))
+    hub.job_changed(None, on("c", JobStatus.RUNNING, "i1"))  # another instance: a still runs
+    assert hub.remaining("t") == 3
+    hub.job_changed(None, on("b", JobStatus.RUNNING, "i0"))  # a was interrupted; b started
+    assert hub.remaining("t") == 2
+    statuses = [f["data"]["status"]["exec_info"]["queue_remaining"] for f in drain(s)
+                if f["type"] == "status"]  # fmt: skip
+    assert statuses[-1] == 2
+    hub.job_changed(None, on("a", JobStatus.CANCELLED, "i0"))  # its report: not counted twice
+    assert hub.remaining("t") == 2
+    hub.job_changed(None, on("b", JobStatus.QUEUED, "i0"))  # b requeued (its agent was lost)
+    hub.job_changed(None, on("c", JobStatus.RUNNING, "i0"))  # c retried where b ran
+    assert hub.remaining("t") == 2  # b waits in the queue again; c runs
+    for j in ("b", "c"):
+        hub.job_changed(None, on(j, JobStatus.COMPLETED, "i0"))
+    assert hub.remaining("t") == 0
