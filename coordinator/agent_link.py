@@ -220,11 +220,11 @@ class AgentLink(Part):
         """Jobs ComfyUI is done with free their places in its queue: wake the scheduler when
         that opens room for queued jobs."""
         jobs = self.live.jobs
-        now = {
+        now = frozenset(
             r.job_id
             for r in refs
             if r.job_id in agent.jobs and (job := jobs.get(r.job_id)) and job.attempt == r.attempt
-        }
+        )
         before, agent.finishing = agent.finishing, now
         if now - before and self.live.queued:
             self.live.wake.set()

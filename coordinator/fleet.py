@@ -57,7 +57,7 @@ class AgentState:
     jobs: set[str] = field(default_factory=set)  # ASSIGNED / RUNNING job ids placed here
     # of those, the ones whose prompt ComfyUI has finished (the agent's lease says so): they
     # hold no place in ComfyUI's queue any more (shared/slots.py)
-    finishing: set[str] = field(default_factory=set)
+    finishing: frozenset[str] = frozenset()  # replaced by each lease, never changed in place
     to_deliver: deque[str] = field(default_factory=deque)  # assigned, not yet sent by a lease
     to_cancel: dict[str, JobRef] = field(default_factory=dict)  # cancels to send
     recent_hashes: deque[str] = field(default_factory=lambda: deque(maxlen=16))

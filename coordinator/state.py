@@ -186,6 +186,8 @@ class Live:
         queued = self.queued
         current = [r for r in self._in_order if queued.get(r.job_id) is r]
         current.extend(r for r in self._since if queued.get(r.job_id) is r)
+        if len(current) != len(queued):  # memory put back behind its back (a failed batch)
+            current = list(queued.values())
         current.sort(key=_ORDER)
         self._in_order, self._since = current, []
         return list(current)

@@ -97,7 +97,7 @@ def apply_step(agent: AgentState, jobs: dict[str, JobRecord], step: tuple, now: 
     elif kind == "ran":
         agent.ran(str(step[1]), step[2])
     elif kind == "finishing":
-        agent.finishing = set(step[1])
+        agent.finishing = frozenset(step[1])
     elif kind == "status":
         agent.status, agent.draining = step[1], step[2]
     elif kind == "failed":

@@ -95,7 +95,7 @@ def test_free_slot_without_a_view_agrees_with_the_view(
         agent.jobs.add(job.id)
     if gone:
         agent.jobs.add("gone")  # an id the job index no longer holds
-    agent.finishing = {f"j{n}" for n in finishing}  # ComfyUI is done with these (the lease)
+    agent.finishing = frozenset(f"j{n}" for n in finishing)  # ComfyUI is done with these
     view = agent_view(agent, jobs, 60.0, 0.0)
     assert has_free_slot(agent, jobs) == pacing.has_free_slot([view])
     # the places taken, by the one rule of shared/slots.py

@@ -86,3 +86,16 @@ def test_equal_signatures_of_queued_jobs_are_shared() -> None:
         state.index(None, record(f"j{n}", JobStatus.QUEUED, 0, float(n), n % 2))
     sigs = [state.queued[f"j{n}"].signature for n in range(4)]
     assert sigs[0] is sigs[2] and sigs[1] is sigs[3] and sigs[0] != sigs[1]
+
+
+def test_a_request_put_back_behind_its_back_is_in_order_again() -> None:
+    """A failed report batch puts memory's tables back entry by entry (ledger_batch.py): a
+    request can return to `queued` after the order dropped it."""
+    state = live()
+    for n in range(3):
+        state.index(None, record(f"j{n}", JobStatus.QUEUED, 0, float(n), 0))
+    state.queue_in_order()
+    request = state.queued.pop("j1")
+    assert [r.job_id for r in state.queue_in_order()] == ["j0", "j2"]
+    state.queued["j1"] = request  # as Pending.undo does
+    assert [r.job_id for r in state.queue_in_order()] == ["j0", "j1", "j2"]
