@@ -123,7 +123,9 @@ class ComfyFiles:
         return self.ledger_dir / f"{job_id}-{attempt}.json"
 
     def record(self, job_id: str, attempt: int, created: Created) -> None:
-        """Add to the attempt's ledger entry (atomically, synced) before the files could be left."""
+        """Add to the attempt's ledger entry (atomically) before the files could be left. Not
+        synced: an entry lost with the host's power leaves a file behind, nothing worse, and a
+        sync per job costs every job."""
         if not (created.outputs or created.inputs):
             return
         self.ledger_dir.mkdir(parents=True, exist_ok=True)
@@ -132,14 +134,14 @@ class ComfyFiles:
         tmp = entry.with_suffix(".tmp")
         with open(tmp, "w") as fh:
             json.dump({"outputs": list(whole.outputs), "inputs": list(whole.inputs)}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
         os.replace(tmp, entry)
 
-    def release(self, job_id: str, attempt: int) -> int:
-        """Remove the attempt's files from ComfyUI's folders, then its ledger entry."""
+    def release(self, job_id: str, attempt: int, also: Created | None = None) -> int:
+        """Remove the attempt's files from ComfyUI's folders (its ledger entry's and `also`,
+        what it made but never needed to record), then its ledger entry."""
         entry = self._entry(job_id, attempt)
-        count = remove_created(self.folders, read_entry(entry))
+        created = read_entry(entry)
+        count = remove_created(self.folders, created.merged(also) if also else created)
         entry.unlink(missing_ok=True)
         self.removed += count
         return count

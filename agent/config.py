@@ -44,6 +44,9 @@ class AgentConfig:
     health_interval_s: float = 2.0
     max_output_bytes: int = 2 << 30
     events_flush_s: float = 0.1  # batch progress events for this long
+    # a finished attempt's report is kept in the outbox (synced to disk) only when the coordinator
+    # has not acknowledged it within this long; until then the state file holds the prompt
+    report_keep_s: float = 0.5
     request_timeout_s: float = 60.0
     cancel_wait_s: float = 30.0  # after /interrupt, give up on a ComfyUI that never stops
     comfyui_timeout_s: float = 30.0  # one HTTP call to ComfyUI (a hung /prompt) gives up after

@@ -463,3 +463,7 @@ class Agent:
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        try:
+            await self.state.sync()  # what the runners changed last
+        except OSError as exc:
+            log.error("state_file_write_failed", error=str(exc))

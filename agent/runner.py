@@ -51,8 +51,10 @@ class JobRunner:
     """Runs one assignment; `stop(reason)` asks it to end (cancel, drain, drop).
 
     Its result goes through the outbox: the finish report (with the outputs in the spool) is
-    kept on disk before anything is sent, and sent until the coordinator acknowledges it. A
-    runner made with `report` (found in the outbox after a restart) only sends it.
+    sent until the coordinator acknowledges it, and kept on disk when that takes longer than
+    `report_keep_s` (or the agent stops first); until then the state file holds the prompt, so
+    a restarted agent re-attaches to it and fetches its outcome from ComfyUI again. A runner
+    made with `report` (found in the outbox after a restart) only sends it.
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class JobRunner:
     ) -> None:
         self.job = job
         self.files = files  # the instance's folders: what this attempt creates there goes after
+        self.made = cf.Created()  # outputs it created there, not yet in the files ledger
         self.vram = vram  # the instance's shared VRAM reading (no per-job /system_stats)
         self.ref = p.JobRef(job_id=job.job_id, attempt=job.attempt)
         self.client = client
@@ -156,19 +159,27 @@ class JobRunner:
                     await asyncio.to_thread(self.outbox.remove, self.job.job_id, self.job.attempt)
                     if self.files is not None:  # the coordinator has them: out of ComfyUI's folders
                         await asyncio.to_thread(
-                            self.files.release, self.job.job_id, self.job.attempt
+                            self.files.release, self.job.job_id, self.job.attempt, self.made
                         )
 
     async def _run(self) -> bool:
+        kept = self.report is not None
         report = self.report if self.report is not None else await self._run_prompt()
         if report is not None and self.stop_reason != "drop":
             self.delivery = asyncio.ensure_future(self._deliver(report))
             try:
+                if not kept:  # most reports are acknowledged before they need the disk
+                    await asyncio.wait({self.delivery}, timeout=self.config.report_keep_s)
+                    if not self.delivery.done():
+                        kept = await self._keep(report)
                 await self.delivery
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if self.stop_reason != "drop" or (task is not None and task.cancelling()):
-                    raise  # the agent stops: not settled
+                    self.delivery.cancel()
+                    if not kept:  # the agent stops: the report waits in the outbox
+                        self._keep_now(report)
+                    raise  # not settled
         if self.stop_reason == "drop":
             self.log.info("job_dropped", reason="coordinator says this attempt is stale")
         return True
@@ -277,8 +288,13 @@ class JobRunner:
         return {n: stored.get(own[n], own[n]) for n in self.job.inputs}
 
     async def _report_started(self) -> None:
-        """Tell the coordinator the prompt runs (once, at the first sign of execution)."""
+        """Tell the coordinator the prompt runs (once, at the first sign of execution), once
+        the state file holds it: a RUNNING job can be re-attached after an agent restart."""
         self.started_sent = True
+        try:
+            await self.state.sync()
+        except OSError as exc:  # the job goes on; only a restart could not re-attach to it
+            self.log.error("state_file_write_failed", error=str(exc))
         try:
             ack = await self.coord.started(self.job, self.prompt_id, self.seeds)
         except Refused as exc:
@@ -359,11 +375,9 @@ class JobRunner:
         """Fetch the outputs into the spool and keep the finish report in the outbox."""
         verdict = verdict_of(outcome, self.stop_reason, self.caught)
         if self.files is not None and self.files.folders.output is not None:
-            made = cf.Created(outputs=cf.created_outputs(outcome.outputs, outcome.cached))
-            try:
-                await asyncio.to_thread(self.files.record, self.job.job_id, self.job.attempt, made)
-            except OSError as exc:  # the files stay in ComfyUI's folder; the job goes on
-                self.log.warning("comfy_files_record_failed", error=str(exc))
+            # in the ledger only with the report in the outbox (`_keep`): until then the state
+            # file holds the prompt, and a restarted agent learns its outputs from ComfyUI again
+            self.made = cf.Created(outputs=cf.created_outputs(outcome.outputs, outcome.cached))
         files: list[p.OutputFile] = []
         if verdict.outcome == "completed":
             try:
@@ -373,6 +387,7 @@ class JobRunner:
                     self.client,
                     self.job.forward_frames,
                     self.config.max_output_bytes,
+                    self.files.folders.output if self.files is not None else None,
                 )
             except (ComfyUIError, OSError) as exc:
                 self.log.warning("outputs_fetch_failed", error=str(exc))
@@ -406,8 +421,6 @@ class JobRunner:
                 profile=profile_of(outcome.timings, outcome.cached, self.job.workflow),
             ),
         )
-        if await self._keep(report):
-            self.state.remove(*self.key)  # the outbox holds the attempt now, not ComfyUI
         return report
 
     def _with_comfy_frames(self, verdict: Verdict, outcome: PromptOutcome) -> Verdict:
@@ -439,12 +452,31 @@ class JobRunner:
         return msgspec.structs.replace(err, details={**err.details, "comfy": self.comfy_end})
 
     async def _keep(self, report: Report) -> bool:
+        """Keep `report` in the outbox (and the outputs it made in the files ledger); from then
+        on the outbox, not ComfyUI, holds the attempt."""
         try:
-            await asyncio.to_thread(self.outbox.put, report)
-            return True
+            await asyncio.to_thread(self._put, report)
         except OSError as exc:  # disk trouble: the report is still sent, only not durably
             self.log.error("outbox_write_failed", error=str(exc))
             return False
+        self.state.remove(*self.key)
+        return True
+
+    def _keep_now(self, report: Report) -> None:
+        """`_keep`, blocking: the agent stops meanwhile."""
+        try:
+            self._put(report)
+            self.state.remove(*self.key)
+        except OSError as exc:
+            self.log.error("outbox_write_failed", error=str(exc))
+
+    def _put(self, report: Report) -> None:
+        if self.files is not None and self.made.outputs:
+            try:
+                self.files.record(self.job.job_id, self.job.attempt, self.made)
+            except OSError as exc:  # the files stay in ComfyUI's folder; the job goes on
+                self.log.warning("comfy_files_record_failed", error=str(exc))
+        self.outbox.put(report)
 
     async def _deliver(self, report: Report) -> None:
         """Send the report until the coordinator acknowledges it; a refusal (4xx, not stale)

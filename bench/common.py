@@ -180,18 +180,19 @@ async def gather_limited(coros: list[Any], limit: int) -> list[Any]:
 async def submit_many(
     s: aiohttp.ClientSession, url: str, bodies: list[dict[str, Any]], concurrency: int = 32
 ) -> tuple[list[str], float]:
-    """Submit jobs; returns their ids and the submission rate (jobs/s)."""
-    ids: list[str] = []
+    """Submit jobs; returns their ids, in the order of `bodies` (whatever order the answers
+    came in), and the submission rate (jobs/s)."""
+    ids: list[str] = [""] * len(bodies)
 
-    async def one(body: dict[str, Any]) -> None:
+    async def one(i: int, body: dict[str, Any]) -> None:
         async with s.post(f"{url}/v1/jobs", json=body) as r:
             data = await r.json()
             if r.status != 201:
                 raise RuntimeError(f"submit refused: {r.status} {data}")
-            ids.append(data["id"])
+            ids[i] = data["id"]
 
     t0 = time.monotonic()
-    await gather_limited([one(b) for b in bodies], concurrency)
+    await gather_limited([one(i, b) for i, b in enumerate(bodies)], concurrency)
     return ids, len(bodies) / max(1e-9, time.monotonic() - t0)
 
 

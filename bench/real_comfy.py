@@ -42,6 +42,10 @@ from bench.comfy_direct import (
 )
 from tests.helpers.fleet import Fleet
 
+# A CPU-mode ComfyUI: its request costs (sim/costs.py) and prompts that spend CPU as 0.3.64's
+# do on this workload (~8 ms in its worker threads: bench/notes.md, issue 18)
+SIM_ARGS = ("--device", "cpu", "--node-cpu", "--node-ms", "5", "--log-level", "warning")
+
 
 def reachable(url: str | None) -> bool:
     if not url:
@@ -164,11 +168,11 @@ def compare(
     tmp.mkdir(parents=True, exist_ok=True)
     fleet = Fleet(tmp, ["--heartbeat-interval", "5", "--log-level", "warning"])
     if comfy_url is None:
-        comfy_url = fleet.add_sim("comfy", 24576, "--device", "cpu", "--log-level", "warning")
+        comfy_url = fleet.add_sim("comfy", 24576, *SIM_ARGS)
         output_dir = tmp / "sim-comfy" / "output"
         sim = fleet.sims["comfy"].proc
         pid = sim.pid if sim is not None else None
-        target = "simulator (ComfyUI's request costs)"
+        target = "simulator (a CPU-mode ComfyUI's request and prompt costs)"
     else:
         target = f"ComfyUI at {comfy_url}"
         fleet.sim_urls["comfy"] = comfy_url

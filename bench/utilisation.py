@@ -9,6 +9,9 @@ every prompt started and ended on its GPU (execution_start / execution_success t
 - measured makespan = first prompt start on any GPU to the last prompt end on any GPU
 - efficiency = ideal / measured; busy share = time the simulators spent executing / (4 x measured)
 - idle gap = on each GPU, end of one prompt to start of the next (p50 / p99 over all GPUs)
+
+The agent knows the simulators' output folders (`--comfyui-output-dir`, as a deployment should
+configure them) and removes each job's output once stored; `--no-output-dirs` leaves them out.
 """
 
 from __future__ import annotations
@@ -106,7 +109,16 @@ def run(tmp: Path, jobs: int, gpu_ms: float, agent_args: tuple[str, ...] = ()) -
                 f"g{g}", 24576, "--node-ms", str(gpu_ms / (1 + 1 / 64)), "--log-level", "warning"
             )
         more = [a for g in range(1, GPUS) for a in ("--comfyui", fleet.sim_urls[f"g{g}"])]
-        fleet.add_agent("a0", "g0", *more, "--log-level", "warning", *agent_args)
+        # their output folders, in the same order: the agent removes each job's output once
+        # stored (else every SaveImage lists a folder that keeps growing, as ComfyUI's does)
+        folders = [
+            a
+            for g in range(GPUS)
+            for a in ("--comfyui-output-dir", str(tmp / f"sim-g{g}" / "output"))
+        ]
+        if "--no-output-dirs" in agent_args:
+            folders, agent_args = [], tuple(a for a in agent_args if a != "--no-output-dirs")
+        fleet.add_agent("a0", "g0", *more, *folders, "--log-level", "warning", *agent_args)
         return asyncio.run(measure(fleet, jobs, gpu_ms))
     finally:
         fleet.stop()

@@ -139,18 +139,17 @@ class Reports(Part):
             )
         return sink
 
-    def close_upload(self, agent_id: str, sink: ChunkSink) -> p.UploadState:
-        """Fenced again: the attempt may have gone stale while its bytes were arriving."""
-        job_id, attempt, name = sink.key
+    def fence_upload(self, agent_id: str, sink: ChunkSink) -> None:
+        """Fenced again after `sink.close()` (run off the event loop: the file's fsync and
+        rename): the attempt may have gone stale while its bytes were arriving or being synced;
+        then its files go (the release that made it stale may have run before this one was
+        stored) and the agent hears StaleAttempt."""
+        job_id, attempt, _ = sink.key
         try:
             self.fenced(agent_id, job_id, attempt)
-        except BaseException:
-            sink.abort()
+        except StaleAttempt:
+            self.outputs.drop_attempt(job_id, attempt)
             raise
-        result = sink.close()
-        return p.UploadState(
-            name=name, received=result.received, size=sink.size, complete=result.complete
-        )
 
     def upload_state(
         self, agent_id: str, job_id: str, attempt: int, name: str, size: int

@@ -119,7 +119,7 @@ class Coordinator:
         self.agent = self.live.agent
         # output uploads (fenced like every agent report)
         self.open_upload = self.reports.open_upload
-        self.close_upload = self.reports.close_upload
+        self.fence_upload = self.reports.fence_upload
         self.upload_state = self.reports.upload_state
         # the placing coordinator's loops
         self.schedule_once = self.placer.schedule_once

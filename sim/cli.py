@@ -113,6 +113,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="answer for free instead of spending a real ComfyUI's measured CPU per request "
         "(/system_stats 1.5 ms, /view 0.35 ms, ...: sim/costs.py)",
     )
+    parser.add_argument(
+        "--node-cpu",
+        action="store_true",
+        help="node work spends CPU (as a ComfyUI in CPU mode does: `--node-ms 5` is about what "
+        "0.3.64 spends on bench.real_comfy's prompts) instead of waiting as for a GPU",
+    )
     parser.add_argument("--log-level", default="info")
     faults = parser.add_argument_group("faults (also POST /sim/faults at runtime)")
     faults.add_argument(
@@ -179,6 +185,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         preview_every=args.preview_every,
         seed=args.seed,
         request_costs=args.request_costs,
+        node_cpu=args.node_cpu,
         faults=faults,
         hidden_node_classes=tuple(args.hide_node_class),
         **({"models": args.models} if args.models is not None else {}),

@@ -62,6 +62,8 @@ class SimConfig:
     faults: FaultSettings = field(default_factory=FaultSettings)
     # spend a real ComfyUI's measured CPU per request (sim/costs.py); off: answer for free
     request_costs: bool = True
+    # node work spends CPU in a worker thread (ComfyUI in CPU mode); off: it waits (a GPU)
+    node_cpu: bool = False
 
     @classmethod
     def for_data_dir(cls, data_dir: Path | str, **kwargs: object) -> SimConfig:

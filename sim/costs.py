@@ -4,9 +4,13 @@ as ComfyUI's handlers run on its one loop), so that a driver that asks too much 
 Measured with `bench.comfy_costs` on ComfyUI 0.3.64 in CPU mode (2 cores; the ComfyUI process's
 CPU time over 200 requests one after another, less its idle CPU; bench/notes.md): /system_stats
 1.5 ms (2.5 ms in the issue's measurement), /history/{id} 0.15 ms, /queue 0.1 ms, /view 0.35 ms,
-/object_info 38 ms, GET /prompt 0.05 ms, /features 0.1 ms. SaveImage lists the output folder on
+/object_info 38 ms, GET /prompt 0.05 ms, /features 0.1 ms. Measured the same way (issue 18,
+agentcpu): a WebSocket connect (the upgrade and the `status` frame it is sent) 0.3 ms; POST /prompt
+of bench.real_comfy's three-node prompt 0.25 ms on ComfyUI's event-loop thread (that thread's CPU,
+psutil per thread, over 100 POSTs with nothing connected). SaveImage lists the output folder on
 every save (the simulator does the same, sim/naming.py), so its cost grows with the folder: ComfyUI
-spent 15.6 ms per prompt with an empty folder and 19.8 ms with 5,000 more files.
+spent 15.6 ms per prompt with an empty folder and 19.8 ms with 5,000 more files. Running the prompt
+itself costs a CPU-mode ComfyUI ~8 ms in its worker threads: `--node-cpu` (sim/config.py).
 """
 
 from __future__ import annotations
@@ -16,25 +20,27 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
-# route (without the /api prefix) -> CPU milliseconds per request
+# "METHOD route" (the route without the /api prefix) -> CPU milliseconds per request
 COMFYUI_CPU_MS: Mapping[str, float] = {
-    "/system_stats": 1.5,
-    "/history/{id}": 0.15,
-    "/queue": 0.1,
-    "/view": 0.35,
-    "/object_info": 38.0,
-    "/prompt": 0.05,
-    "/features": 0.1,
+    "GET /system_stats": 1.5,
+    "GET /history/{id}": 0.15,
+    "GET /queue": 0.1,
+    "GET /view": 0.35,
+    "GET /object_info": 38.0,
+    "GET /prompt": 0.05,
+    "POST /prompt": 0.25,
+    "GET /features": 0.1,
+    "GET /ws": 0.3,
 }
 
 
-def route_key(path: str) -> str:
-    """The cost table's key for a request path."""
+def route_key(path: str, method: str = "GET") -> str:
+    """The cost table's key for a request."""
     if path.startswith("/api/"):
         path = path[4:]
     if path.startswith("/history/"):
-        return "/history/{id}"
-    return path
+        path = "/history/{id}"
+    return f"{method} {path}"
 
 
 def burn(ms: float) -> None:
@@ -49,7 +55,7 @@ def cost_middleware(costs: Mapping[str, float]) -> Callable[..., Awaitable[web.S
     async def spend(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        ms = costs.get(route_key(request.path)) if request.method == "GET" else None
+        ms = costs.get(route_key(request.path, request.method))
         if ms:
             burn(ms)
         return await handler(request)

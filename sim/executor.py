@@ -21,6 +21,7 @@ import structlog
 from comfyfleet.sim import events
 from comfyfleet.sim.behaviours import BEHAVIOURS, NodeFailure, NodeResult
 from comfyfleet.sim.config import SimConfig
+from comfyfleet.sim.costs import burn
 from comfyfleet.sim.faults import Faults
 from comfyfleet.sim.files import annotated_input_path
 from comfyfleet.sim.graph import cache_keys, execution_order, is_link
@@ -237,6 +238,9 @@ class _PromptRun:
         self.ui_outputs: dict[str, Any] = {}
         self.meta: dict[str, Any] = {}
         self.success = False
+        # when the node work done so far is due: the prompt's own bookkeeping (frames, files)
+        # is absorbed into its nodes' nominal time, so a prompt takes what its nodes say
+        self.work_due: float | None = None
         self.keys: dict[str, str] = {}
 
     def add_message(self, event: str, data: dict[str, Any], broadcast: bool = False) -> None:
@@ -263,6 +267,7 @@ class _PromptRun:
     async def run(self) -> None:
         prompt = self.item.prompt
         self.add_message("execution_start", {"prompt_id": self.pid, "timestamp": now_ms()})
+        self.work_due = asyncio.get_running_loop().time()
         self.keys = cache_keys(prompt, CATALOGUE, self.ex._is_changed)
         wanted = set(self.keys.values())
         for key in [k for k in self.ex.cache if k not in wanted]:
@@ -429,7 +434,13 @@ class _NodeRun:
         self.config = run.ex.config
 
     async def work(self, ms: float) -> None:
-        await asyncio.sleep(max(0.0, ms) / 1000.0)
+        if self.config.node_cpu:  # off the event loop, as ComfyUI's prompt worker thread
+            await asyncio.to_thread(burn, ms)
+            return
+        now = asyncio.get_running_loop().time()
+        run = self._run
+        run.work_due = (now if run.work_due is None else run.work_due) + max(0.0, ms) / 1000.0
+        await asyncio.sleep(max(0.0, run.work_due - now))
 
     async def step(self, value: int, maximum: int, preview: tuple[str, bytes] | None) -> None:
         await self._ex.checkpoint()

@@ -183,12 +183,14 @@ class PromptRun:
                     return outcome
                 next_poll = self.now() + self._poll_interval()
             wake = min(next_poll, self.deadline if self.stop is None else self.stop_deadline)
-            try:
-                kind, payload = await asyncio.wait_for(
-                    self.items.get(), timeout=max(0.0, wake - self.now())
-                )
-            except TimeoutError:
-                continue
+            if not self.items.empty():  # frames waiting: no timer (and no task) per frame
+                kind, payload = self.items.get_nowait()
+            else:
+                try:
+                    async with asyncio.timeout(max(0.0, wake - self.now())):
+                        kind, payload = await self.items.get()
+                except TimeoutError:
+                    continue
             updates: list[Update | Frame]
             if kind == TEXT:
                 frame = forwarded(self.tracker, payload) if self.forward_frames else None

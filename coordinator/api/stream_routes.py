@@ -7,6 +7,7 @@ terminal state. `GET /v1/events` is the fleet-wide stream the dashboard follows.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from comfyfleet.shared.status import TERMINAL
 
 routes = web.RouteTableDef()
 KEEPALIVE_S = 15.0
+GATHER_S = 0.005  # a writer that woke for one event waits this long for the ones after it
 
 
 def last_event_id(request: web.Request) -> int | None:
@@ -66,7 +68,9 @@ async def _pump(
     view: Callable[[Event], Event | None] = lambda event: event,
 ) -> None:
     """Write events until the subscription closes (or the job's terminal event went out), each
-    as `view` shows it to this client; events `view` turns into None are not written."""
+    as `view` shows it to this client; events `view` turns into None are not written. The events
+    waiting when the writer wakes, and those that come within GATHER_S, go out in one write (one
+    send for a busy stream, not one per event)."""
     while True:
         try:
             event = await sub.next(KEEPALIVE_S)
@@ -75,11 +79,22 @@ async def _pump(
             continue
         if event is None:
             return
-        shown = view(event)
-        if shown is None:
-            continue
-        await resp.write(sse_frame(shown))
-        if end_on_terminal and event.terminal:
+        if not sub.buffer and not (end_on_terminal and event.terminal):
+            await asyncio.sleep(GATHER_S)  # a busy stream's next events join this write
+        frames: list[bytes] = []
+        while True:
+            shown = view(event)
+            if shown is not None:
+                frames.append(sse_frame(shown))
+            if end_on_terminal and event.terminal and shown is not None:
+                break
+            if not sub.buffer:
+                event = None
+                break
+            event = sub.buffer.popleft()
+        if frames:
+            await resp.write(b"".join(frames))
+        if event is not None:  # the terminal event went out
             return
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import StreamReader, web
 
 from comfyfleet.coordinator.api.body import SlowClient, TooLarge
+from comfyfleet.coordinator.errors import StoreUnavailable
 from comfyfleet.coordinator.outputs import ChunkSink
 from comfyfleet.coordinator.service import Coordinator
 from comfyfleet.shared import protocol as p
@@ -94,7 +95,16 @@ async def receive_chunk(
         if length is not None and got != length:
             sink.abort()
             raise InvalidInput("body", f"body ended after {got} of {length} bytes")
-        return coordinator.close_upload(agent_id, sink)
+        try:
+            result = await asyncio.to_thread(sink.close)  # the file's fsync and rename
+        except StoreUnavailable:  # its folder went with an attempt gone stale meanwhile: 409
+            coordinator.fence_upload(agent_id, sink)
+            raise
+        coordinator.fence_upload(agent_id, sink)
+        name = sink.key[2]
+        return p.UploadState(
+            name=name, received=result.received, size=sink.size, complete=result.complete
+        )
 
 
 async def _pump(content: StreamReader, sink: ChunkSink, limit: int) -> int:

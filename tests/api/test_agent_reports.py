@@ -11,7 +11,9 @@ simulated ComfyUI, and the agent's own JobRunner / Agent speaking HTTP to both.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
+import shutil
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -193,3 +195,45 @@ async def test_a_kept_report_is_sent_by_the_next_agent_run(
     assert done["status"] == "COMPLETED" and done["attempt"] == 1, done
     assert len(done["outputs"]) == 1
     assert not list(spool.iterdir())
+
+
+async def test_an_agent_dying_before_its_report_is_kept_reattaches_and_sends_it(
+    harness: MakeHarness, aiohttp_client: Any, tmp_path: Path
+) -> None:
+    """A report the coordinator has not acknowledged is kept only after `report_keep_s`; an
+    agent that dies before that leaves the prompt in its state file, so the next run
+    re-attaches to it (ComfyUI's /history) and sends the same outcome: nothing runs twice."""
+    h, proxy, config = await behind_proxy(harness, aiohttp_client, tmp_path)
+    config = dataclasses.replace(config, report_keep_s=600.0)
+    data = tmp_path / "agent"
+    async with aiohttp.ClientSession() as session:
+        job, runner = await leased_runner(
+            h, session, config, workflow=txt2img(64, 64, steps=2), max_retries=0
+        )
+        await proxy.post("/__outage", params={"seconds": "600", "only": "finish,jobs"})
+        task = asyncio.create_task(runner.run())
+        while runner.delivery is None:  # noqa: ASYNC110 (the prompt is over, its report on the way)
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        assert not list((data / "spool").glob(f"*/{REPORT_FILE}"))  # not kept (yet)
+        crashed = tmp_path / "crashed"
+        shutil.copytree(data, crashed)  # the disk as a SIGKILL now would leave it
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    shutil.rmtree(data)
+    crashed.rename(data)
+    assert (await h.job(job["id"]))["status"] == "RUNNING"
+    await proxy.post("/__outage", params={"seconds": "0"})
+    async with aiohttp.ClientSession() as session:
+        agent = Agent(config, session, ResourceProbe("comfyui"))
+        assert [j.job_id for j in agent.state.load()] == [job["id"]]
+        agent.load_outbox()
+        await agent.check_instances()
+        await agent.register()  # re-attaches to the finished prompt, then reports it
+        await asyncio.gather(*agent.tasks)
+        async with session.get(f"{config.comfyui_urls[0].rstrip('/')}/sim/stats") as r:
+            stats = await r.json()
+    assert stats["prompts_submitted"] == 1
+    done = await h.job(job["id"])
+    assert done["status"] == "COMPLETED" and done["attempt"] == 1, done
+    assert len(done["outputs"]) == 1

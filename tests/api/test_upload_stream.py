@@ -155,3 +155,35 @@ async def test_upload_locks_serialise_three_and_forget_the_file() -> None:
 
     await asyncio.gather(put(1), put(2), put(3))
     assert sorted(order) == [1, 2, 3] and locks.locks == {}
+
+
+async def test_an_attempt_gone_stale_while_its_file_was_synced_keeps_no_file(
+    harness: MakeHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file's fsync and rename run off the event loop; if the attempt went stale
+    meanwhile (here its agent handed the job back), the agent hears 409 and no file of the
+    stale attempt stays."""
+    from comfyfleet.coordinator.outputs import ChunkSink
+
+    h = await harness()
+    agent, job = await h.running_job()
+    url = f"/agent/v1/jobs/{job.job_id}/outputs/o.png"
+    loop = asyncio.get_running_loop()
+    inner = ChunkSink.close
+
+    async def hand_back() -> None:
+        await agent.finish(job, outcome="requeue", spend_retry=False)
+
+    def close(sink: ChunkSink) -> object:  # the attempt goes stale before the file is stored
+        asyncio.run_coroutine_threadsafe(hand_back(), loop).result(10)
+        return inner(sink)
+
+    monkeypatch.setattr(ChunkSink, "close", close)
+    data = b"z" * 5000
+    params = {"agent_id": "a1", "attempt": "1", "size": str(len(data)), "offset": "0",
+              "sha256": hashlib.sha256(data).hexdigest()}  # fmt: skip
+    resp = await h.client.put(url, params=params, data=data)
+    assert resp.status == 409, await resp.text()
+    assert (await resp.json())["error"]["code"] == "stale_attempt"
+    assert not h.coord.outputs.final_path(job.job_id, 1, "o.png").exists()
+    assert h.coord.jobs[job.job_id].attempt == 2  # handed back, placed again
