@@ -84,6 +84,7 @@ class SqliteStore:
                 raise
         self._conn: sqlite3.Connection | None = conn
         self._batched = False  # inside batch(): writes are savepoints of its transaction
+        self._begun = False  # ... and its transaction has begun (at its first write)
 
     @staticmethod
     def _configure(conn: sqlite3.Connection) -> None:
@@ -118,17 +119,26 @@ class SqliteStore:
 
     @contextmanager
     def batch(self) -> Iterator[None]:
+        """One transaction for every write inside, begun at the first write (a batch that
+        writes nothing, e.g. progress reports only, costs no BEGIN and COMMIT)."""
         if self._batched:  # joins the open batch
             yield
             return
         conn = self._live()
-        with _translated(self._path), _step(conn, "BEGIN IMMEDIATE", "COMMIT", _rollback):
-            self._batched = True
-            try:
-                yield
-                self._still_in_batch(conn)
-            finally:
-                self._batched = False
+        self._batched, self._begun = True, False
+        try:
+            with _translated(self._path):
+                try:
+                    yield
+                    if self._begun:
+                        self._still_in_batch(conn)
+                        conn.execute("COMMIT")
+                except BaseException:
+                    if self._begun:
+                        _rollback(conn)
+                    raise
+        finally:
+            self._batched = self._begun = False
 
     def _still_in_batch(self, conn: sqlite3.Connection) -> None:
         """SQLite rolls a whole transaction back on some faults (disk full, I/O): the batch
@@ -143,7 +153,12 @@ class SqliteStore:
         (`refusable`: a Conflict the batch goes on after); a fault fails the whole batch."""
         conn = self._live()
         if self._batched:
-            self._still_in_batch(conn)
+            if self._begun:
+                self._still_in_batch(conn)
+            else:  # the batch's first write begins its transaction
+                with _translated(self._path):
+                    conn.execute("BEGIN IMMEDIATE")
+                self._begun = True
             if not refusable:
                 with _translated(self._path):
                     yield conn
