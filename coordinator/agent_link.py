@@ -23,6 +23,7 @@ from comfyfleet.coordinator.parts import Part
 from comfyfleet.coordinator.reconcile import Placed, Verdict, reconcile
 from comfyfleet.coordinator.state import LiveProgress
 from comfyfleet.shared import protocol as p
+from comfyfleet.shared.jobspec import JobSpec
 from comfyfleet.shared.status import JobEvent, JobStatus
 
 log = structlog.get_logger("coordinator")
@@ -211,7 +212,8 @@ class AgentLink(Part):
                 return reply
             agent.wake.clear()
             try:
-                await asyncio.wait_for(agent.wake.wait(), remaining)
+                async with asyncio.timeout(remaining):  # no task per wait, as wait_for makes
+                    await agent.wake.wait()
             except TimeoutError:
                 pass
 
@@ -219,11 +221,11 @@ class AgentLink(Part):
         """Jobs ComfyUI is done with free their places in its queue: wake the scheduler when
         that opens room for queued jobs."""
         jobs = self.live.jobs
-        now = {
+        now = frozenset(
             r.job_id
             for r in refs
             if r.job_id in agent.jobs and (job := jobs.get(r.job_id)) and job.attempt == r.attempt
-        }
+        )
         before, agent.finishing = agent.finishing, now
         if now - before and self.live.queued:
             self.live.wake.set()
@@ -232,6 +234,8 @@ class AgentLink(Part):
         room = dict(free)
         jobs: list[p.Assignment] = []
         keep: list[str] = []
+        # the workflows live in the store only: one read for every job this lease may hand out
+        specs = self._specs_to_deliver(agent, room)
         while agent.to_deliver:
             job_id = agent.to_deliver.popleft()
             job = self.live.jobs.get(job_id)
@@ -241,8 +245,8 @@ class AgentLink(Part):
             if room.get(instance, 0) <= 0:
                 keep.append(job_id)
                 continue
-            stored = self.store.get_job(job_id)  # the workflow lives in the store only
-            if stored is None:
+            spec = specs.get(job_id)
+            if spec is None:
                 continue
             room[instance] -= 1
             self.live.delivered[job_id] = self.clock()
@@ -251,17 +255,30 @@ class AgentLink(Part):
                     job_id=job_id,
                     attempt=job.attempt,
                     instance_id=instance,
-                    workflow=stored.spec.workflow,
+                    workflow=spec.workflow,
                     timeout_s=job.spec.timeout_s,
                     vram_mb=job.vram_mb,
-                    inputs=decode_inputs(stored.spec.inputs, self.config.max_input_bytes)
-                    if stored.spec.inputs
+                    inputs=decode_inputs(spec.inputs, self.config.max_input_bytes)
+                    if spec.inputs
                     else {},
-                    forward_frames=COMFY in stored.spec.metadata,  # a ComfyUI facade prompt
-                    extra_data=agent_extra_data(stored.spec.metadata),
+                    forward_frames=COMFY in spec.metadata,  # a ComfyUI facade prompt
+                    extra_data=agent_extra_data(spec.metadata),
                 )
             )
         agent.to_deliver.extend(keep)
         cancel = list(agent.to_cancel.values())
         agent.to_cancel.clear()
         return p.LeaseReply(jobs=jobs, cancel=cancel, drain=agent.draining)
+
+    def _specs_to_deliver(self, agent: AgentState, room: dict[str, int]) -> dict[str, JobSpec]:
+        """The stored specs of the agent's jobs waiting for a lease on an instance with room."""
+        jobs = self.live.jobs
+        wanted = [
+            job_id
+            for job_id in agent.to_deliver
+            if (job := jobs.get(job_id)) is not None
+            and job.status == JobStatus.ASSIGNED
+            and job.agent_id == agent.agent_id
+            and room.get(job.instance_id or "", 0) > 0
+        ]
+        return self.store.get_specs(wanted) if wanted else {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ class AgentState:
     jobs: set[str] = field(default_factory=set)  # ASSIGNED / RUNNING job ids placed here
     # of those, the ones whose prompt ComfyUI has finished (the agent's lease says so): they
     # hold no place in ComfyUI's queue any more (shared/slots.py)
-    finishing: set[str] = field(default_factory=set)
+    finishing: frozenset[str] = frozenset()  # replaced by each lease, never changed in place
     to_deliver: deque[str] = field(default_factory=deque)  # assigned, not yet sent by a lease
     to_cancel: dict[str, JobRef] = field(default_factory=dict)  # cancels to send
     recent_hashes: deque[str] = field(default_factory=lambda: deque(maxlen=16))
@@ -69,6 +70,11 @@ class AgentState:
     # managed ComfyUI restarts: newest published per instance, and those not yet published
     restarts_seen: dict[str, float] = field(default_factory=dict)
     fresh_restarts: list[tuple[str, RestartEvent]] = field(default_factory=list)
+    ran_count: int = 0  # changes of recent_by_instance (its deques change in place)
+    # the last scheduler view built (agent_view) and what it was built from
+    view_cache: tuple[tuple[object, ...], AgentView] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     @property
     def schedulable(self) -> bool:
@@ -120,6 +126,7 @@ class AgentState:
     def ran(self, instance_id: str, keys: list[str]) -> None:
         """Remember what an instance just ran (most recent last; a bounded window)."""
         recent = self.recent_by_instance.setdefault(instance_id, deque(maxlen=RECENT_PER_SLOT))
+        self.ran_count += 1
         for key in keys:
             if key in recent:
                 recent.remove(key)
@@ -149,8 +156,8 @@ def has_free_slot(agent: AgentState, jobs: dict[str, JobRecord]) -> bool:
     schedulable agent with a healthy slot whose active jobs are fewer than its capacity."""
     if not agent.schedulable:
         return False
-    if not any(i.healthy and i.capacity > 0 for i in agent.instances):
-        return False
+    if not agent.jobs:  # (a load is never negative: with jobs, the test below is the whole one)
+        return any(i.healthy and i.capacity > 0 for i in agent.instances)
     load = slot_loads(agent, jobs)
     return any(i.healthy and i.capacity - load.get(i.instance_id, 0) > 0 for i in agent.instances)
 
@@ -159,13 +166,16 @@ def slot_loads(agent: AgentState, jobs: dict[str, JobRecord]) -> dict[str, int]:
     """Places taken on each of the agent's instances by its jobs (shared/slots.py)."""
     held: dict[str, int] = {}
     finishing: dict[str, int] = {}
+    done = agent.finishing
     for job_id in agent.jobs:
         job = jobs.get(job_id)
-        if job is None or job.instance_id is None:
+        if job is None or (iid := job.instance_id) is None:
             continue
-        held[job.instance_id] = held.get(job.instance_id, 0) + 1
-        if job_id in agent.finishing:
-            finishing[job.instance_id] = finishing.get(job.instance_id, 0) + 1
+        held[iid] = held.get(iid, 0) + 1
+        if done and job_id in done:
+            finishing[iid] = finishing.get(iid, 0) + 1
+    if not finishing:  # nothing finishing: every held job takes a place
+        return held
     capacity = {i.instance_id: i.capacity for i in agent.instances}
     return {
         iid: slot_load(n, finishing.get(iid, 0), capacity.get(iid, 0)) for iid, n in held.items()
@@ -173,6 +183,48 @@ def slot_loads(agent: AgentState, jobs: dict[str, JobRecord]) -> dict[str, int]:
 
 
 def agent_view(
+    agent: AgentState, jobs: dict[str, JobRecord], recent_window_s: float, now: float
+) -> AgentView:
+    """`build_view`, built again only when what it is built from changed since the last call.
+
+    The key holds the objects the view reads: the agent's snapshot, inventory and finishing
+    set are replaced, never changed in place, and so are job records (a job's change is a new
+    record in `jobs`); the deques of recent work count their changes (`ran_count`). Only the
+    count of recent failures depends on `now`: it is counted on every call."""
+    held = tuple([jobs.get(job_id) for job_id in agent.jobs])
+    key = (
+        agent.status,
+        agent.draining,
+        agent.snapshot_at,
+        agent.host,
+        agent.gpus,
+        agent.instances,
+        agent.labels,
+        agent.models,
+        agent.node_classes,
+        agent.finishing,
+        agent.ran_count,
+        tuple(agent.recent_hashes),
+        recent_window_s,
+        held,
+    )
+    failures = recent_failures(agent, recent_window_s, now)
+    cached = agent.view_cache
+    if cached is not None and cached[0] == key:
+        view = cached[1]
+        if view.recent_failures == failures:
+            return view
+        return dataclasses.replace(view, recent_failures=failures)
+    view = build_view(agent, jobs, recent_window_s, now)
+    agent.view_cache = (key, view)
+    return view
+
+
+def recent_failures(agent: AgentState, recent_window_s: float, now: float) -> int:
+    return sum(1 for t in agent.recent_failures if now - t < recent_window_s)
+
+
+def build_view(
     agent: AgentState, jobs: dict[str, JobRecord], recent_window_s: float, now: float
 ) -> AgentView:
     """Scheduler input for one agent: capacity minus the reservations of its active jobs."""
@@ -235,6 +287,6 @@ def agent_view(
         slots=slots,
         models=agent.models,
         recent_hashes=tuple(reversed(agent.recent_hashes)),
-        recent_failures=sum(1 for t in agent.recent_failures if now - t < recent_window_s),
+        recent_failures=recent_failures(agent, recent_window_s, now),
         node_classes=agent.node_classes,
     )

@@ -41,7 +41,7 @@ class Placer(Part):
         if not call.run:
             return 0
         queue = (
-            list(live.queued.values())
+            live.queue_in_order()
             if call.only is None
             else [live.queued[i] for i in call.only if i in live.queued]
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable, Mapping
+from operator import attrgetter
 from typing import Any
 
 import msgspec
@@ -19,12 +20,12 @@ from comfyfleet.coordinator.eta import Position
 from comfyfleet.coordinator.feed import Feed
 from comfyfleet.coordinator.fleet import AgentState, AgentStatus
 from comfyfleet.coordinator.model import JobRecord
-from comfyfleet.coordinator.scheduler.model import JobRequest
+from comfyfleet.coordinator.scheduler.model import JobRequest, Signature
 from comfyfleet.shared import protocol as p
 from comfyfleet.shared.status import ACTIVE, TERMINAL, JobStatus
 
 
-def job_request(job: JobRecord) -> JobRequest:
+def job_request(job: JobRecord, shared: dict[Signature, Signature] | None = None) -> JobRequest:
     spec = job.spec
     facts = job.workflow_facts
     return JobRequest(
@@ -44,10 +45,13 @@ def job_request(job: JobRecord) -> JobRequest:
         blocked_agents=frozenset(),
         model_refs=facts.model_refs,
         node_classes=facts.node_classes,
+        shared=shared,
     )
 
 
 _NO_WORKFLOW: dict[str, Any] = {}
+MAX_SHARED_SIGNATURES = 4096  # distinct job signatures kept for sharing
+_ORDER = attrgetter("order")
 
 
 def without_workflow(job: JobRecord) -> JobRecord:
@@ -87,6 +91,11 @@ class Live:
         self.clock = clock
         self.jobs: dict[str, JobRecord] = {}  # every non-terminal job
         self.queued: dict[str, JobRequest] = {}
+        self.signatures: dict[Signature, Signature] = {}  # shared by the queued jobs' requests
+        # the queue in plan order as of the last `queue_in_order` (requests no longer queued are
+        # dropped at the next call), and the requests made since
+        self._in_order: list[JobRequest] = []
+        self._since: list[JobRequest] = []
         self.agents: dict[str, AgentState] = {}
         # active job_id -> when a lease handed the attempt to its agent (or the agent reported it)
         self.delivered: dict[str, float] = {}
@@ -147,7 +156,12 @@ class Live:
             self.unexplained.discard(job_id)
         if new.status == JobStatus.QUEUED:
             self.unexplained.add(job_id)
-            self.queued[job_id] = job_request(new)
+            if len(self.signatures) > MAX_SHARED_SIGNATURES:
+                self.signatures.clear()  # later requests share again from here
+            request = self.queued[job_id] = job_request(new, self.signatures)
+            self._since.append(request)
+            if len(self._since) > 2 * len(self.queued) + 1000:  # no plan ran for long
+                self.queue_in_order()
             self.progress.pop(job_id, None)
             self.wake.set()
         else:
@@ -165,6 +179,18 @@ class Live:
                 )
                 self.agents[new.agent_id] = agent
             agent.jobs.add(job_id)
+
+    def queue_in_order(self) -> list[JobRequest]:
+        """The queued jobs' requests in plan order (`JobRequest.order`), kept in order between
+        calls: the sort sees the last order plus the requests made since (nearly linear)."""
+        queued = self.queued
+        current = [r for r in self._in_order if queued.get(r.job_id) is r]
+        current.extend(r for r in self._since if queued.get(r.job_id) is r)
+        if len(current) != len(queued):  # memory put back behind its back (a failed batch)
+            current = list(queued.values())
+        current.sort(key=_ORDER)
+        self._in_order, self._since = current, []
+        return list(current)
 
     def send_cancel(self, job: JobRecord, now: float) -> None:
         """Ask the job's agent (on its next lease) to stop the attempt; memory only."""

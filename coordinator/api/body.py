@@ -34,6 +34,8 @@ class SlowClient(CoordinatorError):
 async def read_limited(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise TooLarge(f"body of {request.content_length} bytes exceeds {limit} bytes", "body")
+    if request.content.is_eof():  # all of it came with the headers (most agent reports)
+        return await _read(request, limit)
     timeout = request.app[CONFIG].body_read_timeout_s
     try:
         async with asyncio.timeout(timeout):  # a client too slow sending its body gets 408

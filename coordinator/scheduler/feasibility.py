@@ -10,7 +10,6 @@ the same capacity numbers, and the tests compare it against this pipeline.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
 from typing import Protocol
@@ -22,6 +21,7 @@ from comfyfleet.coordinator.scheduler.capacity import (
     ram_ceiling_mb,
 )
 from comfyfleet.coordinator.scheduler.model import AgentView, JobRequest, SlotView
+from comfyfleet.coordinator.scheduler.model import job_problem as job_problem
 
 # -- predicates shared with the fast path ---------------------------------------------------------
 
@@ -59,18 +59,6 @@ def inventory_has(job: JobRequest, agent: AgentView) -> bool:
 def gpu_name_matches(pattern: str, name: str) -> bool:
     """Case-insensitive fnmatch glob."""
     return fnmatchcase(name.lower(), pattern.lower())
-
-
-def job_problem(job: JobRequest) -> str | None:
-    """A request no fleet could ever serve, whatever it looks like (None when it is well formed)."""
-    if job.gpus not in (0, 1):
-        return f"unsupported request: gpus={job.gpus} (only 0 or 1 is supported)"
-    for name in ("vram_mb", "ram_mb"):
-        if getattr(job, name) < 0:
-            return f"invalid request: {name}={getattr(job, name)}"
-    if math.isnan(job.cpu) or job.cpu < 0:
-        return f"invalid request: cpu={job.cpu}"
-    return None
 
 
 # -- checkers -------------------------------------------------------------------------------------

@@ -25,27 +25,16 @@ from typing import Any
 
 from comfyfleet.coordinator.scheduler.capacity import KIND_CPU, KIND_GPU, Capacity
 from comfyfleet.coordinator.scheduler.feasibility import gpu_name_matches
-from comfyfleet.coordinator.scheduler.model import AgentView, JobRequest
+from comfyfleet.coordinator.scheduler.model import AgentView, JobRequest, Signature
 from comfyfleet.coordinator.scheduler.rank import candidate_key
 
 Key = tuple[int, int, int, int]
-Signature = tuple[
-    int, frozenset[tuple[str, str]], frozenset[str], str | None, frozenset[str], frozenset[str]
-]
 NEG_INF = float("-inf")
 
 
-_NO_LABELS: frozenset[tuple[str, str]] = frozenset()
-_NO_MODELS: frozenset[str] = frozenset()
-
-
 def signature(job: JobRequest) -> Signature:
-    """The static constraints of a job: jobs with equal signatures see the same eligible slots."""
-    needs = (frozenset(job.model_refs), frozenset(job.node_classes))  # the inventory check
-    if not job.labels and not job.models and job.gpu_name is None:
-        return (job.gpus, _NO_LABELS, _NO_MODELS, None, *needs)  # most jobs: fewer sets to build
-    name = job.gpu_name.lower() if job.gpus == 1 and job.gpu_name is not None else None
-    return (job.gpus, frozenset(job.labels.items()), frozenset(job.models), name, *needs)
+    """The static constraints of a job (model.static_signature, derived once per request)."""
+    return job.signature
 
 
 class StaticFilter:

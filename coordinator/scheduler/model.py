@@ -6,8 +6,17 @@ views from the store and the heartbeats; `plan()` turns them into placements.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass, field
+
+# A job's static constraints (gpus, labels, models, GPU name glob, model files, node classes):
+# jobs with equal signatures see the same eligible slots (index.py)
+Signature = tuple[
+    int, frozenset[tuple[str, str]], frozenset[str], str | None, frozenset[str], frozenset[str]
+]
+_NO_LABELS: frozenset[tuple[str, str]] = frozenset()
+_NO_MODELS: frozenset[str] = frozenset()
 
 
 class SchedulerError(Exception):
@@ -34,6 +43,41 @@ class JobRequest:
     blocked_agents: frozenset[str]  # this job must not go there (hard)
     model_refs: tuple[str, ...] = ()  # model files the workflow loads (inventory + warm cache)
     node_classes: tuple[str, ...] = ()  # node classes the workflow uses (inventory)
+    # signatures already made (equal ones shared: a queued job's sets are most of its size)
+    shared: InitVar[dict[Signature, Signature] | None] = None
+    # Derived once from the fields above (every plan reads them for every queued job):
+    order: tuple[int, float, str] = field(init=False, repr=False, compare=False)
+    signature: Signature = field(init=False, repr=False, compare=False)
+    problem: str | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self, shared: dict[Signature, Signature] | None) -> None:
+        sig = static_signature(self)
+        if shared is not None:
+            sig = shared.setdefault(sig, sig)
+        object.__setattr__(self, "order", (-self.priority, self.submitted_at, self.job_id))
+        object.__setattr__(self, "signature", sig)
+        object.__setattr__(self, "problem", job_problem(self))
+
+
+def static_signature(job: JobRequest) -> Signature:
+    """The static constraints of a job: jobs with equal signatures see the same eligible slots."""
+    needs = (frozenset(job.model_refs), frozenset(job.node_classes))  # the inventory check
+    if not job.labels and not job.models and job.gpu_name is None:
+        return (job.gpus, _NO_LABELS, _NO_MODELS, None, *needs)  # most jobs: fewer sets to build
+    name = job.gpu_name.lower() if job.gpus == 1 and job.gpu_name is not None else None
+    return (job.gpus, frozenset(job.labels.items()), frozenset(job.models), name, *needs)
+
+
+def job_problem(job: JobRequest) -> str | None:
+    """A request no fleet could ever serve, whatever it looks like (None when it is well formed)."""
+    if job.gpus not in (0, 1):
+        return f"unsupported request: gpus={job.gpus} (only 0 or 1 is supported)"
+    for name in ("vram_mb", "ram_mb"):
+        if getattr(job, name) < 0:
+            return f"invalid request: {name}={getattr(job, name)}"
+    if math.isnan(job.cpu) or job.cpu < 0:
+        return f"invalid request: cpu={job.cpu}"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

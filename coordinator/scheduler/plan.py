@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Sequence
+from operator import attrgetter
 
-from comfyfleet.coordinator.scheduler.capacity import Capacity
-from comfyfleet.coordinator.scheduler.feasibility import job_problem
-from comfyfleet.coordinator.scheduler.index import SlotIndex, StaticFilter, signature
+from comfyfleet.coordinator.scheduler.capacity import KIND_CPU, KIND_GPU, Capacity
+from comfyfleet.coordinator.scheduler.index import SlotIndex, StaticFilter
 from comfyfleet.coordinator.scheduler.model import (
     AgentView,
     JobRequest,
@@ -22,6 +22,7 @@ from comfyfleet.coordinator.scheduler.rank import AFFINITY_BUCKET_MB, fit_score,
 from comfyfleet.coordinator.scheduler.reasons import Explainer
 from comfyfleet.coordinator.scheduler.starvation import Hold, apply_hold, choose_hold
 
+_ORDER = attrgetter("order")
 DEFAULT_STARVATION_S = 300.0
 DEFAULT_MAX_HOLDS = 32
 
@@ -29,7 +30,7 @@ DEFAULT_MAX_HOLDS = 32
 def job_order(job: JobRequest) -> tuple[int, float, str]:
     """Priority (higher first), then age since submission (older first; a requeued job keeps
     its place), then id."""
-    return (-job.priority, job.submitted_at, job.job_id)
+    return job.order
 
 
 def plan(
@@ -64,7 +65,7 @@ def plan(
     index = SlotIndex(cap)
     statics = StaticFilter(cap)
     agent_pos = cap.agent_pos
-    order = sorted(jobs, key=job_order)
+    order = sorted(jobs, key=_ORDER)
     placements: list[Placement] = []
     pending: dict[str, str] = {}
     unplaced: list[JobRequest] = []
@@ -78,13 +79,16 @@ def plan(
             for rest in order[pos:]:
                 pending[rest.job_id] = deferred
             break
-        problem = job_problem(job)
+        problem = job.problem
         if problem is not None:
             pending[job.job_id] = problem
             continue
         # capacity only shrinks during a plan: a request that found no slot finds none later
-        request = (signature(job), job.vram_mb, job.ram_mb, job.cpu, job.blocked_agents)
         starving = now - job.queued_at > starvation_s and hold_tries < max_holds
+        if not starving and not index.open_slots(KIND_GPU if job.gpus == 1 else KIND_CPU):
+            unplaced.append(job)  # every slot of its kind is taken: nothing left to search
+            continue
+        request = (job.signature, job.vram_mb, job.ram_mb, job.cpu, job.blocked_agents)
         if request in hopeless and not starving:
             unplaced.append(job)  # the common case in a long queue: skip the slot search
             continue

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from comfyfleet.coordinator.errors import StoreUnavailable
 from comfyfleet.coordinator.model import AgentRecord, Doomed, JobRecord, WebhookMessage
+from comfyfleet.shared.jobspec import JobSpec
 from comfyfleet.shared.status import JobStatus
 
 if TYPE_CHECKING:
@@ -79,6 +80,11 @@ class Store(Protocol):
         ...
 
     def get_job(self, job_id: str) -> JobRecord | None: ...
+
+    def get_specs(self, job_ids: Sequence[str]) -> dict[str, JobSpec]:
+        """The specs (workflow, inputs, metadata, ...) of those of `job_ids` that exist, in one
+        read: what a lease hands its agent, without decoding each job's whole record."""
+        ...
 
     def list_jobs(
         self,

@@ -128,6 +128,10 @@ def apply_update(row: JobRow, job: JobRecord) -> JobRow:
     )
 
 
+def decode_spec(spec: str) -> JobSpec:
+    return _spec_decoder.decode(spec)
+
+
 def decode_job(row: JobRow) -> JobRecord:
     state: dict[str, Any] = msgspec.json.decode(row.state)
     state["history"] = [Transition(**t) for t in state.get("history", ())]

@@ -24,6 +24,7 @@ from comfyfleet.coordinator.store.base import DEFAULT_PAGE, RECOVERY_PAGE, Guard
 from comfyfleet.coordinator.store.codec import JobRow
 from comfyfleet.coordinator.store.migrations import LATEST
 from comfyfleet.shared.errors import InvalidInput
+from comfyfleet.shared.jobspec import JobSpec
 from comfyfleet.shared.status import TERMINAL, JobStatus
 
 SCHEMA_VERSION = LATEST  # the memory store is always "fully migrated"
@@ -125,6 +126,11 @@ class MemoryStore:
         self._open()
         row = self._jobs.get(job_id)
         return codec.decode_job(row) if row is not None else None
+
+    def get_specs(self, job_ids: Sequence[str]) -> dict[str, JobSpec]:
+        self._open()
+        rows = [row for i in job_ids if (row := self._jobs.get(i)) is not None]
+        return {row.id: codec.decode_spec(row.spec) for row in rows}
 
     def list_jobs(
         self,

@@ -56,6 +56,7 @@ from comfyfleet.coordinator.store.migrations import (
     POSTGRES,
 )
 from comfyfleet.coordinator.store.results_sql import postgres as pg
+from comfyfleet.shared.jobspec import JobSpec
 from comfyfleet.shared.settings import ConfigError
 from comfyfleet.shared.status import JobStatus
 
@@ -374,6 +375,14 @@ class PostgresStore(lead.LeaseAndOrders):
             return None
         rows = self._rows(f"{q.SELECT} WHERE id = %s", (job_id,))
         return codec.decode_job(rows[0]) if rows else None
+
+    def get_specs(self, job_ids: Sequence[str]) -> dict[str, JobSpec]:
+        ids = [i for i in dict.fromkeys(job_ids) if "\x00" not in i]  # as get_job
+        if not ids:
+            return {}
+        with self._conn() as conn:
+            rows = conn.execute("SELECT id, spec FROM jobs WHERE id = ANY(%s)", (ids,)).fetchall()
+        return {job_id: codec.decode_spec(spec) for job_id, spec in rows}
 
     def list_jobs(
         self,

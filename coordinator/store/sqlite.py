@@ -27,6 +27,7 @@ from comfyfleet.coordinator.store.base import (
 from comfyfleet.coordinator.store.codec import JobRow
 from comfyfleet.coordinator.store.migrations import SQLITE as MIGRATIONS
 from comfyfleet.shared.errors import InvalidInput
+from comfyfleet.shared.jobspec import JobSpec
 from comfyfleet.shared.status import TERMINAL, JobStatus
 
 BUSY_TIMEOUT_S = 5.0
@@ -34,6 +35,7 @@ _COLUMNS = (
     "id, tenant, status, attempt, created_at, updated_at, priority, idempotency_key, spec, state"
 )
 _SELECT = f"SELECT {_COLUMNS} FROM jobs"
+_IDS_PER_READ = 500  # ids bound in one IN (...) read, well under SQLite's variable limit
 _INSERT = f"INSERT INTO jobs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _UPDATE = (
     "UPDATE jobs SET status = ?, attempt = ?, updated_at = ?, state = ? "
@@ -82,6 +84,7 @@ class SqliteStore:
                 raise
         self._conn: sqlite3.Connection | None = conn
         self._batched = False  # inside batch(): writes are savepoints of its transaction
+        self._begun = False  # ... and its transaction has begun (at its first write)
 
     @staticmethod
     def _configure(conn: sqlite3.Connection) -> None:
@@ -116,17 +119,26 @@ class SqliteStore:
 
     @contextmanager
     def batch(self) -> Iterator[None]:
+        """One transaction for every write inside, begun at the first write (a batch that
+        writes nothing, e.g. progress reports only, costs no BEGIN and COMMIT)."""
         if self._batched:  # joins the open batch
             yield
             return
         conn = self._live()
-        with _translated(self._path), _step(conn, "BEGIN IMMEDIATE", "COMMIT", _rollback):
-            self._batched = True
-            try:
-                yield
-                self._still_in_batch(conn)
-            finally:
-                self._batched = False
+        self._batched, self._begun = True, False
+        try:
+            with _translated(self._path):
+                try:
+                    yield
+                    if self._begun:
+                        self._still_in_batch(conn)
+                        conn.execute("COMMIT")
+                except BaseException:
+                    if self._begun:
+                        _rollback(conn)
+                    raise
+        finally:
+            self._batched = self._begun = False
 
     def _still_in_batch(self, conn: sqlite3.Connection) -> None:
         """SQLite rolls a whole transaction back on some faults (disk full, I/O): the batch
@@ -141,7 +153,12 @@ class SqliteStore:
         (`refusable`: a Conflict the batch goes on after); a fault fails the whole batch."""
         conn = self._live()
         if self._batched:
-            self._still_in_batch(conn)
+            if self._begun:
+                self._still_in_batch(conn)
+            else:  # the batch's first write begins its transaction
+                with _translated(self._path):
+                    conn.execute("BEGIN IMMEDIATE")
+                self._begun = True
             if not refusable:
                 with _translated(self._path):
                     yield conn
@@ -205,6 +222,19 @@ class SqliteStore:
     def get_job(self, job_id: str) -> JobRecord | None:
         rows = self._rows(f"{_SELECT} WHERE id = ?", (job_id,))
         return codec.decode_job(rows[0]) if rows else None
+
+    def get_specs(self, job_ids: Sequence[str]) -> dict[str, JobSpec]:
+        conn = self._live()
+        found: dict[str, JobSpec] = {}
+        ids = list(dict.fromkeys(job_ids))
+        with _translated(self._path):
+            for start in range(0, len(ids), _IDS_PER_READ):
+                chunk = ids[start : start + _IDS_PER_READ]
+                marks = ", ".join("?" * len(chunk))
+                query = f"SELECT id, spec FROM jobs WHERE id IN ({marks})"
+                for job_id, spec in conn.execute(query, chunk).fetchall():
+                    found[job_id] = codec.decode_spec(spec)
+        return found
 
     def list_jobs(
         self,

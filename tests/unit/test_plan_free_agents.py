@@ -6,18 +6,26 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections import Counter
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from comfyfleet.coordinator import pacing
-from comfyfleet.coordinator.fleet import AgentState, AgentStatus, agent_view, has_free_slot
+from comfyfleet.coordinator.fleet import (
+    AgentState,
+    AgentStatus,
+    agent_view,
+    has_free_slot,
+    slot_loads,
+)
 from comfyfleet.coordinator.model import JobRecord
 from comfyfleet.coordinator.scheduler import bench as sb
 from comfyfleet.coordinator.scheduler.plan import plan
 from comfyfleet.shared.jobspec import JobSpec
 from comfyfleet.shared.protocol import InstanceInfo
+from comfyfleet.shared.slots import slot_load
 from comfyfleet.shared.status import JobStatus
 
 pytestmark = pytest.mark.timeout(120)
@@ -50,9 +58,16 @@ def test_free_agents_alone_place_the_same(seed: int, agents: int, jobs: int, bus
     placed=st.lists(st.integers(0, 4), max_size=8),
     status=st.sampled_from(list(AgentStatus)),
     draining=st.booleans(),
+    finishing=st.sets(st.integers(0, 8)),
+    gone=st.booleans(),
 )
 def test_free_slot_without_a_view_agrees_with_the_view(
-    caps: list[tuple[int, bool]], placed: list[int], status: AgentStatus, draining: bool
+    caps: list[tuple[int, bool]],
+    placed: list[int],
+    status: AgentStatus,
+    draining: bool,
+    finishing: set[int],
+    gone: bool,
 ) -> None:
     agent = AgentState(
         "a",
@@ -78,6 +93,14 @@ def test_free_slot_without_a_view_agrees_with_the_view(
         )
         jobs[job.id] = job
         agent.jobs.add(job.id)
-    agent.jobs.add("gone")  # an id the job index no longer holds
+    if gone:
+        agent.jobs.add("gone")  # an id the job index no longer holds
+    agent.finishing = frozenset(f"j{n}" for n in finishing)  # ComfyUI is done with these
     view = agent_view(agent, jobs, 60.0, 0.0)
     assert has_free_slot(agent, jobs) == pacing.has_free_slot([view])
+    # the places taken, by the one rule of shared/slots.py
+    held = Counter(f"i{slot}" for slot in placed)
+    done = Counter(f"i{slot}" for n, slot in enumerate(placed) if n in finishing)
+    cap = {f"i{n}": c for n, (c, _) in enumerate(caps)}
+    rule = {i: slot_load(held[i], done[i], cap.get(i, 0)) for i in held}
+    assert slot_loads(agent, jobs) == rule

@@ -3,6 +3,7 @@ no head-of-line blocking, priority under scarcity, anti-starvation, consistent r
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import re
@@ -243,8 +244,7 @@ def test_a_job_that_fits_nowhere_never_blocks_others(
 ) -> None:
     base = plan(jobs, agents, NOW)
     blocker = job("blocker", priority=99, queued_at=NOW - 10**6)
-    fields = {f: getattr(blocker, f) for f in JobRequest.__slots__} | huge  # type: ignore[attr-defined]
-    with_blocker = plan([*jobs, JobRequest(**fields)], agents, NOW)
+    with_blocker = plan([*jobs, dataclasses.replace(blocker, **huge)], agents, NOW)  # type: ignore[arg-type]
     assert with_blocker.placements == base.placements
     assert "blocker" in with_blocker.pending
 
@@ -273,9 +273,9 @@ HOLD = re.compile(r"holding (?:GPU (\d+) on agent (\S+)|agent (\S+)|instance (\S
 def test_starving_job_holds_capacity_against_later_jobs(
     agents: list[AgentView], jobs: list[JobRequest], old: JobRequest
 ) -> None:
-    fields = {f: getattr(old, f) for f in JobRequest.__slots__}  # type: ignore[attr-defined]
-    old_at = {"submitted_at": NOW - 10_000.0, "queued_at": NOW - 10_000.0}
-    starving = JobRequest(**(fields | old_at | {"priority": 1}))
+    starving = dataclasses.replace(
+        old, submitted_at=NOW - 10_000.0, queued_at=NOW - 10_000.0, priority=1
+    )
     # the other jobs are at most 600 s old: only `starving` starves
     result = plan([*jobs, starving], agents, NOW, starvation_s=700)
     placed = {p.job_id for p in result.placements}

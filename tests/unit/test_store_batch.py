@@ -144,6 +144,30 @@ def test_sqlite_a_batch_whose_transaction_vanished_does_not_go_on_in_autocommit(
         store.close()
 
 
+def test_sqlite_a_batch_that_writes_nothing_takes_no_write_lock(tmp_path: Path) -> None:
+    """The transaction begins at the batch's first write: a batch of progress reports only
+    (reads, no writes) neither waits for nor takes SQLite's write lock."""
+    import sqlite3
+
+    path = tmp_path / "s.db"
+    store = SqliteStore(path)
+    other = sqlite3.connect(path, timeout=0.1, isolation_level=None)
+    try:
+        a, _, _ = three(store)
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        with store.batch():  # (BEGIN IMMEDIATE here would fail: the database is locked)
+            assert store.get_job("a") == a
+            assert not conn_of(store).in_transaction
+        other.execute("ROLLBACK")
+        with store.batch():  # the first write begins it
+            assert store.update_job(moved(a, S.ASSIGNED, 1, 2.0), S.QUEUED, 0)
+            assert conn_of(store).in_transaction
+        assert store.get_job("a").status == S.ASSIGNED  # type: ignore[union-attr]
+    finally:
+        other.close()
+        store.close()
+
+
 def test_postgres_a_leaders_batch_stays_fenced(pg_cluster: Cluster) -> None:
     """A leader whose epoch ended writes nothing of its batch."""
     schema = pg_cluster.new_schema()

@@ -246,6 +246,25 @@ def test_insert_get_round_trip_is_exact(store: Store) -> None:
     assert store.get_job("missing") is None
 
 
+def test_get_specs_reads_the_specs_of_the_jobs_that_exist(store: Store) -> None:
+    rich = rich_job()
+    store.insert_job(rich)
+    store.insert_job(job("plain"))
+    assert store.get_specs([]) == {}
+    found = store.get_specs(["missing", "rich", "plain", "rich", "x\x00y"])
+    assert found == {"rich": rich.spec, "plain": spec()}
+    found["rich"].workflow.clear()  # a copy: the stored spec is untouched
+    assert store.get_specs(["rich"]) == {"rich": rich_job().spec}
+
+
+def test_get_specs_reads_more_ids_than_one_statement_binds(store: Store) -> None:
+    ids = [f"j{i:04d}" for i in range(1200)]
+    for i in ids[::100]:
+        store.insert_job(job(i, spec=spec(metadata={"n": i})))
+    found = store.get_specs(ids)
+    assert {i: s.metadata for i, s in found.items()} == {i: {"n": i} for i in ids[::100]}
+
+
 @FIXTURE_SETTINGS
 @given(record=records)
 def test_round_trip_of_any_record(make_store: Factory, record: JobRecord) -> None:
