@@ -338,10 +338,16 @@ def render(
         "# Benchmarks",
         "",
         "Written by `bench/run.py` (`make bench`); the hand-written before/after notes at the "
-        "end come from `bench/notes.md`. Targets are from issue 7.",
+        "end come from `bench/notes.md`. Targets are from issues 7 and 18.",
         "",
         f"- date: {now}",
-        f"- command: `{command}` (sizes: {mode}; took {took_s:.0f} s)",
+        f"- command: `{command}` (sizes: {mode}; took {took_s:.0f} s)"
+        + (
+            "; the sections it did not run keep the numbers of the last run that did "
+            "(var/bench/results.json)"
+            if "--only" in command
+            else ""
+        ),
         f"- machine: {info['cpu']}, {info['cores']} cores, {info['ram_gb']} GB RAM, "
         f"Python {info['python']}, {info['os']}",
         f"- load average when it started: {info['load_avg_at_start']} (the machine may be "
