@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import random
 import time
 import uuid
@@ -27,7 +26,7 @@ from comfyfleet.agent.inputs import rename_inputs, upload_inputs
 from comfyfleet.agent.outbox import Outbox, Report
 from comfyfleet.agent.profile import VramWatch, profile_of
 from comfyfleet.agent.state import HeldJob, StateFile
-from comfyfleet.agent.verdict import Verdict, verdict_of
+from comfyfleet.agent.verdict import Verdict, verdict_of, with_comfy_frames
 from comfyfleet.shared import protocol as p
 
 
@@ -405,7 +404,7 @@ class JobRunner:
         self.log.info(
             "job_outcome", status=outcome.status, reason=outcome.reason, outputs=len(files)
         )
-        verdict = self._with_comfy_frames(verdict, outcome)
+        verdict = with_comfy_frames(verdict, outcome, self.comfy_end)
         report = Report(
             instance_id=self.job.instance_id,
             prompt_id=self.prompt_id,
@@ -423,34 +422,6 @@ class JobRunner:
             ),
         )
         return report
-
-    def _with_comfy_frames(self, verdict: Verdict, outcome: PromptOutcome) -> Verdict:
-        """Forwarding frames: ComfyUI's own error or interrupt frame goes with the error."""
-        if verdict.outcome == "cancelled":
-            return dataclasses.replace(verdict, error=self._interrupted_at(outcome))
-        if outcome.status in ("failed", "rejected") and not outcome.retryable and verdict.error:
-            return dataclasses.replace(verdict, error=self._with_comfy_end(verdict.error))
-        return verdict
-
-    def _interrupted_at(self, outcome: PromptOutcome) -> p.ErrorInfo | None:
-        """Forwarding frames: where ComfyUI stopped a cancelled prompt, with its own frame."""
-        if self.comfy_end is None or self.comfy_end.get("type") != "execution_interrupted":
-            return None
-        where = outcome.interrupted
-        return self._with_comfy_end(
-            p.ErrorInfo(
-                code="interrupted",
-                message=outcome.reason or "interrupted",
-                node_id=where.node_id if where else None,
-                node_type=where.node_type if where else None,
-            )
-        )
-
-    def _with_comfy_end(self, err: p.ErrorInfo) -> p.ErrorInfo:
-        """ComfyUI's own error frame, kept with the error (the facade's /history)."""
-        if self.comfy_end is None:
-            return err
-        return msgspec.structs.replace(err, details={**err.details, "comfy": self.comfy_end})
 
     async def _keep(self, report: Report) -> bool:
         """Keep `report` in the outbox (and the outputs it made in the files ledger); from then

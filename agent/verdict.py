@@ -3,7 +3,11 @@ and whether a retry is spent."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
+
+import msgspec
 
 from comfyfleet.agent.comfyui.outcome import PromptOutcome
 from comfyfleet.agent.rejections import host_specific
@@ -73,3 +77,40 @@ def error_of(outcome: PromptOutcome) -> p.ErrorInfo:
     return p.ErrorInfo(
         code=f"comfyui_{outcome.status}", message=outcome.reason or outcome.status, retryable=True
     )
+
+
+# -- a ComfyUI facade prompt (forwarding frames): ComfyUI's own end frame goes with the error ----
+
+
+def with_comfy_frames(
+    verdict: Verdict, outcome: PromptOutcome, comfy_end: dict[str, Any] | None
+) -> Verdict:
+    """Forwarding frames: ComfyUI's own error or interrupt frame goes with the error."""
+    if verdict.outcome == "cancelled":
+        return dataclasses.replace(verdict, error=_interrupted_at(outcome, comfy_end))
+    if outcome.status in ("failed", "rejected") and not outcome.retryable and verdict.error:
+        return dataclasses.replace(verdict, error=_with_comfy_end(verdict.error, comfy_end))
+    return verdict
+
+
+def _interrupted_at(outcome: PromptOutcome, comfy_end: dict[str, Any] | None) -> p.ErrorInfo | None:
+    """Where ComfyUI stopped a cancelled prompt, with its own frame."""
+    if comfy_end is None or comfy_end.get("type") != "execution_interrupted":
+        return None
+    where = outcome.interrupted
+    return _with_comfy_end(
+        p.ErrorInfo(
+            code="interrupted",
+            message=outcome.reason or "interrupted",
+            node_id=where.node_id if where else None,
+            node_type=where.node_type if where else None,
+        ),
+        comfy_end,
+    )
+
+
+def _with_comfy_end(err: p.ErrorInfo, comfy_end: dict[str, Any] | None) -> p.ErrorInfo:
+    """ComfyUI's own error frame, kept with the error (the facade's /history)."""
+    if comfy_end is None:
+        return err
+    return msgspec.structs.replace(err, details={**err.details, "comfy": comfy_end})

@@ -227,7 +227,7 @@ class PostgresStore(lead.LeaseAndOrders):
                         "(check search_path in the URL's options)"
                     )
                 conn.execute(q.MIGRATE_LOCK, (schema[0],))
-                version = _version(conn)
+                version = q.schema_version(conn)
                 if version > len(POSTGRES):
                     raise SchemaTooNew(
                         f"job store {self._shown} has schema version {version}, but this "
@@ -305,7 +305,7 @@ class PostgresStore(lead.LeaseAndOrders):
 
     def schema_version(self) -> int:
         with self._conn() as conn:
-            return _version(conn)
+            return q.schema_version(conn)
 
     def insert_job(self, job: JobRecord) -> tuple[JobRecord, bool]:
         row = codec.encode_job(job)
@@ -492,11 +492,3 @@ class PostgresStore(lead.LeaseAndOrders):
         pool, self._pool = self._pool, None
         if pool is not None and self._owner:
             pool.close()
-
-
-def _version(conn: psycopg.Connection[Any]) -> int:
-    exists = conn.execute("SELECT to_regclass('comfyfleet_schema')").fetchone()
-    if exists is None or exists[0] is None:
-        return 0
-    row = conn.execute("SELECT version FROM comfyfleet_schema").fetchone()
-    return int(row[0]) if row else 0

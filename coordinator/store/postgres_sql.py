@@ -4,7 +4,9 @@ query of one list_jobs page."""
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from comfyfleet.coordinator.store import codec
@@ -82,3 +84,12 @@ def list_query(
         sql.SQL(SELECT), clause
     )
     return query, [*params, limit + 1]
+
+
+def schema_version(conn: psycopg.Connection[Any]) -> int:
+    """The schema version a database holds (0: none yet)."""
+    exists = conn.execute("SELECT to_regclass('comfyfleet_schema')").fetchone()
+    if exists is None or exists[0] is None:
+        return 0
+    row = conn.execute("SELECT version FROM comfyfleet_schema").fetchone()
+    return int(row[0]) if row else 0
