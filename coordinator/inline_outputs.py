@@ -69,10 +69,9 @@ class InlineOutputs:
         refusals, fault = await asyncio.to_thread(_write_all, outputs, list(todo.values()))
         for (i, item), refused in zip(todo.items(), refusals, strict=True):
             finish = item.finish
-            try:  # fenced again: the attempt may have gone stale while its files were written
-                self.reports.fenced(finish.agent_id, finish.job_id, finish.attempt)
+            try:
+                self.reports.fenced_after_write(finish.agent_id, finish.job_id, finish.attempt)
             except StaleAttempt as exc:
-                outputs.drop_attempt(finish.job_id, finish.attempt)
                 problems[i] = exc
                 continue
             if refused is not None:

@@ -139,12 +139,11 @@ class Reports(Part):
             )
         return sink
 
-    def fence_upload(self, agent_id: str, sink: ChunkSink) -> None:
-        """Fenced again after `sink.close()` (run off the event loop: the file's fsync and
-        rename): the attempt may have gone stale while its bytes were arriving or being synced;
-        then its files go (the release that made it stale may have run before this one was
-        stored) and the agent hears StaleAttempt."""
-        job_id, attempt, _ = sink.key
+    def fenced_after_write(self, agent_id: str, job_id: str, attempt: int) -> None:
+        """Fenced again after an attempt's output files were written off the event loop (an
+        upload's last chunk, a finish's inline files): the attempt may have gone stale
+        meanwhile; then its files go (the release that made it stale may have run before they
+        were stored) and the agent hears StaleAttempt."""
         try:
             self.fenced(agent_id, job_id, attempt)
         except StaleAttempt:

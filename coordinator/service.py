@@ -121,7 +121,7 @@ class Coordinator:
         self.agent = self.live.agent
         # output uploads (fenced like every agent report)
         self.open_upload = self.reports.open_upload
-        self.fence_upload = self.reports.fence_upload
+        self.fenced_after_write = self.reports.fenced_after_write
         self.upload_state = self.reports.upload_state
         # the placing coordinator's loops
         self.schedule_once = self.placer.schedule_once

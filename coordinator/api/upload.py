@@ -95,13 +95,13 @@ async def receive_chunk(
         if length is not None and got != length:
             sink.abort()
             raise InvalidInput("body", f"body ended after {got} of {length} bytes")
+        job_id, attempt, name = sink.key
         try:
             result = await asyncio.to_thread(sink.close)  # the file's fsync and rename
         except StoreUnavailable:  # its folder went with an attempt gone stale meanwhile: 409
-            coordinator.fence_upload(agent_id, sink)
+            coordinator.fenced_after_write(agent_id, job_id, attempt)
             raise
-        coordinator.fence_upload(agent_id, sink)
-        name = sink.key[2]
+        coordinator.fenced_after_write(agent_id, job_id, attempt)
         return p.UploadState(
             name=name, received=result.received, size=sink.size, complete=result.complete
         )
